@@ -1,0 +1,133 @@
+// One SSH connection to one node, driven by libssh2 in non-blocking mode on an Asio executor.
+//
+// Every operation is an awaitable with a deadline and honours Asio cancellation. A Session
+// runs one operation at a time (libssh2 sessions are not re-entrant); many Sessions share
+// one io_context. When a libssh2 call that carries protocol state is interrupted (deadline
+// or cancellation) the session is marked unusable and later operations fail fast with
+// errc::session_unusable: it must be dropped, never reused.
+#pragma once
+
+#include "guardia/core/error.hpp"
+#include "guardia/ssh/credentials.hpp"
+#include "guardia/ssh/known_hosts.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+namespace spdlog {
+class logger;
+}
+
+namespace guardia::ssh {
+
+using namespace std::chrono_literals;
+
+struct ConnectOptions {
+    std::string host;
+    std::uint16_t port = 22;
+    Credentials credentials;
+    std::shared_ptr<KnownHosts> known_hosts;  // required
+    HostKeyPolicy host_key_policy = HostKeyPolicy::strict;
+    // Covers TCP connect, SSH handshake, host-key check and authentication.
+    std::chrono::milliseconds timeout = 10s;
+    std::shared_ptr<spdlog::logger> logger;  // optional; never receives secrets
+};
+
+struct ExecOptions {
+    std::chrono::milliseconds timeout = 60s;
+    std::size_t max_stdout = 1 << 20;  // bytes kept; the rest is read and counted, not kept
+    std::size_t max_stderr = 64 << 10;
+};
+
+struct ExecResult {
+    int exit_code = -1;       // -1 when the command died by a signal
+    std::string exit_signal;  // e.g. "TERM"; empty when it exited normally
+    std::string out;
+    std::string err;
+    bool out_truncated = false;
+    bool err_truncated = false;
+    std::uint64_t out_bytes = 0;  // total produced, kept or not
+    std::uint64_t err_bytes = 0;
+    std::chrono::microseconds duration{0};
+
+    bool succeeded() const noexcept { return exit_signal.empty() && exit_code == 0; }
+    // The last `max` bytes of stderr, for error messages.
+    std::string err_tail(std::size_t max = 512) const;
+};
+
+struct UploadOptions {
+    unsigned mode = 0644;
+    std::chrono::milliseconds timeout = 30min;        // the whole upload
+    std::chrono::milliseconds stall_timeout = 60s;    // no progress at all for this long
+    bool verify_md5 = false;                          // also check md5sum remotely
+    // true: rename the verified staging file onto the remote path.
+    // false: leave the verified file under its staging name (UploadResult::staging_path)
+    //        for the caller to move into place later.
+    bool rename_into_place = true;
+    // Called after the staging file is written and closed, before remote verification.
+    // Lets tests tamper with the staging file; production code leaves it empty.
+    std::function<boost::asio::awaitable<void>(const std::string& staging_path)> before_verify;
+};
+
+struct UploadResult {
+    std::string remote_path;
+    std::string staging_path;
+    std::uint64_t bytes = 0;
+    std::string sha256;  // lowercase hex, computed locally while streaming, verified remotely
+    std::string md5;     // lowercase hex, computed locally; verified remotely if asked
+    std::chrono::microseconds duration{0};
+};
+
+class Session {
+public:
+    // Connects, checks the host key, authenticates. Errors name the host and the step.
+    static boost::asio::awaitable<Result<std::unique_ptr<Session>>> connect(
+        boost::asio::any_io_executor executor, ConnectOptions options);
+
+    ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    // Runs one command on its own channel. A non-zero exit is a successful exec with
+    // ExecResult::exit_code set; only transport problems and the deadline are errors.
+    boost::asio::awaitable<Result<ExecResult>> exec(std::string command, ExecOptions options = {});
+
+    // Like exec, but a non-zero exit or a signal is an errc::remote_command_failed error
+    // whose message carries the exit status and the stderr tail.
+    boost::asio::awaitable<Result<ExecResult>> exec_checked(std::string command,
+                                                            ExecOptions options = {});
+
+    // Streams a local file to `remote_path` over SFTP through a staging name beside it,
+    // hashing while streaming; see UploadOptions. Leaves nothing under the final name unless
+    // the remote sha256 matched.
+    boost::asio::awaitable<Result<UploadResult>> upload(std::string local_path,
+                                                        std::string remote_path,
+                                                        UploadOptions options = {});
+
+    // Orderly goodbye (SSH disconnect), bounded by `grace`. Never fails; the session is
+    // unusable afterwards. Destroying a Session without it only frees resources.
+    boost::asio::awaitable<void> disconnect(std::chrono::milliseconds grace = 2s);
+
+    bool usable() const noexcept;
+    // "user@host:port", for messages.
+    const std::string& peer() const noexcept;
+    // The verified host key (type and SHA256 fingerprint), for audit.
+    const HostKey& host_key() const noexcept;
+
+    struct Impl;
+
+private:
+    explicit Session(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// Sessions currently alive in this process (for metrics and leak tests).
+std::size_t open_session_count() noexcept;
+
+}  // namespace guardia::ssh

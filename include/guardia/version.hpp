@@ -1,0 +1,5 @@
+#pragma once
+
+namespace guardia {
+const char* version() noexcept;
+}

@@ -1,0 +1,10 @@
+#include "guardia/core/local_io.hpp"
+
+namespace guardia {
+
+boost::asio::thread_pool& local_io_pool() {
+    static boost::asio::thread_pool pool(2);
+    return pool;
+}
+
+}  // namespace guardia

@@ -1,0 +1,29 @@
+#include "guardia/ssh/credentials.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace guardia::ssh {
+
+Result<std::shared_ptr<const PrivateKey>> PrivateKey::load(const std::string& path,
+                                                           Secret passphrase) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in)
+        return Error(errc::local_io_failed,
+                     "cannot read private key " + path + ": " + std::strerror(errno));
+    std::ostringstream buffer;
+    buffer << in.rdbuf();
+    std::string text = buffer.str();
+    if (text.find("PRIVATE KEY-----") == std::string::npos)
+        return Error(errc::invalid_argument,
+                     "private key " + path + " is not a PEM or OpenSSH private key file");
+    auto key = std::make_shared<PrivateKey>();
+    key->path = path;
+    key->contents = Secret(std::move(text));
+    key->passphrase = std::move(passphrase);
+    return std::shared_ptr<const PrivateKey>(std::move(key));
+}
+
+}  // namespace guardia::ssh

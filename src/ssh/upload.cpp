@@ -1,0 +1,362 @@
+#include "detail/session_impl.hpp"
+#include "guardia/core/local_io.hpp"
+#include "guardia/core/shell.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+namespace guardia::ssh {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// libssh2 splits a write into 30,000-byte SFTP packets and keeps all of one call in flight:
+// large multiples of 30,000 keep the pipe full (LIBSSH2-NOTES.md).
+constexpr std::size_t kChunk = 30000 * 32;
+
+struct DigestFree {
+    void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
+};
+using DigestHandle = std::unique_ptr<EVP_MD_CTX, DigestFree>;
+
+std::string hex(const unsigned char* p, unsigned n) {
+    static const char digits[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(n * 2);
+    for (unsigned i = 0; i < n; ++i) {
+        out += digits[p[i] >> 4];
+        out += digits[p[i] & 15];
+    }
+    return out;
+}
+
+// The local file being sent. Touched only on the local-I/O pool, one job at a time.
+struct LocalSource {
+    std::string path;
+    int fd = -1;
+    std::uint64_t size = 0;
+    std::uint64_t read = 0;
+    DigestHandle sha256{EVP_MD_CTX_new()};
+    DigestHandle md5{EVP_MD_CTX_new()};
+
+    LocalSource() = default;
+    LocalSource(const LocalSource&) = delete;
+    LocalSource& operator=(const LocalSource&) = delete;
+    ~LocalSource() {
+        if (fd >= 0) ::close(fd);
+    }
+
+    Result<void> open() {
+        fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return Error(errc::local_io_failed, "cannot open " + path + ": " + std::strerror(errno));
+        struct stat st {};
+        if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+            return Error(errc::local_io_failed, path + " is not a regular file");
+        size = static_cast<std::uint64_t>(st.st_size);
+        if (!sha256 || !md5 || EVP_DigestInit_ex(sha256.get(), EVP_sha256(), nullptr) != 1 ||
+            EVP_DigestInit_ex(md5.get(), EVP_md5(), nullptr) != 1)
+            return Error(errc::local_io_failed, "cannot initialise digests");
+        return {};
+    }
+
+    // Fills `buf` (up to its size) from the file and feeds the digests.
+    Result<std::size_t> next(std::vector<char>& buf) {
+        std::size_t got = 0;
+        while (got < buf.size()) {
+            ssize_t n = ::read(fd, buf.data() + got, buf.size() - got);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                return Error(errc::local_io_failed, "reading " + path + ": " + std::strerror(errno));
+            }
+            if (n == 0) break;
+            got += static_cast<std::size_t>(n);
+        }
+        EVP_DigestUpdate(sha256.get(), buf.data(), got);
+        EVP_DigestUpdate(md5.get(), buf.data(), got);
+        read += got;
+        if (got < buf.size() && read != size)
+            return Error(errc::local_io_failed, path + " changed size while being read (" +
+                                                    std::to_string(size) + " bytes at start, " +
+                                                    std::to_string(read) + " read)");
+        return got;
+    }
+
+    std::pair<std::string, std::string> digests() {
+        unsigned char d[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+        EVP_DigestFinal_ex(sha256.get(), d, &n);
+        std::string s = hex(d, n);
+        EVP_DigestFinal_ex(md5.get(), d, &n);
+        return {s, hex(d, n)};
+    }
+};
+
+asio::awaitable<Result<std::size_t>> read_job(LocalSource* src, std::vector<char>* buf) {
+    co_return src->next(*buf);
+}
+
+std::string random_suffix() {
+    unsigned char r[6];
+    if (RAND_bytes(r, sizeof r) != 1) {
+        auto t = static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
+        std::memcpy(r, &t, sizeof r);
+    }
+    return hex(r, sizeof r);
+}
+
+std::string sftp_failure(Session::Impl& impl, LIBSSH2_SFTP* sftp, std::string_view what, long rc) {
+    std::string msg = impl.peer + ": " + std::string(what) + " failed: ";
+    if (rc == LIBSSH2_ERROR_SFTP_PROTOCOL && sftp != nullptr)
+        msg += make_sftp_error(libssh2_sftp_last_error(sftp)).message();
+    else
+        msg += impl.last_error_text();
+    if (is_transport_failure(rc)) {
+        msg += " (connection lost)";
+        impl.mark_broken(msg);
+    }
+    return msg;
+}
+
+struct WriteJob {
+    Session::Impl* impl;
+    LIBSSH2_SFTP_HANDLE* handle;
+    const char* data;
+    std::size_t len;
+    Clock::time_point deadline;
+    std::chrono::milliseconds stall;
+    std::chrono::milliseconds limit;
+    std::string staging;
+};
+
+asio::awaitable<Result<void>> write_job(WriteJob job) {
+    auto& impl = *job.impl;
+    std::size_t off = 0;
+    while (off < job.len) {
+        const auto step_deadline = std::min(job.deadline, Clock::now() + job.stall);
+        boost::system::error_code interrupted;
+        long n = co_await impl.drive(
+            [&] { return libssh2_sftp_write(job.handle, job.data + off, job.len - off); },
+            step_deadline, interrupted);
+        if (interrupted) {
+            if (interrupted == make_error_code(errc::timeout) && step_deadline < job.deadline)
+                co_return impl.interrupted_error(interrupted, "upload (no progress)", job.stall);
+            co_return impl.interrupted_error(interrupted, "upload", job.limit);
+        }
+        if (n < 0)
+            co_return Error(errc::sftp_failed,
+                            sftp_failure(impl, impl.sftp.get(), "writing " + job.staging, n));
+        if (n == 0)
+            co_return Error(errc::short_write, impl.peer + ": writing " + job.staging +
+                                                   ": server accepted 0 bytes");
+        off += static_cast<std::size_t>(n);
+    }
+    co_return Result<void>{};
+}
+
+std::string verify_command(const std::string& staging, const std::string& final_path, unsigned mode,
+                           const std::string& sha256, const std::string* md5, bool rename) {
+    char mode_text[8];
+    std::snprintf(mode_text, sizeof mode_text, "%o", mode & 07777);
+    // One round trip: fix the mode, hash from stdin (sha256sum escapes odd file names in its
+    // output), compare, and only then rename. A mismatch removes the staging file.
+    std::string cmd = "s=" + shell_quote(staging) + "; chmod " + mode_text +
+                      " -- \"$s\" || exit 90; h=$(sha256sum < \"$s\") || exit 91; h=${h%% *}; "
+                      "if [ \"$h\" != " + sha256 + " ]; then rm -f -- \"$s\"; "
+                      "echo \"remote sha256 $h\" >&2; exit 92; fi; ";
+    if (md5 != nullptr)
+        cmd += "m=$(md5sum < \"$s\") || exit 91; m=${m%% *}; if [ \"$m\" != " + *md5 +
+               " ]; then rm -f -- \"$s\"; echo \"remote md5 $m\" >&2; exit 93; fi; ";
+    if (rename) cmd += "mv -f -- \"$s\" " + shell_quote(final_path) + " || exit 94; ";
+    cmd += "echo \"$h\"";
+    return cmd;
+}
+
+}  // namespace
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
+                                                      std::string remote_path,
+                                                      UploadOptions opts) {
+    auto& impl = *impl_;
+    if (impl.broken) co_return impl.unusable_error();
+    if (remote_path.empty() || remote_path.back() == '/' ||
+        remote_path.find_first_of(std::string_view("\0\n", 2)) != std::string::npos)
+        co_return Error(errc::invalid_argument,
+                        impl.peer + ": remote path '" + remote_path +
+                            "' must name a file and hold no newline or NUL");
+    const auto started = Clock::now();
+    const auto deadline = started + opts.timeout;
+    const auto slash = remote_path.rfind('/');
+    const std::string dir = slash == std::string::npos ? std::string() : remote_path.substr(0, slash + 1);
+    const std::string base = slash == std::string::npos ? remote_path : remote_path.substr(slash + 1);
+    UploadResult result;
+    result.remote_path = remote_path;
+    // A recognisable name, so a later run can clean up what a cut connection left behind.
+    result.staging_path = dir + ".guardia-stage." + base + "." + random_suffix();
+    const std::string& staging = result.staging_path;
+
+    LocalSource src;
+    src.path = local_path;
+    bool staging_created = false;
+    detail::SftpFileHandle file;
+
+    // Removes the staging file when we fail after creating it (best effort, short grace).
+    auto cleanup = [&]() -> asio::awaitable<void> {
+        if (impl.broken) co_return;
+        boost::system::error_code interrupted;
+        const auto grace = Clock::now() + std::chrono::seconds(5);
+        if (file) {
+            long rc = co_await impl.drive([&] { return libssh2_sftp_close_handle(file.get()); },
+                                          grace, interrupted);
+            if (rc != LIBSSH2_ERROR_EAGAIN) (void)file.release();
+        }
+        if (staging_created && !interrupted && impl.sftp)
+            co_await impl.drive(
+                [&] {
+                    return libssh2_sftp_unlink_ex(impl.sftp.get(), staging.c_str(),
+                                                  static_cast<unsigned>(staging.size()));
+                },
+                grace, interrupted);
+    };
+
+    try {
+        auto opened = co_await run_blocking([&src] { return src.open(); });
+        if (!opened) co_return Error(opened.error().code, impl.peer + ": " + opened.error().message);
+
+        boost::system::error_code interrupted;
+        if (!impl.sftp) {
+            LIBSSH2_SFTP* sftp = nullptr;
+            long rc = co_await impl.drive(
+                [&]() -> long {
+                    sftp = libssh2_sftp_init(impl.session.get());
+                    return sftp != nullptr ? 0 : impl.last_errno();
+                },
+                deadline, interrupted);
+            if (interrupted) co_return impl.interrupted_error(interrupted, "starting SFTP", opts.timeout);
+            if (rc != 0) co_return impl.fail(errc::sftp_failed, "starting SFTP", rc);
+            impl.sftp.reset(sftp);
+        }
+
+        long rc = co_await impl.drive(
+            [&]() -> long {
+                file.reset(libssh2_sftp_open_ex(
+                    impl.sftp.get(), staging.c_str(), static_cast<unsigned>(staging.size()),
+                    LIBSSH2_FXF_WRITE | LIBSSH2_FXF_CREAT | LIBSSH2_FXF_TRUNC | LIBSSH2_FXF_EXCL,
+                    static_cast<long>(opts.mode & 0777 & ~0022u) | 0600, LIBSSH2_SFTP_OPENFILE));
+                return file ? 0 : impl.last_errno();
+            },
+            deadline, interrupted);
+        if (interrupted)
+            co_return impl.interrupted_error(interrupted, "creating " + staging, opts.timeout);
+        if (rc != 0)
+            co_return Error(errc::sftp_failed,
+                            sftp_failure(impl, impl.sftp.get(), "creating " + staging, rc));
+        staging_created = true;
+
+        // Double buffering: while chunk k goes out on the loop, chunk k+1 is read and hashed on
+        // the local-I/O pool.
+        std::vector<char> current(kChunk), upcoming(kChunk);
+        auto first = co_await run_blocking([&] { return src.next(current); });
+        Error failure;
+        if (!first) {
+            failure = first.error();
+        } else {
+            std::size_t current_len = *first;
+            while (current_len > 0) {
+                WriteJob job{&impl,     file.get(),  current.data(), current_len,
+                             deadline,  opts.stall_timeout, opts.timeout, staging};
+                auto [order, ex_read, read_result, ex_write, write_result] =
+                    co_await asio::experimental::make_parallel_group(
+                        asio::co_spawn(local_io_pool(), read_job(&src, &upcoming), asio::deferred),
+                        asio::co_spawn(impl.executor, write_job(std::move(job)), asio::deferred))
+                        .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+                (void)order;
+                if (ex_read) std::rethrow_exception(ex_read);
+                if (ex_write) std::rethrow_exception(ex_write);
+                if (!write_result) {
+                    failure = write_result.error();
+                    break;
+                }
+                result.bytes += current_len;
+                if (!read_result) {
+                    failure = read_result.error();
+                    break;
+                }
+                std::swap(current, upcoming);
+                current_len = *read_result;
+            }
+        }
+        if (!failure.code && result.bytes != src.size)
+            failure = Error(errc::short_write, impl.peer + ": sent " + std::to_string(result.bytes) +
+                                                   " of " + std::to_string(src.size) + " bytes of " +
+                                                   local_path);
+        if (failure.code) {
+            if (failure.message.find(impl.peer) != 0)
+                failure.message = impl.peer + ": " + failure.message;
+            co_await cleanup();
+            co_return failure;
+        }
+        std::tie(result.sha256, result.md5) = src.digests();
+
+        rc = co_await impl.drive([&] { return libssh2_sftp_close_handle(file.get()); }, deadline,
+                                 interrupted);
+        if (interrupted)
+            co_return impl.interrupted_error(interrupted, "closing " + staging, opts.timeout);
+        (void)file.release();  // libssh2 freed it, whatever rc says
+        if (rc != 0) {
+            auto msg = sftp_failure(impl, impl.sftp.get(), "closing " + staging, rc);
+            co_await cleanup();
+            co_return Error(errc::sftp_failed, std::move(msg));
+        }
+
+        if (opts.before_verify) co_await opts.before_verify(staging);
+
+        ExecOptions verify_opts;
+        verify_opts.timeout = std::max<std::chrono::milliseconds>(
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
+            std::chrono::seconds(5));
+        auto verified = co_await exec(verify_command(staging, remote_path, opts.mode, result.sha256,
+                                                     opts.verify_md5 ? &result.md5 : nullptr,
+                                                     opts.rename_into_place),
+                                      verify_opts);
+        if (!verified) {
+            co_await cleanup();
+            co_return verified.error();
+        }
+        const int code = verified->exit_code;
+        if (code == 92 || code == 93) {
+            auto err = verified->err;
+            while (!err.empty() && err.back() == '\n') err.pop_back();
+            co_return Error(errc::checksum_mismatch,
+                            impl.peer + ": " + (code == 92 ? "sha256" : "md5") + " mismatch for " +
+                                staging + ": local " + (code == 92 ? result.sha256 : result.md5) +
+                                ", " + err + "; staging file removed, " + remote_path +
+                                " untouched");
+        }
+        if (!verified->succeeded()) {
+            co_await cleanup();
+            co_return Error(errc::remote_command_failed,
+                            impl.peer + ": verifying " + staging + " failed (exit " +
+                                std::to_string(code) + "): " + verified->err_tail());
+        }
+        if (opts.rename_into_place) result.staging_path.clear();
+    } catch (const boost::system::system_error&) {
+        co_return impl.interrupted_error(make_error_code(errc::cancelled), "upload", opts.timeout);
+    }
+    result.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+    co_return result;
+}
+
+}  // namespace guardia::ssh

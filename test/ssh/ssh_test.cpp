@@ -1,0 +1,465 @@
+// Integration tests of the SSH layer against real sshd (the test fleet, on loopback).
+#include "../support/fleet.hpp"
+#include "guardia/core/shell.hpp"
+#include "guardia/ssh/session.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+using namespace guardia;
+using namespace guardia::ssh;
+using guardia::test::Fleet;
+using guardia::test::run;
+using guardia::test::shell;
+namespace asio = boost::asio;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+const Fleet& fleet() { return Fleet::from_env(); }
+const char* kNode = "node-0001";
+
+asio::awaitable<std::unique_ptr<Session>> must_connect(ConnectOptions o) {
+    auto ex = co_await asio::this_coro::executor;
+    auto s = co_await Session::connect(ex, std::move(o));
+    if (!s) throw std::runtime_error(s.error().describe());
+    co_return std::move(*s);
+}
+
+Result<ExecResult> exec_once(const std::string& cmd, ExecOptions eo = {}) {
+    asio::io_context ioc;
+    return run(ioc, [&]() -> asio::awaitable<Result<ExecResult>> {
+        auto s = co_await must_connect(fleet().connect_options(kNode));
+        auto r = co_await s->exec(cmd, eo);
+        co_await s->disconnect();
+        co_return r;
+    }());
+}
+
+Result<std::unique_ptr<Session>> connect_with(ConnectOptions o) {
+    asio::io_context ioc;
+    return run(ioc, [&]() -> asio::awaitable<Result<std::unique_ptr<Session>>> {
+        auto ex = co_await asio::this_coro::executor;
+        co_return co_await Session::connect(ex, std::move(o));
+    }());
+}
+
+std::string local_sha256(const std::string& path) {
+    auto out = shell("sha256sum < '" + path + "'");
+    return out.substr(0, 64);
+}
+
+void write_random_file(const std::string& path, std::size_t size, unsigned seed) {
+    std::mt19937_64 rng(seed);
+    std::ofstream out(path, std::ios::binary);
+    std::vector<char> buf(1 << 20);
+    while (size > 0) {
+        std::size_t n = std::min(size, buf.size());
+        for (std::size_t i = 0; i < n; i += 8) {
+            auto v = rng();
+            std::memcpy(buf.data() + i, &v, std::min<std::size_t>(8, n - i));
+        }
+        out.write(buf.data(), static_cast<std::streamsize>(n));
+        size -= n;
+    }
+}
+
+// A scratch directory on the node, owned by the node's user (the deploy path's parent).
+std::string remote_scratch(const std::string& leaf) {
+    return std::filesystem::path(fleet().node(kNode).deploy_path).parent_path().string() +
+           "/ssh-test-" + leaf;
+}
+
+}  // namespace
+
+TEST_SUITE("exec") {
+    TEST_CASE("exit codes 0, 1 and 127 are reported") {
+        auto ok = exec_once("true");
+        REQUIRE(ok.has_value());
+        CHECK(ok->exit_code == 0);
+        CHECK(ok->succeeded());
+        auto one = exec_once("exit 1");
+        REQUIRE(one.has_value());
+        CHECK(one->exit_code == 1);
+        CHECK_FALSE(one->succeeded());
+        auto missing = exec_once("no-such-command-guardia");
+        REQUIRE(missing.has_value());
+        CHECK(missing->exit_code == 127);
+        CHECK(missing->err.find("not found") != std::string::npos);
+    }
+
+    TEST_CASE("death by a signal is reported by name") {
+        auto r = exec_once("kill -TERM $$");
+        REQUIRE(r.has_value());
+        CHECK(r->exit_signal == "TERM");
+        CHECK(r->exit_code == -1);
+        CHECK_FALSE(r->succeeded());
+    }
+
+    TEST_CASE("stdout and stderr are kept apart") {
+        auto r = exec_once("echo to-out; echo to-err >&2; echo more-out");
+        REQUIRE(r.has_value());
+        CHECK(r->out == "to-out\nmore-out\n");
+        CHECK(r->err == "to-err\n");
+    }
+
+    TEST_CASE("10 MiB of stdout with 5 MiB of stderr at once: no deadlock, capped, counted") {
+        ExecOptions eo;
+        eo.timeout = seconds(60);
+        auto r = exec_once("head -c 5242880 /dev/zero >&2 & head -c 10485760 /dev/zero; wait", eo);
+        REQUIRE(r.has_value());
+        CHECK(r->exit_code == 0);
+        CHECK(r->out_bytes == 10485760);
+        CHECK(r->err_bytes == 5242880);
+        CHECK(r->out.size() == eo.max_stdout);
+        CHECK(r->err.size() == eo.max_stderr);
+        CHECK(r->out_truncated);
+        CHECK(r->err_truncated);
+    }
+
+    TEST_CASE("output cap keeps the first bytes and flags truncation") {
+        ExecOptions eo;
+        eo.max_stdout = 10;
+        auto r = exec_once("printf 0123456789abcdef", eo);
+        REQUIRE(r.has_value());
+        CHECK(r->out == "0123456789");
+        CHECK(r->out_truncated);
+        CHECK(r->out_bytes == 16);
+        auto small = exec_once("printf 0123", eo);
+        REQUIRE(small.has_value());
+        CHECK_FALSE(small->out_truncated);
+    }
+
+    TEST_CASE("a command past its deadline times out; the session stays usable") {
+        asio::io_context ioc;
+        run(ioc, []() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            ExecOptions eo;
+            eo.timeout = milliseconds(500);
+            const auto t0 = std::chrono::steady_clock::now();
+            auto r = co_await s->exec("exec sleep 31.4159", eo);
+            const auto took = std::chrono::steady_clock::now() - t0;
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().code == errc::timeout);
+            CHECK(r.error().message.find("may still be running") != std::string::npos);
+            CHECK(took < seconds(4));
+            CHECK(s->usable());
+            auto after = co_await s->exec("echo still-here");
+            REQUIRE(after.has_value());
+            CHECK(after->out == "still-here\n");
+            // Nothing was killed for us: clean up our own sleeper.
+            co_await s->exec("pkill -f 'sleep 31.4159' || true");
+            co_await s->disconnect();
+            co_return 0;
+        }());
+    }
+
+    TEST_CASE("exec_checked turns a failure into an error with the stderr tail") {
+        asio::io_context ioc;
+        auto r = run(ioc, []() -> asio::awaitable<Result<ExecResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_return co_await s->exec_checked("echo boom-detail >&2; exit 3");
+        }());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::remote_command_failed);
+        CHECK(r.error().message.find("exited 3") != std::string::npos);
+        CHECK(r.error().message.find("boom-detail") != std::string::npos);
+    }
+
+    TEST_CASE("cancellation interrupts a command and retires the session") {
+        using namespace asio::experimental::awaitable_operators;
+        asio::io_context ioc;
+        run(ioc, []() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            asio::steady_timer timer(co_await asio::this_coro::executor, milliseconds(300));
+            auto which = co_await (s->exec("exec sleep 27.1828") || timer.async_wait(asio::use_awaitable));
+            CHECK(which.index() == 1);
+            CHECK_FALSE(s->usable());
+            auto again = co_await s->exec("true");
+            REQUIRE_FALSE(again.has_value());
+            CHECK(again.error().code == errc::session_unusable);
+            auto cleaner = co_await must_connect(fleet().connect_options(kNode));
+            co_await cleaner->exec("pkill -f 'sleep 27.1828' || true");
+            co_return 0;
+        }());
+    }
+}
+
+TEST_SUITE("connect") {
+    TEST_CASE("the verified host key matches ssh-keygen's fingerprint") {
+        asio::io_context ioc;
+        const auto& n = fleet().node(kNode);
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            auto listed = shell("ssh-keygen -l -F '[" + n.host + "]:" + std::to_string(n.port) +
+                                "' -f '" + fleet().known_hosts() + "'");
+            CHECK(listed.find(sha256_fingerprint(s->host_key().blob)) != std::string::npos);
+            CHECK(s->host_key().type == "ssh-ed25519");
+            co_return 0;
+        }());
+    }
+
+    TEST_CASE("unknown host key: refused under strict, recorded under accept-new") {
+        guardia::test::TempDir tmp;
+        const auto path = tmp.path() + "/known_hosts";
+        auto o = fleet().connect_options(kNode);
+        o.known_hosts = *KnownHosts::load(path);
+        auto refused = connect_with(o);
+        REQUIRE_FALSE(refused.has_value());
+        CHECK(refused.error().code == errc::host_key_unknown);
+        const auto& n = fleet().node(kNode);
+        const std::string name = "[" + n.host + "]:" + std::to_string(n.port);
+        CHECK(refused.error().message.find(name) != std::string::npos);
+        CHECK(refused.error().message.find("SHA256:") != std::string::npos);
+        CHECK_FALSE(std::filesystem::exists(path));
+
+        o.host_key_policy = HostKeyPolicy::accept_new;
+        auto accepted = connect_with(o);
+        REQUIRE(accepted.has_value());
+        // Recorded in OpenSSH format: OpenSSH's own tools find it, and a strict reload accepts it.
+        CHECK(shell("ssh-keygen -F '" + name + "' -f '" + path + "'").find("ssh-ed25519") !=
+              std::string::npos);
+        auto strict = fleet().connect_options(kNode);
+        strict.known_hosts = *KnownHosts::load(path);
+        CHECK(connect_with(strict).has_value());
+    }
+
+    TEST_CASE("changed host key: refused under strict and accept-new, both fingerprints named") {
+        guardia::test::TempDir tmp;
+        const auto& n = fleet().node(kNode);
+        const std::string name = "[" + n.host + "]:" + std::to_string(n.port);
+        // Pretend the host used to have another key: the client's own public key will do.
+        auto other_pub = shell("cat '" + fleet().key(".pub") + "'");
+        const auto path = tmp.path() + "/known_hosts";
+        { std::ofstream(path) << name << " " << other_pub; }
+        auto old_fp = shell("ssh-keygen -lf '" + fleet().key(".pub") + "' | cut -d' ' -f2");
+        old_fp.pop_back();
+        for (auto policy : {HostKeyPolicy::strict, HostKeyPolicy::accept_new}) {
+            auto o = fleet().connect_options(kNode);
+            o.known_hosts = *KnownHosts::load(path);
+            o.host_key_policy = policy;
+            auto r = connect_with(o);
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().code == errc::host_key_changed);
+            CHECK(r.error().message.find(old_fp) != std::string::npos);
+            CHECK(r.error().message.find(name) != std::string::npos);
+            auto fleet_kh = fleet().connect_options(kNode);
+            // The real fingerprint is in the message too.
+            CHECK(r.error().message.find("server presented SHA256:") != std::string::npos);
+        }
+        // Nothing was added to the file.
+        CHECK(shell("wc -l < '" + path + "'") == "1\n");
+    }
+
+    TEST_CASE("wrong key: a clear refusal naming what was tried and what is offered") {
+        auto o = fleet().connect_options(kNode);
+        o.credentials.key = *PrivateKey::load(fleet().key("_other"));
+        auto r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::auth_failed);
+        CHECK(r.error().message.find("publickey (key " + fleet().key("_other") + ")") !=
+              std::string::npos);
+        CHECK(r.error().message.find("server offers: ") != std::string::npos);
+    }
+
+    TEST_CASE("password auth: the right one works, a wrong one fails, neither is ever shown") {
+        auto o = fleet().connect_options(kNode);
+        o.credentials.key.reset();
+        o.credentials.password = Secret(fleet().password());
+        auto good = connect_with(o);
+        REQUIRE(good.has_value());
+
+        const std::string canary = "canary-Pa55w0rd-never-print";
+        o.credentials.password = Secret(canary);
+        auto bad = connect_with(o);
+        REQUIRE_FALSE(bad.has_value());
+        CHECK(bad.error().code == errc::auth_failed);
+        CHECK(bad.error().message.find("password") != std::string::npos);
+        CHECK(bad.error().message.find(canary) == std::string::npos);
+        CHECK(bad.error().message.find(fleet().password()) == std::string::npos);
+    }
+
+    TEST_CASE("ECDSA keys authenticate too") {
+        auto o = fleet().connect_options(kNode);
+        o.credentials.key = *PrivateKey::load(fleet().key("_ecdsa"));
+        auto r = connect_with(o);
+        CHECK(r.has_value());
+    }
+
+    TEST_CASE("a closed port fails fast with connect_failed") {
+        auto o = fleet().connect_options(kNode);
+        // Bind and close a socket to find a port nobody listens on.
+        asio::io_context ioc;
+        asio::ip::tcp::acceptor a(ioc, {asio::ip::make_address("127.0.0.1"), 0});
+        o.port = a.local_endpoint().port();
+        a.close();
+        auto r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::connect_failed);
+    }
+
+    TEST_CASE("a server that never speaks SSH hits the connect deadline") {
+        asio::io_context ioc;
+        // Listening but never accepting: the kernel completes the TCP handshake, no banner comes.
+        asio::ip::tcp::acceptor mute(ioc, {asio::ip::make_address("127.0.0.1"), 0});
+        auto o = fleet().connect_options(kNode);
+        o.port = mute.local_endpoint().port();
+        o.timeout = milliseconds(400);
+        const auto t0 = std::chrono::steady_clock::now();
+        auto r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::timeout);
+        CHECK(std::chrono::steady_clock::now() - t0 < seconds(3));
+    }
+}
+
+TEST_SUITE("upload") {
+    struct Case {
+        std::size_t size;
+        const char* leaf;
+    };
+
+    TEST_CASE("uploads of 0 B, 1 B and 64 MiB arrive intact, with mode, and no staging left") {
+        guardia::test::TempDir tmp;
+        const std::string dir = remote_scratch("sizes");
+        asio::io_context ioc;
+        for (Case c : {Case{0, "empty.bin"}, Case{1, "one.bin"}, Case{64u << 20, "big.bin"}}) {
+            CAPTURE(c.size);
+            const auto local = tmp.path() + "/" + c.leaf;
+            write_random_file(local, c.size, static_cast<unsigned>(c.size));
+            const auto expected = local_sha256(local);
+            auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+                auto s = co_await must_connect(fleet().connect_options(kNode));
+                co_await s->exec_checked("mkdir -p '" + dir + "'");
+                UploadOptions uo;
+                uo.mode = 0750;
+                uo.verify_md5 = true;
+                auto up = co_await s->upload(local, dir + "/" + c.leaf, uo);
+                co_await s->disconnect();
+                co_return up;
+            }(), seconds(120));
+            REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+            CHECK(r->bytes == c.size);
+            CHECK(r->sha256 == expected);
+            CHECK(r->md5.size() == 32);
+            CHECK(r->staging_path.empty());
+            // Read back on the node with the node's own tools.
+            auto remote = exec_once("sha256sum < '" + dir + "/" + c.leaf + "'; stat -c %a '" + dir +
+                                    "/" + c.leaf + "'; ls -A '" + dir + "' | grep -c guardia-stage");
+            REQUIRE(remote.has_value());
+            CHECK(remote->out.substr(0, 64) == expected);
+            CHECK(remote->out.find("\n750\n0\n") != std::string::npos);
+        }
+        exec_once("rm -rf '" + dir + "'");
+    }
+
+    TEST_CASE("a remote path with spaces and quotes is handled as one name") {
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 123457, 7);
+        const std::string dir = remote_scratch("odd dir 'q' \"dq\" $HOME");
+        const std::string target = dir + "/it's a \"file\" $(id).bin";
+        asio::io_context ioc;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p " + shell_quote(dir));
+            co_return co_await s->upload(local, target);
+        }());
+        REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+        auto check = exec_once("sha256sum < " + shell_quote(target));
+        REQUIRE(check.has_value());
+        CHECK(check->out.substr(0, 64) == local_sha256(local));
+        exec_once("rm -rf " + shell_quote(dir));
+    }
+
+    TEST_CASE("a corrupted staging file is detected: nothing under the final name, no leftovers") {
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 300000, 9);
+        const std::string dir = remote_scratch("corrupt");
+        asio::io_context ioc;
+        Session* raw = nullptr;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            raw = s.get();
+            co_await s->exec_checked("mkdir -p '" + dir + "' && echo previous > '" + dir + "/app.bin'");
+            UploadOptions uo;
+            uo.before_verify = [&](const std::string& staging) -> asio::awaitable<void> {
+                // Flip the file's content as a faulty disk or a meddler would.
+                co_await raw->exec_checked("printf X | dd of=" + shell_quote(staging) +
+                                           " bs=1 seek=1000 conv=notrunc 2>/dev/null");
+            };
+            co_return co_await s->upload(local, dir + "/app.bin", uo);
+        }());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::checksum_mismatch);
+        auto state = exec_once("cat '" + dir + "/app.bin'; ls -A '" + dir + "'");
+        REQUIRE(state.has_value());
+        CHECK(state->out == "previous\napp.bin\n");  // old content kept, no staging file left
+        exec_once("rm -rf '" + dir + "'");
+    }
+
+    TEST_CASE("uploading a missing local file is a clear local error") {
+        asio::io_context ioc;
+        auto r = run(ioc, []() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_return co_await s->upload("/nonexistent/guardia.bin", remote_scratch("x") + "/f");
+        }());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::local_io_failed);
+        CHECK(r.error().message.find("/nonexistent/guardia.bin") != std::string::npos);
+    }
+}
+
+TEST_SUITE("scale") {
+    TEST_CASE("500 concurrent sessions on one thread each run a command correctly") {
+        constexpr int kSessions = 500;
+        asio::io_context ioc(1);
+        std::vector<std::string> outputs(kSessions);
+        std::vector<std::string> errors;
+        int done = 0;
+        const auto opts = fleet().connect_options(kNode);
+        for (int i = 0; i < kSessions; ++i) {
+            asio::co_spawn(
+                ioc,
+                [&, i]() -> asio::awaitable<void> {
+                    auto o = opts;
+                    o.timeout = seconds(60);
+                    auto ex = co_await asio::this_coro::executor;
+                    auto s = co_await Session::connect(ex, o);
+                    if (!s) {
+                        errors.push_back(s.error().describe());
+                        co_return;
+                    }
+                    auto r = co_await (*s)->exec("echo session-" + std::to_string(i));
+                    if (!r)
+                        errors.push_back(r.error().describe());
+                    else
+                        outputs[static_cast<std::size_t>(i)] = r->out;
+                    co_await (*s)->disconnect();
+                    ++done;
+                },
+                [](std::exception_ptr e) {
+                    if (e) std::rethrow_exception(e);
+                });
+        }
+        ioc.run_for(seconds(120));
+        for (const auto& e : errors) MESSAGE(e);
+        CHECK(errors.empty());
+        CHECK(done == kSessions);
+        int correct = 0;
+        for (int i = 0; i < kSessions; ++i)
+            correct += outputs[static_cast<std::size_t>(i)] == "session-" + std::to_string(i) + "\n";
+        CHECK(correct == kSessions);
+        CHECK(open_session_count() == 0);
+    }
+}

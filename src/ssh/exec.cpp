@@ -20,16 +20,32 @@ void keep(std::string& sink, const char* data, std::size_t n, std::size_t cap, b
     }
 }
 
-// Closes a channel politely within `grace`; true when it is closed (the session stays usable).
-asio::awaitable<bool> close_channel(Session::Impl& impl, LIBSSH2_CHANNEL* ch,
-                                    std::chrono::milliseconds grace) {
-    boost::system::error_code interrupted;
+// Abandons a running command's channel. libssh2 1.10 cannot free a channel before the server
+// answers our CLOSE, and sshd answers only when the remote process exits. So once our EOF and
+// CLOSE are out (libssh2 then blocks on input only) the channel is parked on the session: later
+// reads take in the server's CLOSE whenever it comes, and the session stays usable. Returns
+// false if our CLOSE could not even be sent within `grace`.
+asio::awaitable<bool> abandon_channel(Session::Impl& impl, detail::ChannelHandle& channel,
+                                      std::chrono::milliseconds grace) {
     const auto deadline = Clock::now() + grace;
-    long rc = co_await impl.drive([&] { return libssh2_channel_close(ch); }, deadline, interrupted);
-    if (interrupted || rc != 0) co_return false;
-    rc = co_await impl.drive([&] { return libssh2_channel_wait_closed(ch); }, deadline,
-                             interrupted);
-    co_return !interrupted && rc == 0;
+    LIBSSH2_CHANNEL* ch = channel.get();
+    for (;;) {
+        long rc = libssh2_channel_close(ch);
+        if (rc == 0) {
+            boost::system::error_code interrupted;
+            rc = co_await impl.drive([&] { return libssh2_channel_free(ch); }, deadline,
+                                     interrupted);
+            if (!interrupted && rc == 0) (void)channel.release();
+            co_return !interrupted;
+        }
+        if (rc != LIBSSH2_ERROR_EAGAIN) co_return false;
+        if ((libssh2_session_block_directions(impl.session.get()) &
+             LIBSSH2_SESSION_BLOCK_OUTBOUND) == 0) {
+            impl.parked_channels.push_back(std::move(channel));
+            co_return true;
+        }
+        if (co_await impl.wait_socket(deadline)) co_return false;
+    }
 }
 
 asio::awaitable<Result<ExecResult>> exec_impl(Session::Impl& impl, const std::string& command,
@@ -103,7 +119,8 @@ asio::awaitable<Result<ExecResult>> exec_impl(Session::Impl& impl, const std::st
                 // Nothing is half-done inside libssh2 while we only wait for output, so the
                 // channel can be closed politely and the session kept. Closing the channel
                 // does not stop the remote process: say so.
-                const bool closed = co_await close_channel(impl, ch, std::chrono::seconds(2));
+                const bool closed =
+                    co_await abandon_channel(impl, channel, std::chrono::seconds(2));
                 std::string msg = impl.peer + ": command ";
                 msg += interrupted == make_error_code(errc::timeout)
                            ? "exceeded its deadline of " + format_duration(opts.timeout)

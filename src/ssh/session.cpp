@@ -97,21 +97,28 @@ constexpr const char* kHostKeyAlgorithms[] = {
 };
 
 // Known key types first, so a host we know by its ECDSA key is not asked for ed25519 and then
-// reported as "unknown" (OpenSSH does the same ordering).
-std::string hostkey_preference(const std::vector<std::string>& known_types) {
+// reported as "unknown" (OpenSSH orders the same way). Only names this libssh2 supports are
+// passed: libssh2 1.10 corrupts memory (overlapping memcpy) when it drops unsupported ones.
+std::string hostkey_preference(LIBSSH2_SESSION* session,
+                               const std::vector<std::string>& known_types) {
+    std::vector<std::string> supported;
+    const char** algs = nullptr;
+    int n = libssh2_session_supported_algs(session, LIBSSH2_METHOD_HOSTKEY, &algs);
+    for (int i = 0; i < n; ++i) supported.emplace_back(algs[i]);
+    if (algs != nullptr) libssh2_free(session, static_cast<void*>(algs));
+
     std::vector<std::string> order;
     auto add = [&](const std::string& alg) {
-        if (std::find(order.begin(), order.end(), alg) == order.end()) order.push_back(alg);
+        if (std::find(supported.begin(), supported.end(), alg) != supported.end() &&
+            std::find(order.begin(), order.end(), alg) == order.end())
+            order.push_back(alg);
     };
     for (const auto& t : known_types) {
         if (t == "ssh-rsa") {
             add("rsa-sha2-512");
             add("rsa-sha2-256");
-            add("ssh-rsa");
-        } else {
-            for (const char* alg : kHostKeyAlgorithms)
-                if (t == alg) add(t);
         }
+        add(t);
     }
     for (const char* alg : kHostKeyAlgorithms) add(alg);
     std::string pref;
@@ -181,6 +188,7 @@ Session::Impl::~Impl() {
         boost::system::error_code ignored;
         socket.shutdown(tcp::socket::shutdown_both, ignored);
     }
+    parked_channels.clear();
     sftp.reset();
     session.reset();
     boost::system::error_code ignored;
@@ -516,8 +524,10 @@ asio::awaitable<Result<std::unique_ptr<Session>>> Session::connect(asio::any_io_
                                      reinterpret_cast<void*>(&recv_with_quickack));
         libssh2_session_callback_set(s, LIBSSH2_CALLBACK_SEND,
                                      reinterpret_cast<void*>(&send_nosignal));
-        const auto pref = hostkey_preference(opts.known_hosts->key_types_for(opts.host, opts.port));
-        if (libssh2_session_method_pref(s, LIBSSH2_METHOD_HOSTKEY, pref.c_str()) != 0 &&
+        const auto pref =
+            hostkey_preference(s, opts.known_hosts->key_types_for(opts.host, opts.port));
+        if (!pref.empty() &&
+            libssh2_session_method_pref(s, LIBSSH2_METHOD_HOSTKEY, pref.c_str()) != 0 &&
             impl->logger)
             impl->logger->debug("{}: host-key preference '{}' refused by libssh2", impl->peer,
                                 pref);

@@ -45,11 +45,16 @@ Result<ExecResult> exec_once(const std::string& cmd, ExecOptions eo = {}) {
     }());
 }
 
-Result<std::unique_ptr<Session>> connect_with(ConnectOptions o) {
+// Connects, says goodbye, and reports how the connect went (a Session must not outlive its
+// io_context, so none escapes).
+Result<void> connect_with(ConnectOptions o) {
     asio::io_context ioc;
-    return run(ioc, [&]() -> asio::awaitable<Result<std::unique_ptr<Session>>> {
+    return run(ioc, [&]() -> asio::awaitable<Result<void>> {
         auto ex = co_await asio::this_coro::executor;
-        co_return co_await Session::connect(ex, std::move(o));
+        auto s = co_await Session::connect(ex, std::move(o));
+        if (!s) co_return s.error();
+        co_await (*s)->disconnect();
+        co_return Result<void>{};
     }());
 }
 
@@ -149,12 +154,13 @@ TEST_SUITE("exec") {
             auto r = co_await s->exec("exec sleep 31.4159", eo);
             const auto took = std::chrono::steady_clock::now() - t0;
             REQUIRE_FALSE(r.has_value());
+            MESSAGE(r.error().describe());
             CHECK(r.error().code == errc::timeout);
             CHECK(r.error().message.find("may still be running") != std::string::npos);
             CHECK(took < seconds(4));
             CHECK(s->usable());
             auto after = co_await s->exec("echo still-here");
-            REQUIRE(after.has_value());
+            REQUIRE_MESSAGE(after.has_value(), (after ? "" : after.error().describe()));
             CHECK(after->out == "still-here\n");
             // Nothing was killed for us: clean up our own sleeper.
             co_await s->exec("pkill -f 'sleep 31.4159' || true");

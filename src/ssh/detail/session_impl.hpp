@@ -10,6 +10,7 @@
 #include <chrono>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace guardia::ssh {
 
@@ -24,6 +25,8 @@ struct Session::Impl {
     boost::asio::steady_timer timer;
     detail::SessionHandle session;
     detail::SftpHandle sftp;
+    // Channels of timed-out commands whose CLOSE is sent but not yet answered (see exec.cpp).
+    std::vector<detail::ChannelHandle> parked_channels;
 
     std::string host;
     std::uint16_t port = 0;

@@ -1,5 +1,7 @@
 #include "guardia/ssh/credentials.hpp"
 
+#include "detail/key_signer.hpp"
+
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -23,6 +25,8 @@ Result<std::shared_ptr<const PrivateKey>> PrivateKey::load(const std::string& pa
     key->path = path;
     key->contents = Secret(std::move(text));
     key->passphrase = std::move(passphrase);
+    if (auto signer = detail::KeySigner::parse(key->contents.reveal(), key->passphrase.reveal()))
+        key->signer = std::move(*signer);
     return std::shared_ptr<const PrivateKey>(std::move(key));
 }
 

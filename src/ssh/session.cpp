@@ -1,3 +1,4 @@
+#include "detail/key_signer.hpp"
 #include "detail/session_impl.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -78,6 +79,19 @@ LIBSSH2_USERAUTH_KBDINT_RESPONSE_FUNC(kbdint_answer) {
             responses[i].length = static_cast<unsigned int>(pw.size());
         }
     }
+}
+
+LIBSSH2_USERAUTH_PUBLICKEY_SIGN_FUNC(sign_with_parsed_key) {
+    (void)session;
+    const auto* signer = static_cast<const detail::KeySigner*>(*abstract);
+    std::string signature = signer->sign(data, data_len);
+    if (signature.empty()) return -1;
+    // libssh2 frees it with its allocator, which is malloc/free (we install none).
+    *sig = static_cast<unsigned char*>(std::malloc(signature.size()));
+    if (*sig == nullptr) return -1;
+    std::memcpy(*sig, signature.data(), signature.size());
+    *sig_len = signature.size();
+    return 0;
 }
 
 // The key's algorithm name is the first string of its wire blob.
@@ -423,8 +437,15 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
     if (cred.key && offered(methods, "publickey")) {
         const auto& key = *cred.key;
         const char* pass = key.passphrase.empty() ? nullptr : key.passphrase.reveal().c_str();
+        void* signer = const_cast<detail::KeySigner*>(key.signer.get());
         long rc = co_await impl.drive(
             [&] {
+                if (signer != nullptr) {
+                    const auto& blob = key.signer->public_blob();
+                    return libssh2_userauth_publickey(
+                        s, cred.user.c_str(), reinterpret_cast<const unsigned char*>(blob.data()),
+                        blob.size(), sign_with_parsed_key, &signer);
+                }
                 return libssh2_userauth_publickey_frommemory(
                     s, cred.user.c_str(), cred.user.size(), nullptr, 0,
                     key.contents.reveal().data(), key.contents.reveal().size(), pass);

@@ -296,9 +296,45 @@ TEST_SUITE("connect") {
 
     TEST_CASE("ECDSA keys authenticate too") {
         auto o = fleet().connect_options(kNode);
-        o.credentials.key = *PrivateKey::load(fleet().key("_ecdsa"));
+        auto key = PrivateKey::load(fleet().key("_ecdsa"));
+        REQUIRE(key.has_value());
+        CHECK((*key)->signer != nullptr);  // parsed once, signed in-process
+        o.credentials.key = *key;
         auto r = connect_with(o);
-        CHECK(r.has_value());
+        CHECK_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+    }
+
+    TEST_CASE("PEM keys and passphrase-protected OpenSSH keys authenticate") {
+        guardia::test::TempDir tmp;
+        // The same authorised keys, re-encoded: ECDSA as PEM, ed25519 encrypted.
+        shell("cp '" + fleet().key("_ecdsa") + "' '" + tmp.path() + "/pem' && ssh-keygen -q -p -m PEM -N '' -f '" +
+              tmp.path() + "/pem' >/dev/null");
+        shell("cp '" + fleet().key() + "' '" + tmp.path() + "/enc' && ssh-keygen -q -p -N 'open sesame' -f '" +
+              tmp.path() + "/enc' >/dev/null");
+        CHECK(shell("head -1 '" + tmp.path() + "/pem'").find("BEGIN EC PRIVATE KEY") != std::string::npos);
+
+        auto pem = PrivateKey::load(tmp.path() + "/pem");
+        REQUIRE(pem.has_value());
+        CHECK((*pem)->signer != nullptr);
+        auto o = fleet().connect_options(kNode);
+        o.credentials.key = *pem;
+        auto r = connect_with(o);
+        CHECK_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+
+        auto enc = PrivateKey::load(tmp.path() + "/enc", Secret("open sesame"));
+        REQUIRE(enc.has_value());
+        CHECK((*enc)->signer == nullptr);  // encrypted: libssh2 decrypts it
+        o.credentials.key = *enc;
+        r = connect_with(o);
+        CHECK_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+
+        auto wrong = PrivateKey::load(tmp.path() + "/enc", Secret("not it"));
+        REQUIRE(wrong.has_value());
+        o.credentials.key = *wrong;
+        r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::auth_failed);
+        CHECK(r.error().message.find("not it") == std::string::npos);
     }
 
     TEST_CASE("a closed port fails fast with connect_failed") {

@@ -11,10 +11,17 @@
 
 namespace guardia::ssh {
 
+namespace detail {
+class KeySigner;
+}
+
 struct PrivateKey {
     std::string path;   // where it came from, for messages only
     Secret contents;    // the private key file as read (PEM / OpenSSH format)
     Secret passphrase;  // empty when the key is not encrypted
+    // The key parsed once, for ed25519/ECDSA keys that are unencrypted OpenSSH or PEM files.
+    // Null otherwise: libssh2 then parses `contents` on every connection (much slower).
+    std::shared_ptr<const detail::KeySigner> signer;
 
     // Reads a private key file. ed25519 and ECDSA keys work everywhere; RSA keys only
     // where the server still accepts ssh-rsa (SHA-1) signatures (libssh2 1.10 cannot sign

@@ -25,6 +25,7 @@ Result<std::shared_ptr<const PrivateKey>> PrivateKey::load(const std::string& pa
     key->path = path;
     key->contents = Secret(std::move(text));
     key->passphrase = std::move(passphrase);
+    key->type = detail::private_key_type(key->contents.reveal());
     if (auto signer = detail::KeySigner::parse(key->contents.reveal(), key->passphrase.reveal()))
         key->signer = std::move(*signer);
     return std::shared_ptr<const PrivateKey>(std::move(key));

@@ -124,6 +124,27 @@ constexpr std::string_view kOpensshEnd = "-----END OPENSSH PRIVATE KEY-----";
 
 }  // namespace
 
+std::string private_key_type(std::string_view text) {
+    if (text.find("BEGIN RSA PRIVATE KEY") != std::string_view::npos) return "ssh-rsa";
+    if (text.find("BEGIN EC PRIVATE KEY") != std::string_view::npos) return "ecdsa";
+    if (text.find("BEGIN DSA PRIVATE KEY") != std::string_view::npos) return "ssh-dss";
+    auto begin = text.find(kOpensshBegin);
+    if (begin == std::string_view::npos) return {};
+    auto body_start = begin + kOpensshBegin.size();
+    auto end = text.find(kOpensshEnd, body_start);
+    std::string raw;
+    if (end == std::string_view::npos || !base64_decode(text.substr(body_start, end - body_start), raw))
+        return {};
+    if (raw.size() < 15) return {};
+    WireReader r(std::string_view(raw).substr(15));
+    std::string_view cipher, kdf, kdfopts, pub, type;
+    std::uint32_t nkeys = 0;
+    if (!r.str(cipher) || !r.str(kdf) || !r.str(kdfopts) || !r.u32(nkeys) || !r.str(pub)) return {};
+    WireReader p(pub);
+    if (!p.str(type)) return {};
+    return std::string(type);
+}
+
 Result<std::unique_ptr<KeySigner>> KeySigner::parse(std::string_view text,
                                                     const std::string& passphrase) {
     auto signer = std::unique_ptr<KeySigner>(new KeySigner());

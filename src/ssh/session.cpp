@@ -513,6 +513,9 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
     }
     msg += "; server offers: " + (offered_text.empty() ? std::string("(none)") : offered_text);
     if (!last_detail.empty()) msg += "; last error: " + last_detail;
+    if (cred.key && cred.key->type == "ssh-rsa")
+        msg += "; note: libssh2 1.10 signs RSA keys only with ssh-rsa (SHA-1), which OpenSSH 8.8 "
+               "and later refuse by default: use an ed25519 or ECDSA key";
     co_return Error(errc::auth_failed, std::move(msg));
 }
 

@@ -337,6 +337,68 @@ TEST_SUITE("connect") {
         CHECK(r.error().message.find("not it") == std::string::npos);
     }
 
+    TEST_CASE("RSA keys are refused by a default OpenSSH with an explanation") {
+        auto o = fleet().connect_options(kNode);
+        auto key = PrivateKey::load(fleet().key("_rsa"));
+        REQUIRE(key.has_value());
+        CHECK((*key)->type == "ssh-rsa");
+        o.credentials.key = *key;
+        auto r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::auth_failed);
+        CHECK(r.error().message.find("use an ed25519 or ECDSA key") != std::string::npos);
+    }
+
+    TEST_CASE("ssh-agent: its keys authenticate, no key file needed") {
+        guardia::test::TempDir tmp;
+        const std::string sock = tmp.path() + "/agent.sock";
+        // A private agent for this test, killed whatever happens.
+        const std::string pid = shell("ssh-agent -a '" + sock + "' -s | sed -n 's/^SSH_AGENT_PID=\\([0-9]*\\);.*/\\1/p'");
+        struct AgentKiller {
+            std::string pid;
+            ~AgentKiller() {
+                if (!pid.empty()) std::system(("kill " + pid + " 2>/dev/null").c_str());
+            }
+        } killer{pid.substr(0, pid.find('\n'))};
+        REQUIRE_FALSE(killer.pid.empty());
+        shell("SSH_AUTH_SOCK='" + sock + "' ssh-add -q '" + fleet().key() + "' 2>/dev/null");
+        ::setenv("SSH_AUTH_SOCK", sock.c_str(), 1);
+        auto o = fleet().connect_options(kNode);
+        o.credentials.key.reset();
+        o.credentials.use_agent = true;
+        auto r = connect_with(o);
+        CHECK_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+        // An agent holding no authorised key: refused, and the message says the agent was tried.
+        shell("SSH_AUTH_SOCK='" + sock + "' ssh-add -q -D 2>/dev/null");
+        auto refused = connect_with(o);
+        REQUIRE_FALSE(refused.has_value());
+        CHECK(refused.error().code == errc::auth_failed);
+        CHECK(refused.error().message.find("ssh-agent") != std::string::npos);
+        ::unsetenv("SSH_AUTH_SOCK");
+    }
+
+    TEST_CASE("a server allowing ssh-rsa and PAM keyboard-interactive (legacy fleet)") {
+        const Fleet& legacy = Fleet::from_env("GUARDIA_TEST_FLEET_LEGACY");
+        const std::string node = legacy.nodes.front().name;
+        auto o = legacy.connect_options(node);
+        o.credentials.key = *PrivateKey::load(legacy.key("_rsa"));
+        auto rsa = connect_with(o);
+        CHECK_MESSAGE(rsa.has_value(), (rsa ? "" : rsa.error().describe()));
+
+        // Password auth is off there: only keyboard-interactive can carry the password.
+        o.credentials.key.reset();
+        o.credentials.password = Secret(legacy.password());
+        auto kbd = connect_with(o);
+        CHECK_MESSAGE(kbd.has_value(), (kbd ? "" : kbd.error().describe()));
+
+        o.credentials.password = Secret("canary-kbdint-wrong");
+        auto bad = connect_with(o);
+        REQUIRE_FALSE(bad.has_value());
+        CHECK(bad.error().code == errc::auth_failed);
+        CHECK(bad.error().message.find("keyboard-interactive") != std::string::npos);
+        CHECK(bad.error().message.find("canary-kbdint-wrong") == std::string::npos);
+    }
+
     TEST_CASE("a closed port fails fast with connect_failed") {
         auto o = fleet().connect_options(kNode);
         // Bind and close a socket to find a port nobody listens on.
@@ -448,6 +510,45 @@ TEST_SUITE("upload") {
         REQUIRE(state.has_value());
         CHECK(state->out == "previous\napp.bin\n");  // old content kept, no staging file left
         exec_once("rm -rf '" + dir + "'");
+    }
+
+    TEST_CASE("a connection cut mid-upload fails cleanly and leaves the final name untouched") {
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 8u << 20, 11);
+        const auto& cut = fleet().node("node-0002");
+        const std::string dir =
+            std::filesystem::path(cut.deploy_path).parent_path().string() + "/ssh-test-cut";
+        asio::io_context ioc;
+        // Each connection through the proxy is cut after 3 MB: small commands get through.
+        auto prepared = run(ioc, [&]() -> asio::awaitable<Result<ExecResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            co_return co_await s->exec_checked("mkdir -p '" + dir + "' && echo v1 > '" + dir + "/app.bin'");
+        }());
+        REQUIRE_MESSAGE(prepared.has_value(), (prepared ? "" : prepared.error().describe()));
+        const auto t0 = std::chrono::steady_clock::now();
+        bool usable_after = true;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            UploadOptions uo;
+            uo.stall_timeout = seconds(10);
+            auto up = co_await s->upload(local, dir + "/app.bin", uo);
+            usable_after = s->usable();
+            co_return up;
+        }());
+        REQUIRE_FALSE(r.has_value());
+        MESSAGE(r.error().describe());
+        CHECK(std::chrono::steady_clock::now() - t0 < seconds(15));
+        CHECK_FALSE(usable_after);
+        CHECK(r.error().message.find("guardia-node@127.0.0.1:" + std::to_string(cut.port)) == 0);
+        auto state = run(ioc, [&]() -> asio::awaitable<Result<ExecResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            auto out = co_await s->exec_checked("cat '" + dir + "/app.bin'");
+            co_await s->exec("rm -rf '" + dir + "'");
+            co_return out;
+        }());
+        REQUIRE(state.has_value());
+        CHECK(state->out == "v1\n");  // the final name still holds the old content
     }
 
     TEST_CASE("uploading a missing local file is a clear local error") {

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 namespace guardia::test {
@@ -23,7 +24,10 @@ std::string slurp(const std::string& path) {
 }  // namespace
 
 const Fleet& Fleet::from_env(const char* variable) {
-    static const Fleet fleet = [variable] {
+    static std::map<std::string, Fleet> fleets;
+    auto found = fleets.find(variable);
+    if (found != fleets.end()) return found->second;
+    Fleet loaded = [variable] {
         const char* dir = std::getenv(variable);
         if (dir == nullptr || *dir == '\0')
             throw std::runtime_error(std::string(variable) +
@@ -45,7 +49,7 @@ const Fleet& Fleet::from_env(const char* variable) {
         }
         return f;
     }();
-    return fleet;
+    return fleets.emplace(variable, std::move(loaded)).first->second;
 }
 
 std::string Fleet::password() const {
@@ -66,7 +70,7 @@ ssh::ConnectOptions Fleet::connect_options(const std::string& name) const {
     o.host = n.host;
     o.port = n.port;
     o.credentials.user = n.user;
-    static auto key = ssh::PrivateKey::load(n.key_file);
+    auto key = ssh::PrivateKey::load(n.key_file);
     if (!key) throw std::runtime_error(key.error().describe());
     o.credentials.key = *key;
     auto kh = ssh::KnownHosts::load(known_hosts());

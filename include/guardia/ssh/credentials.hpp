@@ -19,6 +19,7 @@ struct PrivateKey {
     std::string path;   // where it came from, for messages only
     Secret contents;    // the private key file as read (PEM / OpenSSH format)
     Secret passphrase;  // empty when the key is not encrypted
+    std::string type;   // "ssh-ed25519", "ecdsa-sha2-nistp256", "ssh-rsa", ...; empty if unknown
     // The key parsed once, for ed25519/ECDSA keys that are unencrypted OpenSSH or PEM files.
     // Null otherwise: libssh2 then parses `contents` on every connection (much slower).
     std::shared_ptr<const detail::KeySigner> signer;

@@ -19,6 +19,10 @@ struct PkeyFree {
     void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
 };
 
+// The SSH key type of a private key file ("ssh-ed25519", "ssh-rsa", ...), read without
+// decrypting it (OpenSSH files carry the public key in clear); empty if unknown.
+std::string private_key_type(std::string_view text);
+
 class KeySigner {
 public:
     // Parses an unencrypted OpenSSH-format or a PEM ed25519/ECDSA key. Returns an error for

@@ -56,6 +56,13 @@ LIBSSH2_SEND_FUNC(send_nosignal) {
     return n;
 }
 
+// libssh2's allocator hooks: `abstract` points at the session's Impl (its arena).
+LIBSSH2_ALLOC_FUNC(arena_alloc) { return static_cast<Session::Impl*>(*abstract)->arena.allocate(count); }
+LIBSSH2_REALLOC_FUNC(arena_realloc) {
+    return static_cast<Session::Impl*>(*abstract)->arena.reallocate(ptr, count);
+}
+LIBSSH2_FREE_FUNC(arena_free) { static_cast<Session::Impl*>(*abstract)->arena.deallocate(ptr); }
+
 LIBSSH2_USERAUTH_KBDINT_RESPONSE_FUNC(kbdint_answer) {
     (void)name;
     (void)name_len;
@@ -72,7 +79,8 @@ LIBSSH2_USERAUTH_KBDINT_RESPONSE_FUNC(kbdint_answer) {
             continue;
         }
         const std::string& pw = impl->kbdint_password->reveal();
-        auto* copy = static_cast<char*>(std::malloc(pw.size() + 1));
+        // libssh2 frees the answers through the session's allocator.
+        auto* copy = static_cast<char*>(impl->arena.allocate(pw.size() + 1));
         if (copy != nullptr) {
             std::memcpy(copy, pw.data(), pw.size() + 1);
             responses[i].text = copy;
@@ -82,12 +90,12 @@ LIBSSH2_USERAUTH_KBDINT_RESPONSE_FUNC(kbdint_answer) {
 }
 
 LIBSSH2_USERAUTH_PUBLICKEY_SIGN_FUNC(sign_with_parsed_key) {
-    (void)session;
     const auto* signer = static_cast<const detail::KeySigner*>(*abstract);
     std::string signature = signer->sign(data, data_len);
     if (signature.empty()) return -1;
-    // libssh2 frees it with its allocator, which is malloc/free (we install none).
-    *sig = static_cast<unsigned char*>(std::malloc(signature.size()));
+    // libssh2 frees it through the session's allocator.
+    auto* impl = static_cast<Session::Impl*>(*libssh2_session_abstract(session));
+    *sig = static_cast<unsigned char*>(impl->arena.allocate(signature.size()));
     if (*sig == nullptr) return -1;
     std::memcpy(*sig, signature.data(), signature.size());
     *sig_len = signature.size();
@@ -205,6 +213,8 @@ Session::Impl::~Impl() {
     parked_channels.clear();
     sftp.reset();
     session.reset();
+    // What libssh2 abandoned (see session_arena.hpp) goes now.
+    arena.release_all();
     boost::system::error_code ignored;
     socket.close(ignored);
     --g_open_sessions;
@@ -539,7 +549,8 @@ asio::awaitable<Result<std::unique_ptr<Session>>> Session::connect(asio::any_io_
     try {
         if (auto r = co_await tcp_connect(*impl, deadline, limit); !r) co_return r.error();
 
-        impl->session.reset(libssh2_session_init_ex(nullptr, nullptr, nullptr, impl.get()));
+        impl->session.reset(
+            libssh2_session_init_ex(arena_alloc, arena_free, arena_realloc, impl.get()));
         if (!impl->session)
             co_return Error(errc::handshake_failed, impl->peer + ": libssh2_session_init failed");
         LIBSSH2_SESSION* s = impl->session.get();

@@ -3,6 +3,7 @@
 
 #include "guardia/ssh/session.hpp"
 #include "handles.hpp"
+#include "session_arena.hpp"
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -20,6 +21,8 @@ struct Session::Impl {
     explicit Impl(boost::asio::any_io_executor ex);
     ~Impl();
 
+    // Declared first so it dies last: the blocks it owns outlive every libssh2 handle below.
+    detail::SessionArena arena;
     boost::asio::any_io_executor executor;
     boost::asio::ip::tcp::socket socket;
     boost::asio::steady_timer timer;

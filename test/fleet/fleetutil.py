@@ -1,0 +1,256 @@
+"""Helpers for the fleet tests: run tools/fleet, ssh/sftp/http against nodes, leak checks.
+
+The leak check here is written independently of tools/fleet's own bookkeeping: it scans
+/proc and /proc/self/mountinfo for anything that still belongs to the fleet directory.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+FLEET = os.environ.get("FLEET_TOOL", os.path.join(ROOT, "tools", "fleet"))
+USER = "guardia-node"
+ENV_MARK = "GUARDIA_FLEET_ID"
+
+
+def fleet(*args, check=True, timeout=300, env=None):
+    r = subprocess.run([FLEET, *args], capture_output=True, text=True, timeout=timeout,
+                       env=None if env is None else os.environ | env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"fleet {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def load(d, name):
+    with open(os.path.join(d, name)) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------ processes and mounts
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def _stat(pid):
+    """(ppid, state, starttime) or None."""
+    s = _read(f"/proc/{pid}/stat").decode(errors="replace")
+    if not s:
+        return None
+    rest = s[s.rindex(")") + 2:].split()
+    return int(rest[1]), rest[0], int(rest[19])
+
+
+def alive(pid, starttime=None):
+    st = _stat(pid)
+    return st is not None and st[1] not in "ZX" and (starttime is None or st[2] == starttime)
+
+
+def _ancestors():
+    out, pid = set(), os.getpid()
+    while pid > 1:
+        out.add(pid)
+        st = _stat(pid)
+        if not st:
+            break
+        pid = st[0]
+    return out
+
+
+def descendants(roots):
+    """{(pid, starttime)} of roots and all their descendants, alive now."""
+    kids = {}
+    info = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st and st[1] not in "ZX":
+                info[int(name)] = st
+                kids.setdefault(st[0], []).append(int(name))
+    out, stack = set(), [r for r in roots if r in info]
+    while stack:
+        pid = stack.pop()
+        if (pid, info[pid][2]) in out:
+            continue
+        out.add((pid, info[pid][2]))
+        stack.extend(kids.get(pid, ()))
+    return out
+
+
+def fleet_uid():
+    import pwd
+    try:
+        return pwd.getpwnam(USER).pw_uid
+    except KeyError:
+        return None
+
+
+def marked_processes(fleet_id):
+    """[(uid, cmdline)] of live processes carrying the fleet's environment marker."""
+    mark = f"{ENV_MARK}={fleet_id}\0".encode()
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and mark in _read(f"/proc/{name}/environ"):
+            try:
+                uid = os.stat(f"/proc/{name}").st_uid
+            except OSError:
+                continue
+            out.append((uid, _read(f"/proc/{name}/cmdline").replace(b"\0", b" ").decode(errors="replace")))
+    return out
+
+
+def leaks(d, fleet_id=None, snapshot=()):
+    """Everything of fleet dir d still alive or mounted: a list of strings (empty = clean)."""
+    d = os.path.realpath(d)
+    mark = f"{ENV_MARK}={fleet_id}\0".encode() if fleet_id else None
+    uid = fleet_uid()
+    skip = _ancestors()
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        pid = int(name)
+        st = _stat(pid)
+        if not st or st[1] in "ZX":
+            continue
+        cmd = _read(f"/proc/{pid}/cmdline").replace(b"\0", b" ").decode(errors="replace")
+        why = None
+        if mark and mark in _read(f"/proc/{pid}/environ"):
+            why = "fleet env marker"
+        elif d + "/" in cmd + " " and ("sshd" in cmd or "fleet" in cmd):
+            why = "command line names the fleet dir"
+        elif f"--dir {d} " in cmd + " " and "fleet" in cmd and " up " in cmd:
+            why = "a `fleet up` (supervisor) of this dir"
+        elif uid is not None and os.stat(f"/proc/{pid}").st_uid == uid:
+            try:
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                cwd = ""
+            if (cwd + "/").startswith(d + "/"):
+                why = "fleet user process inside the fleet dir"
+        if why:
+            out.append(f"pid {pid} ({cmd.strip()[:100]}): {why}")
+    for pid, start in snapshot:
+        if alive(pid, start) and not any(s.startswith(f"pid {pid} ") for s in out):
+            out.append(f"pid {pid} ({_read(f'/proc/{pid}/comm').decode().strip()}): started by the fleet")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == d or mp.startswith(d + "/"):
+                out.append(f"mount {mp}")
+    return out
+
+
+# ------------------------------------------------------------------ clients
+
+def ssh_cmd(d, port, *, key="client_key", known_hosts=None, batch=True, extra=()):
+    # ssh takes the first value of an option: `extra` goes first so that it wins
+    return ["ssh", "-F", "/dev/null", *extra, "-i", os.path.join(d, key), "-o", "IdentitiesOnly=yes",
+            "-o", "IdentityAgent=none", "-o", f"BatchMode={'yes' if batch else 'no'}",
+            "-o", f"UserKnownHostsFile={known_hosts or os.path.join(d, 'known_hosts')}",
+            "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+            "-o", "ConnectTimeout=10", "-o", "Compression=no",
+            "-p", str(port), f"{USER}@127.0.0.1"]
+
+
+def ssh(d, port, command, *, timeout=60, input=None, env=None, **kw):
+    return subprocess.run(ssh_cmd(d, port, **kw) + [command], capture_output=True, timeout=timeout,
+                          input=input, env=env, text=input is None or isinstance(input, str))
+
+
+def ssh_password(d, port, command, workdir):
+    """ssh with password authentication only (the password comes from DIR/password)."""
+    askpass = os.path.join(workdir, "askpass.sh")
+    with open(askpass, "w") as f:
+        f.write(f"#!/bin/sh\ncat {os.path.join(d, 'password')}\n")
+    os.chmod(askpass, 0o700)
+    env = dict(os.environ, SSH_ASKPASS=askpass, SSH_ASKPASS_REQUIRE="force", DISPLAY=":0")
+    extra = ("-o", "PreferredAuthentications=password", "-o", "PubkeyAuthentication=no",
+             "-o", "NumberOfPasswordPrompts=1")
+    return subprocess.run(ssh_cmd(d, port, batch=False, extra=extra) + [command], capture_output=True,
+                          text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+
+
+def http_get(port, path="/health", timeout=5.0):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        c.close()
+
+
+def refused(port):
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect(("127.0.0.1", port))
+        return False
+    except ConnectionRefusedError:
+        return True
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ fixtures
+
+class FleetTestCase(unittest.TestCase):
+    """A class-wide fleet: up in setUpClass, down + leak check in the class cleanup (which
+    runs even when setUpClass or a test fails)."""
+
+    NODES = 2
+    UP_ARGS = ()
+
+    @classmethod
+    def setUpClass(cls):
+        cls.work = tempfile.mkdtemp(prefix="guardia-fleet-test-")
+        os.chmod(cls.work, 0o711)      # the fleet user must reach DIR below it
+        cls.addClassCleanup(shutil.rmtree, cls.work, ignore_errors=True)
+        cls.dir = os.path.join(cls.work, "fleet")
+        cls.addClassCleanup(cls.down_and_check_leaks, cls.dir)
+        t = time.monotonic()
+        cls.up = fleet("up", "--dir", cls.dir, "--nodes", str(cls.NODES), *cls.UP_ARGS)
+        cls.up_seconds = time.monotonic() - t
+        cls.info = load(cls.dir, "fleet.json")
+        cls.inv = load(cls.dir, "inventory.json")
+        cls.nodes = {n["name"]: n for n in cls.info["nodes"]}
+
+    @classmethod
+    def down_and_check_leaks(cls, d):
+        snapshot, fid = set(), None
+        if os.path.exists(os.path.join(d, "fleet.json")):
+            info = load(d, "fleet.json")
+            fid = info["id"]
+            snapshot = descendants([p["pid"] for p in info["processes"]])
+        elif os.path.exists(os.path.join(d, ".guardia-fleet")):
+            fid = load(d, ".guardia-fleet").get("id")
+        r = fleet("down", "--dir", d, check=False)
+        left = leaks(d, fid, snapshot)
+        if r.returncode != 0 or left:
+            # never leave anything behind, even when the fleet's down is broken
+            for item in left:
+                if item.startswith("pid "):
+                    try:
+                        os.kill(int(item.split()[1]), 9)
+                    except OSError:
+                        pass
+            for item in left:
+                if item.startswith("mount "):
+                    subprocess.run(["umount", "-l", item[6:]])
+            raise AssertionError(f"fleet down rc={r.returncode} {r.stderr.strip()}; leaked: {left}")
+
+    def node(self, name):
+        return self.nodes[name]

@@ -1,0 +1,409 @@
+"""One small fleet with every fault kind; each test proves a fault (or a normal behaviour)
+with real tools: ssh, sftp, ssh-keyscan, df, HTTP."""
+
+import hashlib
+import json
+import os
+import re
+import socket
+import subprocess
+import time
+
+from fleetutil import (USER, FleetTestCase, alive, fleet, http_get, load, marked_processes, refused, ssh,
+                       ssh_cmd, ssh_password)
+
+CUT_BYTES = 200000
+SLOW_RATE = 131072
+
+
+class FaultFleet(FleetTestCase):
+    NODES = 16
+
+    @classmethod
+    def setUpClass(cls):
+        import tempfile
+        fd, cls.faults_file = tempfile.mkstemp(suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"node-0012": [{"kind": "cut_after_bytes", "bytes": CUT_BYTES}],
+                       "node-0016": [{"kind": "sshd_option", "option": "Banner /etc/hostname"},
+                                     {"kind": "sshd_option", "option": "MaxSessions 1"}]}, f)
+        cls.addClassCleanup(os.unlink, cls.faults_file)
+        cls.UP_ARGS = ("--faults", cls.faults_file, "--tiers", "1,5,*",
+                       "--fault", "node-0002:wrong_host_key", "--fault", "3:auth_refused",
+                       "--fault", "4:unreachable", "--fault", "5:unreachable:timeout",
+                       "--fault", "6:disk_full", "--fault", "7:startup_fails:3",
+                       "--fault", "8:health_never", "--fault", "9:health_never:hang",
+                       "--fault", "10:health_slow:3", "--fault", "11:health_flapping:2",
+                       "--fault", f"13:slow_link:rate={SLOW_RATE},delay_ms=100",
+                       "--fault", "14:shutdown_hangs")
+        super().setUpClass()
+
+    # ---------------------------------------------------------------- helpers
+    def port(self, name):
+        return self.node(name)["ssh_port"]
+
+    def hport(self, name):
+        return self.node(name)["health_port"]
+
+    def run_ok(self, name, command, **kw):
+        r = ssh(self.dir, self.port(name), command, **kw)
+        self.assertEqual(r.returncode, 0, f"{name}: {command}: {r.stderr}")
+        return r.stdout
+
+    def wait_health(self, name, want, timeout=10):
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = http_get(self.hport(name))
+            if status == want or time.monotonic() > deadline:
+                return status, body
+            time.sleep(0.1)
+
+    # ---------------------------------------------------------------- outputs
+    def test_inventory_format(self):
+        nodes = self.inv["nodes"]
+        self.assertEqual(len(nodes), 16)
+        want = {"name", "host", "ssh_port", "user", "auth", "deploy_path", "tier", "inst_id", "system_name",
+                "requires_restart", "shutdown_cmd", "startup_cmd", "health"}
+        for n in nodes:
+            self.assertEqual(set(n), want)
+            self.assertEqual(n["host"], "127.0.0.1")
+            self.assertEqual(n["user"], USER)
+            self.assertEqual(n["auth"], {"key_file": os.path.join(self.dir, "client_key")})
+            self.assertTrue(os.path.isabs(n["deploy_path"]) and os.path.isdir(n["deploy_path"]))
+            self.assertEqual(set(n["health"]), {"port", "path", "timeout_s", "interval_s"})
+            self.assertEqual(n["health"]["path"], "/health")
+            self.assertTrue(n["startup_cmd"].startswith("sh /"))
+        self.assertEqual(nodes[0]["name"], "node-0001")
+        self.assertEqual([n["tier"] for n in nodes], [1] + [2] * 5 + [3] * 10)
+        ports = [n["ssh_port"] for n in nodes] + [n["health"]["port"] for n in nodes]
+        self.assertEqual(len(ports), len(set(ports)), "every port is distinct")
+
+    def test_files_and_modes(self):
+        d = self.dir
+        self.assertEqual(os.stat(d).st_mode & 0o777, 0o755)
+        for key in ("client_key", "client_key_ecdsa", "client_key_rsa", "client_key_other", "password"):
+            self.assertEqual(os.stat(os.path.join(d, key)).st_mode & 0o777, 0o600, key)
+        for key, kind in (("client_key", "ssh-ed25519"), ("client_key_ecdsa", "ecdsa-sha2-nistp256"),
+                          ("client_key_rsa", "ssh-rsa"), ("client_key_other", "ssh-ed25519")):
+            with open(os.path.join(d, key + ".pub")) as f:
+                self.assertTrue(f.read().startswith(kind + " "), key)
+        r = subprocess.run(["ssh-keygen", "-l", "-f", os.path.join(d, "client_key_rsa.pub")],
+                           capture_output=True, text=True)
+        self.assertTrue(r.stdout.startswith("3072 "), r.stdout)
+        with open(os.path.join(d, "known_hosts")) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 16)
+        for line, n in zip(lines, self.inv["nodes"]):
+            self.assertRegex(line, rf"^\[127\.0\.0\.1\]:{n['ssh_port']} ssh-ed25519 AAAA\S+$")
+        with open(os.path.join(d, "password")) as f:
+            pw = f.read().strip()
+        with open("/etc/guardia-fleet/password") as f:
+            self.assertEqual(f.read().strip(), pw)
+        info = self.info
+        for k in ("id", "dir", "user", "password_file", "client_keys", "known_hosts", "inventory", "processes",
+                  "mounts", "nodes", "host_key"):
+            self.assertIn(k, info)
+        self.assertEqual(info["mounts"], [self.node("node-0006")["node_dir"]])
+        n12 = self.node("node-0012")
+        self.assertNotEqual(n12["ssh_port"], n12["sshd_port"], "proxied node: public port != sshd port")
+        self.assertEqual(self.node("node-0001")["ssh_port"], self.node("node-0001")["sshd_port"])
+        # 14 reachable nodes: 13 on the shared host key (one sshd), 1 on the wrong key (its own sshd)
+        self.assertEqual(len([p for p in info["processes"] if p["role"] == "sshd"]), 2)
+        self.assertTrue(all(alive(p["pid"], p["starttime"]) for p in info["processes"]))
+
+    def test_user(self):
+        import pwd
+        pw = pwd.getpwnam(USER)
+        self.assertEqual(pw.pw_shell, "/bin/sh")
+        self.assertNotEqual(pw.pw_uid, 0)
+        self.assertTrue(os.path.isdir(pw.pw_dir))
+        self.assertEqual(os.stat("/etc/guardia-fleet/password").st_mode & 0o777, 0o600)
+
+    def test_status(self):
+        r = fleet("status", "--dir", self.dir)
+        st = json.loads(r.stdout)
+        self.assertTrue(st["ok"])
+        self.assertEqual(st["state"], "up")
+        self.assertEqual(st["nodes"], 16)
+        self.assertTrue(all(p["alive"] for p in st["processes"]))
+        self.assertEqual(st["mounts"], [{"path": self.node("node-0006")["node_dir"], "mounted": True}])
+
+    def test_second_up_refuses(self):
+        r = fleet("up", "--dir", self.dir, "--nodes", "2", check=False)
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("already holds a fleet", r.stderr)
+        self.assertTrue(json.loads(fleet("status", "--dir", self.dir).stdout)["ok"], "first fleet untouched")
+
+    # ---------------------------------------------------------------- good node
+    def test_good_node_key_logins(self):
+        for key in ("client_key", "client_key_ecdsa", "client_key_rsa"):
+            r = ssh(self.dir, self.port("node-0001"), "id -un; echo $0; pwd", key=key)
+            self.assertEqual(r.returncode, 0, f"{key}: {r.stderr}")
+            user, shell, home = r.stdout.split()
+            self.assertEqual((user, shell), (USER, "sh"))
+        r = ssh(self.dir, self.port("node-0001"), "true", key="client_key_other")
+        self.assertEqual(r.returncode, 255)
+        self.assertIn("Permission denied", r.stderr)
+
+    def test_good_node_password_login(self):
+        r = ssh_password(self.dir, self.port("node-0001"), "id -un", self.work)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(r.stdout.strip(), USER)
+
+    def test_good_node_sftp(self):
+        n = self.node("node-0001")
+        src = os.path.join(self.work, "sftp-src")
+        with open(src, "wb") as f:
+            f.write(os.urandom(300000))
+        dst = os.path.join(n["node_dir"], "staged.bin")
+        back = os.path.join(self.work, "sftp-back")
+        batch = os.path.join(self.work, "sftp-batch")
+        with open(batch, "w") as f:
+            f.write(f"put {src} {dst}\nget {dst} {back}\nrm {dst}\n")
+        cmd = ssh_cmd(self.dir, n["ssh_port"])
+        cmd[0] = "sftp"
+        cmd[cmd.index("-p")] = "-P"
+        r = subprocess.run(cmd[:-1] + ["-b", batch, cmd[-1]], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(src, "rb") as a, open(back, "rb") as b:
+            self.assertEqual(a.read(), b.read())
+
+    def test_good_node_scripts_drive_health(self):
+        n = self.node("node-0015")
+        self.assertEqual(http_get(n["health_port"])[0], 200)
+        out = self.run_ok("node-0015", f"sh {n['shutdown_script']}")
+        self.assertIn("stopped", out)
+        status, body = http_get(n["health_port"])
+        self.assertEqual((status, body["reason"]), (503, "service not running"))
+        self.assertFalse(self.check("node-0015")["service_running"])
+        self.run_ok("node-0015", f"sh {n['startup_script']}")
+        self.assertEqual(http_get(n["health_port"])[0], 200)
+        c = self.check("node-0015")
+        self.assertTrue(c["service_running"])
+        self.assertEqual(c["service_events"][-2:], ["shutdown", "startup"])
+        self.assertEqual(http_get(n["health_port"], "/other")[0], 404)
+
+    def test_unhealthy_marker_makes_health_503(self):
+        n = self.node("node-0015")
+        bad = os.path.join(n["deploy_path"], "conf", "bad.properties")
+        self.run_ok("node-0015", f"printf 'x=1\\nGUARDIA_FAULT=unhealthy\\n' > {bad}")
+        try:
+            status, body = http_get(n["health_port"])
+            self.assertEqual(status, 503)
+            self.assertIn("conf/bad.properties", body["reason"])
+            self.assertFalse(self.check("node-0015")["artifact_healthy"])
+        finally:
+            self.run_ok("node-0015", f"rm -f {bad}")
+        self.assertEqual(http_get(n["health_port"])[0], 200)
+
+    # ---------------------------------------------------------------- check
+    def check(self, name, *extra):
+        return json.loads(fleet("check", "--dir", self.dir, "--node", name, *extra).stdout)["nodes"][name]
+
+    def test_check_hashes_backups_lock(self):
+        n = self.node("node-0001")
+        c = self.check("node-0001")
+        self.assertEqual(set(c["files"]), {"app.jar", "VERSION", "conf/app.properties", "run.sh"})
+        for rel, f in c["files"].items():
+            with open(os.path.join(n["deploy_path"], rel), "rb") as fh:
+                self.assertEqual(f["sha256"], hashlib.sha256(fh.read()).hexdigest(), rel)
+        self.assertEqual(c["files"]["run.sh"]["mode"], "0755")
+        self.assertEqual(c["files"]["conf/app.properties"]["mode"], "0640")
+        self.assertEqual((c["version"], c["service_running"], c["backups"], c["lock_present"]),
+                         ("v1", True, [], False))
+        app = n["deploy_path"]
+        bak = app + ".bak_20250101_000000"
+        self.run_ok("node-0001", f"cp -rp {app} {bak} && mkdir {app}.lock")
+        try:
+            c2 = self.check("node-0001", "--backups")
+            self.assertEqual(c2["backups"], [os.path.basename(bak)])
+            self.assertTrue(c2["lock_present"])
+            self.assertEqual(c2["backup_trees"][os.path.basename(bak)], c["tree_sha256"])
+            self.assertEqual(c2["tree_sha256"], c["tree_sha256"])
+        finally:
+            self.run_ok("node-0001", f"rm -rf {bak} {app}.lock")
+        self.assertEqual(self.check("node-0001")["backups"], [])
+
+    def test_check_all_nodes(self):
+        report = json.loads(fleet("check", "--dir", self.dir).stdout)
+        self.assertEqual(len(report["nodes"]), 16)
+        self.assertGreater(report["nodes"]["node-0006"]["disk_use_percent"], 90)
+
+    # ---------------------------------------------------------------- SSH faults
+    def test_wrong_host_key(self):
+        port = self.port("node-0002")
+        r = ssh(self.dir, port, "true")
+        self.assertEqual(r.returncode, 255)
+        self.assertIn("Host key verification failed", r.stderr)
+        scan = subprocess.run(["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+                              capture_output=True, text=True, timeout=30)
+        presented = " ".join(scan.stdout.split()[1:3])
+        with open(os.path.join(self.dir, "known_hosts")) as f:
+            recorded = [" ".join(line.split()[1:3]) for line in f if line.startswith(f"[127.0.0.1]:{port} ")]
+        self.assertEqual(recorded, [self.info["host_key"]["default"]], "known_hosts holds the correct key")
+        self.assertEqual(presented, self.info["host_key"]["wrong"])
+        self.assertNotEqual(presented, recorded[0])
+
+    def test_auth_refused(self):
+        port = self.port("node-0003")
+        r = ssh(self.dir, port, "true")
+        self.assertEqual(r.returncode, 255)
+        self.assertIn("Permission denied", r.stderr)
+        self.assertNotIn("Host key verification failed", r.stderr)
+        r = ssh_password(self.dir, port, "true", self.work)
+        self.assertEqual(r.returncode, 255)
+        self.assertIn("Permission denied", r.stderr)
+
+    def test_unreachable_refused(self):
+        n = self.node("node-0004")
+        self.assertTrue(refused(n["ssh_port"]))
+        self.assertTrue(refused(n["health_port"]))
+        r = ssh(self.dir, n["ssh_port"], "true")
+        self.assertEqual(r.returncode, 255)
+        self.assertIn("Connection refused", r.stderr)
+
+    def test_unreachable_timeout(self):
+        n = self.node("node-0005")
+        s = socket.create_connection(("127.0.0.1", n["ssh_port"]), timeout=3)
+        try:
+            s.settimeout(1.0)
+            with self.assertRaises(socket.timeout):
+                s.recv(100)          # no SSH banner ever comes
+        finally:
+            s.close()
+        t = time.monotonic()
+        r = ssh(self.dir, n["ssh_port"], "true", extra=("-o", "ConnectTimeout=2"))
+        self.assertEqual(r.returncode, 255)
+        self.assertRegex(r.stderr, "timed out|Connection closed|banner")
+        self.assertLess(time.monotonic() - t, 15)
+
+    def test_disk_full(self):
+        n = self.node("node-0006")
+        out = self.run_ok("node-0006", f"df -P {n['deploy_path']}")
+        fields = out.splitlines()[-1].split()
+        self.assertEqual(fields[-1], n["node_dir"])
+        self.assertGreater(int(fields[4].rstrip("%")), 90)
+        r = ssh(self.dir, n["ssh_port"], f"dd if=/dev/zero of={n['deploy_path']}/big bs=1M count=1")
+        self.assertNotEqual(r.returncode, 0)
+        self.assertIn("No space left", r.stderr)
+        ssh(self.dir, n["ssh_port"], f"rm -f {n['deploy_path']}/big")
+        with open("/proc/self/mountinfo") as f:
+            self.assertTrue(any(line.split()[4] == n["node_dir"] and " tmpfs " in line for line in f))
+
+    def test_cut_after_bytes(self):
+        n = self.node("node-0012")
+        recv = os.path.join(n["state_dir"], "recv")
+        data = os.urandom(1 << 20)
+        # small sessions fit below the cut
+        self.run_ok("node-0012", "true")
+        r = ssh(self.dir, n["ssh_port"], f"cat > {recv}", input=data)
+        self.assertEqual(r.returncode, 255, "the proxy cut the upload")
+        got = os.path.getsize(recv)
+        self.assertLess(got, CUT_BYTES, "less than K bytes of payload reached the node")
+        stats = load(self.dir, "run/proxy-stats.json")["node-0012"]
+        last = stats["recent"][-1]
+        self.assertTrue(last["cut"])
+        self.assertEqual(last["c2s"], CUT_BYTES, "exactly K bytes were forwarded client->server")
+        # control: the same upload straight to the node's sshd gets through whole
+        kh = os.path.join(self.work, "kh-direct")
+        with open(kh, "w") as f:
+            f.write(f"[127.0.0.1]:{n['sshd_port']} {self.info['host_key']['default']}\n")
+        r = subprocess.run(ssh_cmd(self.dir, n["sshd_port"], known_hosts=kh) + [f"cat > {recv}"],
+                           input=data, capture_output=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.path.getsize(recv), len(data))
+
+    def test_slow_link(self):
+        n = self.node("node-0013")
+        size = 160 * 1024
+        data = os.urandom(size)
+        kh = os.path.join(self.work, "kh-direct13")
+        with open(kh, "w") as f:
+            f.write(f"[127.0.0.1]:{n['sshd_port']} {self.info['host_key']['default']}\n")
+        sink = os.path.join(n["state_dir"], "sink")
+        t = time.monotonic()
+        r = subprocess.run(ssh_cmd(self.dir, n["sshd_port"], known_hosts=kh) + [f"cat > {sink}"],
+                           input=data, capture_output=True, timeout=60)
+        direct = time.monotonic() - t
+        self.assertEqual(r.returncode, 0, r.stderr)
+        t = time.monotonic()
+        r = ssh(self.dir, n["ssh_port"], f"cat > {sink}", input=data)
+        slow = time.monotonic() - t
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.path.getsize(sink), size)
+        # 160 KiB at 128 KiB/s is >= 1.25 s, plus 100 ms per one-way trip of the handshake
+        self.assertGreater(slow, size / SLOW_RATE * 0.9)
+        self.assertGreater(slow, direct * 2)
+        t = time.monotonic()
+        self.run_ok("node-0013", "true")
+        self.assertGreater(time.monotonic() - t, 0.8, "handshake round trips carry the added latency")
+
+    def test_sshd_option_per_node(self):
+        r = ssh(self.dir, self.port("node-0016"), "true")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open("/etc/hostname") as f:
+            self.assertIn(f.read().strip(), r.stderr, "the node's Banner is shown")
+        r = ssh(self.dir, self.port("node-0001"), "true")
+        self.assertEqual(r.stderr.strip(), "", "other nodes have no banner")
+        conf = [p["config"] for p in self.info["processes"]
+                if p["role"] == "sshd" and self.node("node-0016")["sshd_port"] in p["ports"]][0]
+
+        def effective(port):
+            out = subprocess.run(["/usr/sbin/sshd", "-T", "-f", conf, "-C",
+                                  f"user={USER},host=localhost,addr=127.0.0.1,laddr=127.0.0.1,lport={port}"],
+                                 capture_output=True, text=True, check=True).stdout
+            return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        self.assertEqual(effective(self.node("node-0016")["sshd_port"])["maxsessions"], "1")
+        self.assertEqual(effective(self.node("node-0001")["sshd_port"])["maxsessions"], "64")
+
+    # ---------------------------------------------------------------- service faults
+    def test_startup_fails(self):
+        n = self.node("node-0007")
+        r = ssh(self.dir, n["ssh_port"], f"sh {n['startup_script']}")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("failed to start", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(n["state_dir"], "running.new")))
+        self.run_ok("node-0007", f"sh {n['shutdown_script']}")
+        r = ssh(self.dir, n["ssh_port"], f"sh {n['startup_script']}")
+        self.assertEqual(r.returncode, 3)
+        self.assertFalse(self.check("node-0007")["service_running"])
+        self.assertEqual(http_get(n["health_port"])[0], 503)
+
+    def test_shutdown_hangs(self):
+        n = self.node("node-0014")
+        t = time.monotonic()
+        with self.assertRaises(subprocess.TimeoutExpired):
+            ssh(self.dir, n["ssh_port"], f"sh {n['shutdown_script']}", timeout=2)
+        self.assertGreaterEqual(time.monotonic() - t, 2)
+        # the script is still sleeping on the node (down must kill it: the leak check proves it)
+        sleeping = [cmd for uid, cmd in marked_processes(self.info["id"]) if cmd.startswith("sleep 3600")]
+        self.assertTrue(sleeping, "shutdown.sh is still hanging on the node")
+        self.assertTrue(self.check("node-0014")["service_running"], "service never got stopped")
+
+    def test_health_never(self):
+        self.assertTrue(self.check("node-0008")["service_running"])
+        status, body = http_get(self.hport("node-0008"))
+        self.assertEqual((status, body["reason"]), (503, "fault health_never"))
+
+    def test_health_never_hang(self):
+        with self.assertRaises((socket.timeout, TimeoutError)):
+            http_get(self.hport("node-0009"), timeout=1.0)
+
+    def test_health_slow(self):
+        n = self.node("node-0010")
+        self.assertEqual(http_get(n["health_port"])[0], 200, "the initial service started long ago")
+        self.run_ok("node-0010", f"sh {n['shutdown_script']}; sh {n['startup_script']}")
+        t = time.monotonic()
+        status, body = http_get(n["health_port"])
+        self.assertEqual((status, body["status"]), (503, "STARTING"))
+        status, _ = self.wait_health("node-0010", 200, timeout=10)
+        self.assertEqual(status, 200)
+        self.assertGreater(time.monotonic() - t, 1.2)
+
+    def test_health_flapping(self):
+        seq = [http_get(self.hport("node-0011"))[0] for _ in range(9)]
+        # period 2: two 200s, one 503, wherever the cycle starts
+        self.assertEqual(seq.count(503), 3, seq)
+        self.assertEqual(seq.count(200), 6, seq)
+        self.assertTrue(re.fullmatch(r"(200,)?(200,)?(503,200,200,)*(503,)?(200,)?(200,)?",
+                                     ",".join(map(str, seq)) + ","), seq)

@@ -1,0 +1,413 @@
+"""Fleet server: every node's HTTP health endpoint, the fault proxies and the port holders
+of unreachable nodes, served by asyncio in the fleet's supervisor process (see up.py).
+
+Health: GET <path> answers 200 only if the node's service runs (STATE/running exists) and
+no file under the deploy path contains b"GUARDIA_FAULT=unhealthy", subject to the node's
+health faults. Proxy statistics are written to the stats file after each connection.
+"""
+
+import asyncio
+import json
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+
+MARKER = b"GUARDIA_FAULT=unhealthy"
+SCAN_INLINE_MAX = 1 << 20        # bigger files are scanned in a worker thread
+MAX_FILES = 10000                # bound the walk of one deploy path
+HEAD_LIMIT = 16384               # bound an HTTP request head
+IDLE_TIMEOUT = 120               # close an idle keep-alive health connection
+
+
+def log(msg):
+    print(f"{time.strftime('%H:%M:%S')} fleet-server[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
+
+
+def scan_file(path):
+    """True if the file contains the unhealthy marker."""
+    keep = len(MARKER) - 1
+    tail = b""
+    try:
+        with open(path, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    return False
+                if MARKER in tail + chunk:
+                    return True
+                tail = chunk[-keep:]
+    except OSError:
+        return False
+
+
+class Node:
+    def __init__(self, cfg):
+        self.name = cfg["name"]
+        self.path = cfg["health_path"]
+        self.deploy = cfg["deploy_path"]
+        self.running = os.path.join(cfg["state_dir"], "running")
+        f = cfg.get("health_faults", {})
+        self.never = f.get("health_never", {}).get("status")      # "503", "hang", ...
+        self.slow = f.get("health_slow", {}).get("seconds")
+        self.flap = f.get("health_flapping", {}).get("period")
+        self.flap_count = 0
+        self.cache = {}   # file path -> ((size, mtime_ns, ino), bad)
+
+    async def bad_file(self):
+        """Relative path of a file carrying the marker, or None."""
+        seen, stack, n = set(), [self.deploy], 0
+        found = None
+        while stack:
+            d = stack.pop()
+            try:
+                it = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in it:
+                n += 1
+                if n > MAX_FILES:
+                    break
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                        continue
+                    if not e.is_file(follow_symlinks=False):
+                        continue
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                key = (st.st_size, st.st_mtime_ns, st.st_ino)
+                seen.add(e.path)
+                hit = self.cache.get(e.path)
+                if hit is None or hit[0] != key:
+                    if st.st_size > SCAN_INLINE_MAX:
+                        bad = await asyncio.to_thread(scan_file, e.path)
+                    else:
+                        bad = scan_file(e.path)
+                    hit = (key, bad)
+                    self.cache[e.path] = hit
+                if hit[1] and found is None:
+                    found = os.path.relpath(e.path, self.deploy)
+        for p in list(self.cache):
+            if p not in seen:
+                del self.cache[p]
+        return found
+
+    def version(self):
+        try:
+            with open(os.path.join(self.deploy, "VERSION"), "rb") as f:
+                return f.read(64).decode(errors="replace").strip()
+        except OSError:
+            return None
+
+    async def evaluate(self, path):
+        """(status, body dict), or (None, None) to never answer."""
+        if path != self.path:
+            return 404, {"node": self.name, "error": "not found"}
+        body = {"node": self.name, "version": self.version()}
+        try:
+            started = os.stat(self.running).st_mtime
+        except OSError:
+            return 503, dict(body, status="DOWN", reason="service not running")
+        bad = await self.bad_file()
+        if bad is not None:
+            return 503, dict(body, status="DOWN", reason=f"artifact unhealthy: {bad}")
+        if self.never is not None:
+            if self.never == "hang":
+                return None, None
+            return int(self.never), dict(body, status="DOWN", reason="fault health_never")
+        if self.slow is not None:
+            up_in = started + self.slow - time.time()
+            if up_in > 0:
+                return 503, dict(body, status="STARTING", reason=f"fault health_slow: {up_in:.1f}s to go")
+        if self.flap is not None:
+            self.flap_count += 1
+            if self.flap_count % (self.flap + 1) == 0:
+                return 503, dict(body, status="DOWN", reason="fault health_flapping")
+        return 200, dict(body, status="UP")
+
+
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+
+
+async def serve_health(node, reader, writer):
+    try:
+        while True:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT)
+            except asyncio.LimitOverrunError:
+                await respond(writer, 431, {"error": "request head too large"}, False, False)
+                return
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
+                return
+            lines = head.decode("latin-1").split("\r\n")
+            parts = lines[0].split(" ")
+            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+                await respond(writer, 400, {"error": "bad request line"}, False, False)
+                return
+            method, target, version = parts
+            headers = {}
+            for line in lines[1:]:
+                k, sep, v = line.partition(":")
+                if sep:
+                    headers[k.strip().lower()] = v.strip()
+            conn = headers.get("connection", "").lower()
+            keep = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                length = -1
+            if not 0 <= length <= 65536:
+                await respond(writer, 400, {"error": "bad content-length"}, False, False)
+                return
+            if length:
+                await reader.readexactly(length)
+            if method not in ("GET", "HEAD"):
+                await respond(writer, 405, {"error": "method not allowed"}, False, keep)
+            else:
+                status, body = await node.evaluate(target.split("?", 1)[0])
+                if status is None:  # health_never:hang: hold the connection, answer nothing
+                    while await reader.read(4096):
+                        pass
+                    return
+                await respond(writer, status, body, method == "HEAD", keep)
+            if not keep:
+                return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        writer.close()
+
+
+async def respond(writer, status, body, head_only, keep):
+    data = (json.dumps(body) + "\n").encode()
+    hdr = (f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
+           f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+           f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
+    writer.write(hdr if head_only else hdr + data)
+    await writer.drain()
+
+
+class Proxy:
+    """TCP proxy in front of a node's sshd: cut after K bytes and/or a slow link."""
+
+    def __init__(self, cfg, stats):
+        self.name = cfg["name"]
+        self.upstream = None
+        self.cut = cfg.get("cut_after_bytes")       # {"bytes", "connections"} or None
+        link = cfg.get("slow_link") or {}
+        self.rate = link.get("rate", 0)
+        self.delay = link.get("delay_ms", 0) / 1000.0
+        self.chunk = 65536 if not self.rate else max(1024, min(65536, self.rate // 20))
+        self.stats = stats
+        self.st = stats.setdefault(self.name, {"connections": 0, "cut": 0, "recent": []})
+
+    async def handle(self, creader, cwriter):
+        self.st["connections"] += 1
+        number = self.st["connections"]
+        rec = {"n": number, "c2s": 0, "s2c": 0, "cut": False, "start": time.time(), "end": None}
+        self.st["recent"] = (self.st["recent"] + [rec])[-20:]
+        limit = None
+        if self.cut and (self.cut["connections"] == 0 or number <= self.cut["connections"]):
+            limit = self.cut["bytes"]
+        uwriter = None
+        try:
+            ureader, uwriter = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.upstream), 10)
+            for w in (cwriter, uwriter):
+                sock = w.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            c2s = asyncio.create_task(self.pump(creader, uwriter, limit, rec, "c2s"))
+            s2c = asyncio.create_task(self.pump(ureader, cwriter, None, rec, "s2c"))
+            done, pending = await asyncio.wait({c2s, s2c}, return_when=asyncio.FIRST_COMPLETED)
+            first = done.pop().result()
+            if first == "eof" and pending:
+                # one side finished cleanly: let the other drain, bounded
+                _, pending = await asyncio.wait(pending, timeout=30)
+            for t in pending:
+                t.cancel()
+            if first == "cut":
+                rec["cut"] = True
+                self.st["cut"] += 1
+        except (OSError, asyncio.TimeoutError) as e:
+            log(f"{self.name}: proxy: {e!r}")
+        finally:
+            for w in (cwriter, uwriter):
+                if w is not None:
+                    w.transport.abort()
+            rec["end"] = time.time()
+            self.stats.dump()
+
+    async def pump(self, src, dst, limit, rec, key):
+        """Copy src -> dst with the link's delay and rate; 'eof', 'cut' or 'error'."""
+        loop = asyncio.get_running_loop()
+        queue = asyncio.Queue(maxsize=16)
+
+        async def reader():
+            total = 0
+            try:
+                while True:
+                    want = self.chunk if limit is None else min(self.chunk, limit - total)
+                    data = await src.read(want)
+                    if not data:
+                        await queue.put(("eof", None, 0))
+                        return
+                    total += len(data)
+                    await queue.put(("data", data, loop.time() + self.delay))
+                    if limit is not None and total >= limit:
+                        await queue.put(("cut", None, 0))
+                        return
+            except (ConnectionError, OSError):
+                await queue.put(("error", None, 0))
+
+        rtask = asyncio.create_task(reader())
+        next_send = loop.time()
+        try:
+            while True:
+                kind, data, due = await queue.get()
+                if kind != "data":
+                    if kind == "eof":
+                        try:
+                            dst.write_eof()
+                        except (OSError, RuntimeError):
+                            pass
+                    return kind
+                now = loop.time()
+                wait = max(due - now, next_send - now)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                dst.write(data)
+                await dst.drain()
+                rec[key] += len(data)
+                if self.rate:
+                    next_send = max(next_send, loop.time()) + len(data) / self.rate
+        except (ConnectionError, OSError):
+            return "error"
+        finally:
+            rtask.cancel()
+
+
+class Stats(dict):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def dump(self):
+        tmp = self.path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self, f)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            log(f"stats: {e}")
+
+
+class Binder:
+    """Binds the server's sockets; a port taken meanwhile is replaced by `take()`."""
+
+    def __init__(self, take):
+        self.take = take
+        self.sockets = []
+
+    def bind(self, port, listen=True, backlog=512, reuse=True):
+        """Bind 127.0.0.1:port (or a replacement) -> (sock, port)."""
+        for _ in range(50):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+                if listen:
+                    s.listen(backlog)
+                s.setblocking(False)
+                self.sockets.append(s)
+                return s, port
+            except OSError as e:
+                s.close()
+                log(f"port {port} taken ({e.strerror}); using another")
+                port = self.take()
+        raise OSError(f"could not bind a loopback port after 50 tries")
+
+
+def raise_nofile(need):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max(soft, need)
+    if hard != resource.RLIM_INFINITY and want > hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+            return
+        except (ValueError, OSError):
+            want = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def bind_all(nodes, take):
+    """Bind every node's health port, proxy port, or unreachable holder sockets.
+
+    nodes: dicts with name, health_port, ssh_port, unreachable, proxy. Updates the ports
+    in place if one had to be replaced; returns (binder, plan) for serve().
+    """
+    binder, plan = Binder(take), []
+    for n in nodes:
+        hold = n.get("unreachable")
+        if hold:
+            # refused: bound without listen and without SO_REUSEADDR, so nobody else can
+            # take it and every connect gets RST. timeout: listen(0), never accept.
+            for key in ("ssh_port", "health_port"):
+                _, n[key] = binder.bind(n[key], listen=hold == "timeout", backlog=0, reuse=False)
+            continue
+        s, n["health_port"] = binder.bind(n["health_port"])
+        plan.append(("health", n, s))
+        if n.get("proxy"):
+            s, n["ssh_port"] = binder.bind(n["ssh_port"])
+            plan.append(("proxy", n, s))
+    return binder, plan
+
+
+def reap_children():
+    """Reap every exited child (this process is the fleet's child subreaper)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+async def serve(plan, stats_file, on_ready=None):
+    """Serve health endpoints and proxies until SIGTERM/SIGINT, reaping children.
+    on_ready() is called once every listener is served."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGCHLD, reap_children)
+    reap_children()
+    stats = Stats(stats_file)
+    servers = []
+    for role, n, sock in plan:
+        if role == "health":
+            node = Node(n)
+            cb = (lambda node: lambda r, w: serve_health(node, r, w))(node)
+        else:
+            proxy = Proxy(n["proxy"] | {"name": n["name"]}, stats)
+            proxy.upstream = n["sshd_port"]
+            cb = proxy.handle
+        servers.append(await asyncio.start_server(cb, sock=sock, limit=HEAD_LIMIT))
+    stats.dump()
+    log(f"serving {len(servers)} listeners")
+    if on_ready:
+        on_ready()
+    await stop.wait()
+    for s in servers:
+        s.close()
+    log("stopped")
+
+

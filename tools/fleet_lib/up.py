@@ -1,0 +1,706 @@
+"""`fleet up`: build node trees, start sshds and the health/proxy server, write outputs."""
+
+import asyncio
+import concurrent.futures
+import ctypes
+import hashlib
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+
+from . import faults as faultlib
+from . import host, server
+from .common import (ENV_MARK, LOOPBACK, SAFE_PATH, SSHD, STATE_FILE, SUPERVISOR_COMM, USER, FleetError,
+                     PortAllocator, default_port_range, fleet_processes, listening_ports_by_inode,
+                     mounts_under, pid_socket_inodes, port_lock, read_json, sshd_version,
+                     write_file, write_json_atomic, read_proc)
+from .down import teardown
+
+PORTS_PER_SSHD = 16      # OpenSSH: at most 16 listen sockets per sshd process
+BUILD_THREADS = 8
+SSHD_READY_TIMEOUT = 60
+
+# Everything `up` creates in DIR; a re-`up` of a downed DIR removes exactly these.
+FLEET_ENTRIES = ["nodes", "sshd", "run", "host_keys", "inventory.json", "known_hosts",
+                 "fleet.json", "password", "authorized_keys", "client_key", "client_key.pub",
+                 "client_key_ecdsa", "client_key_ecdsa.pub", "client_key_rsa", "client_key_rsa.pub",
+                 "client_key_other", "client_key_other.pub"]
+
+# Options no --sshd-option may replace: the fleet's wiring depends on them.
+FIXED_SSHD_OPTIONS = {"listenaddress", "port", "hostkey", "pidfile", "authorizedkeysfile",
+                      "allowusers", "setenv", "match", "include"}
+
+
+APP_JAR_V1 = b"".join(hashlib.sha256(b"guardia-fleet-app-v1-%d" % i).digest() for i in range(1024))
+
+
+def app_v1_files(name):
+    """relative path -> (content, mode) of the initial app (version v1)."""
+    return {
+        "app.jar": (APP_JAR_V1, 0o644),
+        "VERSION": (b"v1\n", 0o644),
+        "conf/app.properties": (f"node.name={name}\napp.version=v1\napp.mode=production\n".encode(), 0o640),
+        "run.sh": (b"#!/bin/sh\n# simulated application launcher\necho \"app v1 running\"\n", 0o755),
+    }
+
+
+def parse_tiers(spec, count):
+    """'A,B,C' (counts of tier 1, 2, 3 in node order; one may be '*' = the rest) -> list."""
+    if not spec:
+        return [2] * count
+    parts = [p.strip() for p in spec.split(",")]
+    if not 1 <= len(parts) <= 3 or parts.count("*") > 1:
+        raise FleetError(f"--tiers {spec!r}: expected up to three counts T1,T2,T3 (one may be '*')")
+    try:
+        fixed = sum(int(p) for p in parts if p != "*")
+        if any(int(p) < 0 for p in parts if p != "*"):
+            raise ValueError
+    except ValueError:
+        raise FleetError(f"--tiers {spec!r}: counts must be non-negative integers or '*'")
+    if "*" in parts:
+        if fixed > count:
+            raise FleetError(f"--tiers {spec!r}: {fixed} nodes given, fleet has {count}")
+        parts = [str(count - fixed) if p == "*" else p for p in parts]
+    elif fixed != count:
+        raise FleetError(f"--tiers {spec!r}: counts add up to {fixed}, fleet has {count} nodes "
+                         "(use '*' for the rest)")
+    out = []
+    for tier, n in enumerate(parts, start=1):
+        out += [tier] * int(n)
+    return out
+
+
+def parse_sshd_options(items):
+    out = []
+    for item in items or ():
+        item = item.strip()
+        key, _, value = item.replace("=", " ", 1).partition(" ")
+        if not key.isalpha() or not value.strip() or "\n" in item:
+            raise FleetError(f"--sshd-option {item!r}: expected 'Keyword value'")
+        if key.lower() in FIXED_SSHD_OPTIONS:
+            raise FleetError(f"--sshd-option {item!r}: {key} is managed by the fleet")
+        out.append((key, value.strip()))
+    return out
+
+
+def default_sshd_options():
+    opts = [
+        ("UsePAM", "no"), ("PasswordAuthentication", "yes"), ("PubkeyAuthentication", "yes"),
+        ("KbdInteractiveAuthentication", "no"), ("PermitRootLogin", "no"), ("StrictModes", "no"),
+        ("Subsystem", "sftp internal-sftp"), ("MaxStartups", "2000:30:4000"), ("MaxSessions", "64"),
+        ("LoginGraceTime", "60"), ("LogLevel", "ERROR"), ("UseDNS", "no"), ("PrintMotd", "no"),
+        ("PrintLastLog", "no"), ("X11Forwarding", "no"), ("AddressFamily", "inet"),
+    ]
+    if sshd_version() >= (9, 8):
+        opts.append(("PerSourcePenalties", "no"))
+    return opts
+
+
+class Up:
+    def __init__(self, args):
+        self.t0 = time.monotonic()
+        self.args = args
+        self.dir = os.path.realpath(args.dir)
+        self.count = args.nodes
+        self.children = []           # Popen objects to reap on failure
+        self.timings = {}            # step -> seconds (in .guardia-fleet and server.log)
+        self.sshds = []              # [{"index", "key", "nodes", "conf", "log", "pidfile", "proc", "attempts"}]
+        self.lo, self.hi = (default_port_range() if not args.port_range else self._port_range(args.port_range))
+
+    @staticmethod
+    def _port_range(text):
+        try:
+            lo, hi = (int(x) for x in text.split("-"))
+        except ValueError:
+            raise FleetError(f"--port-range {text!r}: expected LO-HI")
+        if not 1024 <= lo < hi <= 65535 or hi - lo < 64:
+            raise FleetError(f"--port-range {text!r}: need 1024 <= LO < HI <= 65535 and at least 64 ports")
+        return lo, hi
+
+    # ------------------------------------------------------------ helpers
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def record_pid(self, role, pid):
+        p = read_proc(pid)
+        with open(self.path("run", "pids.jsonl"), "a") as f:
+            f.write(json.dumps({"role": role, "pid": pid, "starttime": p.starttime if p else None}) + "\n")
+
+    def record_mount(self, mp):
+        with open(self.path("run", "mounts"), "a") as f:
+            f.write(mp + "\n")
+
+    def set_state(self, state, **extra):
+        if state != "down" and self.state.get("state") == "starting":
+            self.still_ours()
+        st = self.state | {"state": state} | extra
+        self.state = st
+        write_json_atomic(self.path(STATE_FILE), st)
+
+    def elapsed(self):
+        return time.monotonic() - self.t0
+
+    # ------------------------------------------------------------ steps
+    def validate(self):
+        if os.geteuid() != 0:
+            raise FleetError("fleet up must run as root (it starts sshd, adds a user, mounts tmpfs)")
+        if not os.path.exists(SSHD):
+            raise FleetError(f"{SSHD} not found: install openssh-server")
+        if not SAFE_PATH.match(self.dir):
+            raise FleetError(f"--dir {self.dir!r}: use only letters, digits and ._/+@,=- in the path")
+        if not 1 <= self.count <= 5000:
+            raise FleetError("--nodes must be 1..5000")
+        self.faults = faultlib.load(self.args.faults, self.args.fault, self.count)
+        self.tiers = parse_tiers(self.args.tiers, self.count)
+        self.user_opts = parse_sshd_options(self.args.sshd_option)
+        hp = self.args.health_path
+        if not hp.startswith("/") or any(c.isspace() for c in hp):
+            raise FleetError(f"--health-path {hp!r}: must start with / and contain no spaces")
+        need = 2 * self.count + 64
+        if self.hi - self.lo < need * 2:
+            raise FleetError(f"port range {self.lo}-{self.hi} is too small for {self.count} nodes")
+
+    def prepare_dir(self):
+        d = self.dir
+        state_path = self.path(STATE_FILE)
+        if os.path.lexists(d) and not os.path.isdir(d):
+            raise FleetError(f"{d} exists and is not a directory")
+        if os.path.isdir(d):
+            if os.path.exists(state_path):
+                try:
+                    st = read_json(state_path)
+                except (OSError, ValueError):
+                    st = {}
+                live = fleet_processes(d, st.get("id"), st.get("uid"))
+                if st.get("state") != "down" or live or mounts_under(d):
+                    raise FleetError(
+                        f"{d} already holds a fleet (state {st.get('state', '?')}, {len(live)} live "
+                        f"process(es), {len(mounts_under(d))} mount(s)); run `tools/fleet down --dir {d}` first")
+                for name in FLEET_ENTRIES:
+                    p = os.path.join(d, name)
+                    if os.path.isdir(p) and not os.path.islink(p):
+                        shutil.rmtree(p)
+                    elif os.path.lexists(p):
+                        os.unlink(p)
+            elif os.listdir(d):
+                raise FleetError(f"{d} is not empty and holds no fleet: give an empty or new directory")
+        os.makedirs(d, exist_ok=True)
+        os.chmod(d, 0o755)
+        # the fleet user must be able to reach DIR (sshd reads authorized_keys as that user)
+        a = os.path.dirname(d)
+        while a != "/":
+            if not os.stat(a).st_mode & 0o001:
+                raise FleetError(f"{a} is not traversable by others (mode {oct(os.stat(a).st_mode & 0o777)}): "
+                                 f"the fleet user cannot reach {d}; use a directory under /tmp or chmod o+x")
+            a = os.path.dirname(a)
+        for sub in ("run", "sshd", "host_keys", "nodes"):
+            os.mkdir(self.path(sub), 0o755)
+        self.state = {"id": os.urandom(8).hex(), "dir": d, "state": "starting", "nodes": self.count,
+                      "up_pid": os.getpid(), "up_starttime": read_proc(os.getpid()).starttime,
+                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        write_json_atomic(self.path(STATE_FILE), self.state)
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", ENV_MARK: self.state["id"]}
+
+    def setup_user_and_keys(self):
+        wrong_needed = any(f["kind"] == "wrong_host_key" for fs in self.faults.values() for f in fs)
+        jobs = [
+            host.keygen_start(self.path("host_keys", "ssh_host_ed25519_key"), "ed25519", "guardia-fleet-host"),
+            host.keygen_start(self.path("client_key"), "ed25519", "guardia-fleet-client"),
+            host.keygen_start(self.path("client_key_ecdsa"), "ecdsa", "guardia-fleet-client-ecdsa"),
+            host.keygen_start(self.path("client_key_other"), "ed25519", "guardia-fleet-unauthorized"),
+        ]
+        if wrong_needed:
+            jobs.append(host.keygen_start(self.path("host_keys", "wrong_host_ed25519_key"), "ed25519",
+                                          "guardia-fleet-wrong-host"))
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)   # sshd's privilege separation dir
+        self.pw, self.password = host.ensure_user()
+        self.uid, self.gid = self.pw.pw_uid, self.pw.pw_gid
+        self.set_state("starting", uid=self.uid)
+        host.cached_rsa_key(self.path("client_key_rsa"))
+        host.keygen_wait(jobs)
+        self.host_pub = host.public_key(self.path("host_keys", "ssh_host_ed25519_key"))
+        keys = [host.public_key(self.path(k)) for k in ("client_key", "client_key_ecdsa", "client_key_rsa")]
+        write_file(self.path("authorized_keys"), "".join(k + " guardia-fleet\n" for k in keys), 0o644)
+        write_file(self.path("password"), self.password + "\n", 0o600)
+
+    def plan_nodes(self):
+        width = faultlib.name_width(self.count)
+        self.nodes = []
+        for i in range(1, self.count + 1):
+            name = faultlib.node_name(i, width)
+            nd = self.path("nodes", name)
+            fl = self.faults.get(name, [])
+            k = faultlib.by_kind(fl)
+            proxy = {kind: k[kind] for kind in faultlib.PROXY_KINDS if kind in k}
+            self.nodes.append({
+                "name": name, "index": i, "tier": self.tiers[i - 1],
+                "node_dir": nd, "deploy_path": os.path.join(nd, "app"),
+                "bin_dir": os.path.join(nd, "bin"), "state_dir": os.path.join(nd, "state"),
+                "startup_script": os.path.join(nd, "bin", "startup.sh"),
+                "shutdown_script": os.path.join(nd, "bin", "shutdown.sh"),
+                "faults": fl, "by_kind": k, "proxy": proxy or None,
+                "unreachable": k["unreachable"]["mode"] if "unreachable" in k else None,
+                "host_key": "wrong" if "wrong_host_key" in k else "default",
+                "ssh_port": None, "sshd_port": None, "health_port": None, "sshd_index": None,
+                "mount": nd if "disk_full" in k else None,
+                "health_path": self.args.health_path,
+                "health_faults": {x: k[x] for x in ("health_never", "health_slow", "health_flapping") if x in k},
+            })
+
+    def build_trees(self):
+        """Create every node's tree. File creation dominates on a disk-backed DIR (about half
+        a millisecond each here), so nodes are built by a few threads in parallel."""
+        self.started_long_ago = time.time() - 86400
+        for n in self.nodes:
+            if n["mount"]:
+                os.mkdir(n["node_dir"], 0o755)
+                self.mount_tmpfs(n)
+        with concurrent.futures.ThreadPoolExecutor(BUILD_THREADS) as pool:
+            for _ in pool.map(self.build_node, self.nodes):
+                pass
+
+    def mount_tmpfs(self, n):
+        df, nd = n["by_kind"]["disk_full"], n["node_dir"]
+        self.record_mount(nd)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o",
+                            f"size={df['size_mb']}m,mode=1755,uid={self.uid},gid={self.gid}",
+                            "guardia-fleet", nd], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise FleetError(f"{n['name']}: disk_full: mounting a tmpfs on {nd} failed: "
+                             f"{r.stderr.strip()} (needs CAP_SYS_ADMIN)")
+
+    def build_node(self, n):
+        uid, gid = self.uid, self.gid
+        nd, app = n["node_dir"], n["deploy_path"]
+        if not n["mount"]:
+            os.mkdir(nd, 0o755)
+        os.chown(nd, uid, gid)
+        for d in (app, os.path.join(app, "conf"), n["state_dir"]):
+            os.mkdir(d, 0o755)
+            os.chown(d, uid, gid)
+        for rel, (data, mode) in app_v1_files(n["name"]).items():
+            write_file(os.path.join(app, rel), data, mode, uid, gid)
+        os.mkdir(n["bin_dir"], 0o755)       # root-owned: a rollout cannot change the scripts
+        running = os.path.join(n["state_dir"], "running")
+        write_file(running, b"", 0o644, uid, gid)
+        os.utime(running, (self.started_long_ago, self.started_long_ago))  # health_slow: restarts only
+        self.write_scripts(n)
+        if n["mount"]:
+            self.fill_disk(n)
+
+    def write_scripts(self, n):
+        k, q = n["by_kind"], shlex.quote
+        state, app, name = q(n["state_dir"]), q(n["deploy_path"]), n["name"]
+        lines = ["#!/bin/sh", f"# Guardia test fleet: start the simulated service of {name}.",
+                 f"state={state}", 'echo startup >>"$state/events.log"',
+                 f'[ -d {app} ] || {{ echo "{name}: deploy path {app} missing" >&2; exit 2; }}']
+        if "startup_fails" in k:
+            code = k["startup_fails"]["exit_code"]
+            lines += [f'echo "{name}: service failed to start (fleet fault startup_fails)" >&2', f"exit {code}"]
+        else:
+            lines += [': >"$state/running"', f'echo "{name}: service started"']
+        write_file(n["startup_script"], "\n".join(lines) + "\n", 0o755)
+        lines = ["#!/bin/sh", f"# Guardia test fleet: stop the simulated service of {name}.",
+                 f"state={state}", 'echo shutdown >>"$state/events.log"']
+        if "shutdown_hangs" in k:
+            lines.append(f"sleep {k['shutdown_hangs']['seconds']}  # fleet fault shutdown_hangs")
+        lines += ['rm -f "$state/running"', f'echo "{name}: service stopped"']
+        write_file(n["shutdown_script"], "\n".join(lines) + "\n", 0o755)
+
+    def fill_disk(self, n):
+        percent = n["by_kind"]["disk_full"]["percent"]
+        fill = os.path.join(n["node_dir"], ".fill")
+        # root-owned in a sticky dir: the node user cannot delete it, the disk stays full
+        fd = os.open(fill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for _ in range(8):
+                st = os.statvfs(n["node_dir"])
+                used = st.f_blocks - st.f_bfree
+                if used and math.ceil(100 * used / (used + st.f_bavail)) >= percent:
+                    return
+                want_used = math.ceil(st.f_blocks * percent / 100) + 1
+                os.write(fd, b"\0" * max(st.f_frsize, (want_used - used) * st.f_frsize))
+            raise FleetError(f"{n['name']}: could not fill the tmpfs to {percent} %")
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------ ports, sshd, server
+    def group_sshds(self):
+        groups = {}
+        for n in self.nodes:
+            if n["unreachable"]:
+                continue
+            groups.setdefault(n["host_key"], []).append(n)
+        self.sshds = []
+        for key in ("default", "wrong"):
+            members = groups.get(key, [])
+            for start in range(0, len(members), PORTS_PER_SSHD):
+                i = len(self.sshds)
+                chunk = members[start:start + PORTS_PER_SSHD]
+                for n in chunk:
+                    n["sshd_index"] = i
+                self.sshds.append({"index": i, "key": key, "nodes": chunk,
+                                   "conf": self.path("sshd", f"sshd-{i:03d}.conf"),
+                                   "log": self.path("sshd", f"sshd-{i:03d}.log"),
+                                   "pidfile": self.path("sshd", f"sshd-{i:03d}.pid"),
+                                   "proc": None, "attempts": 0})
+
+    def allocate_ports(self, alloc):
+        for n in self.nodes:
+            n["health_port"] = alloc.take()
+            if n["unreachable"]:
+                n["ssh_port"] = alloc.take()
+                continue
+            n["sshd_port"] = alloc.take()
+            n["ssh_port"] = alloc.take() if n["proxy"] else n["sshd_port"]
+
+    def sshd_config(self, g):
+        user = {k.lower() for k, _ in self.user_opts}
+        opts = list(self.user_opts) + [(k, v) for k, v in default_sshd_options()
+                                       if k.lower() not in user]
+        key = "ssh_host_ed25519_key" if g["key"] == "default" else "wrong_host_ed25519_key"
+        lines = [f"# Generated by tools/fleet for fleet {self.state['id']} ({self.dir}); do not edit.",
+                 *(f"ListenAddress {LOOPBACK}:{n['sshd_port']}" for n in g["nodes"]),
+                 f"HostKey {self.path('host_keys', key)}",
+                 f"PidFile {g['pidfile']}",
+                 f"AuthorizedKeysFile {self.path('authorized_keys')}",
+                 f"AllowUsers {USER}",
+                 f"SetEnv {ENV_MARK}={self.state['id']}",
+                 *(f"{k} {v}" for k, v in opts)]
+        for n in g["nodes"]:
+            k = n["by_kind"]
+            extra = []
+            if "auth_refused" in k:
+                extra.append(f"DenyUsers {USER}")
+            extra += [f["option"] for f in k.get("sshd_option", [])]
+            if extra:
+                lines.append(f"Match LocalPort {n['sshd_port']}")
+                lines += [f"    {x}" for x in extra]
+        write_file(g["conf"], "\n".join(lines) + "\n", 0o644)
+
+    def start_sshd(self, g):
+        self.sshd_config(g)
+        if os.path.exists(g["pidfile"]):
+            os.unlink(g["pidfile"])
+        g["attempts"] += 1
+        with open(g["log"], "ab") as log:
+            p = subprocess.Popen([SSHD, "-D", "-f", g["conf"], "-E", g["log"]], env=self.env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                 start_new_session=True, close_fds=True)
+        self.children.append(p)
+        self.record_pid("sshd", p.pid)
+        g["proc"] = p
+
+    def stop_child(self, p):
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+    def wait_sshds(self, alloc):
+        deadline = time.monotonic() + SSHD_READY_TIMEOUT
+        pending = {g["index"] for g in self.sshds}
+        while pending:
+            if time.monotonic() > deadline:
+                raise FleetError(f"{len(pending)} sshd(s) not listening after {SSHD_READY_TIMEOUT} s "
+                                 f"(e.g. {self.sshds[min(pending)]['log']})")
+            # snapshot the listeners only after seeing the PidFiles (written after binding)
+            bound = {i for i in pending if os.path.exists(self.sshds[i]["pidfile"])}
+            by_inode = listening_ports_by_inode() if bound else {}
+            for i in sorted(pending):
+                g = self.sshds[i]
+                p = g["proc"]
+                want = {n["sshd_port"] for n in g["nodes"]}
+                if p.poll() is not None:
+                    log = tail(g["log"])
+                    if "Cannot bind any address" in log and g["attempts"] < 5:
+                        missing = want        # every port was taken meanwhile: new ports
+                    else:
+                        raise FleetError(f"sshd {g['conf']} exited with {p.returncode}: {log or 'no log'}")
+                elif i not in bound:
+                    continue                  # still binding (sshd writes PidFile after binding)
+                else:
+                    got = {by_inode[x] for x in pid_socket_inodes(p.pid) if x in by_inode}
+                    missing = want - got
+                    if not missing:
+                        pending.discard(i)
+                        continue
+                    if g["attempts"] >= 5:
+                        raise FleetError(f"sshd {g['conf']}: ports {sorted(missing)} stay taken")
+                    self.stop_child(p)
+                # a port was taken between probing and sshd's bind: move those nodes
+                for n in g["nodes"]:
+                    if n["sshd_port"] in missing:
+                        old = n["sshd_port"]
+                        n["sshd_port"] = alloc.take()
+                        if n["ssh_port"] == old:
+                            n["ssh_port"] = n["sshd_port"]
+                print(f"fleet: ports {sorted(missing)} were taken meanwhile; restarting sshd {i} on new ports",
+                      file=sys.stderr)
+                self.start_sshd(g)
+            time.sleep(0.01)
+
+    def still_ours(self):
+        """A `down` run meanwhile (e.g. after the caller of `up` was killed) wins."""
+        try:
+            st = read_json(self.path(STATE_FILE))
+        except (OSError, ValueError):
+            st = {}
+        if st.get("id") != self.state["id"] or st.get("state") != "starting":
+            raise FleetError("the fleet was taken down while starting")
+
+    def start_everything(self):
+        steal = []
+        self.still_ours()
+        with port_lock():
+            alloc = PortAllocator(self.lo, self.hi)
+            self.allocate_ports(alloc)
+            # health/proxy/holder sockets are bound here, in the supervisor that serves them
+            self.binder, self.plan = server.bind_all(self.nodes, alloc.take)
+            # test hook: occupy some sshd ports to exercise the collision retry
+            for n in self.nodes[:int(os.environ.get("GUARDIA_FLEET_TEST_STEAL_PORTS", "0"))]:
+                if n["sshd_port"]:
+                    sock = socket.socket()
+                    sock.bind((LOOPBACK, n["sshd_port"]))
+                    sock.listen(1)
+                    steal.append(sock)
+            for g in self.sshds:
+                self.start_sshd(g)
+            if os.environ.get("GUARDIA_FLEET_TEST_CRASH") == "after_start":
+                os._exit(70)      # test hook: die without any cleanup, like a SIGKILL
+            self.wait_sshds(alloc)
+            self.still_ours()
+        for sock in steal:
+            sock.close()
+
+    # ------------------------------------------------------------ outputs
+    def write_outputs(self):
+        a = self.args
+        inv = {"nodes": [{
+            "name": n["name"], "host": LOOPBACK, "ssh_port": n["ssh_port"], "user": USER,
+            "auth": {"key_file": self.path("client_key")},
+            "deploy_path": n["deploy_path"], "tier": n["tier"],
+            "inst_id": f"INST-{n['index']:04d}", "system_name": a.system_name,
+            "requires_restart": True,
+            "shutdown_cmd": "sh " + shlex.quote(n["shutdown_script"]),
+            "startup_cmd": "sh " + shlex.quote(n["startup_script"]),
+            "health": {"port": n["health_port"], "path": a.health_path,
+                       "timeout_s": a.health_timeout, "interval_s": a.health_interval},
+        } for n in self.nodes]}
+        write_json_atomic(self.path("inventory.json"), inv)
+        write_file(self.path("known_hosts"),
+                   "".join(f"[{LOOPBACK}]:{n['ssh_port']} {self.host_pub}\n" for n in self.nodes), 0o644)
+        procs = [{"role": "sshd", "pid": g["proc"].pid, "index": g["index"], "host_key": g["key"],
+                  "config": g["conf"], "log": g["log"], "pidfile": g["pidfile"],
+                  "ports": [n["sshd_port"] for n in g["nodes"]]} for g in self.sshds]
+        procs.append({"role": "server", "pid": os.getpid(), "log": self.path("run", "server.log")})
+        for p in procs:
+            p["starttime"] = read_proc(p["pid"]).starttime
+        fleet = {
+            "version": 1, "id": self.state["id"], "dir": self.dir, "state": "up",
+            "created": self.state["created"], "user": USER, "uid": self.uid, "gid": self.gid,
+            "password_file": self.path("password"),
+            "client_keys": {k: self.path(f) for k, f in (("ed25519", "client_key"), ("ecdsa", "client_key_ecdsa"),
+                                                         ("rsa", "client_key_rsa"), ("unauthorized", "client_key_other"))},
+            "known_hosts": self.path("known_hosts"), "inventory": self.path("inventory.json"),
+            "authorized_keys": self.path("authorized_keys"),
+            "host_key": {"default": self.host_pub,
+                         "wrong": host.public_key(self.path("host_keys", "wrong_host_ed25519_key"))
+                         if any(g["key"] == "wrong" for g in self.sshds) else None},
+            "sshd_options": [f"{k} {v}" for k, v in self.user_opts],
+            "health_path": a.health_path, "port_range": [self.lo, self.hi],
+            "proxy_stats": self.path("run", "proxy-stats.json"),
+            "processes": procs,
+            "mounts": [n["mount"] for n in self.nodes if n["mount"]],
+            "nodes": [{k: n[k] for k in ("name", "tier", "ssh_port", "sshd_port", "health_port", "sshd_index",
+                                         "node_dir", "deploy_path", "bin_dir", "state_dir", "startup_script",
+                                         "shutdown_script", "mount", "faults")} for n in self.nodes],
+        }
+        write_json_atomic(self.path("fleet.json"), fleet)
+
+    def verify_login(self):
+        """One real SSH login to a node without SSH-level faults: user, keys, modes work."""
+        if self.args.no_verify:
+            return
+        if any(re.search("auth|pubkey|users|groups", k, re.I) for k, _ in self.user_opts):
+            return      # the caller changed authentication on purpose
+        ssh_faults = {"unreachable", "wrong_host_key", "auth_refused", "cut_after_bytes", "slow_link", "sshd_option"}
+        for n in self.nodes:
+            if not ssh_faults & set(n["by_kind"]):
+                break
+        else:
+            return
+        cmd = ["ssh", "-F", "/dev/null", "-i", self.path("client_key"), "-o", "IdentitiesOnly=yes",
+               "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={self.path('known_hosts')}",
+               "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes",
+               "-o", "ConnectTimeout=20", "-p", str(n["ssh_port"]), f"{USER}@{LOOPBACK}",
+               f"test -w {shlex.quote(n['deploy_path'])} && test -w {shlex.quote(n['node_dir'])}"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            raise FleetError(f"login check on {n['name']} (port {n['ssh_port']}) failed ({r.returncode}): "
+                             f"{r.stderr.strip()[-500:]}")
+
+    def summary(self):
+        out = [f"fleet up: {self.count} nodes on {LOOPBACK}, {len(self.sshds)} sshd, 1 health/proxy server "
+               f"(pid {os.getpid()}), {sum(1 for n in self.nodes if n['mount'])} tmpfs, in {self.elapsed():.2f} s",
+               f"  dir:         {self.dir}",
+               f"  inventory:   {self.path('inventory.json')}",
+               f"  known_hosts: {self.path('known_hosts')}",
+               f"  client key:  {self.path('client_key')}  (user {USER})"]
+        for name in sorted(self.faults):
+            desc = ", ".join(":".join([f["kind"], *(str(v) for k, v in f.items() if k != "kind")])
+                             for f in self.faults[name])
+            out.append(f"  fault:       {name}: {desc}")
+        return "\n".join(out)
+
+    def run(self):
+        """Validate and claim DIR here, then fork the supervisor that does the rest.
+
+        The supervisor (new session, child subreaper) starts the sshds as its children,
+        serves health and proxies, and reaps whatever the fleet leaves orphaned: this
+        machine's PID 1 may not reap, and `down` would otherwise leave zombies behind.
+        It reports {"ok", "summary"|"error"} through a pipe; this process prints it.
+        """
+        self.validate()
+        self.prepare_dir()
+        rfd, wfd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            # keep only the report pipe: an inherited descriptor (a caller's output pipe)
+            # held open by the long-lived supervisor would make the caller wait for EOF
+            os.closerange(3, wfd)
+            os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
+            self.supervise(wfd)        # never returns
+        os.close(wfd)
+
+        def forward(signum, frame):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        signal.signal(signal.SIGTERM, forward)
+        signal.signal(signal.SIGINT, forward)
+        signal.signal(signal.SIGHUP, forward)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(rfd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                break
+            data += chunk
+        os.close(rfd)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)      # the outcome is known: stop forwarding
+        try:
+            result = json.loads(data)
+        except ValueError:
+            result = None
+        if result and result.get("ok"):
+            try:
+                print(result["summary"], flush=True)
+            except BrokenPipeError:
+                pass
+            return 0
+        _, status = os.waitpid(pid, 0)
+        if result:
+            raise FleetError(result["error"])
+        # the supervisor died without a word (killed, crashed)
+        code = os.waitstatus_to_exitcode(status)
+        if os.environ.get("GUARDIA_FLEET_TEST_CRASH"):
+            raise FleetError(f"fleet supervisor died ({code}); test hook: left as is for `down`")
+        problems = teardown(self.dir, self.state)
+        self.set_state("down", last_error=f"supervisor died ({code})", leaked=problems)
+        raise FleetError(f"fleet supervisor died ({code}) before the fleet was ready; cleaned up"
+                         + (f", but left: {'; '.join(problems)}" if problems else ""))
+
+    def supervise(self, wfd):
+        code = 1
+        try:
+            os.setsid()
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(36, 1, 0, 0, 0)                  # PR_SET_CHILD_SUBREAPER
+            libc.prctl(15, SUPERVISOR_COMM.encode(), 0, 0, 0)    # PR_SET_NAME: comm shown by ps
+            self.record_pid("server", os.getpid())
+            log = os.open(self.path("run", "server.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            os.close(null)
+            os.close(log)
+
+            def on_term(signum, frame):
+                raise FleetError(f"interrupted by signal {signum}")
+            signal.signal(signal.SIGTERM, on_term)
+            signal.signal(signal.SIGINT, on_term)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            try:
+                server.raise_nofile(4 * self.count + 4096)
+                for step in (self.setup_user_and_keys, self.plan_nodes, self.build_trees, self.group_sshds,
+                             self.start_everything, self.write_outputs, self.verify_login):
+                    t = time.monotonic()
+                    step()
+                    self.timings[step.__name__] = round(time.monotonic() - t, 3)
+                self.set_state("up", ready_s=round(self.elapsed(), 3), timings=self.timings)
+                print(f"up in {self.elapsed():.2f} s: {self.timings}", flush=True)
+            except BaseException as e:
+                msg = str(e) if isinstance(e, FleetError) else f"{type(e).__name__}: {e}"
+                if not isinstance(e, FleetError):
+                    traceback.print_exc()
+                self.fail(msg)
+                os.write(wfd, json.dumps({"ok": False, "error": msg}).encode())
+                return
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+            def ready():
+                os.write(wfd, json.dumps({"ok": True, "summary": self.summary()}).encode())
+                os.close(wfd)
+            asyncio.run(server.serve(self.plan, self.path("run", "proxy-stats.json"), ready))
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+
+    def fail(self, msg):
+        print(f"fleet up failed: {msg}", file=sys.stderr)
+        for p in self.children:
+            try:
+                self.stop_child(p)
+            except OSError:
+                pass
+        problems = teardown(self.dir, self.state)
+        server.reap_children()
+        self.set_state("down", last_error=msg, leaked=problems)
+        if problems:
+            print("fleet: cleanup after the failed up left: " + "; ".join(problems), file=sys.stderr)
+
+
+def tail(path, n=1500):
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def cmd_up(args):
+    os.umask(0o022)
+    return Up(args).run()

@@ -228,6 +228,8 @@ int main(int argc, char** argv) try {
                     ++sh.ok;
                     report["bytes"] = up->bytes;
                     report["sha256"] = up->sha256;
+                    report["transfer_s"] = std::chrono::duration<double>(up->transfer_duration).count();
+                    report["verify_s"] = std::chrono::duration<double>(up->verify_duration).count();
                 } else {
                     ++sh.failed;
                     sh.first_error = up.error().describe();

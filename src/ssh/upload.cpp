@@ -348,6 +348,9 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             co_return Error(errc::sftp_failed, std::move(msg));
         }
 
+        const auto transferred = Clock::now();
+        result.transfer_duration =
+            std::chrono::duration_cast<std::chrono::microseconds>(transferred - started);
         if (opts.before_verify) co_await opts.before_verify(staging);
 
         ExecOptions verify_opts;
@@ -379,6 +382,8 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
                                 std::to_string(code) + "): " + verified->err_tail());
         }
         if (opts.rename_into_place) result.staging_path.clear();
+        result.verify_duration =
+            std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - transferred);
     } catch (const boost::system::system_error&) {
         co_return impl.interrupted_error(make_error_code(errc::cancelled), "upload", opts.timeout);
     }

@@ -81,7 +81,9 @@ struct UploadResult {
     std::uint64_t bytes = 0;
     std::string sha256;  // lowercase hex, computed locally while streaming, verified remotely
     std::string md5;     // lowercase hex, computed locally; verified remotely if asked
-    std::chrono::microseconds duration{0};
+    std::chrono::microseconds duration{0};           // the whole upload
+    std::chrono::microseconds transfer_duration{0};  // until the staging file was closed
+    std::chrono::microseconds verify_duration{0};    // remote checksum (+ rename)
 };
 
 class Session {

@@ -18,6 +18,7 @@ public:
             case errc::cancelled: return "operation cancelled";
             case errc::connect_failed: return "connection failed";
             case errc::handshake_failed: return "SSH handshake failed";
+            case errc::connection_lost: return "connection lost";
             case errc::host_key_unknown: return "host key not known";
             case errc::host_key_changed: return "host key changed";
             case errc::host_key_revoked: return "host key revoked";

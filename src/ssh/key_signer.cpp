@@ -2,6 +2,7 @@
 
 #include <openssl/bio.h>
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/param_build.h>
 #include <openssl/pem.h>
@@ -156,6 +157,13 @@ Result<std::unique_ptr<KeySigner>> KeySigner::parse(std::string_view text,
         auto body_start = begin + kOpensshBegin.size();
         auto end = text.find(kOpensshEnd, body_start);
         std::string raw;
+        // The decoded private key must not linger in freed memory.
+        struct Wipe {
+            std::string& s;
+            ~Wipe() {
+                if (!s.empty()) OPENSSL_cleanse(s.data(), s.size());
+            }
+        } wipe{raw};
         if (end == std::string_view::npos || !base64_decode(text.substr(body_start, end - body_start), raw))
             return unsupported("not a well-formed OpenSSH private key");
         static constexpr std::string_view magic("openssh-key-v1\0", 15);

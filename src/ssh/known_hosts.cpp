@@ -197,9 +197,26 @@ bool KnownHosts::entry_matches(const Entry& e, const std::string& name) const {
 HostKeyCheck KnownHosts::check(std::string_view host, std::uint16_t port,
                                const HostKey& key) const {
     std::lock_guard lock(mutex_);
+    return check_locked(host, port, key);
+}
+
+Result<HostKeyCheck> KnownHosts::verify(std::string_view host, std::uint16_t port,
+                                        const HostKey& key, HostKeyPolicy policy) {
+    std::lock_guard lock(mutex_);
+    auto result = check_locked(host, port, key);
+    if (result.verdict == HostKeyVerdict::unknown && policy == HostKeyPolicy::accept_new) {
+        if (auto added = add_locked(host, port, key); !added) return added.error();
+        result.verdict = HostKeyVerdict::recorded;
+    }
+    return result;
+}
+
+HostKeyCheck KnownHosts::check_locked(std::string_view host, std::uint16_t port,
+                                      const HostKey& key) const {
     const std::string name = known_hosts_name(host, port);
     HostKeyCheck result;
-    const Entry* conflicting = nullptr;
+    const Entry* conflicting = nullptr;    // same type, other key
+    const Entry* other_type = nullptr;     // the host is known by a key of another type
     bool known = false;
     for (const auto& e : entries_) {
         if (!entry_matches(e, name) && !(e.revoked && e.key_blob == key.blob)) continue;
@@ -217,15 +234,20 @@ HostKeyCheck KnownHosts::check(std::string_view host, std::uint16_t port,
             known = true;
         else if (e.key_type == key.type && conflicting == nullptr)
             conflicting = &e;
+        else if (e.key_type != key.type && other_type == nullptr)
+            other_type = &e;
     }
-    // A matching entry wins over a stale one of the same type, as in OpenSSH.
+    // A matching entry wins over a stale one of the same type, as in OpenSSH. A host known by
+    // another key type only is a change too: the handshake asks for the known types first, so
+    // a server that offers none of them is not the one we know (or was rebuilt: check first).
+    const Entry* evidence = conflicting != nullptr ? conflicting : other_type;
     if (known) {
         result.verdict = HostKeyVerdict::known;
-    } else if (conflicting != nullptr) {
+    } else if (evidence != nullptr) {
         result.verdict = HostKeyVerdict::changed;
-        result.known_type = conflicting->key_type;
-        result.known_fingerprint = sha256_fingerprint(conflicting->key_blob);
-        result.known_line = conflicting->line;
+        result.known_type = evidence->key_type;
+        result.known_fingerprint = sha256_fingerprint(evidence->key_blob);
+        result.known_line = evidence->line;
     }
     return result;
 }
@@ -245,6 +267,10 @@ std::vector<std::string> KnownHosts::key_types_for(std::string_view host,
 
 Result<void> KnownHosts::add(std::string_view host, std::uint16_t port, const HostKey& key) {
     std::lock_guard lock(mutex_);
+    return add_locked(host, port, key);
+}
+
+Result<void> KnownHosts::add_locked(std::string_view host, std::uint16_t port, const HostKey& key) {
     Entry e;
     e.patterns.push_back(known_hosts_name(host, port));
     e.key_type = key.type;

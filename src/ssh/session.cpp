@@ -68,12 +68,12 @@ LIBSSH2_USERAUTH_KBDINT_RESPONSE_FUNC(kbdint_answer) {
     (void)name_len;
     (void)instruction;
     (void)instruction_len;
-    (void)prompts;
     auto* impl = static_cast<Session::Impl*>(*abstract);
-    // Answer every prompt with the password: that is what a password-only
-    // keyboard-interactive exchange (PAM's usual one) asks for.
+    // Answer hidden prompts with the password (PAM's usual "Password:" exchange). A prompt
+    // that echoes (a user name, a one-time code's label) gets an empty answer: the password
+    // must never be typed where it would be shown.
     for (int i = 0; i < num_prompts; ++i) {
-        if (impl == nullptr || impl->kbdint_password == nullptr) {
+        if (impl == nullptr || impl->kbdint_password == nullptr || prompts[i].echo != 0) {
             responses[i].text = nullptr;
             responses[i].length = 0;
             continue;
@@ -191,6 +191,8 @@ bool is_transport_failure(long rc) noexcept {
         case LIBSSH2_ERROR_ENCRYPT:
         case LIBSSH2_ERROR_BAD_SOCKET:
         case LIBSSH2_ERROR_ALLOC:
+        case LIBSSH2_ERROR_BAD_USE:
+        case LIBSSH2_ERROR_OUT_OF_BOUNDARY:
             return true;
         default:
             return false;
@@ -210,6 +212,7 @@ Session::Impl::~Impl() {
         boost::system::error_code ignored;
         socket.shutdown(tcp::socket::shutdown_both, ignored);
     }
+    parked_files.clear();
     parked_channels.clear();
     sftp.reset();
     session.reset();
@@ -237,6 +240,16 @@ void Session::Impl::mark_broken(std::string reason) {
         broken = true;
         broken_reason = std::move(reason);
     }
+    if (socket.is_open()) {
+        boost::system::error_code ignored;
+        socket.shutdown(tcp::socket::shutdown_both, ignored);
+    }
+}
+
+Error busy_error(const Session::Impl& impl) {
+    return Error(errc::invalid_argument,
+                 impl.peer + ": another operation is already running on this session (a "
+                             "Session runs one operation at a time)");
 }
 
 Error Session::Impl::fail(errc kind, std::string_view what, long rc) {
@@ -246,6 +259,7 @@ Error Session::Impl::fail(errc kind, std::string_view what, long rc) {
     if (is_transport_failure(rc)) {
         msg += " (connection lost)";
         mark_broken(msg);
+        kind = errc::connection_lost;
     }
     return Error(make_error_code(kind), std::move(msg));
 }
@@ -272,10 +286,18 @@ asio::awaitable<boost::system::error_code> Session::Impl::wait_socket(Clock::tim
     const int dirs = libssh2_session_block_directions(session.get());
     const auto now = Clock::now();
     if (now >= deadline) co_return make_error_code(errc::timeout);
-    // libssh2 sometimes reports no direction right after EAGAIN (libssh2 #1672): poll for
-    // input with a short cap instead of spinning.
+    // libssh2 sometimes reports no direction right after EAGAIN (libssh2 #1672): wait for
+    // input, but give up the wait after a pause that grows (1, 2, 4 ... 50 ms) while the
+    // condition lasts, so neither a spin nor a stall.
     const bool poll_only = dirs == 0;
-    const auto until = poll_only ? std::min(deadline, now + std::chrono::milliseconds(1)) : deadline;
+    auto pause = std::chrono::milliseconds(0);
+    if (poll_only) {
+        pause = std::chrono::milliseconds(std::min(50, 1 << std::min(direction_less, 6)));
+        ++direction_less;
+    } else {
+        direction_less = 0;
+    }
+    const auto until = poll_only ? std::min(deadline, now + pause) : deadline;
     timer.expires_at(until);
 
     const bool want_in = poll_only || (dirs & LIBSSH2_SESSION_BLOCK_INBOUND) != 0;
@@ -379,10 +401,17 @@ asio::awaitable<Result<void>> verify_host_key(Session::Impl& impl, const Connect
     const std::string name = known_hosts_name(impl.host, impl.port);
     const std::string fingerprint = sha256_fingerprint(impl.host_key.blob);
     auto& kh = *opts.known_hosts;
-    auto check = kh.check(impl.host, impl.port, impl.host_key);
+    auto verified = kh.verify(impl.host, impl.port, impl.host_key, opts.host_key_policy);
+    if (!verified) co_return verified.error();
+    const auto& check = *verified;
     const std::string file = kh.path().empty() ? std::string("known_hosts") : kh.path();
     switch (check.verdict) {
         case HostKeyVerdict::known:
+            co_return Result<void>{};
+        case HostKeyVerdict::recorded:
+            if (impl.logger)
+                impl.logger->info("{}: recorded new host key {} ({}) in {}", impl.peer,
+                                  fingerprint, impl.host_key.type, file);
             co_return Result<void>{};
         case HostKeyVerdict::revoked:
             co_return Error(errc::host_key_revoked,
@@ -401,18 +430,11 @@ asio::awaitable<Result<void>> verify_host_key(Session::Impl& impl, const Connect
         case HostKeyVerdict::unknown:
             break;
     }
-    if (opts.host_key_policy == HostKeyPolicy::strict)
-        co_return Error(errc::host_key_unknown,
-                        impl.peer + ": host key for " + name + " is not in " + file +
-                            ": server presented " + fingerprint + " (" + impl.host_key.type +
-                            "); refusing under host-key policy 'strict' (use 'accept-new' to "
-                            "trust it on first use)");
-    if (auto added = kh.add(impl.host, impl.port, impl.host_key); !added)
-        co_return added.error();
-    if (impl.logger)
-        impl.logger->info("{}: recorded new host key {} ({}) in {}", impl.peer, fingerprint,
-                          impl.host_key.type, file);
-    co_return Result<void>{};
+    co_return Error(errc::host_key_unknown,
+                    impl.peer + ": host key for " + name + " is not in " + file +
+                        ": server presented " + fingerprint + " (" + impl.host_key.type +
+                        "); refusing under host-key policy 'strict' (use 'accept-new' to "
+                        "trust it on first use)");
 }
 
 asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credentials& cred,
@@ -422,7 +444,7 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
     boost::system::error_code interrupted;
     const char* list = nullptr;
     const auto user_len = static_cast<unsigned>(cred.user.size());
-    co_await impl.drive(
+    long listed = co_await impl.drive(
         [&]() -> long {
             list = libssh2_userauth_list(s, cred.user.c_str(), user_len);
             if (list != nullptr) return 0;
@@ -431,6 +453,10 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
         deadline, interrupted);
     if (interrupted) co_return impl.interrupted_error(interrupted, "authentication", limit);
     if (libssh2_userauth_authenticated(s)) co_return Result<void>{};  // "none" accepted
+    // No list and not authenticated: the server went away (MaxStartups, penalties...), which
+    // is worth a retry, unlike refused credentials.
+    if (list == nullptr && listed != 0)
+        co_return impl.fail(errc::handshake_failed, "listing authentication methods", listed);
     const std::string offered_text = list != nullptr ? list : "";
     const auto methods = split_methods(list);
 
@@ -515,6 +541,9 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
         if (attempt(rc, "keyboard-interactive")) co_return Result<void>{};
     }
 
+    if (impl.broken)
+        co_return Error(errc::connection_lost,
+                        impl.peer + ": connection lost during authentication: " + impl.broken_reason);
     std::string msg = impl.peer + ": authentication as '" + cred.user + "' refused; tried: ";
     if (tried.empty()) {
         msg += "nothing (no configured method is offered by the server)";
@@ -523,6 +552,7 @@ asio::awaitable<Result<void>> authenticate(Session::Impl& impl, const Credential
     }
     msg += "; server offers: " + (offered_text.empty() ? std::string("(none)") : offered_text);
     if (!last_detail.empty()) msg += "; last error: " + last_detail;
+    if (impl.logger) impl.logger->debug("{}", msg);
     if (cred.key && cred.key->type == "ssh-rsa")
         msg += "; note: libssh2 1.10 signs RSA keys only with ssh-rsa (SHA-1), which OpenSSH 8.8 "
                "and later refuse by default: use an ed25519 or ECDSA key";
@@ -583,7 +613,9 @@ asio::awaitable<Result<std::unique_ptr<Session>>> Session::connect(asio::any_io_
         // Thrown by co_await when the coroutine was cancelled (Asio's throw_if_cancelled).
         co_return Error(errc::cancelled, impl->peer + ": connect cancelled (" + e.what() + ")");
     }
-    if (impl->logger) impl->logger->debug("{}: connected", impl->peer);
+    if (impl->logger)
+        impl->logger->debug("{}: connected, host key {} ({})", impl->peer,
+                            sha256_fingerprint(impl->host_key.blob), impl->host_key.type);
     co_return std::unique_ptr<Session>(new Session(std::move(impl)));
 }
 
@@ -594,8 +626,16 @@ bool Session::usable() const noexcept { return !impl_->broken; }
 const std::string& Session::peer() const noexcept { return impl_->peer; }
 const HostKey& Session::host_key() const noexcept { return impl_->host_key; }
 
+asio::awaitable<void> Session::disconnect() { co_await disconnect(std::chrono::seconds(2)); }
+
 asio::awaitable<void> Session::disconnect(std::chrono::milliseconds grace) {
     auto& impl = *impl_;
+    // Mid-operation (from another coroutine) a polite goodbye would interleave packets:
+    // just drop the connection, which fails the running operation.
+    if (impl.busy) {
+        impl.mark_broken(impl.peer + ": disconnected while an operation was running");
+        co_return;
+    }
     if (!impl.broken && impl.session) {
         try {
             boost::system::error_code interrupted;

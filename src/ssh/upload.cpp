@@ -212,9 +212,16 @@ std::string verify_command(const std::string& staging, const std::string& final_
 }  // namespace
 
 asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
+                                                      std::string remote_path) {
+    co_return co_await upload(std::move(local_path), std::move(remote_path), UploadOptions{});
+}
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
                                                       std::string remote_path,
                                                       UploadOptions opts) {
     auto& impl = *impl_;
+    BusyGuard busy(impl);
+    if (!busy.acquired()) co_return busy_error(impl);
     if (impl.broken) co_return impl.unusable_error();
     if (remote_path.empty() || remote_path.back() == '/' ||
         remote_path.find_first_of(std::string_view("\0\n", 2)) != std::string::npos)
@@ -236,6 +243,8 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
     src.path = local_path;
     bool staging_created = false;
     detail::SftpFileHandle file;
+    // An early return must not free a live SFTP handle (that sends FXP_CLOSE): park it.
+    ParkOnExit park(impl.parked_files, file);
 
     // Removes the staging file when we fail after creating it (best effort, short grace).
     auto cleanup = [&]() -> asio::awaitable<void> {
@@ -254,6 +263,8 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
                                                   static_cast<unsigned>(staging.size()));
                 },
                 grace, interrupted);
+        // A clean-up call left half-done leaves libssh2 mid-packet: retire the session.
+        if (interrupted) impl.mark_broken(impl.peer + ": cleaning up " + staging + " timed out");
     };
 
     try {
@@ -351,13 +362,18 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
         const auto transferred = Clock::now();
         result.transfer_duration =
             std::chrono::duration_cast<std::chrono::microseconds>(transferred - started);
-        if (opts.before_verify) co_await opts.before_verify(staging);
+        if (opts.before_verify) {
+            // The hook may use this session (nothing of ours is in flight meanwhile).
+            impl.busy = false;
+            co_await opts.before_verify(staging);
+            impl.busy = true;
+        }
 
         ExecOptions verify_opts;
         verify_opts.timeout = std::max<std::chrono::milliseconds>(
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
-        auto verified = co_await exec(verify_command(staging, remote_path, opts.mode, result.sha256,
+        auto verified = co_await impl.run_command(verify_command(staging, remote_path, opts.mode, result.sha256,
                                                      opts.verify_md5 ? &result.md5 : nullptr,
                                                      opts.rename_into_place),
                                       verify_opts);

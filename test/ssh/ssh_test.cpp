@@ -10,9 +10,13 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <doctest/doctest.h>
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 
 using namespace guardia;
 using namespace guardia::ssh;
@@ -163,8 +167,41 @@ TEST_SUITE("exec") {
             REQUIRE_MESSAGE(after.has_value(), (after ? "" : after.error().describe()));
             CHECK(after->out == "still-here\n");
             // Nothing was killed for us: clean up our own sleeper.
-            co_await s->exec("pkill -f 'sleep 31.4159' || true");
+            co_await s->exec("pkill -f 'sleep 31[.]4159' || true");
             co_await s->disconnect();
+            co_return 0;
+        }());
+    }
+
+    TEST_CASE("a command that never stops printing still meets its deadline") {
+        asio::io_context ioc;
+        run(ioc, []() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            ExecOptions eo;
+            eo.timeout = milliseconds(500);
+            const auto t0 = std::chrono::steady_clock::now();
+            auto r = co_await s->exec("exec yes guardia-chatty-marker", eo);
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().code == errc::timeout);
+            CHECK(std::chrono::steady_clock::now() - t0 < seconds(4));
+            auto after = co_await s->exec("pkill -f 'guardia-chatty-marke[r]'; echo ok");
+            REQUIRE_MESSAGE(after.has_value(), (after ? "" : after.error().describe()));
+            CHECK(after->out == "ok\n");
+            co_return 0;
+        }());
+    }
+
+    TEST_CASE("a second operation on a busy session is refused, the first completes") {
+        using namespace asio::experimental::awaitable_operators;
+        asio::io_context ioc;
+        run(ioc, []() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            auto [slow, second] = co_await (s->exec("sleep 0.3; echo slow") && s->exec("echo fast"));
+            REQUIRE(slow.has_value());
+            CHECK(slow->out == "slow\n");
+            REQUIRE_FALSE(second.has_value());
+            CHECK(second.error().code == errc::invalid_argument);
+            CHECK(s->usable());
             co_return 0;
         }());
     }
@@ -194,7 +231,7 @@ TEST_SUITE("exec") {
             REQUIRE_FALSE(again.has_value());
             CHECK(again.error().code == errc::session_unusable);
             auto cleaner = co_await must_connect(fleet().connect_options(kNode));
-            co_await cleaner->exec("pkill -f 'sleep 27.1828' || true");
+            co_await cleaner->exec("pkill -f 'sleep 27[.]1828' || true");
             co_return 0;
         }());
     }
@@ -399,6 +436,50 @@ TEST_SUITE("connect") {
         CHECK(bad.error().message.find("canary-kbdint-wrong") == std::string::npos);
     }
 
+    TEST_CASE("connect honours cancellation") {
+        using namespace asio::experimental::awaitable_operators;
+        asio::io_context ioc;
+        asio::ip::tcp::acceptor mute(ioc, {asio::ip::make_address("127.0.0.1"), 0});
+        auto o = fleet().connect_options(kNode);
+        o.port = mute.local_endpoint().port();
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto ex = co_await asio::this_coro::executor;
+            asio::steady_timer timer(ex, milliseconds(200));
+            const auto t0 = std::chrono::steady_clock::now();
+            auto which = co_await (Session::connect(ex, o) || timer.async_wait(asio::use_awaitable));
+            CHECK(which.index() == 1);
+            CHECK(std::chrono::steady_clock::now() - t0 < seconds(2));
+            CHECK(open_session_count() == 0);
+            co_return 0;
+        }());
+    }
+
+    TEST_CASE("log lines say what happened and never carry a secret") {
+        std::ostringstream captured;
+        auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(captured);
+        auto logger = std::make_shared<spdlog::logger>("test", sink);
+        logger->set_level(spdlog::level::trace);
+        guardia::test::TempDir tmp;
+        const std::string canary = "canary-LOG-secret-4711";
+        auto o = fleet().connect_options(kNode);
+        o.logger = logger;
+        o.known_hosts = *KnownHosts::load(tmp.path() + "/known_hosts");
+        o.host_key_policy = HostKeyPolicy::accept_new;
+        o.credentials.key.reset();
+        o.credentials.password = Secret(canary);
+        auto r = connect_with(o);
+        REQUIRE_FALSE(r.has_value());
+        o.credentials.password = Secret(fleet().password());
+        CHECK(connect_with(o).has_value());
+        logger->flush();
+        const std::string log = captured.str();
+        CHECK(log.find("recorded new host key SHA256:") != std::string::npos);
+        CHECK(log.find("refused") != std::string::npos);
+        CHECK(log.find("connected") != std::string::npos);
+        CHECK(log.find(canary) == std::string::npos);
+        CHECK(log.find(fleet().password()) == std::string::npos);
+    }
+
     TEST_CASE("a closed port fails fast with connect_failed") {
         auto o = fleet().connect_options(kNode);
         // Bind and close a socket to find a port nobody listens on.
@@ -549,6 +630,37 @@ TEST_SUITE("upload") {
         }());
         REQUIRE(state.has_value());
         CHECK(state->out == "v1\n");  // the final name still holds the old content
+    }
+
+    TEST_CASE("upload honours its deadline and cancellation; the final name stays untouched") {
+        using namespace asio::experimental::awaitable_operators;
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 64u << 20, 13);
+        const std::string dir = remote_scratch("deadline");
+        asio::io_context ioc;
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "' && echo v1 > '" + dir + "/app.bin'");
+            UploadOptions uo;
+            uo.timeout = milliseconds(200);
+            auto up = co_await s->upload(local, dir + "/app.bin", uo);
+            REQUIRE_FALSE(up.has_value());
+            CHECK(up.error().code == errc::timeout);
+            CHECK_FALSE(s->usable());  // a libssh2 write was left half-done
+
+            auto s2 = co_await must_connect(fleet().connect_options(kNode));
+            asio::steady_timer timer(co_await asio::this_coro::executor, milliseconds(150));
+            auto which = co_await (s2->upload(local, dir + "/app.bin") || timer.async_wait(asio::use_awaitable));
+            CHECK(which.index() == 1);
+            CHECK_FALSE(s2->usable());
+
+            auto s3 = co_await must_connect(fleet().connect_options(kNode));
+            auto content = co_await s3->exec_checked("cat '" + dir + "/app.bin'; rm -rf '" + dir + "'");
+            REQUIRE(content.has_value());
+            CHECK(content->out == "v1\n");
+            co_return 0;
+        }());
     }
 
     TEST_CASE("uploading a missing local file is a clear local error") {

@@ -77,6 +77,37 @@ TEST_CASE("a listed key is known, a different key of the same type is a change")
     CHECK(kh->check("127.0.0.1", 2223, good).verdict == HostKeyVerdict::unknown);
 }
 
+TEST_CASE("a host known only by another key type is a change, not a new host") {
+    auto ed = ed25519_key('d');
+    HostKey ecdsa{"ecdsa-sha2-nistp256", std::string("\0\0\0\x13" "ecdsa-sha2-nistp256", 23) + "xyz"};
+    auto kh = KnownHosts::from_text(line_for("[10.0.0.9]:22022", ecdsa));
+    auto r = kh->check("10.0.0.9", 22022, ed);
+    CHECK(r.verdict == HostKeyVerdict::changed);
+    CHECK(r.known_type == "ecdsa-sha2-nistp256");
+    // ...and accept-new does not record it.
+    auto v = kh->verify("10.0.0.9", 22022, ed, HostKeyPolicy::accept_new);
+    REQUIRE(v.has_value());
+    CHECK(v->verdict == HostKeyVerdict::changed);
+    CHECK(kh->size() == 1);
+}
+
+TEST_CASE("verify() records an unknown key once under accept-new, never under strict") {
+    auto kh = KnownHosts::from_text("");
+    auto first = ed25519_key('1'), second = ed25519_key('2');
+    auto strict = kh->verify("h", 2200, first, HostKeyPolicy::strict);
+    REQUIRE(strict.has_value());
+    CHECK(strict->verdict == HostKeyVerdict::unknown);
+    CHECK(kh->size() == 0);
+    auto rec = kh->verify("h", 2200, first, HostKeyPolicy::accept_new);
+    REQUIRE(rec.has_value());
+    CHECK(rec->verdict == HostKeyVerdict::recorded);
+    // A second, different key for the same host (a racing or malicious connection) is refused.
+    auto other = kh->verify("h", 2200, second, HostKeyPolicy::accept_new);
+    REQUIRE(other.has_value());
+    CHECK(other->verdict == HostKeyVerdict::changed);
+    CHECK(kh->size() == 1);
+}
+
 TEST_CASE("patterns: lists, wildcards, negation, hashed hosts, revoked keys") {
     auto k = ed25519_key('k');
     std::string text = line_for("web-01,10.1.2.3", k) + line_for("*.example.org,!bad.example.org", k) +

@@ -20,6 +20,7 @@ enum class errc {
     cancelled,                // an operation was cancelled by its owner
     connect_failed,           // TCP connect or name resolution failed
     handshake_failed,         // SSH protocol handshake failed
+    connection_lost,          // the connection dropped mid-operation (worth a retry)
     host_key_unknown,         // host not in known_hosts under the strict policy
     host_key_changed,         // host presented a key different from known_hosts
     host_key_revoked,         // host key is marked @revoked in known_hosts

@@ -36,7 +36,13 @@ std::string sha256_fingerprint(std::string_view blob);
 // The name known_hosts uses for a host: "host" on port 22, "[host]:port" otherwise.
 std::string known_hosts_name(std::string_view host, std::uint16_t port);
 
-enum class HostKeyVerdict { known, unknown, changed, revoked };
+enum class HostKeyVerdict {
+    known,     // listed for this host
+    unknown,   // the host has no entry at all
+    changed,   // the host is listed with other keys (of this type or only of other types)
+    revoked,   // the key is marked @revoked
+    recorded,  // was unknown, and verify() recorded it under accept-new
+};
 
 struct HostKeyCheck {
     HostKeyVerdict verdict = HostKeyVerdict::unknown;
@@ -55,6 +61,11 @@ public:
     static std::shared_ptr<KnownHosts> from_text(std::string_view text);
 
     HostKeyCheck check(std::string_view host, std::uint16_t port, const HostKey& key) const;
+
+    // check() and, under accept-new, recording an unknown key, as one step: two sessions to the
+    // same new host cannot both record (different) keys.
+    Result<HostKeyCheck> verify(std::string_view host, std::uint16_t port, const HostKey& key,
+                                HostKeyPolicy policy);
 
     // Key types recorded for the host, so the handshake can ask for one of those first.
     std::vector<std::string> key_types_for(std::string_view host, std::uint16_t port) const;
@@ -78,6 +89,8 @@ private:
     };
     static bool parse_line(std::string_view line, int line_no, Entry& out);
     bool entry_matches(const Entry& e, const std::string& name) const;
+    HostKeyCheck check_locked(std::string_view host, std::uint16_t port, const HostKey& key) const;
+    Result<void> add_locked(std::string_view host, std::uint16_t port, const HostKey& key);
     void parse_text(std::string_view text);
 
     std::string path_;

@@ -28,7 +28,11 @@ namespace guardia::ssh {
 
 using namespace std::chrono_literals;
 
+// The option structs have a user-declared constructor on purpose: GCC 12 miscompiles a braced
+// aggregate temporary passed by value to a coroutine (it copies it bitwise into the frame, so a
+// std::string member ends up pointing into the caller's object; found with ASan).
 struct ConnectOptions {
+    ConnectOptions() noexcept {}
     std::string host;
     std::uint16_t port = 22;
     Credentials credentials;
@@ -40,9 +44,13 @@ struct ConnectOptions {
 };
 
 struct ExecOptions {
+    ExecOptions() noexcept {}
     std::chrono::milliseconds timeout = 60s;
     std::size_t max_stdout = 1 << 20;  // bytes kept; the rest is read and counted, not kept
     std::size_t max_stderr = 64 << 10;
+    // Shown instead of the command in error messages (and so in logs): set it when the
+    // command carries something that must not be repeated. Empty: the command itself.
+    std::string display;
 };
 
 struct ExecResult {
@@ -62,6 +70,7 @@ struct ExecResult {
 };
 
 struct UploadOptions {
+    UploadOptions() noexcept {}
     unsigned mode = 0644;
     std::chrono::milliseconds timeout = 30min;        // the whole upload
     std::chrono::milliseconds stall_timeout = 60s;    // no progress at all for this long
@@ -86,6 +95,7 @@ struct UploadResult {
     std::chrono::microseconds verify_duration{0};    // remote checksum (+ rename)
 };
 
+// Overloads rather than defaulted option arguments: see the note on the option structs.
 class Session {
 public:
     // Connects, checks the host key, authenticates. Errors name the host and the step.
@@ -98,23 +108,28 @@ public:
 
     // Runs one command on its own channel. A non-zero exit is a successful exec with
     // ExecResult::exit_code set; only transport problems and the deadline are errors.
-    boost::asio::awaitable<Result<ExecResult>> exec(std::string command, ExecOptions options = {});
+    boost::asio::awaitable<Result<ExecResult>> exec(std::string command, ExecOptions options);
+    boost::asio::awaitable<Result<ExecResult>> exec(std::string command);
 
     // Like exec, but a non-zero exit or a signal is an errc::remote_command_failed error
     // whose message carries the exit status and the stderr tail.
     boost::asio::awaitable<Result<ExecResult>> exec_checked(std::string command,
-                                                            ExecOptions options = {});
+                                                            ExecOptions options);
+    boost::asio::awaitable<Result<ExecResult>> exec_checked(std::string command);
 
     // Streams a local file to `remote_path` over SFTP through a staging name beside it,
     // hashing while streaming; see UploadOptions. Leaves nothing under the final name unless
     // the remote sha256 matched.
     boost::asio::awaitable<Result<UploadResult>> upload(std::string local_path,
                                                         std::string remote_path,
-                                                        UploadOptions options = {});
+                                                        UploadOptions options);
+    boost::asio::awaitable<Result<UploadResult>> upload(std::string local_path,
+                                                        std::string remote_path);
 
     // Orderly goodbye (SSH disconnect), bounded by `grace`. Never fails; the session is
     // unusable afterwards. Destroying a Session without it only frees resources.
-    boost::asio::awaitable<void> disconnect(std::chrono::milliseconds grace = 2s);
+    boost::asio::awaitable<void> disconnect(std::chrono::milliseconds grace);
+    boost::asio::awaitable<void> disconnect();
 
     bool usable() const noexcept;
     // "user@host:port", for messages.

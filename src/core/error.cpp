@@ -32,6 +32,8 @@ public:
             case errc::local_io_failed: return "local I/O failed";
             case errc::invalid_argument: return "invalid argument";
             case errc::security_violation: return "security violation";
+            case errc::precheck_failed: return "pre-check failed";
+            case errc::node_locked: return "node locked by another rollout";
         }
         return "unknown guardia error";
     }

@@ -34,6 +34,8 @@ enum class errc {
     local_io_failed,          // reading a local file failed
     invalid_argument,         // a caller passed a value that cannot be used
     security_violation,       // a command was refused by the command sanitizer
+    precheck_failed,          // a node failed its pre-check (disk, paths, scripts)
+    node_locked,              // another rollout holds the node's deploy lock
 };
 
 const boost::system::error_category& guardia_category() noexcept;

@@ -2,12 +2,19 @@
 
 The leak check here is written independently of tools/fleet's own bookkeeping: it scans
 /proc and /proc/self/mountinfo for anything that still belongs to the fleet directory.
+
+Every fleet, file, mount and helper process of a test module lives under one fixed root
+per build and module, FLEET_TEST_ROOT/<module> (FLEET_TEST_ROOT is set by
+test/fleet/CMakeLists.txt). cleanup_root() takes down whatever is left there; run.py calls
+it before and after the module, and the ctest cleanup test `fleet.<module>.cleanup` calls it
+after the module even if ctest killed it (timeout).
 """
 
 import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -19,6 +26,32 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 FLEET = os.environ.get("FLEET_TOOL", os.path.join(ROOT, "tools", "fleet"))
 USER = "guardia-node"
 ENV_MARK = "GUARDIA_FLEET_ID"
+STATE_FILE = ".guardia-fleet"
+TEST_ROOT = os.environ.get("FLEET_TEST_ROOT") or "/tmp/guardia-fleet-test-manual"
+TEST_MARK = "GUARDIA_FLEET_TEST_ROOT"     # env mark of helper processes a test starts itself
+TEST_TMPFS = "guardia-fleet-test"         # source name of tmpfs mounts a test makes itself
+_module = "manual"
+
+
+def set_module(name):
+    global _module
+    _module = name
+
+
+def module_root():
+    """FLEET_TEST_ROOT/<module>: everything of this test module lives below it."""
+    return os.path.join(TEST_ROOT, _module)
+
+
+def work_dir(prefix):
+    """A new directory below module_root(), reachable (o+x) by the node user."""
+    root = module_root()
+    os.makedirs(root, exist_ok=True)
+    for d in (TEST_ROOT, root):
+        os.chmod(d, 0o755)
+    d = tempfile.mkdtemp(prefix=prefix, dir=root)
+    os.chmod(d, 0o711)
+    return d
 
 
 def fleet(*args, check=True, timeout=300, env=None):
@@ -145,12 +178,140 @@ def leaks(d, fleet_id=None, snapshot=()):
     for pid, start in snapshot:
         if alive(pid, start) and not any(s.startswith(f"pid {pid} ") for s in out):
             out.append(f"pid {pid} ({_read(f'/proc/{pid}/comm').decode().strip()}): started by the fleet")
+    for mp, _, _ in mountinfo():
+        if mp.startswith(d + "/"):
+            out.append(f"mount {mp}")
+    return out
+
+
+def mountinfo():
+    """[(mount point, fstype, source)]."""
+    out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = line.split()[4].replace("\\040", " ")
-            if mp == d or mp.startswith(d + "/"):
-                out.append(f"mount {mp}")
+            fields = line.split()
+            sep = fields.index("-", 6)
+            out.append((fields[4].replace("\\040", " "), fields[sep + 1], fields[sep + 2]))
     return out
+
+
+def is_mounted(path):
+    return any(mp == path for mp, _, _ in mountinfo())
+
+
+def mount_test_tmpfs(path, size="1m"):
+    """Mount a small tmpfs of the test's own (source TEST_TMPFS, root-owned 0755) on path."""
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", TEST_TMPFS, path], check=True)
+
+
+def umount(path):
+    if is_mounted(path):
+        subprocess.run(["umount", "-l", path])
+
+
+def spawn_helper(argv, **kw):
+    """Start a helper process of the test (own session, TEST_MARK in its env) so that
+    cleanup_root() can kill it even if the test process itself is killed."""
+    env = dict(kw.pop("env", None) or os.environ, **{TEST_MARK: module_root()})
+    return subprocess.Popen(argv, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+
+
+def stop_helper(p):
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except OSError:
+        pass
+    p.wait()
+
+
+def force_away(left):
+    """Kill the processes and lazily unmount the mounts of a leaks() list."""
+    for item in left:
+        if item.startswith("pid "):
+            try:
+                os.kill(int(item.split()[1]), 9)
+            except (OSError, ValueError):
+                pass
+    for item in sorted((i for i in left if i.startswith("mount ")), key=len, reverse=True):
+        subprocess.run(["umount", "-l", item[6:]])
+
+
+def fleet_id_of(d):
+    for f in ("fleet.json", STATE_FILE):
+        try:
+            return load(d, f).get("id")
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def down_and_check_leaks(d):
+    """`fleet down` d, then the independent leak check. Anything left is killed/unmounted
+    right away (nothing outlives the test) and reported: '' if all was clean."""
+    snapshot = set()
+    fid = fleet_id_of(d)
+    if os.path.exists(os.path.join(d, "fleet.json")):
+        try:
+            snapshot = descendants([p["pid"] for p in load(d, "fleet.json")["processes"]])
+        except (OSError, ValueError, KeyError):
+            pass
+    # no state file: not a fleet (e.g. a test's foreign directory), `down` would refuse
+    has_state = os.path.lexists(os.path.join(d, STATE_FILE))
+    r = fleet("down", "--dir", d, check=False) if has_state else None
+    left = leaks(d, fid, snapshot)
+    if (r is None or r.returncode == 0) and not left:
+        return ""
+    if left:
+        force_away(left)
+        if has_state:
+            fleet("down", "--dir", d, check=False)
+    rc = "no state file, not downed" if r is None else f"rc={r.returncode} {r.stderr.strip()}"
+    return f"fleet down --dir {d}: {rc}; leaked: {left}"
+
+
+def fleet_dirs(root, depth=3):
+    """Directories below root (not following symlinks) that hold a fleet state file."""
+    out = []
+    for cur, dnames, fnames in os.walk(root):
+        if STATE_FILE in fnames:
+            out.append(cur)
+            dnames[:] = []
+        elif cur[len(root):].count("/") >= depth:
+            dnames[:] = []
+    return out
+
+
+def cleanup_root(root):
+    """Take down everything below root: `fleet down` on every fleet dir (the refusal-safe
+    down), then the test's own helper processes and tmpfs mounts, then remove root.
+    Returns a list of problems (empty = clean)."""
+    problems = []
+    if not os.path.isdir(root) or os.path.islink(root):
+        return problems
+    for d in fleet_dirs(root):
+        msg = down_and_check_leaks(d)
+        if msg:
+            problems.append(msg)
+    mark, mine = f"{TEST_MARK}={root}\0".encode(), _ancestors()
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in mine and mark in _read(f"/proc/{name}/environ"):
+            try:
+                os.kill(int(name), 9)
+                problems.append(f"helper process {name} was still running (killed)")
+            except OSError:
+                pass
+    for mp, fstype, source in sorted(mountinfo(), key=lambda m: len(m[0]), reverse=True):
+        if mp.startswith(root + "/") and fstype == "tmpfs" and source in (TEST_TMPFS, "guardia-fleet"):
+            subprocess.run(["umount", "-l", mp])
+            if source == "guardia-fleet":
+                problems.append(f"fleet tmpfs {mp} was still mounted (unmounted)")
+    if any(mp.startswith(root + "/") for mp, _, _ in mountinfo()):
+        problems.append(f"{root}: mounts left below it, not removed")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+    return problems
 
 
 # ------------------------------------------------------------------ clients
@@ -216,41 +377,27 @@ class FleetTestCase(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.work = tempfile.mkdtemp(prefix="guardia-fleet-test-")
-        os.chmod(cls.work, 0o711)      # the fleet user must reach DIR below it
+        cls.work = work_dir("class-")
         cls.addClassCleanup(shutil.rmtree, cls.work, ignore_errors=True)
         cls.dir = os.path.join(cls.work, "fleet")
         cls.addClassCleanup(cls.down_and_check_leaks, cls.dir)
         t = time.monotonic()
-        cls.up = fleet("up", "--dir", cls.dir, "--nodes", str(cls.NODES), *cls.UP_ARGS)
+        cls.up = fleet("up", "--dir", cls.dir, "--nodes", str(cls.NODES), *cls.up_args())
         cls.up_seconds = time.monotonic() - t
         cls.info = load(cls.dir, "fleet.json")
         cls.inv = load(cls.dir, "inventory.json")
         cls.nodes = {n["name"]: n for n in cls.info["nodes"]}
 
     @classmethod
+    def up_args(cls):
+        """Extra `fleet up` arguments; cls.work exists already."""
+        return cls.UP_ARGS
+
+    @classmethod
     def down_and_check_leaks(cls, d):
-        snapshot, fid = set(), None
-        if os.path.exists(os.path.join(d, "fleet.json")):
-            info = load(d, "fleet.json")
-            fid = info["id"]
-            snapshot = descendants([p["pid"] for p in info["processes"]])
-        elif os.path.exists(os.path.join(d, ".guardia-fleet")):
-            fid = load(d, ".guardia-fleet").get("id")
-        r = fleet("down", "--dir", d, check=False)
-        left = leaks(d, fid, snapshot)
-        if r.returncode != 0 or left:
-            # never leave anything behind, even when the fleet's down is broken
-            for item in left:
-                if item.startswith("pid "):
-                    try:
-                        os.kill(int(item.split()[1]), 9)
-                    except OSError:
-                        pass
-            for item in left:
-                if item.startswith("mount "):
-                    subprocess.run(["umount", "-l", item[6:]])
-            raise AssertionError(f"fleet down rc={r.returncode} {r.stderr.strip()}; leaked: {left}")
+        msg = down_and_check_leaks(d)
+        if msg:
+            raise AssertionError(msg)
 
     def node(self, name):
         return self.nodes[name]

@@ -1,42 +1,46 @@
 """One small fleet with every fault kind; each test proves a fault (or a normal behaviour)
-with real tools: ssh, sftp, ssh-keyscan, df, HTTP."""
+with real tools: ssh, sftp, ssh-keyscan, df, HTTP. Plus the cut proxy alone, in front of a
+counting server the test owns."""
 
+import asyncio
 import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
+import unittest
 
-from fleetutil import (USER, FleetTestCase, alive, fleet, http_get, load, marked_processes, refused, ssh,
-                       ssh_cmd, ssh_password)
+from fleetutil import (FLEET, USER, FleetTestCase, alive, fleet, http_get, load, marked_processes, refused, ssh,
+                       ssh_cmd, ssh_password, work_dir)
 
 CUT_BYTES = 200000
 SLOW_RATE = 131072
+HEALTH_SLOW_S = 3.0
 
 
 class FaultFleet(FleetTestCase):
     NODES = 16
 
     @classmethod
-    def setUpClass(cls):
-        import tempfile
-        fd, cls.faults_file = tempfile.mkstemp(suffix=".json")
-        with os.fdopen(fd, "w") as f:
+    def up_args(cls):
+        faults_file = os.path.join(cls.work, "faults.json")
+        with open(faults_file, "w") as f:
             json.dump({"node-0012": [{"kind": "cut_after_bytes", "bytes": CUT_BYTES}],
                        "node-0016": [{"kind": "sshd_option", "option": "Banner /etc/hostname"},
                                      {"kind": "sshd_option", "option": "MaxSessions 1"}]}, f)
-        cls.addClassCleanup(os.unlink, cls.faults_file)
-        cls.UP_ARGS = ("--faults", cls.faults_file, "--tiers", "1,5,*",
-                       "--fault", "node-0002:wrong_host_key", "--fault", "3:auth_refused",
-                       "--fault", "4:unreachable", "--fault", "5:unreachable:timeout",
-                       "--fault", "6:disk_full", "--fault", "7:startup_fails:3",
-                       "--fault", "8:health_never", "--fault", "9:health_never:hang",
-                       "--fault", "10:health_slow:3", "--fault", "11:health_flapping:2",
-                       "--fault", f"13:slow_link:rate={SLOW_RATE},delay_ms=100",
-                       "--fault", "14:shutdown_hangs")
-        super().setUpClass()
+        return ("--faults", faults_file, "--tiers", "1,5,*",
+                "--fault", "node-0002:wrong_host_key", "--fault", "3:auth_refused",
+                "--fault", "4:unreachable", "--fault", "5:unreachable:timeout",
+                "--fault", "6:disk_full", "--fault", "7:startup_fails:3",
+                "--fault", "8:health_never", "--fault", "9:health_never:hang",
+                "--fault", f"10:health_slow:{HEALTH_SLOW_S}", "--fault", "11:health_flapping:2",
+                "--fault", f"13:slow_link:rate={SLOW_RATE},delay_ms=100",
+                "--fault", "14:shutdown_hangs")
 
     # ---------------------------------------------------------------- helpers
     def port(self, name):
@@ -183,6 +187,20 @@ class FaultFleet(FleetTestCase):
         self.assertEqual(c["service_events"][-2:], ["shutdown", "startup"])
         self.assertEqual(http_get(n["health_port"], "/other")[0], 404)
 
+    def test_startup_fails_marker_makes_startup_fail(self):
+        n = self.node("node-0015")
+        bad = os.path.join(n["deploy_path"], "conf", "crash.properties")
+        self.run_ok("node-0015", f"printf 'x=1\\nGUARDIA_FAULT=startup_fails\\n' > {bad}")
+        try:
+            r = ssh(self.dir, n["ssh_port"], f"sh {n['startup_script']}")
+            self.assertEqual(r.returncode, 3)
+            self.assertIn("GUARDIA_FAULT=startup_fails", r.stderr)
+        finally:
+            self.run_ok("node-0015", f"rm -f {bad}")
+        r = ssh(self.dir, n["ssh_port"], f"sh {n['startup_script']}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(self.check("node-0015")["service_running"])
+
     def test_unhealthy_marker_makes_health_503(self):
         n = self.node("node-0015")
         bad = os.path.join(n["deploy_path"], "conf", "bad.properties")
@@ -289,6 +307,20 @@ class FaultFleet(FleetTestCase):
         ssh(self.dir, n["ssh_port"], f"rm -f {n['deploy_path']}/big")
         with open("/proc/self/mountinfo") as f:
             self.assertTrue(any(line.split()[4] == n["node_dir"] and " tmpfs " in line for line in f))
+        # the node user owns the tmpfs root, but cannot free the space: the fill file sits in
+        # a root-owned 0755 directory
+        fill_dir = os.path.join(n["node_dir"], ".fill")
+        st = os.lstat(fill_dir)
+        self.assertEqual((st.st_uid, st.st_mode & 0o7777), (0, 0o755))
+        size = os.path.getsize(os.path.join(fill_dir, "fill"))
+        for cmd in (f"rm -f {fill_dir}/fill", f"rm -rf {fill_dir}", f": > {fill_dir}/fill",
+                    f"rmdir {fill_dir}"):
+            r = ssh(self.dir, n["ssh_port"], cmd)
+            self.assertNotEqual(r.returncode, 0, cmd)
+            self.assertRegex(r.stderr, "Permission denied|Directory not empty", cmd)
+        self.assertEqual(os.path.getsize(os.path.join(fill_dir, "fill")), size)
+        fields = self.run_ok("node-0006", f"df -P {n['deploy_path']}").splitlines()[-1].split()
+        self.assertGreater(int(fields[4].rstrip("%")), 90, "still full")
 
     def test_cut_after_bytes(self):
         n = self.node("node-0012")
@@ -298,6 +330,7 @@ class FaultFleet(FleetTestCase):
         self.run_ok("node-0012", "true")
         r = ssh(self.dir, n["ssh_port"], f"cat > {recv}", input=data)
         self.assertEqual(r.returncode, 255, "the proxy cut the upload")
+        self.assertRegex(r.stderr, b"reset by peer|Broken pipe|closed by remote host", r.stderr)
         got = os.path.getsize(recv)
         self.assertLess(got, CUT_BYTES, "less than K bytes of payload reached the node")
         stats = load(self.dir, "run/proxy-stats.json")["node-0012"]
@@ -315,28 +348,39 @@ class FaultFleet(FleetTestCase):
 
     def test_slow_link(self):
         n = self.node("node-0013")
-        size = 160 * 1024
+        size = 256 * 1024
         data = os.urandom(size)
-        kh = os.path.join(self.work, "kh-direct13")
-        with open(kh, "w") as f:
-            f.write(f"[127.0.0.1]:{n['sshd_port']} {self.info['host_key']['default']}\n")
         sink = os.path.join(n["state_dir"], "sink")
-        t = time.monotonic()
-        r = subprocess.run(ssh_cmd(self.dir, n["sshd_port"], known_hosts=kh) + [f"cat > {sink}"],
-                           input=data, capture_output=True, timeout=60)
-        direct = time.monotonic() - t
-        self.assertEqual(r.returncode, 0, r.stderr)
+        # a bare login through the slow link: handshake round trips (100 ms one way)
+        logins = []
+        for _ in range(2):
+            t = time.monotonic()
+            self.run_ok("node-0013", "true")
+            logins.append(time.monotonic() - t)
+        login = min(logins)
+        self.assertGreater(login, 0.8, "handshake round trips carry the added latency")
         t = time.monotonic()
         r = ssh(self.dir, n["ssh_port"], f"cat > {sink}", input=data)
         slow = time.monotonic() - t
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(os.path.getsize(sink), size)
-        # 160 KiB at 128 KiB/s is >= 1.25 s, plus 100 ms per one-way trip of the handshake
-        self.assertGreater(slow, size / SLOW_RATE * 0.9)
-        self.assertGreater(slow, direct * 2)
+        # the bandwidth limit itself: pushing N bytes takes >= 0.8 N/rate beyond a login
+        # (256 KiB at 128 KiB/s = 2 s), and not much more (the link is not slower than set)
+        transfer = slow - login
+        print(f"\n  slow_link: login {login:.2f} s, {size} bytes in {slow:.2f} s: "
+              f"{size / transfer / 1024:.0f} KiB/s (limit {SLOW_RATE / 1024:.0f} KiB/s)", file=sys.stderr)
+        self.assertGreaterEqual(transfer, 0.8 * size / SLOW_RATE)
+        self.assertLess(transfer, 1.5 * size / SLOW_RATE + 2)
+        # control: the same upload straight to the node's sshd
+        kh = os.path.join(self.work, "kh-direct13")
+        with open(kh, "w") as f:
+            f.write(f"[127.0.0.1]:{n['sshd_port']} {self.info['host_key']['default']}\n")
         t = time.monotonic()
-        self.run_ok("node-0013", "true")
-        self.assertGreater(time.monotonic() - t, 0.8, "handshake round trips carry the added latency")
+        r = subprocess.run(ssh_cmd(self.dir, n["sshd_port"], known_hosts=kh) + [f"cat > {sink}"],
+                           input=data, capture_output=True, timeout=60)
+        direct = time.monotonic() - t
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertLess(direct, slow / 2)
 
     def test_sshd_option_per_node(self):
         r = ssh(self.dir, self.port("node-0016"), "true")
@@ -355,6 +399,16 @@ class FaultFleet(FleetTestCase):
             return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
         self.assertEqual(effective(self.node("node-0016")["sshd_port"])["maxsessions"], "1")
         self.assertEqual(effective(self.node("node-0001")["sshd_port"])["maxsessions"], "64")
+        self.assertEqual(effective(self.node("node-0001")["sshd_port"])["disableforwarding"], "yes")
+
+    def test_no_forwarding(self):
+        # a session cannot open TCP channels anywhere (here: even to a loopback health port)
+        n = self.node("node-0001")
+        r = subprocess.run(ssh_cmd(self.dir, n["ssh_port"], extra=("-W", f"127.0.0.1:{n['health_port']}")),
+                           input=b"GET /health HTTP/1.0\r\n\r\n", capture_output=True, timeout=30)
+        self.assertEqual(r.returncode, 255, r.stdout)
+        self.assertIn(b"administratively prohibited", r.stderr)
+        self.assertNotIn(b"HTTP/1.1", r.stdout)
 
     # ---------------------------------------------------------------- service faults
     def test_startup_fails(self):
@@ -393,12 +447,15 @@ class FaultFleet(FleetTestCase):
         n = self.node("node-0010")
         self.assertEqual(http_get(n["health_port"])[0], 200, "the initial service started long ago")
         self.run_ok("node-0010", f"sh {n['shutdown_script']}; sh {n['startup_script']}")
-        t = time.monotonic()
+        started = os.stat(os.path.join(n["state_dir"], "running")).st_mtime
         status, body = http_get(n["health_port"])
         self.assertEqual((status, body["status"]), (503, "STARTING"))
-        status, _ = self.wait_health("node-0010", 200, timeout=10)
+        status, _ = self.wait_health("node-0010", 200, timeout=HEALTH_SLOW_S + 5)
+        delay = time.time() - started
         self.assertEqual(status, 200)
-        self.assertGreater(time.monotonic() - t, 1.2)
+        # 200 comes close to the configured delay after the start, not merely "later"
+        self.assertGreaterEqual(delay, 0.8 * HEALTH_SLOW_S)
+        self.assertLessEqual(delay, HEALTH_SLOW_S + 2)
 
     def test_health_flapping(self):
         seq = [http_get(self.hport("node-0011"))[0] for _ in range(9)]
@@ -407,3 +464,155 @@ class FaultFleet(FleetTestCase):
         self.assertEqual(seq.count(200), 6, seq)
         self.assertTrue(re.fullmatch(r"(200,)?(200,)?(503,200,200,)*(503,)?(200,)?(200,)?",
                                      ",".join(map(str, seq)) + ","), seq)
+
+    # ---------------------------------------------------------------- root reads node trees
+    def test_symlinks_are_never_followed(self):
+        """The node user points app/VERSION, state files and the deploy path itself at a
+        root-only file/directory: health and check (root) must not read through them."""
+        n = self.node("node-0015")
+        app, state = n["deploy_path"], n["state_dir"]
+        token = "TOPSECRET-" + os.urandom(6).hex()
+        secret = os.path.join(self.work, "secret.txt")            # root-only 0600
+        secret_dir = os.path.join(self.work, "secret-dir")        # root-only 0700
+        os.makedirs(secret_dir, mode=0o700)
+        for path in (secret, os.path.join(secret_dir, "app.jar")):
+            with open(path, "w") as f:
+                f.write(f"{token}\nGUARDIA_FAULT=unhealthy\n")
+            os.chmod(path, 0o600)
+        restore = "\n".join([
+            f"cd {app}/..; if [ -L app ]; then rm app; mv app.real app; fi",
+            f"cd {app}; rm -f conf/link.properties rootlink fifo",
+            "if [ -e VERSION.orig ]; then rm -f VERSION; mv VERSION.orig VERSION; fi",
+            f"if [ -e {state}/events.log.orig ]; then rm -f {state}/events.log; mv {state}/events.log.orig {state}/events.log; fi",
+            f"rm -f {state}/running; sh {n['startup_script']}"])
+        self.addCleanup(lambda: self.run_ok("node-0015", restore))
+        self.run_ok("node-0015", f"cd {app} && mv VERSION VERSION.orig && ln -s {secret} VERSION && "
+                                 f"ln -s {secret} conf/link.properties && ln -s / rootlink && mkfifo fifo && "
+                                 f"test ! -r {secret}")
+        status, body = http_get(n["health_port"])
+        self.assertEqual(status, 200, "neither the symlinked marker nor the FIFO is read")
+        self.assertIsNone(body["version"])
+        c = self.check("node-0015")
+        out = json.dumps(c)
+        self.assertNotIn(token, out)
+        self.assertIsNone(c["version"])
+        self.assertEqual(c["symlinks"], {"VERSION": secret, "conf/link.properties": secret, "rootlink": "/"})
+        self.assertEqual(c["files"]["fifo"]["type"], "special")
+        self.assertNotIn("VERSION", c["files"])
+        self.assertTrue(c["artifact_healthy"])
+        # state files as symlinks: not running, events not read
+        self.run_ok("node-0015", f"mv {state}/events.log {state}/events.log.orig && ln -s {secret} {state}/events.log"
+                                 f" && rm {state}/running && ln -s {secret} {state}/running")
+        c = self.check("node-0015")
+        self.assertFalse(c["service_running"])
+        self.assertEqual(c["service_events"], [])
+        self.assertNotIn(token, json.dumps(c))
+        status, body = http_get(n["health_port"])
+        self.assertEqual((status, body["reason"]), (503, "service not running"))
+        # the deploy path itself a symlink to a root-only directory
+        self.run_ok("node-0015", f"rm {state}/running && : > {state}/running && "
+                                 f"cd {app}/.. && mv app app.real && ln -s {secret_dir} app")
+        c = self.check("node-0015")
+        self.assertFalse(c["exists"])
+        self.assertEqual(c["deploy_path_symlink"], secret_dir)
+        self.assertNotIn("files", c)
+        self.assertNotIn(token, json.dumps(c))
+        status, body = http_get(n["health_port"])
+        self.assertEqual(status, 503)
+        self.assertIn("symlink", body["reason"])
+        self.assertNotIn(token, json.dumps(body))
+
+    def test_check_unprivileged_reports_unreadable_files(self):
+        # as another user, check reports what it cannot read instead of failing
+        as_nobody = dict(user=65534, group=65534, extra_groups=[], cwd="/", capture_output=True, text=True,
+                         timeout=60)
+        def usable(p):
+            try:
+                return subprocess.run([p, "-c", "import sys; assert sys.version_info >= (3, 11)"],
+                                      **as_nobody).returncode == 0
+            except OSError:
+                return False
+        # an interpreter that user can run (root's may live in /root, e.g. pyenv)
+        python = next((p for p in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3") if usable(p)), None)
+        self.assertIsNotNone(python, "no Python >= 3.11 that user 65534 can run")
+        r = subprocess.run([python, FLEET, "check", "--dir", self.dir, "--node", "node-0001"], **as_nobody)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        c = json.loads(r.stdout)["nodes"]["node-0001"]
+        conf = c["files"]["conf/app.properties"]         # 0640 guardia-node
+        self.assertIsNone(conf["sha256"])
+        self.assertIn("Permission denied", conf["error"])
+        self.assertEqual(conf["mode"], "0640")
+        with open(os.path.join(self.node("node-0001")["deploy_path"], "app.jar"), "rb") as f:
+            self.assertEqual(c["files"]["app.jar"]["sha256"], hashlib.sha256(f.read()).hexdigest())
+
+
+class CutProxy(unittest.TestCase):
+    """The fleet's cut_after_bytes proxy (tools/fleet_lib/server.py) alone, in front of a
+    counting server the test owns: exactly K bytes arrive upstream, then both sides are
+    reset."""
+
+    K = 100003
+
+    def test_exactly_k_bytes_then_reset(self):
+        sys.path.insert(0, os.path.dirname(os.path.realpath(FLEET)))
+        from fleet_lib import server
+        work = work_dir("proxy-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        upstream = socket.socket()
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(4)
+        self.addCleanup(upstream.close)
+        got = {}
+
+        def count():
+            conn, _ = upstream.accept()
+            conn.settimeout(20)
+            total, end = 0, "eof"
+            try:
+                while chunk := conn.recv(65536):
+                    total += len(chunk)
+            except ConnectionResetError:
+                end = "reset"
+            except socket.timeout:
+                end = "timeout"
+            finally:
+                conn.close()
+            got.update(total=total, end=end)
+        counter = threading.Thread(target=count, daemon=True)
+        counter.start()
+
+        loop = asyncio.new_event_loop()
+        runner = threading.Thread(target=loop.run_forever, daemon=True)
+        runner.start()
+
+        def stop_loop():
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(10)
+            loop.close()
+        self.addCleanup(stop_loop)
+        stats = server.Stats(os.path.join(work, "stats.json"))
+        proxy = server.Proxy({"name": "unit", "cut_after_bytes": {"bytes": self.K, "connections": 0}}, stats)
+        proxy.upstream = upstream.getsockname()[1]
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)
+        lsock.setblocking(False)
+        srv = asyncio.run_coroutine_threadsafe(asyncio.start_server(proxy.handle, sock=lsock), loop).result(10)
+        self.addCleanup(lambda: loop.call_soon_threadsafe(srv.close))
+
+        client = socket.create_connection(lsock.getsockname(), timeout=20)
+        self.addCleanup(client.close)
+        seen = "eof"
+        try:
+            client.sendall(os.urandom(3 * self.K))
+            while client.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            seen = "reset"
+        counter.join(30)
+        self.assertEqual(got.get("total"), self.K, got)
+        self.assertEqual(got.get("end"), "reset", "upstream sees a reset, not a clean end")
+        self.assertEqual(seen, "reset", "the client sees a reset")
+        rec = stats["unit"]["recent"][-1]
+        self.assertEqual((rec["c2s"], rec["cut"]), (self.K, True))
+

@@ -1,23 +1,24 @@
 """up/down life cycle: idempotent down, reuse, refusals, failed and crashed ups, port
-collisions, signals, concurrent fleets. Every test checks that nothing is left."""
+collisions, signals, concurrent fleets, and what `down` must never touch. Every test checks
+that nothing is left."""
 
 import concurrent.futures
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import unittest
 
-from fleetutil import FLEET, descendants, fleet, leaks, load, ssh
+from fleetutil import (FLEET, USER, alive, descendants, down_and_check_leaks, fleet, is_mounted, leaks, load,
+                       mount_test_tmpfs, spawn_helper, ssh, stop_helper, umount, work_dir)
 
 
 class Lifecycle(unittest.TestCase):
     def setUp(self):
-        self.work = tempfile.mkdtemp(prefix="guardia-fleet-life-")
-        os.chmod(self.work, 0o711)
+        self.work = work_dir("life-")
         self.addCleanup(shutil.rmtree, self.work, ignore_errors=True)
         self.dirs = []
 
@@ -28,14 +29,8 @@ class Lifecycle(unittest.TestCase):
         return d
 
     def cleanup(self, d):
-        fid = None
-        for f in ("fleet.json", ".guardia-fleet"):
-            if os.path.exists(os.path.join(d, f)):
-                fid = load(d, f).get("id")
-                break
-        r = fleet("down", "--dir", d, check=False)
-        left = leaks(d, fid)
-        self.assertEqual((r.returncode, left), (0, []), r.stderr)
+        # down, then force away (kill/unmount) anything still there, then fail if anything was
+        self.assertEqual(down_and_check_leaks(d), "")
 
     def assert_clean(self, d, snapshot=()):
         fid = None
@@ -171,3 +166,138 @@ class Lifecycle(unittest.TestCase):
             self.assertEqual(a.read(), b.read(), "the password is per machine, not per run")
         fleet("down", "--dir", dirs[0])
         self.assertTrue(json.loads(fleet("status", "--dir", dirs[1]).stdout)["ok"], "the other fleet lives on")
+
+    def test_concurrent_up_on_same_new_dir(self):
+        d = self.new_dir()
+        # the first `up` holds DIR's lock for 2 s right after claiming it (test hook)
+        first = subprocess.Popen([FLEET, "up", "--dir", d, "--nodes", "2"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True,
+                                 env=os.environ | {"GUARDIA_FLEET_TEST_HOLD_LOCK": "2"})
+        self.addCleanup(lambda: first.poll() is None and first.kill())
+        deadline = time.monotonic() + 20
+        while not os.path.exists(os.path.join(d, ".guardia-fleet")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        second = fleet("up", "--dir", d, "--nodes", "3", check=False)
+        self.assertEqual(second.returncode, 1)
+        self.assertIn("another `fleet up` is running", second.stderr)
+        out, err = first.communicate(timeout=120)
+        self.assertEqual(first.returncode, 0, err)
+        info = load(d, "fleet.json")
+        self.assertEqual(len(info["nodes"]), 2, "the second up changed nothing")
+        self.assertEqual(ssh(d, info["nodes"][1]["ssh_port"], "true").returncode, 0)
+        # and without the hook: two ups racing on a new DIR, exactly one wins
+        d2 = self.new_dir("race")
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            rs = list(pool.map(lambda n: fleet("up", "--dir", d2, "--nodes", str(n), check=False), (2, 3)))
+        self.assertEqual(sorted(r.returncode for r in rs), [0, 1], [r.stderr for r in rs])
+        loser = [r for r in rs if r.returncode][0]
+        self.assertRegex(loser.stderr, "another `fleet up` is running|already holds a fleet")
+        self.assertTrue(json.loads(fleet("status", "--dir", d2).stdout)["ok"])
+
+    # ------------------------------------------------------------------ what down must never touch
+    def plant(self, victim):
+        """Things that looked like a fleet's to the old `down`: a tmpfs made by the test on
+        victim/nodes/node-0001 (recorded in victim/run/mounts), a fleet-user process whose
+        command line names victim/, and an "sshd" whose command line has `-f victim/sshd/`.
+        Returns (mount point, [helper Popen])."""
+        mp = os.path.join(victim, "nodes", "node-0001")
+        mount_test_tmpfs(mp)
+        self.addCleanup(umount, mp)
+        os.makedirs(os.path.join(victim, "run"), exist_ok=True)
+        with open(os.path.join(victim, "run", "mounts"), "w") as f:
+            f.write(mp + "\n" + victim + "\n")
+        pw = pwd.getpwnam(USER)
+        user_proc = spawn_helper(["sh", "-c", "sleep 600", os.path.join(victim, "x")], cwd="/",
+                                 user=pw.pw_uid, group=pw.pw_gid)
+        fake_sshd = os.path.join(self.work, "sshd")
+        with open(fake_sshd, "w") as f:
+            f.write("#!/bin/sh\nsleep 600\n:\n")
+        os.chmod(fake_sshd, 0o755)
+        sshd_proc = spawn_helper([fake_sshd, "-D", "-f", os.path.join(victim, "sshd", "sshd-000.conf")], cwd="/")
+        for p in (user_proc, sshd_proc):
+            self.addCleanup(stop_helper, p)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{sshd_proc.pid}/comm") as f:
+                if f.read().strip() == "sshd":
+                    break
+            time.sleep(0.02)
+        return mp, [user_proc, sshd_proc]
+
+    def assert_untouched(self, mp, procs):
+        self.assertTrue(is_mounted(mp), f"{mp} was unmounted")
+        for p in procs:
+            self.assertTrue(alive(p.pid), f"helper {p.args} was killed")
+            self.assertIsNone(p.poll())
+
+    def test_down_refuses_root(self):
+        victim = os.path.join(self.work, "victim")
+        mp, procs = self.plant(victim)
+        for d in ("/", "//", "/tmp", "/tmp/..", "/home", "/usr/lib", "/etc/guardia-fleet", "/proc/1"):
+            r = fleet("down", "--dir", d, check=False)
+            self.assertEqual(r.returncode, 1, f"down --dir {d}: {r.stdout} {r.stderr}")
+            self.assertIn("refusing", r.stderr, d)
+            self.assertNotIn("stopped", r.stdout, d)
+        self.assert_untouched(mp, procs)
+        self.assertTrue(os.path.exists(os.path.join(victim, "run", "mounts")))
+        # up refuses such directories as well
+        r = fleet("up", "--dir", "/srv", "--nodes", "1", check=False)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("refusing", r.stderr)
+
+    def test_down_refuses_non_fleet_dir(self):
+        victim = os.path.join(self.work, "victim")
+        mp, procs = self.plant(victim)
+        with open(os.path.join(mp, "precious"), "w") as f:
+            f.write("keep me")
+        for args in ((), ("--purge",)):
+            r = fleet("down", "--dir", victim, *args, check=False)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("holds no fleet", r.stderr)
+            self.assertIn("refusing", r.stderr)
+        # a state file that is not a fleet's: no id, or written for another directory
+        for bad in ({"state": "up"}, {"id": "0123456789abcdef", "dir": "/tmp/elsewhere"}):
+            with open(os.path.join(victim, ".guardia-fleet"), "w") as f:
+                json.dump(bad, f)
+            r = fleet("down", "--dir", victim, "--purge", check=False)
+            self.assertEqual(r.returncode, 1, r.stdout)
+            self.assertIn("refusing", r.stderr)
+        self.assert_untouched(mp, procs)
+        with open(os.path.join(mp, "precious")) as f:
+            self.assertEqual(f.read(), "keep me")
+
+    def test_down_takes_only_what_is_the_fleets(self):
+        # DIR itself is a mount point (the test's), a foreign tmpfs sits inside DIR, and
+        # DIR/run/mounts was tampered with: down unmounts only the fleet's node tmpfs
+        d = os.path.join(self.work, "fleet")
+        mount_test_tmpfs(d, "32m")
+        self.addCleanup(umount, d)           # registered first: runs after the fleet's cleanup
+        self.assertEqual(self.new_dir(), d)
+        fleet("up", "--dir", d, "--nodes", "3", "--fault", "2:disk_full")
+        info = load(d, "fleet.json")
+        node_mount = info["mounts"][0]
+        extra = os.path.join(d, "extra")
+        mount_test_tmpfs(extra)
+        self.addCleanup(umount, extra)
+        with open(os.path.join(d, "run", "mounts"), "a") as f:
+            f.write(f"{d}\n{extra}\n{d}/nodes\n")
+        pw = pwd.getpwnam(USER)
+        bystander = spawn_helper(["sh", "-c", "sleep 600", os.path.join(d, "x")], cwd="/",
+                                 user=pw.pw_uid, group=pw.pw_gid)
+        self.addCleanup(stop_helper, bystander)
+        snap = descendants([p["pid"] for p in info["processes"]])
+        r = fleet("down", "--dir", d, check=False)
+        self.assertEqual(r.returncode, 1, "a foreign mount inside DIR is reported")
+        self.assertIn(f"still mounted: {extra}", r.stderr)
+        self.assertFalse(is_mounted(node_mount), "the fleet's tmpfs is unmounted")
+        self.assertTrue(is_mounted(d), "DIR itself is never unmounted")
+        self.assertTrue(is_mounted(extra), "a mount the fleet did not make is left alone")
+        self.assertTrue(alive(bystander.pid), "a process merely naming DIR is not the fleet's")
+        self.assertFalse([pid for pid, st in snap if alive(pid, st)], "every fleet process is gone")
+        stop_helper(bystander)
+        umount(extra)
+        r = fleet("down", "--dir", d, "--purge")
+        self.assertIn("directory removed", r.stdout)
+        self.assertTrue(is_mounted(d))
+        self.assertEqual(os.listdir(d), [], "purge emptied DIR but kept the mount point")
+

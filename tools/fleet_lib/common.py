@@ -7,7 +7,9 @@ import json
 import os
 import random
 import re
+import pwd
 import socket
+import stat
 import subprocess
 import time
 
@@ -17,6 +19,9 @@ RUN_DIR = "/run/guardia-fleet"          # machine-wide lock for port allocation
 ENV_MARK = "GUARDIA_FLEET_ID"           # set in the env of every process a fleet starts
 SUPERVISOR_COMM = "fleet-server"        # comm of the forked `fleet up` that serves and reaps
 STATE_FILE = ".guardia-fleet"           # marker + state of a fleet DIR
+LOCK_FILE = ".guardia-fleet.lock"       # flock()ed by `up` for its whole run
+TMPFS_SOURCE = "guardia-fleet"          # source name of every tmpfs the fleet mounts
+FLEET_ID = re.compile(r"^[0-9a-f]{16}$")
 LOOPBACK = "127.0.0.1"                  # the only address the fleet ever uses
 SSHD = os.environ.get("GUARDIA_FLEET_SSHD", "/usr/sbin/sshd")
 
@@ -27,6 +32,69 @@ SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/+@,=-]*$")
 
 class FleetError(Exception):
     """An expected failure with a message for the user."""
+
+
+# ---------------------------------------------------------------- fleet directories
+
+# Never a fleet DIR: `down` kills and unmounts by DIR, so these would hit the whole machine.
+SYSTEM_DIRS = {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",
+               "/media", "/mnt", "/opt", "/proc", "/root", "/run", "/sbin", "/snap", "/srv", "/sys",
+               "/tmp", "/usr", "/var", "/var/tmp", "/var/lib", "/var/log", "/var/cache", "/var/run",
+               "/var/spool", "/var/mail", "/run/user", "/run/lock", "/usr/local", "/usr/share",
+               "/dev/shm", ETC_DIR, RUN_DIR, "/run/sshd"}
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/boot", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32",
+                "/lib64", "/libx32", "/run/sshd", "/var/lib", "/var/log")
+
+
+def check_fleet_dir(d):
+    """Raise FleetError unless d (absolute, resolved) may be a fleet directory: at least two
+    path components, not a system directory or inside one, not a user's home directory."""
+    if not os.path.isabs(d) or os.path.normpath(d) != d:
+        raise FleetError(f"--dir {d!r}: expected an absolute, normalised path")
+    parts = [p for p in d.split("/") if p]
+    why = None
+    if len(parts) < 2:
+        why = "a fleet directory needs at least two path components (e.g. /tmp/fleet)"
+    elif d in SYSTEM_DIRS or any(d.startswith(t + "/") for t in SYSTEM_TREES):
+        why = "it is (or is inside) a system directory"
+    else:
+        try:
+            homes = {os.path.normpath(p.pw_dir) for p in pwd.getpwall() if p.pw_dir}
+        except OSError:
+            homes = set()
+        if d in homes:
+            why = "it is a user's home directory"
+    if why:
+        raise FleetError(f"refusing to use {d} as a fleet directory: {why}")
+
+
+def load_state(fleet_dir):
+    """The validated fleet state of fleet_dir, or None if it has no state file.
+
+    Raises FleetError if the state file is not one `fleet up` wrote for this directory:
+    a regular root-owned file (not a symlink), JSON with a fleet id and `dir` = fleet_dir.
+    """
+    path = os.path.join(fleet_dir, STATE_FILE)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise FleetError(f"{path}: {e.strerror}")
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != 0:
+        raise FleetError(f"{path} is not a root-owned regular file: not a fleet state file, refusing")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            state = json.load(f)
+    except (OSError, ValueError) as e:
+        raise FleetError(f"{path} is not a valid fleet state file ({e}), refusing")
+    if not isinstance(state, dict) or not FLEET_ID.match(str(state.get("id", ""))):
+        raise FleetError(f"{path} holds no fleet id: not a valid fleet state file, refusing")
+    if state.get("dir") != fleet_dir:
+        raise FleetError(f"{path} belongs to a fleet in {state.get('dir')!r}, not {fleet_dir}: refusing "
+                         "(a fleet directory cannot be moved)")
+    return state
 
 
 def write_file(path, data, mode=0o644, uid=None, gid=None):
@@ -154,23 +222,25 @@ def my_ancestors():
     return out
 
 
-def fleet_processes(fleet_dir, fleet_id, uid=None, roots=()):
+def fleet_processes(fleet_dir, fleet_id, roots=()):
     """Live processes that belong to the fleet in fleet_dir.
 
     A process belongs to the fleet when it
       - carries GUARDIA_FLEET_ID=<id> in its environment (every process `up` starts, and
         every session command: sshd_config has SetEnv), or
-      - has DIR/ in its command line (sshd listeners keep `-f DIR/...` in their title), or
-      - runs as the fleet user with its cwd under DIR, or
-      - descends from one of those or from `roots` (sshd rewrites the argv/environ area of
-        its per-connection processes, so those are found through the tree), or
-      - is an sshd ancestor of one of those (an orphaned session monitor), or
-      - is the fleet's supervisor (comm fleet-server, a forked `fleet up --dir DIR`).
-    Zombies are ignored. Returns {pid: Proc}.
+      - is one of `roots` (pids recorded by `up`, checked against their start time), or
+      - is an sshd whose command line has `-f DIR/sshd/` (the fleet's listeners), or
+      - is the fleet's supervisor (root, comm fleet-server, a forked `fleet up --dir DIR`), or
+      - descends from one of those (sshd rewrites the argv/environ area of its
+        per-connection processes, so those are found through the tree), or
+      - is a per-connection sshd of the fleet user above one of those (an orphaned session
+        monitor); never a listener.
+    Nothing else: not a command line that merely names DIR, not the fleet user's other
+    processes (the user is shared by every fleet). Zombies are ignored. Returns {pid: Proc}.
     """
     procs = all_procs()
-    mark = f"{ENV_MARK}={fleet_id}\0".encode() if fleet_id else None
-    dir_slash = fleet_dir.rstrip("/") + "/"
+    mark = f"{ENV_MARK}={fleet_id}\0".encode() if fleet_id and FLEET_ID.match(fleet_id) else None
+    sshd_conf = f"-f {fleet_dir.rstrip('/')}/sshd/"
     skip = my_ancestors()
     seeds = set()
     for pid, p in procs.items():
@@ -180,13 +250,9 @@ def fleet_processes(fleet_dir, fleet_id, uid=None, roots=()):
             seeds.add(pid)
         elif mark and proc_environ_has(pid, mark):
             seeds.add(pid)
-        elif dir_slash in proc_cmdline(pid):
-            # `tools/fleet check --dir DIR` by a user is not ours: only what the fleet runs.
-            if p.comm.startswith("sshd") or p.uid == uid:
-                seeds.add(pid)
-        elif uid is not None and p.uid == uid and (proc_cwd(pid) + "/").startswith(dir_slash):
+        elif p.comm.startswith("sshd") and sshd_conf in proc_cmdline(pid):
             seeds.add(pid)
-        elif p.comm == SUPERVISOR_COMM and supervisor_dir(pid) == fleet_dir.rstrip("/"):
+        elif p.comm == SUPERVISOR_COMM and p.uid == 0 and supervisor_dir(pid) == fleet_dir.rstrip("/"):
             seeds.add(pid)
     children = {}
     for pid, p in procs.items():
@@ -199,12 +265,14 @@ def fleet_processes(fleet_dir, fleet_id, uid=None, roots=()):
             continue
         ours.add(pid)
         stack.extend(children.get(pid, ()))
-    # sshd ancestors of our session processes (monitor, privsep child)
+    # per-connection sshd processes of the fleet user above our sessions (monitor, privsep
+    # child: "sshd: guardia-node [priv]", "sshd-session: guardia-node@notty"); the walk
+    # stops at anything else, e.g. the machine's own sshd listener
+    session = re.compile(rf"^sshd(-session)?: {re.escape(USER)}[ @\[]")
     for pid in list(ours):
         ppid = procs[pid].ppid if pid in procs else 0
-        while ppid > 1 and ppid in procs and procs[ppid].comm.startswith("sshd") and ppid not in skip:
-            if ppid in ours:
-                break
+        while ppid > 1 and ppid in procs and ppid not in skip and ppid not in ours \
+                and procs[ppid].comm.startswith("sshd") and session.match(proc_cmdline(ppid)):
             ours.add(ppid)
             ppid = procs[ppid].ppid
     return {pid: procs[pid] for pid in ours if pid in procs and procs[pid].state not in ("Z", "X")}
@@ -341,30 +409,122 @@ def _unescape_mount(s):
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 
-def mounts_under(path):
-    """Mount points at or under path (deepest first)."""
-    path = path.rstrip("/")
+def mounts():
+    """[(mount point, fstype, source)] from /proc/self/mountinfo, in mount order."""
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            mp = _unescape_mount(line.split()[4])
-            if mp == path or mp.startswith(path + "/"):
-                out.append(mp)
-    return sorted(set(out), key=len, reverse=True)
+            fields = line.split()
+            try:
+                sep = fields.index("-", 6)
+            except ValueError:
+                continue
+            out.append((_unescape_mount(fields[4]), fields[sep + 1], _unescape_mount(fields[sep + 2])))
+    return out
+
+
+def mounts_under(path):
+    """Mount points strictly under path (deepest first); path itself is not included."""
+    prefix = path.rstrip("/") + "/"
+    out = {mp for mp, _, _ in mounts() if mp.startswith(prefix) and mp != prefix.rstrip("/") and mp != "/"}
+    return sorted(out, key=len, reverse=True)
+
+
+def is_fleet_mount(fleet_dir, mp):
+    """True if mp may be unmounted by the fleet of fleet_dir: a node directory
+    DIR/nodes/node-N on which a tmpfs with the fleet's source name is mounted now."""
+    nodes = os.path.join(fleet_dir.rstrip("/"), "nodes")
+    if os.path.dirname(mp) != nodes or not re.fullmatch(r"node-\d+", os.path.basename(mp)):
+        return False
+    return any(m == mp and fstype == "tmpfs" and source == TMPFS_SOURCE for m, fstype, source in mounts())
 
 
 def unmount(path):
     """Unmount path; True if nothing is mounted there afterwards."""
+    def mounted():
+        return any(mp == path for mp, _, _ in mounts())
     for _ in range(20):
-        if path not in mounts_under(path):
+        if not mounted():
             return True
-        r = subprocess.run(["umount", path], capture_output=True, text=True)
+        r = subprocess.run(["umount", "--no-canonicalize", path], capture_output=True, text=True)
         if r.returncode != 0 and "not mounted" in r.stderr:
             return True
         if r.returncode == 0:
             continue
         time.sleep(0.1)
-    return path not in mounts_under(path)
+    return not mounted()
+
+
+# ---------------------------------------------------------------- files the node user controls
+#
+# Node directories belong to the unprivileged fleet user, who can replace any file or
+# directory there by a symlink (app/VERSION -> /etc/shadow, app -> /) or a FIFO. Root never
+# follows a symlink below a node directory: every component is opened with O_NOFOLLOW
+# relative to its parent's descriptor, and files are opened non-blocking and fstat()ed.
+
+NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NOFOLLOW_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+NOFOLLOW_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_dir_nofollow(path, listable=True):
+    """fd of directory `path` (absolute), opened component by component without following
+    any symlink. Raises OSError (ELOOP/ENOTDIR for a symlink or non-directory).
+    Components are opened with O_PATH (search permission suffices, e.g. a 0711 parent);
+    the directory itself too unless `listable` (then it is opened for reading)."""
+    fd = os.open("/", NOFOLLOW_PATH)
+    try:
+        parts = [p for p in path.split("/") if p]
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nfd = os.open(part, NOFOLLOW_DIR if last and listable else NOFOLLOW_PATH, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        if not parts and listable:
+            nfd = os.open("/", NOFOLLOW_DIR)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def open_file_nofollow(name, dir_fd):
+    """fd of the regular file `name` in dir_fd, never following a symlink and never
+    blocking on a FIFO. Raises OSError (EINVAL if it is not a regular file)."""
+    fd = os.open(name, NOFOLLOW_FILE, dir_fd=dir_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(22, "not a regular file", name)
+    return fd
+
+
+def read_file_nofollow(path, limit):
+    """Up to `limit` bytes of the regular file at `path` (no symlink anywhere in the path)."""
+    dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
+    try:
+        fd = open_file_nofollow(os.path.basename(path), dfd)
+    finally:
+        os.close(dfd)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def lstat_nofollow(path):
+    """lstat of `path` without following a symlink in any component; None if missing."""
+    try:
+        dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
+    except OSError:
+        return None
+    try:
+        return os.stat(os.path.basename(path), dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        os.close(dfd)
 
 
 @functools.lru_cache(maxsize=1)

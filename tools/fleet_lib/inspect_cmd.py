@@ -1,15 +1,23 @@
-"""`fleet status` and `fleet check`: machine-readable JSON about a fleet."""
+"""`fleet status` and `fleet check`: machine-readable JSON about a fleet.
 
+`check` reads trees the node user owns (usually as root): it never follows a symlink
+(symlinks are reported with their target), never blocks on a FIFO, and reports a file or
+directory it cannot read as an entry with an "error" instead of failing.
+"""
+
+import errno
 import hashlib
 import json
 import math
 import os
 import stat
 
-from .common import FleetError, proc_alive, read_json
-from .down import leftovers, load_state, recorded
+from .common import (NOFOLLOW_DIR, FleetError, load_state, lstat_nofollow, open_dir_nofollow, open_file_nofollow,
+                     proc_alive, read_file_nofollow, read_json)
+from .down import leftovers, recorded
 
 MARKER = b"GUARDIA_FAULT=unhealthy"
+MAX_DEPTH = 64
 
 
 def _load(fleet_dir):
@@ -59,50 +67,126 @@ def _mode(st):
     return f"{stat.S_IMODE(st.st_mode):04o}"
 
 
+def _err(e):
+    return f"{type(e).__name__}: {e.strerror or e}"
+
+
+def _hash_file(name, dfd, st):
+    """{"sha256", "mode", "size"[, "unhealthy_marker"]} of a regular file, or with "error"."""
+    out = {"sha256": None, "mode": _mode(st), "size": st.st_size}
+    try:
+        fd = open_file_nofollow(name, dfd)
+    except OSError as e:
+        return out | {"error": _err(e)}
+    h = hashlib.sha256()
+    marked, tail = False, b""
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+            if not marked and MARKER in tail + chunk:
+                marked = True
+            tail = chunk[-(len(MARKER) - 1):]
+    except OSError as e:
+        return out | {"error": _err(e)}
+    finally:
+        os.close(fd)
+    out["sha256"] = h.hexdigest()
+    if marked:
+        out["unhealthy_marker"] = True
+    return out
+
+
 def tree(root):
-    """Content of a directory tree: files (sha256, mode, size), dirs, symlinks, digest."""
-    files, dirs, links = {}, {}, {}
-    for cur, dnames, fnames in os.walk(root):
-        dnames.sort()
-        for d in list(dnames):
-            p = os.path.join(cur, d)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
+    """Content of the directory tree at root (never following a symlink, root included):
+    files (sha256, mode, size; "error" if unreadable), dirs (mode), symlinks (target),
+    errors (unlistable directories), one digest of it all."""
+    files, dirs, links, errors = {}, {}, {}, {}
+
+    def walk(dfd, prefix, depth):
+        try:
+            names = sorted(os.listdir(dfd))
+        except OSError as e:
+            errors[prefix.rstrip("/") or "."] = _err(e)
+            return
+        for name in names:
+            rel = prefix + name
+            try:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError as e:
+                errors[rel] = _err(e)
+                continue
             if stat.S_ISLNK(st.st_mode):
-                links[rel] = os.readlink(p)
-                dnames.remove(d)
-            else:
+                try:
+                    links[rel] = os.readlink(name, dir_fd=dfd)
+                except OSError as e:
+                    links[rel] = None
+                    errors[rel] = _err(e)
+            elif stat.S_ISDIR(st.st_mode):
                 dirs[rel] = _mode(st)
-        for f in sorted(fnames):
-            p = os.path.join(cur, f)
-            rel = os.path.relpath(p, root)
-            st = os.lstat(p)
-            if stat.S_ISLNK(st.st_mode):
-                links[rel] = os.readlink(p)
-                continue
-            if not stat.S_ISREG(st.st_mode):
+                if depth >= MAX_DEPTH:
+                    errors[rel] = "too deep: not descended"
+                    continue
+                try:
+                    sub = os.open(name, NOFOLLOW_DIR, dir_fd=dfd)
+                except OSError as e:
+                    errors[rel] = _err(e)
+                    continue
+                try:
+                    walk(sub, rel + "/", depth + 1)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode):
+                files[rel] = _hash_file(name, dfd, st)
+            else:
                 files[rel] = {"sha256": None, "mode": _mode(st), "size": st.st_size, "type": "special"}
-                continue
-            h = hashlib.sha256()
-            marked, tail = False, b""
-            with open(p, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-                    if not marked and MARKER in tail + chunk:
-                        marked = True
-                    tail = chunk[-(len(MARKER) - 1):]
-            files[rel] = {"sha256": h.hexdigest(), "mode": _mode(st), "size": st.st_size}
-            if marked:
-                files[rel]["unhealthy_marker"] = True
+
+    fd = open_dir_nofollow(root)
+    try:
+        walk(fd, "", 0)
+    finally:
+        os.close(fd)
     digest = hashlib.sha256()
-    for rel in sorted(set(files) | set(dirs) | set(links)):
+    for rel in sorted(set(files) | set(dirs) | set(links) | set(errors)):
         if rel in files:
-            digest.update(f"F {rel} {files[rel]['mode']} {files[rel]['sha256']}\n".encode())
+            f = files[rel]
+            digest.update(f"F {rel} {f['mode']} {f['sha256'] or 'ERROR ' + f.get('error', f.get('type', ''))}\n".encode())
         elif rel in dirs:
             digest.update(f"D {rel} {dirs[rel]}\n".encode())
-        else:
+        elif rel in links:
             digest.update(f"L {rel} {links[rel]}\n".encode())
-    return {"files": files, "dirs": dirs, "symlinks": links, "tree_sha256": digest.hexdigest()}
+        if rel in errors:
+            digest.update(f"E {rel} {errors[rel]}\n".encode())
+    out = {"files": files, "dirs": dirs, "symlinks": links, "tree_sha256": digest.hexdigest()}
+    if errors:
+        out["errors"] = errors
+    return out
+
+
+def entry(path):
+    """("dir"|"symlink"|"missing"|"other", symlink target or error) for path, not following."""
+    st = lstat_nofollow(path)
+    if st is None:
+        return "missing", None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir", None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
+            try:
+                return "symlink", os.readlink(os.path.basename(path), dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            return "symlink", _err(e)
+    return "other", None
+
+
+def safe_tree(path):
+    """tree(path), or {"error": ...} if it cannot be read."""
+    try:
+        return tree(path)
+    except OSError as e:
+        return {"files": {}, "dirs": {}, "symlinks": {}, "tree_sha256": None, "error": _err(e)}
 
 
 def disk_use_percent(path):
@@ -116,27 +200,46 @@ def disk_use_percent(path):
 def check_node(n, lock_suffix, with_backups):
     app = n["deploy_path"]
     parent, base = os.path.split(app)
-    out = {"deploy_path": app, "exists": os.path.isdir(app)}
+    kind, target = entry(app)
+    out = {"deploy_path": app, "exists": kind == "dir"}
+    if kind == "symlink":
+        out["deploy_path_symlink"] = target      # reported, never followed
+    elif kind == "other":
+        out["deploy_path_type"] = "not a directory"
     if out["exists"]:
-        t = tree(app)
+        t = safe_tree(app)
         out.update(t)
         out["artifact_healthy"] = not any(f.get("unhealthy_marker") for f in t["files"].values())
         try:
-            with open(os.path.join(app, "VERSION")) as f:
-                out["version"] = f.read(64).strip()
+            out["version"] = read_file_nofollow(os.path.join(app, "VERSION"), 64).decode(errors="replace").strip()
         except OSError:
             out["version"] = None
-    out["service_running"] = os.path.exists(os.path.join(n["state_dir"], "running"))
+    st = lstat_nofollow(os.path.join(n["state_dir"], "running"))
+    out["service_running"] = st is not None and stat.S_ISREG(st.st_mode)
     try:
-        with open(os.path.join(n["state_dir"], "events.log")) as f:
-            out["service_events"] = [line.strip() for line in f][-20:]
-    except OSError:
+        events = read_tail_nofollow(os.path.join(n["state_dir"], "events.log"), 65536)
+        out["service_events"] = [line.strip() for line in events.decode(errors="replace").splitlines()][-20:]
+    except OSError as e:
         out["service_events"] = []
-    siblings = sorted(os.listdir(parent)) if os.path.isdir(parent) else []
+        if e.errno != errno.ENOENT:
+            out["service_events_error"] = _err(e)
+    try:
+        dfd = open_dir_nofollow(parent)
+        try:
+            siblings = sorted(os.listdir(dfd))
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        siblings = []
+        out["node_dir_error"] = _err(e)
     backups = [s for s in siblings if s.startswith(base + ".bak_")]
     out["backups"] = backups
     if with_backups:
-        out["backup_trees"] = {b: tree(os.path.join(parent, b))["tree_sha256"] for b in backups}
+        out["backup_trees"] = {}
+        for b in backups:
+            bkind, btarget = entry(os.path.join(parent, b))
+            out["backup_trees"][b] = (safe_tree(os.path.join(parent, b))["tree_sha256"] if bkind == "dir"
+                                      else f"symlink -> {btarget}" if bkind == "symlink" else None)
     lock = base + lock_suffix
     out["lock_path"] = os.path.join(parent, lock)
     out["lock_present"] = os.path.lexists(out["lock_path"])
@@ -145,6 +248,27 @@ def check_node(n, lock_suffix, with_backups):
     out["disk_use_percent"] = disk_use_percent(parent) if os.path.isdir(parent) else None
     out["faults"] = [f["kind"] for f in n["faults"]]
     return out
+
+
+def read_tail_nofollow(path, limit):
+    """The last `limit` bytes of the regular file at path (no symlink in the path)."""
+    dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
+    try:
+        fd = open_file_nofollow(os.path.basename(path), dfd)
+    finally:
+        os.close(dfd)
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - limit), os.SEEK_SET)
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        os.close(fd)
 
 
 def cmd_check(args):

@@ -4,20 +4,32 @@ of unreachable nodes, served by asyncio in the fleet's supervisor process (see u
 Health: GET <path> answers 200 only if the node's service runs (STATE/running exists) and
 no file under the deploy path contains b"GUARDIA_FAULT=unhealthy", subject to the node's
 health faults. Proxy statistics are written to the stats file after each connection.
+
+This process runs as root and reads trees the node user owns: it never follows a symlink
+(every path component is opened with O_NOFOLLOW, see common.open_dir_nofollow) and never
+blocks opening a FIFO.
 """
 
 import asyncio
+import errno
+import fcntl
 import json
 import os
 import resource
 import signal
 import socket
+import stat
+import struct
 import sys
+import termios
 import time
+
+from .common import NOFOLLOW_DIR, lstat_nofollow, open_dir_nofollow, open_file_nofollow, read_file_nofollow
 
 MARKER = b"GUARDIA_FAULT=unhealthy"
 SCAN_INLINE_MAX = 1 << 20        # bigger files are scanned in a worker thread
 MAX_FILES = 10000                # bound the walk of one deploy path
+MAX_DEPTH = 32                   # ... and its depth (one open descriptor per level)
 HEAD_LIMIT = 16384               # bound an HTTP request head
 IDLE_TIMEOUT = 120               # close an idle keep-alive health connection
 
@@ -26,21 +38,22 @@ def log(msg):
     print(f"{time.strftime('%H:%M:%S')} fleet-server[{os.getpid()}]: {msg}", file=sys.stderr, flush=True)
 
 
-def scan_file(path):
-    """True if the file contains the unhealthy marker."""
+def scan_fd(fd):
+    """True if the open file contains the unhealthy marker; closes fd."""
     keep = len(MARKER) - 1
     tail = b""
     try:
-        with open(path, "rb") as f:
-            while True:
-                chunk = f.read(1 << 20)
-                if not chunk:
-                    return False
-                if MARKER in tail + chunk:
-                    return True
-                tail = chunk[-keep:]
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return False
+            if MARKER in tail + chunk:
+                return True
+            tail = chunk[-keep:]
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 class Node:
@@ -57,49 +70,77 @@ class Node:
         self.cache = {}   # file path -> ((size, mtime_ns, ino), bad)
 
     async def bad_file(self):
-        """Relative path of a file carrying the marker, or None."""
-        seen, stack, n = set(), [self.deploy], 0
-        found = None
-        while stack:
-            d = stack.pop()
-            try:
-                it = list(os.scandir(d))
-            except OSError:
-                continue
-            for e in it:
-                n += 1
-                if n > MAX_FILES:
-                    break
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                        continue
-                    if not e.is_file(follow_symlinks=False):
-                        continue
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                key = (st.st_size, st.st_mtime_ns, st.st_ino)
-                seen.add(e.path)
-                hit = self.cache.get(e.path)
-                if hit is None or hit[0] != key:
-                    if st.st_size > SCAN_INLINE_MAX:
-                        bad = await asyncio.to_thread(scan_file, e.path)
-                    else:
-                        bad = scan_file(e.path)
-                    hit = (key, bad)
-                    self.cache[e.path] = hit
-                if hit[1] and found is None:
-                    found = os.path.relpath(e.path, self.deploy)
+        """Relative path of a file carrying the marker, or None (also for a missing deploy
+        path). A deploy path that is a symlink or not a directory is not followed: a
+        description of that is returned instead (the node is unhealthy)."""
+        try:
+            root = open_dir_nofollow(self.deploy)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                return "(deploy path is a symlink or not a directory: not followed)"
+            return None
+        seen, budget = set(), [MAX_FILES]
+        try:
+            found = await self._scan_dir(root, "", 0, seen, budget)
+        finally:
+            os.close(root)
         for p in list(self.cache):
             if p not in seen:
                 del self.cache[p]
         return found
 
+    async def _scan_dir(self, dfd, prefix, depth, seen, budget):
+        """Scan the directory open as dfd (relative path prefix); first marked file or None."""
+        try:
+            with os.scandir(dfd) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            return None
+        found = None
+        for e in entries:
+            budget[0] -= 1
+            if budget[0] < 0:
+                break
+            rel = prefix + e.name
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if depth >= MAX_DEPTH:
+                        continue
+                    sub = os.open(e.name, NOFOLLOW_DIR, dir_fd=dfd)
+                    try:
+                        hit = await self._scan_dir(sub, rel + "/", depth + 1, seen, budget)
+                    finally:
+                        os.close(sub)
+                    found = found or hit
+                    continue
+                if not e.is_file(follow_symlinks=False):
+                    continue          # symlinks, FIFOs, sockets: never opened
+                st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue
+            key = (st.st_size, st.st_mtime_ns, st.st_ino)
+            seen.add(rel)
+            hit = self.cache.get(rel)
+            if hit is None or hit[0] != key:
+                try:
+                    fd = open_file_nofollow(e.name, dfd)
+                except OSError:
+                    continue
+                if st.st_size > SCAN_INLINE_MAX:
+                    bad = await asyncio.to_thread(scan_fd, fd)
+                else:
+                    bad = scan_fd(fd)
+                hit = (key, bad)
+                self.cache[rel] = hit
+            if hit[1] and found is None:
+                found = rel
+        return found
+
     def version(self):
         try:
-            with open(os.path.join(self.deploy, "VERSION"), "rb") as f:
-                return f.read(64).decode(errors="replace").strip()
+            return read_file_nofollow(os.path.join(self.deploy, "VERSION"), 64).decode(errors="replace").strip()
         except OSError:
             return None
 
@@ -108,10 +149,10 @@ class Node:
         if path != self.path:
             return 404, {"node": self.name, "error": "not found"}
         body = {"node": self.name, "version": self.version()}
-        try:
-            started = os.stat(self.running).st_mtime
-        except OSError:
+        st = lstat_nofollow(self.running)
+        if st is None or not stat.S_ISREG(st.st_mode):
             return 503, dict(body, status="DOWN", reason="service not running")
+        started = st.st_mtime
         bad = await self.bad_file()
         if bad is not None:
             return 503, dict(body, status="DOWN", reason=f"artifact unhealthy: {bad}")
@@ -235,6 +276,16 @@ class Proxy:
             if first == "cut":
                 rec["cut"] = True
                 self.st["cut"] += 1
+                # the K bytes reach the server before the reset, then both sides get an RST
+                # (not a FIN): close with SO_LINGER {on, 0 s}
+                await self.flushed(uwriter)
+                for w in (cwriter, uwriter):
+                    sock = w.get_extra_info("socket")
+                    if sock is not None:
+                        try:
+                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        except OSError:
+                            pass
         except (OSError, asyncio.TimeoutError) as e:
             log(f"{self.name}: proxy: {e!r}")
         finally:
@@ -243,6 +294,21 @@ class Proxy:
                     w.transport.abort()
             rec["end"] = time.time()
             self.stats.dump()
+
+    @staticmethod
+    async def flushed(writer, timeout=5.0):
+        """Wait (bounded) until everything written to writer was acknowledged by the peer:
+        asyncio's buffer empty and the kernel send queue (SIOCOUTQ) empty."""
+        sock = writer.get_extra_info("socket")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            except (OSError, AttributeError):
+                unacked = 0
+            if writer.transport.get_write_buffer_size() == 0 and unacked == 0:
+                return
+            await asyncio.sleep(0.005)
 
     async def pump(self, src, dst, limit, rec, key):
         """Copy src -> dst with the link's delay and rate; 'eof', 'cut' or 'error'."""

@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import ctypes
+import fcntl
 import hashlib
 import json
 import math
@@ -19,11 +20,11 @@ import traceback
 
 from . import faults as faultlib
 from . import host, server
-from .common import (ENV_MARK, LOOPBACK, SAFE_PATH, SSHD, STATE_FILE, SUPERVISOR_COMM, USER, FleetError,
-                     PortAllocator, default_port_range, fleet_processes, listening_ports_by_inode,
-                     mounts_under, pid_socket_inodes, port_lock, read_json, sshd_version,
-                     write_file, write_json_atomic, read_proc)
-from .down import teardown
+from .common import (ENV_MARK, LOCK_FILE, LOOPBACK, SAFE_PATH, SSHD, STATE_FILE, SUPERVISOR_COMM, TMPFS_SOURCE,
+                     USER, FleetError, PortAllocator, check_fleet_dir, default_port_range, fleet_processes,
+                     listening_ports_by_inode, load_state, mounts_under, pid_socket_inodes, port_lock, read_json,
+                     sshd_version, write_file, write_json_atomic, read_proc)
+from .down import recorded_roots, teardown
 
 PORTS_PER_SSHD = 16      # OpenSSH: at most 16 listen sockets per sshd process
 BUILD_THREADS = 8
@@ -99,6 +100,8 @@ def default_sshd_options():
         ("Subsystem", "sftp internal-sftp"), ("MaxStartups", "2000:30:4000"), ("MaxSessions", "64"),
         ("LoginGraceTime", "60"), ("LogLevel", "ERROR"), ("UseDNS", "no"), ("PrintMotd", "no"),
         ("PrintLastLog", "no"), ("X11Forwarding", "no"), ("AddressFamily", "inet"),
+        # no TCP/agent/X11/stream-local forwarding: a session must not reach beyond the node
+        ("DisableForwarding", "yes"),
     ]
     if sshd_version() >= (9, 8):
         opts.append(("PerSourcePenalties", "no"))
@@ -112,6 +115,7 @@ class Up:
         self.dir = os.path.realpath(args.dir)
         self.count = args.nodes
         self.children = []           # Popen objects to reap on failure
+        self.lock_fd = None          # DIR/.guardia-fleet.lock, flock()ed for the whole `up`
         self.timings = {}            # step -> seconds (in .guardia-fleet and server.log)
         self.sshds = []              # [{"index", "key", "nodes", "conf", "log", "pidfile", "proc", "attempts"}]
         self.lo, self.hi = (default_port_range() if not args.port_range else self._port_range(args.port_range))
@@ -131,6 +135,8 @@ class Up:
         return os.path.join(self.dir, *parts)
 
     def record_pid(self, role, pid):
+        """Append (role, pid, starttime) to run/pids.jsonl *before* relying on the process:
+        `down` treats a recorded pid as the fleet's only while its start time matches."""
         p = read_proc(pid)
         with open(self.path("run", "pids.jsonl"), "a") as f:
             f.write(json.dumps({"role": role, "pid": pid, "starttime": p.starttime if p else None}) + "\n")
@@ -157,6 +163,7 @@ class Up:
             raise FleetError(f"{SSHD} not found: install openssh-server")
         if not SAFE_PATH.match(self.dir):
             raise FleetError(f"--dir {self.dir!r}: use only letters, digits and ._/+@,=- in the path")
+        check_fleet_dir(self.dir)
         if not 1 <= self.count <= 5000:
             raise FleetError("--nodes must be 1..5000")
         self.faults = faultlib.load(self.args.faults, self.args.fault, self.count)
@@ -170,45 +177,61 @@ class Up:
             raise FleetError(f"port range {self.lo}-{self.hi} is too small for {self.count} nodes")
 
     def prepare_dir(self):
+        """Claim DIR: take its lock (held for the whole `up`, by the supervisor until the
+        fleet is ready), check it is new, empty or a downed fleet, and write the state file
+        (with the new fleet id) before anything is started or mounted, so that `down` can
+        always clean up after a crashed `up`."""
         d = self.dir
-        state_path = self.path(STATE_FILE)
-        if os.path.lexists(d) and not os.path.isdir(d):
+        if os.path.lexists(d) and (os.path.islink(d) or not os.path.isdir(d)):
             raise FleetError(f"{d} exists and is not a directory")
         if os.path.isdir(d):
-            if os.path.exists(state_path):
-                try:
-                    st = read_json(state_path)
-                except (OSError, ValueError):
-                    st = {}
-                live = fleet_processes(d, st.get("id"), st.get("uid"))
-                if st.get("state") != "down" or live or mounts_under(d):
-                    raise FleetError(
-                        f"{d} already holds a fleet (state {st.get('state', '?')}, {len(live)} live "
-                        f"process(es), {len(mounts_under(d))} mount(s)); run `tools/fleet down --dir {d}` first")
-                for name in FLEET_ENTRIES:
-                    p = os.path.join(d, name)
-                    if os.path.isdir(p) and not os.path.islink(p):
-                        shutil.rmtree(p)
-                    elif os.path.lexists(p):
-                        os.unlink(p)
-            elif os.listdir(d):
+            if os.lstat(d).st_uid != 0:
+                raise FleetError(f"{d} is not owned by root: give a new directory (up creates it) or chown it")
+            if not os.path.lexists(self.path(STATE_FILE)) and set(os.listdir(d)) - {LOCK_FILE}:
                 raise FleetError(f"{d} is not empty and holds no fleet: give an empty or new directory")
-        os.makedirs(d, exist_ok=True)
-        os.chmod(d, 0o755)
         # the fleet user must be able to reach DIR (sshd reads authorized_keys as that user)
         a = os.path.dirname(d)
         while a != "/":
-            if not os.stat(a).st_mode & 0o001:
+            if os.path.exists(a) and not os.stat(a).st_mode & 0o001:
                 raise FleetError(f"{a} is not traversable by others (mode {oct(os.stat(a).st_mode & 0o777)}): "
                                  f"the fleet user cannot reach {d}; use a directory under /tmp or chmod o+x")
             a = os.path.dirname(a)
-        for sub in ("run", "sshd", "host_keys", "nodes"):
-            os.mkdir(self.path(sub), 0o755)
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        self.lock_fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FleetError(f"another `fleet up` is running on {d}: wait for it to finish "
+                             f"(or run `tools/fleet down --dir {d}`)")
+        # under the lock: nobody else prepares or starts a fleet in DIR now
+        old = load_state(d)
+        if old is not None:
+            live = fleet_processes(d, old["id"], recorded_roots(d))
+            mps = mounts_under(d)
+            if old.get("state") != "down" or live or mps:
+                raise FleetError(
+                    f"{d} already holds a fleet (state {old.get('state', '?')}, {len(live)} live "
+                    f"process(es), {len(mps)} mount(s)); run `tools/fleet down --dir {d}` first")
+        elif set(os.listdir(d)) - {LOCK_FILE}:
+            raise FleetError(f"{d} is not empty and holds no fleet: give an empty or new directory")
+        os.chmod(d, 0o755)
         self.state = {"id": os.urandom(8).hex(), "dir": d, "state": "starting", "nodes": self.count,
                       "up_pid": os.getpid(), "up_starttime": read_proc(os.getpid()).starttime,
                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         write_json_atomic(self.path(STATE_FILE), self.state)
+        if old is not None:
+            for name in FLEET_ENTRIES:       # the downed fleet's files: replaced
+                p = os.path.join(d, name)
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                elif os.path.lexists(p):
+                    os.unlink(p)
+        for sub in ("run", "sshd", "host_keys", "nodes"):
+            os.mkdir(self.path(sub), 0o755)
         self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", ENV_MARK: self.state["id"]}
+        hold = float(os.environ.get("GUARDIA_FLEET_TEST_HOLD_LOCK", "0"))
+        if hold > 0:
+            time.sleep(hold)          # test hook: keep DIR locked to prove a concurrent `up` refuses
 
     def setup_user_and_keys(self):
         wrong_needed = any(f["kind"] == "wrong_host_key" for fs in self.faults.values() for f in fs)
@@ -271,9 +294,9 @@ class Up:
     def mount_tmpfs(self, n):
         df, nd = n["by_kind"]["disk_full"], n["node_dir"]
         self.record_mount(nd)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o",
+        r = subprocess.run(["mount", "--no-canonicalize", "-t", "tmpfs", "-o",
                             f"size={df['size_mb']}m,mode=1755,uid={self.uid},gid={self.gid}",
-                            "guardia-fleet", nd], capture_output=True, text=True)
+                            TMPFS_SOURCE, nd], capture_output=True, text=True)
         if r.returncode != 0:
             raise FleetError(f"{n['name']}: disk_full: mounting a tmpfs on {nd} failed: "
                              f"{r.stderr.strip()} (needs CAP_SYS_ADMIN)")
@@ -303,6 +326,11 @@ class Up:
         lines = ["#!/bin/sh", f"# Guardia test fleet: start the simulated service of {name}.",
                  f"state={state}", 'echo startup >>"$state/events.log"',
                  f'[ -d {app} ] || {{ echo "{name}: deploy path {app} missing" >&2; exit 2; }}']
+        # A build that crashes on start: any deployed file carrying the marker makes startup
+        # fail, on every node, so a rollback to the previous build starts cleanly again.
+        lines += [f"if grep -rqsF -- 'GUARDIA_FAULT=startup_fails' {app}; then",
+                  f'  echo "{name}: service failed to start: the deployed build carries '
+                  f'GUARDIA_FAULT=startup_fails" >&2; exit 3; fi']
         if "startup_fails" in k:
             code = k["startup_fails"]["exit_code"]
             lines += [f'echo "{name}: service failed to start (fleet fault startup_fails)" >&2', f"exit {code}"]
@@ -318,9 +346,13 @@ class Up:
 
     def fill_disk(self, n):
         percent = n["by_kind"]["disk_full"]["percent"]
-        fill = os.path.join(n["node_dir"], ".fill")
-        # root-owned in a sticky dir: the node user cannot delete it, the disk stays full
-        fd = os.open(fill, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # The node user owns the tmpfs root (it must create backups there), so it could
+        # unlink any file in it, sticky bit or not. The fill file therefore sits in a
+        # root-owned 0755 directory: the user may rename `.fill`, but cannot free the space.
+        fill_dir = os.path.join(n["node_dir"], ".fill")
+        os.mkdir(fill_dir, 0o755)
+        os.chmod(fill_dir, 0o755)
+        fd = os.open(os.path.join(fill_dir, "fill"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         try:
             for _ in range(8):
                 st = os.statvfs(n["node_dir"])
@@ -576,12 +608,16 @@ class Up:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            # keep only the report pipe: an inherited descriptor (a caller's output pipe)
-            # held open by the long-lived supervisor would make the caller wait for EOF
-            os.closerange(3, wfd)
-            os.closerange(wfd + 1, os.sysconf("SC_OPEN_MAX"))
+            # keep only the report pipe and DIR's lock: an inherited descriptor (a caller's
+            # output pipe) held open by the long-lived supervisor would make the caller wait
+            # for EOF
+            low, high = sorted((wfd, self.lock_fd))
+            os.closerange(3, low)
+            os.closerange(low + 1, high)
+            os.closerange(high + 1, os.sysconf("SC_OPEN_MAX"))
             self.supervise(wfd)        # never returns
         os.close(wfd)
+        self.record_pid("server", pid)     # also recorded by the child: whichever runs first
 
         def forward(signum, frame):
             try:
@@ -668,6 +704,7 @@ class Up:
             def ready():
                 os.write(wfd, json.dumps({"ok": True, "summary": self.summary()}).encode())
                 os.close(wfd)
+                os.close(self.lock_fd)      # the fleet is up: DIR's state now says so
             asyncio.run(server.serve(self.plan, self.path("run", "proxy-stats.json"), ready))
             code = 0
         except BaseException:

@@ -149,6 +149,14 @@ def leaks(d, fleet_id=None, snapshot=()):
     d = os.path.realpath(d)
     mark = f"{ENV_MARK}={fleet_id}\0".encode() if fleet_id else None
     uid = fleet_uid()
+
+    def _owner(pid):
+        # The process may exit between listing /proc and looking at it.
+        try:
+            return os.stat(f"/proc/{pid}").st_uid
+        except OSError:
+            return None
+
     skip = _ancestors()
     out = []
     for name in os.listdir("/proc"):
@@ -166,7 +174,7 @@ def leaks(d, fleet_id=None, snapshot=()):
             why = "command line names the fleet dir"
         elif f"--dir {d} " in cmd + " " and "fleet" in cmd and " up " in cmd:
             why = "a `fleet up` (supervisor) of this dir"
-        elif uid is not None and os.stat(f"/proc/{pid}").st_uid == uid:
+        elif uid is not None and _owner(pid) == uid:
             try:
                 cwd = os.readlink(f"/proc/{pid}/cwd")
             except OSError:

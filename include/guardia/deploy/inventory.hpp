@@ -1,0 +1,67 @@
+// The inventory: which nodes a rollout touches and how (DESIGN.md section 3).
+//
+// Parsing is strict because every value here ends up in a remote command or a connection:
+// unknown fields, duplicate keys and bad values are refused with a message naming the source,
+// the node and the field, before anything is started.
+#pragma once
+
+#include "guardia/core/error.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace guardia::deploy {
+
+// Every struct here declares its default constructor so that none is an aggregate: GCC 12
+// miscompiles braced aggregate temporaries passed by value to coroutines.
+
+struct HealthSpec {
+    HealthSpec() {}
+    std::uint16_t port = 0;  // required in the inventory
+    std::string path = "/";
+    std::chrono::seconds timeout{30};  // "timeout_s": give up after this long
+    std::chrono::seconds interval{2};  // "interval_s": between probes
+};
+
+// Exactly one of the three is set.
+struct NodeAuth {
+    NodeAuth() {}
+    std::string key_file;      // absolute path of a private key on the deploy host
+    std::string password_ref;  // name of a password in the credentials file
+    bool agent = false;        // use ssh-agent's keys
+};
+
+struct Node {
+    Node() {}
+    std::string name;  // unique in the inventory, [A-Za-z0-9._-]{1,64}
+    std::string host;
+    std::uint16_t ssh_port = 22;
+    std::string user;
+    NodeAuth auth;
+    std::string deploy_path;  // absolute, normalised, not a system directory
+    int tier = 2;             // 1 mission critical, 2 standard, 3 test/dev
+    std::string inst_id, system_name;
+    bool requires_restart = true;
+    std::string shutdown_cmd, startup_cmd;  // both required when requires_restart
+    HealthSpec health;
+};
+
+struct Inventory {
+    Inventory() {}
+    std::vector<Node> nodes;
+};
+
+// Parses and validates an inventory document. `source` names it in messages (a file name).
+// Errors are errc::invalid_argument, or errc::security_violation when a shutdown/startup
+// command is refused by the command sanitizer; the first error found is returned:
+//   "nodes.json:3:17: invalid JSON: syntax error"
+//   "nodes.json: node 'web-01': field 'deploy_path': must be an absolute path"
+Result<Inventory> parse_inventory(std::string_view json, std::string_view source);
+
+// Reads `path` (errc::local_io_failed naming the path if it cannot) and parses it.
+Result<Inventory> load_inventory(const std::string& path);
+
+}  // namespace guardia::deploy

@@ -1,0 +1,545 @@
+#include "guardia/deploy/inventory.hpp"
+
+#include "guardia/core/sanitizer.hpp"
+
+#include <boost/json/basic_parser_impl.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace guardia::deploy {
+namespace {
+
+namespace json = boost::json;
+
+// Bounds on input: an inventory of 10,000 nodes is a few MiB.
+constexpr std::uintmax_t max_inventory_bytes = 64u << 20;
+constexpr std::size_t max_path_length = 4096;
+constexpr std::size_t max_command_length = 8192;
+constexpr std::size_t max_label_length = 128;  // inst_id, system_name, password_ref
+constexpr std::int64_t max_health_seconds = 3600;
+
+// "3:17": 1-based line and column of byte `offset`; columns count UTF-8 characters.
+std::string line_column(std::string_view text, std::size_t offset) {
+    offset = std::min(offset, text.size());
+    std::size_t line = 1, column = 1;
+    for (std::size_t i = 0; i < offset; ++i) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        if (c == '\n') {
+            ++line;
+            column = 1;
+        } else if ((c & 0xC0) != 0x80) {  // not a UTF-8 continuation byte
+            ++column;
+        }
+    }
+    return std::to_string(line) + ":" + std::to_string(column);
+}
+
+// A value from the document, safe to put in a message: one line, bounded.
+std::string printable(std::string_view s) {
+    std::string out;
+    for (char c : s.substr(0, 64)) {
+        const auto u = static_cast<unsigned char>(c);
+        out += (u < 0x20 || u == 0x7f) ? '?' : c;
+    }
+    if (s.size() > 64) out += "...";
+    return out;
+}
+
+// ------------------------------------------------------------------ syntax pass
+//
+// boost::json::value keeps the last of duplicate keys silently; "tier": 1, ..., "tier": 3
+// would be a quiet surprise. This first pass finds syntax errors and duplicate keys with
+// their position; the second (boost::json::parse) builds the value.
+
+class DuplicateKeyFinder {
+public:
+    static constexpr std::size_t max_object_size = std::size_t(-1);
+    static constexpr std::size_t max_array_size = std::size_t(-1);
+    static constexpr std::size_t max_key_size = std::size_t(-1);
+    static constexpr std::size_t max_string_size = std::size_t(-1);
+
+    bool on_document_begin(json::error_code&) { return true; }
+    bool on_document_end(json::error_code&) { return true; }
+    bool on_object_begin(json::error_code&) {
+        keys_.emplace_back();
+        return true;
+    }
+    bool on_object_end(std::size_t, json::error_code&) {
+        keys_.pop_back();
+        return true;
+    }
+    bool on_array_begin(json::error_code&) { return true; }
+    bool on_array_end(std::size_t, json::error_code&) { return true; }
+    bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+        key_.append(s.data(), s.size());
+        return true;
+    }
+    bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
+        key_.append(s.data(), s.size());
+        if (!keys_.back().insert(key_).second) {
+            duplicate_ = std::move(key_);
+            ec = make_error_code(errc::invalid_argument);
+            return false;
+        }
+        key_.clear();
+        return true;
+    }
+    bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
+    bool on_number_part(json::string_view, json::error_code&) { return true; }
+    bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
+    bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
+    bool on_double(double, json::string_view, json::error_code&) { return true; }
+    bool on_bool(bool, json::error_code&) { return true; }
+    bool on_null(json::error_code&) { return true; }
+    bool on_comment_part(json::string_view, json::error_code&) { return true; }
+    bool on_comment(json::string_view, json::error_code&) { return true; }
+
+    const std::optional<std::string>& duplicate() const { return duplicate_; }
+
+private:
+    std::vector<std::set<std::string, std::less<>>> keys_;  // one per open object
+    std::string key_;
+    std::optional<std::string> duplicate_;
+};
+
+Result<void> check_syntax(std::string_view text, std::string_view source) {
+    json::basic_parser<DuplicateKeyFinder> parser{json::parse_options{}};
+    json::error_code ec;
+    std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
+    if (!ec && n < text.size()) ec = json::error::extra_data;
+    if (!ec) return {};
+    auto where = [&](std::size_t offset) {
+        return std::string(source) + ":" + line_column(text, offset) + ": ";
+    };
+    if (const auto& key = parser.handler().duplicate()) {
+        // The parser stops at the key's closing quote; point at its opening one.
+        std::size_t open = std::min(n, text.size());
+        if (open > 0) --open;
+        while (open > 0 && !(text[open] == '"' && text[open - 1] != '\\')) --open;
+        return Error(errc::invalid_argument,
+                     where(open) + "duplicate key '" + printable(*key) + "'");
+    }
+    return Error(errc::invalid_argument, where(n) + "invalid JSON: " + ec.message());
+}
+
+// ------------------------------------------------------------------ value checks
+//
+// Each returns what is wrong with a value, or nothing.
+using Problem = std::optional<std::string>;
+
+bool has_control(std::string_view s) {
+    for (char c : s) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) return true;
+    }
+    return false;
+}
+
+bool is_name_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
+bool is_name(std::string_view s, std::size_t max) {
+    if (s.empty() || s.size() > max) return false;
+    for (char c : s)
+        if (!is_name_char(c)) return false;
+    return true;
+}
+
+Problem name_problem(std::string_view s) {
+    if (!is_name(s, 64)) return "must be 1-64 characters of A-Z a-z 0-9 . _ -";
+    return std::nullopt;
+}
+
+Problem host_problem(std::string_view s) {
+    if (s.empty()) return "must not be empty";
+    if (s.size() > 255) return "must be at most 255 characters";
+    for (char c : s)
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f)
+            return "must not contain whitespace or control characters";
+    if (s[0] == '-') return "must not start with '-'";
+    return std::nullopt;
+}
+
+Problem user_problem(std::string_view s) {
+    if (!is_name(s, 32)) return "must be 1-32 characters of A-Z a-z 0-9 . _ -";
+    if (s[0] == '-') return "must not start with '-'";
+    return std::nullopt;
+}
+
+// An absolute path in normal form: what the shell, SFTP and a human all read the same way.
+Problem path_problem(std::string_view p) {
+    if (p.empty()) return "must not be empty";
+    if (has_control(p)) return "must not contain control characters (NUL, newline, ...)";
+    if (p[0] == '-') return "must not start with '-'";
+    if (p[0] != '/') return "must be an absolute path";
+    if (p.size() > max_path_length) return "must be at most 4096 characters";
+    if (p.find("//") != std::string_view::npos) return "must be normalised (no '//')";
+    if (p.size() > 1 && p.back() == '/') return "must be normalised (no trailing '/')";
+    for (std::size_t i = 1; i < p.size();) {
+        auto slash = std::min(p.find('/', i), p.size());
+        auto comp = p.substr(i, slash - i);
+        if (comp == "." || comp == "..") return "must be normalised (no '.' or '..' components)";
+        i = slash + 1;
+    }
+    return std::nullopt;
+}
+
+Problem deploy_path_problem(std::string_view p) {
+    if (auto problem = path_problem(p)) return problem;
+    if (is_system_path(p))
+        return "must not be '/' or a top-level system directory ('" + std::string(p) + "')";
+    return std::nullopt;
+}
+
+Problem label_problem(std::string_view s) {
+    if (s.size() > max_label_length) return "must be at most 128 characters";
+    if (has_control(s)) return "must not contain control characters";
+    return std::nullopt;
+}
+
+Problem password_ref_problem(std::string_view s) {
+    if (s.empty()) return "must not be empty";
+    if (s.size() > max_label_length) return "must be at most 128 characters";
+    for (char c : s)
+        if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+            return "must be printable ASCII without spaces";
+    return std::nullopt;
+}
+
+Problem command_chars_problem(std::string_view s) {
+    if (s.size() > max_command_length) return "must be at most 8192 characters";
+    if (s.find_first_of(std::string_view("\0\n\r", 3)) != std::string_view::npos)
+        return "must not contain NUL or newline characters";
+    return std::nullopt;
+}
+
+Problem health_path_problem(std::string_view s) {
+    if (s.empty() || s[0] != '/') return "must start with '/'";
+    if (s.size() > 2048) return "must be at most 2048 characters";
+    for (char c : s)
+        if (static_cast<unsigned char>(c) <= 0x20 || static_cast<unsigned char>(c) >= 0x7f)
+            return "must be printable ASCII without spaces";
+    return std::nullopt;
+}
+
+// ------------------------------------------------------------------ reading a node
+
+// Where the node being read is, for messages: "nodes.json: node 'web-01'".
+struct NodeContext {
+    std::string_view source;
+    std::string label;
+
+    Error field_error(std::string_view field, std::string_view problem,
+                      errc code = errc::invalid_argument) const {
+        return Error(code, std::string(source) + ": " + label + ": field '" + std::string(field) +
+                               "': " + std::string(problem));
+    }
+    Error node_error(std::string_view problem) const {
+        return Error(errc::invalid_argument,
+                     std::string(source) + ": " + label + ": " + std::string(problem));
+    }
+};
+
+// Refuses any field not in `known`, by its dotted name.
+Result<void> check_fields(const json::object& obj, std::initializer_list<std::string_view> known,
+                          std::string_view prefix, const NodeContext& ctx) {
+    for (const auto& kv : obj) {
+        bool ok = false;
+        for (auto k : known) ok = ok || kv.key() == k;
+        if (!ok)
+            return ctx.node_error("unknown field '" + std::string(prefix) + printable(kv.key()) +
+                                  "'");
+    }
+    return {};
+}
+
+class FieldReader {
+public:
+    FieldReader(const json::object& obj, std::string prefix, const NodeContext& ctx)
+        : obj_(obj), prefix_(std::move(prefix)), ctx_(ctx) {}
+
+    std::string field(std::string_view key) const { return prefix_ + std::string(key); }
+    Error fail(std::string_view key, std::string_view problem,
+               errc code = errc::invalid_argument) const {
+        return ctx_.field_error(field(key), problem, code);
+    }
+    bool has(std::string_view key) const { return obj_.contains(key); }
+
+    // Absent: `out` keeps its default, or an error if required.
+    Result<void> string(std::string_view key, bool required, std::string& out,
+                        Problem (*check)(std::string_view) = nullptr) const {
+        const json::value* v = obj_.if_contains(key);
+        if (v == nullptr) return required ? Result<void>(fail(key, "is required")) : Result<void>();
+        if (!v->is_string()) return fail(key, "must be a string");
+        std::string_view s(v->get_string().data(), v->get_string().size());
+        if (check != nullptr)
+            if (auto problem = check(s)) return fail(key, *problem);
+        out = std::string(s);
+        return {};
+    }
+
+    Result<void> integer(std::string_view key, bool required, std::int64_t lo, std::int64_t hi,
+                         std::int64_t& out) const {
+        const json::value* v = obj_.if_contains(key);
+        if (v == nullptr) return required ? Result<void>(fail(key, "is required")) : Result<void>();
+        const std::string range =
+            "must be an integer from " + std::to_string(lo) + " to " + std::to_string(hi);
+        if (v->is_int64() && v->get_int64() >= lo && v->get_int64() <= hi) {
+            out = v->get_int64();
+            return {};
+        }
+        return fail(key, range);
+    }
+
+    Result<void> boolean(std::string_view key, bool& out) const {
+        const json::value* v = obj_.if_contains(key);
+        if (v == nullptr) return {};
+        if (!v->is_bool()) return fail(key, "must be true or false");
+        out = v->get_bool();
+        return {};
+    }
+
+    // The sub-object `key`, or null when absent (an error if present but not an object).
+    Result<const json::object*> object(std::string_view key, bool required) const {
+        const json::value* v = obj_.if_contains(key);
+        if (v == nullptr) {
+            if (required) return fail(key, "is required");
+            return static_cast<const json::object*>(nullptr);
+        }
+        if (!v->is_object()) return fail(key, "must be an object");
+        return &v->get_object();
+    }
+
+private:
+    const json::object& obj_;
+    std::string prefix_;
+    const NodeContext& ctx_;
+};
+
+Result<NodeAuth> read_auth(const FieldReader& node, const NodeContext& ctx) {
+    auto obj = node.object("auth", true);
+    if (!obj) return obj.error();
+    if (auto r = check_fields(**obj, {"key_file", "password_ref", "agent"}, "auth.", ctx); !r)
+        return r.error();
+    FieldReader f(**obj, "auth.", ctx);
+    int methods = 0;
+    for (auto key : {"key_file", "password_ref", "agent"}) methods += f.has(key) ? 1 : 0;
+    if (methods != 1)
+        return node.fail("auth", "must hold exactly one of 'key_file', 'password_ref', 'agent'");
+    NodeAuth auth;
+    if (auto r = f.string("key_file", false, auth.key_file, path_problem); !r) return r.error();
+    if (auto r = f.string("password_ref", false, auth.password_ref, password_ref_problem); !r)
+        return r.error();
+    if (auto r = f.boolean("agent", auth.agent); !r) return r.error();
+    if (f.has("agent") && !auth.agent)
+        return f.fail("agent", "must be true (give 'key_file' or 'password_ref' instead)");
+    return auth;
+}
+
+Result<HealthSpec> read_health(const FieldReader& node, const NodeContext& ctx) {
+    auto obj = node.object("health", true);
+    if (!obj) return obj.error();
+    if (auto r = check_fields(**obj, {"port", "path", "timeout_s", "interval_s"}, "health.", ctx);
+        !r)
+        return r.error();
+    FieldReader f(**obj, "health.", ctx);
+    HealthSpec health;
+    std::int64_t port = 0, timeout = health.timeout.count(), interval = health.interval.count();
+    if (auto r = f.integer("port", true, 1, 65535, port); !r) return r.error();
+    health.port = static_cast<std::uint16_t>(port);
+    if (auto r = f.string("path", false, health.path, health_path_problem); !r) return r.error();
+    if (auto r = f.integer("timeout_s", false, 1, max_health_seconds, timeout); !r)
+        return r.error();
+    if (auto r = f.integer("interval_s", false, 1, max_health_seconds, interval); !r)
+        return r.error();
+    if (interval > timeout)
+        return f.fail("interval_s", "must not exceed timeout_s (" + std::to_string(timeout) + ")");
+    health.timeout = std::chrono::seconds(timeout);
+    health.interval = std::chrono::seconds(interval);
+    return health;
+}
+
+Result<void> read_command(const FieldReader& f, std::string_view key, std::string& out) {
+    if (auto r = f.string(key, false, out, command_chars_problem); !r) return r;
+    if (auto r = sanitize_command(out); !r)
+        return f.fail(key, r.error().message, errc::security_violation);
+    return {};
+}
+
+Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {
+    if (auto r = check_fields(
+            obj,
+            {"name", "host", "ssh_port", "user", "auth", "deploy_path", "tier", "inst_id",
+             "system_name", "requires_restart", "shutdown_cmd", "startup_cmd", "health"},
+            "", ctx);
+        !r)
+        return r.error();
+    FieldReader f(obj, "", ctx);
+    Node node;
+    std::int64_t port = node.ssh_port, tier = node.tier;
+    if (auto r = f.string("name", true, node.name, name_problem); !r) return r.error();
+    if (auto r = f.string("host", true, node.host, host_problem); !r) return r.error();
+    if (auto r = f.integer("ssh_port", false, 1, 65535, port); !r) return r.error();
+    node.ssh_port = static_cast<std::uint16_t>(port);
+    if (auto r = f.string("user", true, node.user, user_problem); !r) return r.error();
+    auto auth = read_auth(f, ctx);
+    if (!auth) return auth.error();
+    node.auth = std::move(*auth);
+    if (auto r = f.string("deploy_path", true, node.deploy_path, deploy_path_problem); !r)
+        return r.error();
+    if (auto r = f.integer("tier", false, 1, 3, tier); !r) return r.error();
+    node.tier = static_cast<int>(tier);
+    if (auto r = f.string("inst_id", false, node.inst_id, label_problem); !r) return r.error();
+    if (auto r = f.string("system_name", false, node.system_name, label_problem); !r)
+        return r.error();
+    if (auto r = f.boolean("requires_restart", node.requires_restart); !r) return r.error();
+    if (auto r = read_command(f, "shutdown_cmd", node.shutdown_cmd); !r) return r.error();
+    if (auto r = read_command(f, "startup_cmd", node.startup_cmd); !r) return r.error();
+    if (node.requires_restart) {
+        if (node.shutdown_cmd.empty())
+            return f.fail("shutdown_cmd",
+                          "must be a non-empty command when requires_restart is true");
+        if (node.startup_cmd.empty())
+            return f.fail("startup_cmd",
+                          "must be a non-empty command when requires_restart is true");
+    }
+    auto health = read_health(f, ctx);
+    if (!health) return health.error();
+    node.health = std::move(*health);
+    return node;
+}
+
+// "node 'web-01'" when the node has a valid name, else its position "nodes[3]".
+std::string node_label(const json::value& v, std::size_t index) {
+    if (const auto* obj = v.if_object())
+        if (const auto* name = obj->if_contains("name"); name != nullptr && name->is_string()) {
+            std::string_view s(name->get_string().data(), name->get_string().size());
+            if (!name_problem(s)) return "node '" + std::string(s) + "'";
+        }
+    return "nodes[" + std::to_string(index) + "]";
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    for (auto& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
+}
+
+// Two nodes on one directory of one target (or one inside the other) would race: each
+// backs up, replaces and restores files the other is changing.
+class TargetIndex {
+public:
+    Problem add(const Node& node, const std::string& label) {
+        auto& paths = targets_[lower(node.host) + " " + std::to_string(node.ssh_port)];
+        const std::string& p = node.deploy_path;
+        const std::string target =
+            " (host " + node.host + ", port " + std::to_string(node.ssh_port) + ")";
+        if (auto it = paths.find(p); it != paths.end())
+            return "same target directory as " + it->second + target +
+                   ": two nodes on one directory would race";
+        for (auto slash = p.find('/', 1); slash != std::string::npos;
+             slash = p.find('/', slash + 1))
+            if (auto it = paths.find(p.substr(0, slash)); it != paths.end())
+                return "inside the deploy_path of " + it->second + " (" + it->first + ")" + target +
+                       ": the two nodes would race";
+        if (auto it = paths.lower_bound(p + "/");
+            it != paths.end() && it->first.starts_with(p + "/"))
+            return "contains the deploy_path of " + it->second + " (" + it->first + ")" + target +
+                   ": the two nodes would race";
+        paths.emplace(p, label);
+        return std::nullopt;
+    }
+
+private:
+    std::map<std::string, std::map<std::string, std::string>>
+        targets_;  // host port -> path -> node
+};
+
+}  // namespace
+
+Result<Inventory> parse_inventory(std::string_view text, std::string_view source) {
+    const std::string src(source);
+    if (auto r = check_syntax(text, source); !r) return r.error();
+    json::error_code ec;
+    const json::value root = json::parse(json::string_view(text.data(), text.size()), ec);
+    if (ec) return Error(errc::invalid_argument, src + ": invalid JSON: " + ec.message());
+
+    const auto* obj = root.if_object();
+    if (obj == nullptr)
+        return Error(errc::invalid_argument, src + ": must be a JSON object {\"nodes\": [...]}");
+    for (const auto& kv : *obj)
+        if (kv.key() != "nodes")
+            return Error(errc::invalid_argument,
+                         src + ": unknown field '" + printable(kv.key()) + "'");
+    const auto* nodes = obj->if_contains("nodes");
+    if (nodes == nullptr) return Error(errc::invalid_argument, src + ": field 'nodes' is required");
+    if (!nodes->is_array() || nodes->get_array().empty())
+        return Error(errc::invalid_argument, src + ": field 'nodes' must be a non-empty array");
+
+    Inventory inventory;
+    std::map<std::string, std::size_t, std::less<>> names;
+    TargetIndex targets;
+    const auto& array = nodes->get_array();
+    inventory.nodes.reserve(array.size());
+    for (std::size_t i = 0; i < array.size(); ++i) {
+        const NodeContext ctx{source, node_label(array[i], i)};
+        if (!array[i].is_object()) return ctx.node_error("must be an object");
+        auto node = read_node(array[i].get_object(), ctx);
+        if (!node) return node.error();
+        if (auto [it, fresh] = names.emplace(node->name, i); !fresh)
+            return ctx.field_error("name",
+                                   "duplicate of nodes[" + std::to_string(it->second) + "]");
+        if (auto problem = targets.add(*node, ctx.label))
+            return ctx.field_error("deploy_path", *problem);
+        inventory.nodes.push_back(std::move(*node));
+    }
+    return inventory;
+}
+
+Result<Inventory> load_inventory(const std::string& path) {
+    auto fail = [&](const std::string& why) {
+        return Error(errc::local_io_failed, "cannot read inventory '" + path + "': " + why);
+    };
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail(std::strerror(errno));
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return fail(std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail("not a regular file");
+    if (static_cast<std::uintmax_t>(st.st_size) > max_inventory_bytes)
+        return fail("larger than 64 MiB");
+    std::string text;
+    std::array<char, 65536> buf;
+    for (;;) {
+        const ssize_t n = ::read(fd, buf.data(), buf.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return fail(std::strerror(errno));
+        if (n == 0) break;
+        text.append(buf.data(), static_cast<std::size_t>(n));
+        if (text.size() > max_inventory_bytes) return fail("larger than 64 MiB");
+    }
+    return parse_inventory(text, path);
+}
+
+}  // namespace guardia::deploy

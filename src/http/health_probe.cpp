@@ -1,0 +1,298 @@
+#include "guardia/http/health_probe.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+namespace guardia::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
+
+std::string format_duration(milliseconds d) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3g s", static_cast<double>(d.count()) / 1000.0);
+    return buf;
+}
+
+milliseconds since(Clock::time_point start) {
+    return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+}
+
+// What the request goes to, validated once and formatted once.
+struct Target {
+    std::string host;
+    std::uint16_t port = 0;
+    std::string path;
+    std::string host_header;  // "host:port", IPv6 literals bracketed
+    std::string url;          // for messages
+};
+
+bool printable_token(std::string_view s) {
+    // No spaces or control characters: they would break (or inject into) the request line
+    // and headers.
+    return std::none_of(s.begin(), s.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u == 0x7f;
+    });
+}
+
+Result<Target> make_target(std::string host, std::uint16_t port, std::string path) {
+    if (host.empty() || !printable_token(host) || host.find('/') != std::string::npos)
+        return Error(errc::invalid_argument, "health check: bad host '" + host + "'");
+    if (port == 0) return Error(errc::invalid_argument, "health check: port 0 for " + host);
+    if (path.empty() || path.front() != '/' || !printable_token(path))
+        return Error(errc::invalid_argument,
+                     "health check: path must start with '/' and hold no spaces: '" + path + "'");
+    Target t;
+    const bool v6 = host.find(':') != std::string::npos;
+    const std::string authority =
+        (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    t.host_header = authority;
+    t.url = "http://" + authority + path;
+    t.host = std::move(host);
+    t.port = port;
+    t.path = std::move(path);
+    return t;
+}
+
+// One attempt's result: an HTTP status, or a failure kind with a short reason that fits
+// after "last: " in a message.
+struct Probe {
+    int status = 0;
+    boost::system::error_code code;  // empty when an answer came
+    std::string reason;
+};
+
+Probe failed(boost::system::error_code code, std::string reason) {
+    return Probe{0, code, std::move(reason)};
+}
+
+Probe failed(errc kind, std::string reason) {
+    return failed(make_error_code(kind), std::move(reason));
+}
+
+// Not a coroutine on purpose: co_await on a nested awaitable throws once cancelled, while
+// the state handle (taken once per coroutine) can be asked at any time.
+bool is_cancelled(const asio::cancellation_state& cs) {
+    return cs.cancelled() != asio::cancellation_type::none;
+}
+
+// Resolves a name under the deadline. Resolver operations ignore per-operation cancellation
+// in Boost 1.81, so the timer's completion cancels the resolver: otherwise the group would
+// wait for a hung getaddrinfo however late.
+asio::awaitable<Probe> resolve(const Target& t, Clock::time_point deadline, milliseconds limit,
+                               std::vector<tcp::endpoint>& endpoints) {
+    using asio::experimental::make_parallel_group;
+    using asio::experimental::wait_for_one;
+    auto ex = co_await asio::this_coro::executor;
+    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+    tcp::resolver resolver(ex);
+    asio::steady_timer timer(ex);
+    timer.expires_at(deadline);
+    auto [order, e_r, results, e_t] =
+        co_await make_parallel_group(
+            resolver.async_resolve(t.host, std::to_string(t.port), asio::deferred),
+            timer.async_wait(asio::deferred([&resolver](boost::system::error_code ec) {
+                resolver.cancel();
+                return asio::deferred.values(ec);
+            })))
+            .async_wait(wait_for_one(), asio::use_awaitable);
+    if (is_cancelled(cs)) co_return failed(errc::cancelled, "cancelled");
+    if (order[0] == 1 && !e_t)
+        co_return failed(errc::timeout, "cannot resolve " + t.host + " within " +
+                                            format_duration(limit));
+    if (e_r) co_return failed(errc::connect_failed, "cannot resolve " + t.host + ": " + e_r.message());
+    for (const auto& r : results) endpoints.push_back(r.endpoint());
+    if (endpoints.empty())
+        co_return failed(errc::connect_failed, "cannot resolve " + t.host + ": no address");
+    co_return Probe{};
+}
+
+// One GET with every step under `deadline`. Never throws for network failures; a
+// cancellation shows as errc::cancelled (or, on the next co_await, as a system_error that
+// the public functions catch).
+// `limit` is the time the caller granted (deadline - attempt start), for messages.
+asio::awaitable<Probe> probe_once(const Target& t, Clock::time_point deadline,
+                                  milliseconds limit) {
+    const std::string no_answer = "no answer within " + format_duration(limit);
+    auto ex = co_await asio::this_coro::executor;
+    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+
+    std::vector<tcp::endpoint> endpoints;
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(t.host, ec);
+    if (!ec) {
+        endpoints.emplace_back(address, t.port);
+    } else if (auto r = co_await resolve(t, deadline, limit, endpoints); r.code) {
+        co_return r;
+    }
+
+    beast::tcp_stream stream(ex);
+    stream.expires_at(deadline);
+    auto [e_c, ep] = co_await stream.async_connect(endpoints, tuple_awaitable);
+    (void)ep;
+    if (e_c) {
+        if (is_cancelled(cs)) co_return failed(errc::cancelled, "cancelled");
+        if (e_c == beast::error::timeout)
+            co_return failed(errc::timeout, "no connection within " + format_duration(limit));
+        if (e_c == asio::error::connection_refused)
+            co_return failed(errc::connect_failed, "connection refused");
+        co_return failed(errc::connect_failed, "connect failed: " + e_c.message());
+    }
+
+    bhttp::request<bhttp::empty_body> req{bhttp::verb::get, t.path, 11};
+    req.set(bhttp::field::host, t.host_header);
+    req.set(bhttp::field::user_agent, "guardia-health");
+    req.set(bhttp::field::connection, "close");
+    stream.expires_at(deadline);
+    auto [e_w, written] = co_await bhttp::async_write(stream, req, tuple_awaitable);
+    (void)written;
+    if (e_w) {
+        if (is_cancelled(cs)) co_return failed(errc::cancelled, "cancelled");
+        if (e_w == beast::error::timeout) co_return failed(errc::timeout, no_answer);
+        co_return failed(errc::connection_lost, "sending the request failed: " + e_w.message());
+    }
+
+    // The buffer holds at most a full header plus some body in flight; the body itself is
+    // bounded by the parser.
+    beast::flat_buffer buffer(max_response_header + 8 * 1024);
+    bhttp::response_parser<bhttp::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(max_response_header));
+    parser.body_limit(max_response_body);
+    stream.expires_at(deadline);  // Beast habit: a deadline before every read
+    auto [e_r, got] = co_await bhttp::async_read(stream, buffer, parser, tuple_awaitable);
+    (void)got;
+    if (e_r) {
+        if (is_cancelled(cs)) co_return failed(errc::cancelled, "cancelled");
+        if (e_r == beast::error::timeout) co_return failed(errc::timeout, no_answer);
+        if (e_r == bhttp::error::end_of_stream)
+            co_return failed(errc::connection_lost, "connection closed without an answer");
+        if (e_r == bhttp::error::partial_message || e_r == asio::error::eof)
+            co_return failed(errc::connection_lost, "connection closed mid-answer");
+        if (e_r == asio::error::connection_reset)
+            co_return failed(errc::connection_lost, "connection reset");
+        if (e_r == bhttp::error::body_limit)
+            co_return failed(e_r, "answer body over " +
+                                      std::to_string(max_response_body / 1024) + " KiB");
+        if (e_r == bhttp::error::header_limit || e_r == bhttp::error::buffer_overflow)
+            co_return failed(e_r, "answer header over " +
+                                      std::to_string(max_response_header / 1024) + " KiB");
+        co_return failed(e_r, "bad HTTP answer: " + e_r.message());
+    }
+    // Connection: close, so nothing more to say; closing does not wait.
+    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream.close();
+    co_return Probe{static_cast<int>(parser.get().result_int()), {}, {}};
+}
+
+std::string describe_check(const HealthCheck& c, const std::string& url) {
+    return (c.node.empty() ? std::string() : c.node + ": ") + "health check " + url;
+}
+
+}  // namespace
+
+asio::awaitable<Result<int>> http_get_status(std::string host, std::uint16_t port,
+                                             std::string path, milliseconds timeout) {
+    auto target = make_target(std::move(host), port, std::move(path));
+    if (!target) co_return target.error();
+    if (timeout <= milliseconds(0))
+        co_return Error(errc::invalid_argument, "GET " + target->url + ": timeout must be positive");
+    try {
+        auto p = co_await probe_once(*target, Clock::now() + timeout, timeout);
+        if (p.code) co_return Error(p.code, "GET " + target->url + ": " + p.reason);
+        co_return p.status;
+    } catch (const boost::system::system_error& e) {
+        // Thrown by co_await when the coroutine was cancelled (Asio's throw_if_cancelled).
+        co_return Error(errc::cancelled, "GET " + target->url + " cancelled (" + e.what() + ")");
+    }
+}
+
+asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check) {
+    auto target = make_target(check.host, check.port, check.path);
+    if (!target) {
+        auto e = target.error();
+        if (!check.node.empty()) e.message = check.node + ": " + e.message;
+        co_return e;
+    }
+    const std::string what = describe_check(check, target->url);
+    if (check.timeout <= milliseconds(0) || check.interval <= milliseconds(0) ||
+        check.request_timeout <= milliseconds(0) || check.required_consecutive < 1)
+        co_return Error(errc::invalid_argument,
+                        what + ": timeout, interval and request_timeout must be positive and "
+                               "required_consecutive at least 1");
+
+    const auto start = Clock::now();
+    const auto deadline = start + check.timeout;
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    HealthOutcome out;
+    int consecutive = 0;
+    std::string last;  // the last attempt, for the failure message
+    try {
+        for (;;) {
+            const auto attempt_start = Clock::now();
+            ++out.attempts;
+            const auto attempt_deadline = std::min(attempt_start + check.request_timeout, deadline);
+            auto p = co_await probe_once(
+                *target, attempt_deadline,
+                std::chrono::ceil<milliseconds>(attempt_deadline - attempt_start));
+            if (p.code == errc::cancelled) {
+                out.elapsed = since(start);
+                co_return Error(errc::cancelled, what + " cancelled after " +
+                                                     std::to_string(out.attempts) + " attempts");
+            }
+            out.last_status = p.status;
+            if (!p.code && p.status == 200) {
+                if (++consecutive >= check.required_consecutive) {
+                    out.elapsed = since(start);
+                    co_return out;
+                }
+                last = "HTTP 200 (" + std::to_string(consecutive) + " of " +
+                       std::to_string(check.required_consecutive) + " consecutive)";
+            } else {
+                consecutive = 0;
+                last = p.code ? p.reason : "HTTP " + std::to_string(p.status);
+                out.last_error = last;
+            }
+            // Fixed rate from attempt start, but no burst to catch up after a slow attempt.
+            const auto next = std::max(attempt_start + check.interval, Clock::now());
+            if (next >= deadline) break;
+            timer.expires_at(next);
+            co_await timer.async_wait(asio::use_awaitable);
+        }
+    } catch (const boost::system::system_error& e) {
+        // Thrown by co_await when the coroutine was cancelled (Asio's throw_if_cancelled).
+        co_return Error(errc::cancelled, what + " cancelled after " +
+                                             std::to_string(out.attempts) + " attempts (" +
+                                             e.what() + ")");
+    }
+    co_return Error(errc::timeout, what + " not healthy after " + format_duration(check.timeout) +
+                                       ": " + std::to_string(out.attempts) + " attempts, last: " +
+                                       last);
+}
+
+}  // namespace guardia::http

@@ -1,0 +1,400 @@
+#include "guardia/deploy/inventory.hpp"
+
+#include <doctest/doctest.h>
+#include <boost/json.hpp>
+
+#include <unistd.h>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+using namespace guardia;
+using namespace guardia::deploy;
+namespace json = boost::json;
+
+namespace {
+
+// The example of DESIGN.md section 3.
+constexpr std::string_view design_example = R"({ "nodes": [ {
+    "name": "web-01", "host": "10.1.2.3", "ssh_port": 22, "user": "deploy",
+    "auth": { "key_file": "/etc/guardia/keys/id_ed25519" },
+    "deploy_path": "/app/webapps", "tier": 1,
+    "inst_id": "INST-001", "system_name": "billing",
+    "requires_restart": true,
+    "shutdown_cmd": "sh /app/scripts/shutdown.sh",
+    "startup_cmd": "sh /app/scripts/startup.sh",
+    "health": { "port": 8080, "path": "/", "timeout_s": 30, "interval_s": 2 }
+} ] })";
+
+json::object example_node() {
+    return json::parse(design_example).as_object()["nodes"].as_array()[0].as_object();
+}
+
+std::string document(const json::array& nodes) {
+    json::object root;
+    root["nodes"] = nodes;
+    return json::serialize(root);
+}
+
+Result<Inventory> parse_nodes(const json::array& nodes) {
+    return parse_inventory(document(nodes), "nodes.json");
+}
+
+std::string error_of(const Result<Inventory>& r) {
+    REQUIRE_FALSE(r.has_value());
+    return r.error().message;
+}
+
+std::filesystem::path source_root() {
+    return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+}
+
+struct RuleCase {
+    const char* what;
+    void (*mutate)(json::object&);
+    const char* expect;  // the message must contain this: node, field and problem
+};
+
+// One failing case per rule; each message must name the node and the field.
+const RuleCase rule_cases[] = {
+    {"name missing", [](json::object& n) { n.erase("name"); },
+     "nodes.json: nodes[0]: field 'name': is required"},
+    {"name with a space", [](json::object& n) { n["name"] = "web 01"; },
+     "nodes.json: nodes[0]: field 'name': must be 1-64 characters"},
+    {"name too long", [](json::object& n) { n["name"] = std::string(65, 'a'); },
+     "nodes[0]: field 'name': must be 1-64"},
+    {"name not a string", [](json::object& n) { n["name"] = 7; },
+     "nodes[0]: field 'name': must be a string"},
+    {"host missing", [](json::object& n) { n.erase("host"); },
+     "node 'web-01': field 'host': is required"},
+    {"host empty", [](json::object& n) { n["host"] = ""; },
+     "node 'web-01': field 'host': must not be empty"},
+    {"host option", [](json::object& n) { n["host"] = "-oProxyCommand=x"; },
+     "node 'web-01': field 'host': must not start with '-'"},
+    {"host whitespace", [](json::object& n) { n["host"] = "10.1.2.3 x"; },
+     "node 'web-01': field 'host': must not contain whitespace"},
+    {"host NUL", [](json::object& n) { n["host"] = std::string("a\0b", 3); },
+     "node 'web-01': field 'host': must not contain whitespace or control"},
+    {"ssh_port 0", [](json::object& n) { n["ssh_port"] = 0; },
+     "node 'web-01': field 'ssh_port': must be an integer from 1 to 65535"},
+    {"ssh_port 65536", [](json::object& n) { n["ssh_port"] = 65536; },
+     "node 'web-01': field 'ssh_port': must be an integer from 1 to 65535"},
+    {"ssh_port string", [](json::object& n) { n["ssh_port"] = "22"; },
+     "node 'web-01': field 'ssh_port': must be an integer"},
+    {"ssh_port fraction", [](json::object& n) { n["ssh_port"] = 22.5; },
+     "node 'web-01': field 'ssh_port': must be an integer"},
+    {"user missing", [](json::object& n) { n.erase("user"); },
+     "node 'web-01': field 'user': is required"},
+    {"user option", [](json::object& n) { n["user"] = "-root"; },
+     "node 'web-01': field 'user': must not start with '-'"},
+    {"user shell chars", [](json::object& n) { n["user"] = "de;ploy"; },
+     "node 'web-01': field 'user': must be 1-32 characters"},
+    {"auth missing", [](json::object& n) { n.erase("auth"); },
+     "node 'web-01': field 'auth': is required"},
+    {"auth empty", [](json::object& n) { n["auth"] = json::object(); },
+     "node 'web-01': field 'auth': must hold exactly one of"},
+    {"auth two methods",
+     [](json::object& n) {
+         n["auth"] = {{"key_file", "/k"}, {"agent", true}};
+     },
+     "node 'web-01': field 'auth': must hold exactly one of"},
+    {"auth not an object", [](json::object& n) { n["auth"] = "agent"; },
+     "node 'web-01': field 'auth': must be an object"},
+    {"auth agent false",
+     [](json::object& n) {
+         n["auth"] = {{"agent", false}};
+     },
+     "node 'web-01': field 'auth.agent': must be true"},
+    {"auth relative key",
+     [](json::object& n) {
+         n["auth"] = {{"key_file", "keys/id"}};
+     },
+     "node 'web-01': field 'auth.key_file': must be an absolute path"},
+    {"auth empty password_ref",
+     [](json::object& n) {
+         n["auth"] = {{"password_ref", ""}};
+     },
+     "node 'web-01': field 'auth.password_ref': must not be empty"},
+    {"auth unknown field",
+     [](json::object& n) {
+         n["auth"] = {{"key_file", "/k"}, {"passphrase", "x"}};
+     },
+     "node 'web-01': unknown field 'auth.passphrase'"},
+    {"deploy_path missing", [](json::object& n) { n.erase("deploy_path"); },
+     "node 'web-01': field 'deploy_path': is required"},
+    {"deploy_path relative", [](json::object& n) { n["deploy_path"] = "app/webapps"; },
+     "node 'web-01': field 'deploy_path': must be an absolute path"},
+    {"deploy_path option", [](json::object& n) { n["deploy_path"] = "-rf"; },
+     "node 'web-01': field 'deploy_path': must not start with '-'"},
+    {"deploy_path dotdot", [](json::object& n) { n["deploy_path"] = "/app/../etc"; },
+     "node 'web-01': field 'deploy_path': must be normalised (no '.' or '..' components)"},
+    {"deploy_path dot", [](json::object& n) { n["deploy_path"] = "/app/./x"; },
+     "field 'deploy_path': must be normalised"},
+    {"deploy_path double slash", [](json::object& n) { n["deploy_path"] = "/app//x"; },
+     "node 'web-01': field 'deploy_path': must be normalised (no '//')"},
+    {"deploy_path trailing slash", [](json::object& n) { n["deploy_path"] = "/app/x/"; },
+     "node 'web-01': field 'deploy_path': must be normalised (no trailing '/')"},
+    {"deploy_path root", [](json::object& n) { n["deploy_path"] = "/"; },
+     "node 'web-01': field 'deploy_path': must not be '/' or a top-level system directory"},
+    {"deploy_path system dir", [](json::object& n) { n["deploy_path"] = "/etc"; },
+     "node 'web-01': field 'deploy_path': must not be '/' or a top-level system directory "
+     "('/etc')"},
+    {"deploy_path newline", [](json::object& n) { n["deploy_path"] = "/app/x\ny"; },
+     "node 'web-01': field 'deploy_path': must not contain control characters"},
+    {"tier 0", [](json::object& n) { n["tier"] = 0; },
+     "node 'web-01': field 'tier': must be an integer from 1 to 3"},
+    {"tier 4", [](json::object& n) { n["tier"] = 4; },
+     "node 'web-01': field 'tier': must be an integer from 1 to 3"},
+    {"inst_id control", [](json::object& n) { n["inst_id"] = "INST\n1"; },
+     "node 'web-01': field 'inst_id': must not contain control characters"},
+    {"system_name too long", [](json::object& n) { n["system_name"] = std::string(129, 's'); },
+     "node 'web-01': field 'system_name': must be at most 128 characters"},
+    {"requires_restart string", [](json::object& n) { n["requires_restart"] = "yes"; },
+     "node 'web-01': field 'requires_restart': must be true or false"},
+    {"shutdown_cmd newline", [](json::object& n) { n["shutdown_cmd"] = "sh a.sh\nrm x"; },
+     "node 'web-01': field 'shutdown_cmd': must not contain NUL or newline"},
+    {"startup_cmd NUL", [](json::object& n) { n["startup_cmd"] = std::string("sh a\0b", 6); },
+     "node 'web-01': field 'startup_cmd': must not contain NUL or newline"},
+    {"shutdown_cmd missing", [](json::object& n) { n.erase("shutdown_cmd"); },
+     "node 'web-01': field 'shutdown_cmd': must be a non-empty command when requires_restart"},
+    {"startup_cmd empty", [](json::object& n) { n["startup_cmd"] = ""; },
+     "node 'web-01': field 'startup_cmd': must be a non-empty command when requires_restart"},
+    {"health missing", [](json::object& n) { n.erase("health"); },
+     "node 'web-01': field 'health': is required"},
+    {"health.port missing", [](json::object& n) { n["health"].as_object().erase("port"); },
+     "node 'web-01': field 'health.port': is required"},
+    {"health.port range", [](json::object& n) { n["health"].as_object()["port"] = 70000; },
+     "node 'web-01': field 'health.port': must be an integer from 1 to 65535"},
+    {"health.path relative", [](json::object& n) { n["health"].as_object()["path"] = "status"; },
+     "node 'web-01': field 'health.path': must start with '/'"},
+    {"health.path space", [](json::object& n) { n["health"].as_object()["path"] = "/a b"; },
+     "node 'web-01': field 'health.path': must be printable ASCII without spaces"},
+    {"health.timeout_s 0", [](json::object& n) { n["health"].as_object()["timeout_s"] = 0; },
+     "node 'web-01': field 'health.timeout_s': must be an integer from 1 to 3600"},
+    {"health.interval_s 0", [](json::object& n) { n["health"].as_object()["interval_s"] = 0; },
+     "node 'web-01': field 'health.interval_s': must be an integer from 1 to 3600"},
+    {"health.interval_s > timeout_s",
+     [](json::object& n) { n["health"].as_object()["interval_s"] = 31; },
+     "node 'web-01': field 'health.interval_s': must not exceed timeout_s (30)"},
+    {"health unknown field", [](json::object& n) { n["health"].as_object()["expect"] = 200; },
+     "node 'web-01': unknown field 'health.expect'"},
+    {"node unknown field", [](json::object& n) { n["deploy_pth"] = "/app"; },
+     "nodes.json: node 'web-01': unknown field 'deploy_pth'"},
+};
+
+}  // namespace
+
+TEST_CASE("inventory: the DESIGN.md example parses to its values") {
+    auto inv = parse_inventory(design_example, "nodes.json");
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    REQUIRE(inv->nodes.size() == 1);
+    const Node& n = inv->nodes[0];
+    CHECK(n.name == "web-01");
+    CHECK(n.host == "10.1.2.3");
+    CHECK(n.ssh_port == 22);
+    CHECK(n.user == "deploy");
+    CHECK(n.auth.key_file == "/etc/guardia/keys/id_ed25519");
+    CHECK(n.auth.password_ref.empty());
+    CHECK_FALSE(n.auth.agent);
+    CHECK(n.deploy_path == "/app/webapps");
+    CHECK(n.tier == 1);
+    CHECK(n.inst_id == "INST-001");
+    CHECK(n.system_name == "billing");
+    CHECK(n.requires_restart);
+    CHECK(n.shutdown_cmd == "sh /app/scripts/shutdown.sh");
+    CHECK(n.startup_cmd == "sh /app/scripts/startup.sh");
+    CHECK(n.health.port == 8080);
+    CHECK(n.health.path == "/");
+    CHECK(n.health.timeout == std::chrono::seconds(30));
+    CHECK(n.health.interval == std::chrono::seconds(2));
+}
+
+TEST_CASE("inventory: omitted fields take the documented defaults") {
+    auto inv = parse_inventory(R"({"nodes": [{"name": "n1", "host": "h", "user": "u",
+        "auth": {"agent": true}, "deploy_path": "/app/x", "requires_restart": false,
+        "health": {"port": 80}}]})",
+                               "nodes.json");
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    const Node& n = inv->nodes[0];
+    CHECK(n.ssh_port == 22);
+    CHECK(n.tier == 2);
+    CHECK(n.auth.agent);
+    CHECK(n.inst_id.empty());
+    CHECK(n.system_name.empty());
+    CHECK_FALSE(n.requires_restart);
+    CHECK(n.shutdown_cmd.empty());
+    CHECK(n.health.path == "/");
+    CHECK(n.health.timeout == std::chrono::seconds(30));
+    CHECK(n.health.interval == std::chrono::seconds(2));
+
+    // Default-constructed structs hold the same defaults.
+    Node d;
+    CHECK(d.ssh_port == 22);
+    CHECK(d.tier == 2);
+    CHECK(d.requires_restart);
+    CHECK(d.health.path == "/");
+}
+
+TEST_CASE("inventory: each rule fails with a message naming node and field") {
+    for (const auto& c : rule_cases) {
+        CAPTURE(c.what);
+        json::object node = example_node();
+        c.mutate(node);
+        auto r = parse_nodes(json::array{node});
+        REQUIRE_FALSE(r.has_value());
+        CAPTURE(r.error().message);
+        CHECK(r.error().message.find(c.expect) != std::string::npos);
+        CHECK(r.error().code == errc::invalid_argument);
+    }
+}
+
+TEST_CASE("inventory: shutdown/startup commands must pass the sanitizer") {
+    json::object node = example_node();
+    node["startup_cmd"] = "sh -c 'rm -rf /'";
+    auto r = parse_nodes(json::array{node});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == errc::security_violation);
+    CHECK(r.error().message.find("nodes.json: node 'web-01': field 'startup_cmd': ") == 0);
+    CHECK(r.error().message.find("recursive rm of a system path") != std::string::npos);
+
+    node = example_node();
+    node["shutdown_cmd"] = "mkfs.ext4 /dev/sdb1";
+    r = parse_nodes(json::array{node});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(error_of(r).find("field 'shutdown_cmd': ") != std::string::npos);
+    CHECK(error_of(r).find("mkfs") != std::string::npos);
+
+    // Commands are optional when the node is not restarted, but still checked when given.
+    node = example_node();
+    node["requires_restart"] = false;
+    node.erase("shutdown_cmd");
+    node.erase("startup_cmd");
+    CHECK(parse_nodes(json::array{node}).has_value());
+    node["startup_cmd"] = "truncate -s 0 /app/x";
+    CHECK(error_of(parse_nodes(json::array{node})).find("field 'startup_cmd'") !=
+          std::string::npos);
+}
+
+TEST_CASE("inventory: names are unique, targets are not shared") {
+    json::object a = example_node();
+    json::object b = example_node();
+    b["deploy_path"] = "/app/other";
+    CHECK(error_of(parse_nodes(json::array{a, b})) ==
+          "nodes.json: node 'web-01': field 'name': duplicate of nodes[0]");
+
+    // Same host (any case), port and directory: the two would race.
+    b["name"] = "web-02";
+    b["deploy_path"] = "/app/webapps";
+    b["host"] = "10.1.2.3";
+    auto msg = error_of(parse_nodes(json::array{a, b}));
+    CHECK(msg.find("nodes.json: node 'web-02': field 'deploy_path': same target directory as "
+                   "node 'web-01'") == 0);
+    a["host"] = "Web.Example";
+    b["host"] = "web.example";
+    CHECK(error_of(parse_nodes(json::array{a, b})).find("same target directory") !=
+          std::string::npos);
+
+    // One directory inside the other races too, in either order.
+    b["deploy_path"] = "/app/webapps/static";
+    CHECK(error_of(parse_nodes(json::array{a, b}))
+              .find("field 'deploy_path': inside the deploy_path of node 'web-01'") !=
+          std::string::npos);
+    CHECK(
+        error_of(parse_nodes(json::array{b, a}))
+            .find(
+                "node 'web-01': field 'deploy_path': contains the deploy_path of node 'web-02'") !=
+        std::string::npos);
+
+    // Another port, another directory or another host is another target; inst_id and
+    // system_name may repeat.
+    b["deploy_path"] = "/app/webapps";
+    b["ssh_port"] = 2222;
+    CHECK(parse_nodes(json::array{a, b}).has_value());
+    b["ssh_port"] = 22;
+    b["deploy_path"] = "/app/webapps2";
+    CHECK(parse_nodes(json::array{a, b}).has_value());
+    b["deploy_path"] = "/app/webapps";
+    b["host"] = "10.1.2.4";
+    auto ok = parse_nodes(json::array{a, b});
+    REQUIRE(ok.has_value());
+    CHECK(ok->nodes[0].inst_id == ok->nodes[1].inst_id);
+}
+
+TEST_CASE("inventory: document shape") {
+    CHECK(error_of(parse_inventory("[]", "nodes.json")).find("nodes.json: must be a JSON object") ==
+          0);
+    CHECK(error_of(parse_inventory("{}", "nodes.json")) == "nodes.json: field 'nodes' is required");
+    CHECK(error_of(parse_inventory(R"({"nodes": []})", "nodes.json")) ==
+          "nodes.json: field 'nodes' must be a non-empty array");
+    CHECK(error_of(parse_inventory(R"({"nodes": {}})", "nodes.json")) ==
+          "nodes.json: field 'nodes' must be a non-empty array");
+    CHECK(error_of(parse_inventory(R"({"nodes": [1]})", "nodes.json")) ==
+          "nodes.json: nodes[0]: must be an object");
+    CHECK(error_of(parse_inventory(R"({"version": 1, "nodes": []})", "nodes.json")) ==
+          "nodes.json: unknown field 'version'");
+    // The second node is reported by name, the broken first one by position.
+    json::object good = example_node();
+    json::object bad = example_node();
+    bad["name"] = "web-02";
+    bad["deploy_path"] = "/app/b";
+    bad["tier"] = 9;
+    CHECK(error_of(parse_nodes(json::array{good, bad}))
+              .find("nodes.json: node 'web-02': field 'tier'") == 0);
+}
+
+TEST_CASE("inventory: JSON errors name source, line and column") {
+    // A doubled comma: the second one, line 3 column 18, is where a key was expected.
+    auto r = parse_inventory("{\n  \"nodes\": [\n    {\"name\": \"a\",,}\n  ]\n}\n", "nodes.json");
+    CHECK(error_of(r).find("nodes.json:3:18: invalid JSON: ") == 0);
+
+    // Truncated: the error is at the end of the input.
+    r = parse_inventory("{\n  \"nodes\": [\n", "inv.json");
+    CHECK(error_of(r).find("inv.json:3:1: invalid JSON: ") == 0);
+
+    // Something after the document.
+    r = parse_inventory("{\"nodes\": []}\n x", "inv.json");
+    CHECK(error_of(r).find("inv.json:2:2: invalid JSON: ") == 0);
+
+    // Columns count characters, not bytes.
+    r = parse_inventory("{\"n\u00e9\": x}", "inv.json");
+    CHECK(error_of(r).find("inv.json:1:8: invalid JSON: ") == 0);
+
+    // A duplicate key is refused, not silently overwritten.
+    r = parse_inventory("{\"nodes\": [\n {\"tier\": 1,\n  \"tier\": 3}]}", "inv.json");
+    CHECK(error_of(r).find("inv.json:3:3: duplicate key 'tier'") == 0);
+    CHECK(error_of(r).find("duplicate key 'tier'") != std::string::npos);
+}
+
+TEST_CASE("inventory: load_inventory reads files and names the path on failure") {
+    auto missing = load_inventory("/nonexistent/guardia/nodes.json");
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().code == errc::local_io_failed);
+    CHECK(missing.error().message.find("'/nonexistent/guardia/nodes.json'") != std::string::npos);
+    CHECK(missing.error().message.find("No such file") != std::string::npos);
+
+    auto dir = load_inventory("/");
+    REQUIRE_FALSE(dir.has_value());
+    CHECK(dir.error().message.find("not a regular file") != std::string::npos);
+
+    auto path = std::filesystem::temp_directory_path() /
+                ("guardia-inventory-test-" + std::to_string(::getpid()) + ".json");
+    { std::ofstream(path) << "{\"nodes\": [\n  {\"name\": \"x\"}\n]}\n"; }
+    auto bad = load_inventory(path.string());
+    std::filesystem::remove(path);
+    CHECK(error_of(bad).find(path.string() + ": node 'x': field 'host': is required") == 0);
+}
+
+TEST_CASE("inventory: conf/inventory.example.json parses, one node per tier and auth kind") {
+    auto inv = load_inventory((source_root() / "conf" / "inventory.example.json").string());
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    REQUIRE(inv->nodes.size() == 3);
+    CHECK(inv->nodes[0].tier == 1);
+    CHECK(inv->nodes[1].tier == 2);
+    CHECK(inv->nodes[2].tier == 3);
+    CHECK_FALSE(inv->nodes[0].auth.key_file.empty());
+    CHECK_FALSE(inv->nodes[1].auth.password_ref.empty());
+    CHECK(inv->nodes[2].auth.agent);
+    CHECK(inv->nodes[1].ssh_port == 2222);
+    CHECK(inv->nodes[2].ssh_port == 22);
+    CHECK_FALSE(inv->nodes[2].requires_restart);
+}

@@ -1,0 +1,108 @@
+// The async audit writer: every write to the store goes through it, so the event loop never
+// waits on the disk.
+//
+// record() and the upserts only append to an in-memory queue (a mutex held for a push, never
+// for I/O). One dedicated thread, with its own connection, drains the queue in batched
+// transactions: whatever arrived since the last commit, up to max_batch items per
+// transaction. The connection runs synchronous=FULL, so every commit is fsynced, once per
+// batch (group commit): the busier the loop, the bigger the batches.
+//
+// durable() is the barrier a caller awaits before it reports a state as final: it completes
+// once everything queued before the call is committed, or with the error that prevented it.
+//
+// A failed batch (disk full, database locked beyond busy_timeout, read-only file) is rolled
+// back and KEPT: it is retried first, with backoff, or at once when someone awaits durable().
+// Its error goes to the durable() waiters, last_error() and the log. Nothing is dropped
+// silently; the queue is unbounded, and queue_depth() (exported as a metric) shows it grow.
+// Items SQLite refuses for what they hold (a constraint such as a node result for an unknown
+// rollout) can never succeed: they are logged, counted in rejected() and skipped, and their
+// error goes to the next durable() waiters.
+//
+// Lifetime: stop() (or the destructor) drains the queue, commits and joins the thread, so it
+// blocks its caller until then: call it at shutdown, after the loop has stopped producing,
+// and before destroying the io_contexts of coroutines awaiting durable() (their completions
+// are posted there).
+#pragma once
+
+#include "guardia/core/error.hpp"
+#include "guardia/store/records.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace guardia::store {
+
+using namespace std::chrono_literals;
+
+struct AuditWriterOptions {
+    AuditWriterOptions() noexcept {}
+    std::size_t max_batch = 1000;         // data items per transaction
+    std::size_t max_detail_bytes = 4096;  // bound on detail / error / reason, after redaction
+    std::chrono::milliseconds busy_timeout = 5s;
+    std::chrono::milliseconds max_retry_delay = 5s;  // backoff cap after a failed batch
+    int stop_attempts = 3;  // failed attempts stop() tolerates before it gives up (logged)
+    std::shared_ptr<spdlog::logger> logger;  // null: spdlog's default logger
+};
+
+class AuditWriter {
+  public:
+    // Opens its own connection (creating and migrating the file as Database does). Throws
+    // std::runtime_error naming the file. The thread starts with start().
+    explicit AuditWriter(std::string db_path);
+    AuditWriter(std::string db_path, AuditWriterOptions options);
+    ~AuditWriter();  // stop()
+    AuditWriter(const AuditWriter&) = delete;
+    AuditWriter& operator=(const AuditWriter&) = delete;
+
+    // Starts the writer thread. Items recorded before are kept and written first.
+    void start();
+    // Drains the queue, commits and joins the thread; runs the drain on the calling thread if
+    // start() never ran. If the store keeps failing, gives up after stop_attempts failed
+    // attempts and logs how many items were not written. Idempotent. After it, record() and
+    // the upserts are logged and dropped (a shutdown-ordering bug in the caller).
+    void stop();
+
+    // Queue one item; never waits on the disk. Callable from any thread.
+    void record(AuditEvent event);
+    void upsert_node_result(NodeResult result);
+    void upsert_rollout(RolloutRecord rollout);
+
+    // Each occurrence of these strings in detail / error / reason is written as "***"
+    // (defence in depth: callers must not log secrets in the first place). Applies to every
+    // item not yet taken by the writer thread. Empty strings are ignored.
+    void set_redactions(std::vector<std::string> secrets);
+
+    // Completes on the awaiting coroutine's executor (the completion is posted there) once
+    // every item queued before the call is committed and fsynced, or with the error of the
+    // attempt that failed (those items stay queued). Never blocks the loop. Not cancellable;
+    // bounded by one write attempt (busy_timeout).
+    boost::asio::awaitable<Result<void>> durable();
+
+    // Items queued or held by the writer and not yet committed (or rejected).
+    std::size_t queue_depth() const;
+    // The error of the latest write attempt; empty once a later batch committed cleanly.
+    std::optional<Error> last_error() const;
+    std::uint64_t committed() const;  // items committed since construction
+    std::uint64_t rejected() const;   // items refused by a constraint: logged, never retried
+
+    // Test hook: PRAGMA query_only on the writer's connection from its next attempt on, so
+    // tests can make every write fail (SQLITE_READONLY), even as root.
+    void set_query_only_for_test(bool on);
+
+  private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace guardia::store

@@ -1,0 +1,100 @@
+// One SQLite connection to Guardia's store, with the schema brought up to date on open.
+//
+// Opening configures the connection (WAL, busy_timeout, foreign keys) and applies the
+// migrations the file has not seen yet, keyed on PRAGMA user_version. A file that cannot be
+// opened or migrated is a start-up failure: the constructor throws std::runtime_error naming
+// the file. Once open, a failed query is a Result error in sqlite_category().
+//
+// A Database is one connection: use it from one thread at a time. Reads run on the calling
+// thread and may touch the disk, so the service calls them off the event loop (run_blocking()
+// from guardia/core/local_io.hpp); WAL lets them run while the AuditWriter, on its own
+// connection, commits. All writes go through the AuditWriter.
+#pragma once
+
+#include "guardia/core/error.hpp"
+#include "guardia/store/records.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+struct sqlite3;
+
+namespace guardia::store {
+
+using namespace std::chrono_literals;
+
+// SQLite result codes (SQLITE_*, extended codes included), with SQLite's own text.
+const boost::system::error_category& sqlite_category() noexcept;
+inline boost::system::error_code make_sqlite_error(int rc) noexcept {
+    return {rc, sqlite_category()};
+}
+
+struct DatabaseOptions {
+    DatabaseOptions() noexcept {}
+    // How long a statement waits for another connection's lock before failing with
+    // SQLITE_BUSY. Under WAL only writers wait for each other.
+    std::chrono::milliseconds busy_timeout = 5s;
+    // false: synchronous=NORMAL, a commit survives a crash of the process but may be lost
+    //        on power failure (enough for reads and one-off migrations).
+    // true:  synchronous=FULL, the WAL is fsynced at every commit. The AuditWriter uses it:
+    //        it commits in batches, so this is one fsync per batch, not per event.
+    bool synchronous_full = false;
+};
+
+class Database {
+  public:
+    // Opens or creates the file and migrates it. Throws std::runtime_error naming the file.
+    explicit Database(std::string path);
+    Database(std::string path, DatabaseOptions options);
+    ~Database();
+    Database(Database&&) noexcept;
+    Database& operator=(Database&&) noexcept;
+    Database(const Database&) = delete;
+    Database& operator=(const Database&) = delete;
+
+    // The schema version this build creates (PRAGMA user_version after opening). A file with
+    // a newer version, written by a newer Guardia, is refused rather than misread.
+    static int schema_version() noexcept;
+
+    const std::string& path() const noexcept { return path_; }
+
+    // Audit events of an SR with id > after_id, oldest first, at most `limit` (1..10000):
+    // page with after_id = the last id seen.
+    Result<std::vector<AuditRow>> audit_for(std::string_view sr_id, std::int64_t after_id,
+                                            int limit);
+    // Every audit event of a rollout, oldest first.
+    Result<std::vector<AuditRow>> audit_for_rollout(std::string_view rollout_id);
+    // The node's row in that rollout; empty when none was written.
+    Result<std::optional<NodeResult>> node_result(std::string_view rollout_id,
+                                                  std::string_view node);
+    // The rollout's row; empty when none was written.
+    Result<std::optional<RolloutRecord>> rollout(std::string_view rollout_id);
+
+    // Constant SQL only (schema, pragmas, checks in tests): values from outside go through
+    // bound parameters in a dedicated helper, never into these strings.
+    Result<void> exec(std::string_view sql);
+    // First column of the first row as an integer / text (e.g. "PRAGMA user_version").
+    Result<std::int64_t> query_int64(std::string_view sql);
+    Result<std::string> query_text(std::string_view sql);
+
+    // For the store layer's own statements (the AuditWriter's inserts).
+    sqlite3* native_handle() const noexcept { return db_.get(); }
+
+  private:
+    struct Close {
+        void operator()(sqlite3* db) const noexcept;
+    };
+
+    void configure(const DatabaseOptions& options);
+    void migrate();
+
+    std::string path_;
+    std::unique_ptr<sqlite3, Close> db_;
+};
+
+}  // namespace guardia::store

@@ -1,0 +1,576 @@
+#include "guardia/store/audit_writer.hpp"
+
+#include "detail/sqlite.hpp"
+#include "guardia/store/database.hpp"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <type_traits>
+#include <variant>
+
+namespace guardia::store {
+
+using detail::sqlite_error;
+using detail::Statement;
+
+namespace {
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// A coroutine awaiting durable(), completed from the writer thread.
+class Waiter {
+  public:
+    virtual ~Waiter() = default;
+    virtual void complete(Result<void> result) = 0;
+};
+
+template <class Handler>
+class WaiterFor final : public Waiter {
+  public:
+    explicit WaiterFor(Handler handler)
+        : handler_(std::move(handler)),
+          // Tracked work: the awaiting io_context must not run out of work while we write.
+          work_(boost::asio::prefer(boost::asio::get_associated_executor(handler_),
+                                    boost::asio::execution::outstanding_work.tracked)) {}
+
+    // Posted, never invoked here: the coroutine resumes on its own executor, not on the
+    // writer thread.
+    void complete(Result<void> result) override {
+        boost::asio::post(work_, [h = std::move(handler_), r = std::move(result)]() mutable {
+            std::move(h)(std::move(r));
+        });
+    }
+
+  private:
+    Handler handler_;
+    std::decay_t<decltype(boost::asio::prefer(
+        std::declval<boost::asio::associated_executor_t<Handler>>(),
+        boost::asio::execution::outstanding_work.tracked))>
+        work_;
+};
+
+using Item = std::variant<AuditEvent, NodeResult, RolloutRecord, std::unique_ptr<Waiter>>;
+using Redactions = std::vector<std::string>;
+
+void redact(std::string& text, const Redactions& secrets) {
+    for (const auto& secret : secrets) {
+        for (auto pos = text.find(secret); pos != std::string::npos;
+             pos = text.find(secret, pos + 3))
+            text.replace(pos, secret.size(), "***");
+    }
+}
+
+// Cuts to at most `max` bytes on a UTF-8 character boundary and says so at the end.
+void truncate(std::string& text, std::size_t max) {
+    if (text.size() <= max) return;
+    constexpr std::string_view marker = "...[truncated]";
+    std::size_t keep = max > marker.size() ? max - marker.size() : max;
+    while (keep > 0 && (static_cast<unsigned char>(text[keep]) & 0xC0) == 0x80) --keep;
+    text.resize(keep);
+    if (max > marker.size()) text += marker;
+}
+
+// SQLite refuses these for what the item holds: retrying cannot help.
+bool item_error(int rc) {
+    switch (rc & 0xff) {
+        case SQLITE_CONSTRAINT:
+        case SQLITE_TOOBIG:
+        case SQLITE_MISMATCH:
+        case SQLITE_RANGE:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// Names an item for a log line without its free text (which is where secrets would hide).
+std::string describe_item(const Item& item) {
+    if (const auto* e = std::get_if<AuditEvent>(&item))
+        return "audit event " + e->event + " (rollout " + e->rollout_id + ", node " + e->node +
+               ", step " + e->step + ")";
+    if (const auto* n = std::get_if<NodeResult>(&item))
+        return "node result of " + n->node + " in rollout " + n->rollout_id;
+    if (const auto* r = std::get_if<RolloutRecord>(&item)) return "rollout " + r->id;
+    return "durable() waiter";
+}
+
+constexpr std::chrono::milliseconds first_retry_delay{50};
+constexpr std::chrono::milliseconds stop_retry_delay{100};
+
+}  // namespace
+
+struct AuditWriter::Impl {
+    Impl(std::string path, AuditWriterOptions opts)
+        : options(std::move(opts)), db(std::move(path), database_options(options)) {
+        if (options.max_batch == 0) options.max_batch = 1;
+        logger = options.logger ? options.logger : spdlog::default_logger();
+    }
+
+    static DatabaseOptions database_options(const AuditWriterOptions& o) {
+        DatabaseOptions d;
+        d.busy_timeout = o.busy_timeout;
+        d.synchronous_full = true;  // see the header: one fsync per batch
+        return d;
+    }
+
+    void enqueue(Item item);
+    std::optional<Error> stopped_error() const;               // mu held
+    std::vector<std::unique_ptr<Waiter>> take_all_waiters();  // mu held
+    void run();
+    void take(std::vector<Item>& incoming, std::vector<std::unique_ptr<Waiter>>& waiters,
+              std::size_t room);
+    void sanitize(Item& item, const Redactions& secrets) const;
+    struct Outcome {
+        Result<void> result;       // the transaction: committed or rolled back
+        std::size_t rejected = 0;  // items refused and skipped inside a committed batch
+        std::optional<Error> rejection;
+    };
+    Outcome write(std::vector<Item>& batch);
+    int write_item(const Item& item);
+    Result<void> prepare_statements();
+
+    AuditWriterOptions options;
+    Database db;  // used by the writer thread only (or by stop() if never started)
+    std::shared_ptr<spdlog::logger> logger;
+
+    // Writer-thread state.
+    std::optional<Statement> insert_audit;
+    std::optional<Statement> upsert_node;
+    std::optional<Statement> upsert_rollout;
+    std::atomic<int> query_only_request{-1};  // test hook: -1 none, else 0/1
+
+    // Shared state, guarded by mu.
+    mutable std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Item> queue;
+    std::size_t queued_waiters = 0;
+    std::size_t depth = 0;  // data items not yet committed or rejected
+    bool started = false;
+    bool stopping = false;
+    bool finished = false;  // the drain loop has returned; nothing will be written any more
+    std::optional<Error> last_error;
+    std::uint64_t committed = 0;
+    std::uint64_t rejected = 0;
+    std::shared_ptr<const Redactions> redactions = std::make_shared<const Redactions>();
+
+    std::mutex stop_mu;  // serializes stop() callers
+    std::thread thread;
+};
+
+void AuditWriter::Impl::enqueue(Item item) {
+    const bool is_waiter = std::holds_alternative<std::unique_ptr<Waiter>>(item);
+    bool accepted = false;
+    std::optional<Error> unwritten;
+    {
+        std::lock_guard lock(mu);
+        if (!finished) {
+            queue.push_back(std::move(item));
+            if (is_waiter)
+                ++queued_waiters;
+            else
+                ++depth;
+            accepted = true;
+        } else if (is_waiter) {
+            unwritten = stopped_error();
+        }
+    }
+    if (accepted) {
+        cv.notify_one();
+        return;
+    }
+    // Stopped: nothing more will be written. A waiter learns whether everything before it
+    // made it; a data item now is the caller's shutdown-ordering bug, reported, not hidden.
+    if (is_waiter) {
+        auto& w = std::get<std::unique_ptr<Waiter>>(item);
+        if (unwritten)
+            w->complete(*unwritten);
+        else
+            w->complete(Result<void>());
+        return;
+    }
+    logger->error("store {}: audit writer already stopped; dropped {}", db.path(),
+                  describe_item(item));
+}
+
+std::optional<Error> AuditWriter::Impl::stopped_error() const {
+    if (depth == 0) return std::nullopt;
+    if (last_error) return last_error;
+    return Error(errc::cancelled, "store " + db.path() + ": audit writer stopped with " +
+                                      std::to_string(depth) + " items unwritten");
+}
+
+std::vector<std::unique_ptr<Waiter>> AuditWriter::Impl::take_all_waiters() {
+    std::vector<std::unique_ptr<Waiter>> out;
+    for (auto it = queue.begin(); it != queue.end();) {
+        if (auto* w = std::get_if<std::unique_ptr<Waiter>>(&*it)) {
+            out.push_back(std::move(*w));
+            it = queue.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    queued_waiters = 0;
+    return out;
+}
+
+void AuditWriter::Impl::take(std::vector<Item>& incoming,
+                             std::vector<std::unique_ptr<Waiter>>& waiters, std::size_t room) {
+    // Waiters are taken only up to the cut: each one resolves with the batch holding
+    // everything queued before it.
+    while (!queue.empty()) {
+        if (auto* w = std::get_if<std::unique_ptr<Waiter>>(&queue.front())) {
+            waiters.push_back(std::move(*w));
+            --queued_waiters;
+        } else if (room == 0) {
+            break;
+        } else {
+            incoming.push_back(std::move(queue.front()));
+            --room;
+        }
+        queue.pop_front();
+    }
+}
+
+void AuditWriter::Impl::sanitize(Item& item, const Redactions& secrets) const {
+    // Redact before truncating, so a cut can never leave a secret's head behind unredacted.
+    auto clean = [&](std::string& text) {
+        redact(text, secrets);
+        truncate(text, options.max_detail_bytes);
+    };
+    if (auto* e = std::get_if<AuditEvent>(&item))
+        clean(e->detail);
+    else if (auto* n = std::get_if<NodeResult>(&item))
+        clean(n->error);
+    else if (auto* r = std::get_if<RolloutRecord>(&item))
+        clean(r->reason);
+}
+
+Result<void> AuditWriter::Impl::prepare_statements() {
+    if (insert_audit) return {};
+    sqlite3* h = db.native_handle();
+    auto a = Statement::prepare(h,
+                                "INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step,"
+                                " event, exit_code, duration_ms, detail)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                true);
+    if (!a) return a.error();
+    auto n = Statement::prepare(h,
+                                "INSERT INTO node_results (rollout_id, node, status, step, error,"
+                                " started_ms, finished_ms, backup_path)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                                " ON CONFLICT (rollout_id, node) DO UPDATE SET"
+                                " status = excluded.status, step = excluded.step,"
+                                " error = excluded.error, started_ms = excluded.started_ms,"
+                                " finished_ms = excluded.finished_ms,"
+                                " backup_path = excluded.backup_path",
+                                true);
+    if (!n) return n.error();
+    auto r = Statement::prepare(h,
+                                "INSERT INTO rollouts (id, sr_id, status, reason, created_ms,"
+                                " finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                                " ON CONFLICT (id) DO UPDATE SET sr_id = excluded.sr_id,"
+                                " status = excluded.status, reason = excluded.reason,"
+                                " created_ms = excluded.created_ms,"
+                                " finished_ms = excluded.finished_ms",
+                                true);
+    if (!r) return r.error();
+    insert_audit = std::move(*a);
+    upsert_node = std::move(*n);
+    upsert_rollout = std::move(*r);
+    return {};
+}
+
+int AuditWriter::Impl::write_item(const Item& item) {
+    Statement* stmt = nullptr;
+    if (const auto* e = std::get_if<AuditEvent>(&item)) {
+        stmt = &*insert_audit;
+        stmt->bind(1, e->ts_ms);
+        stmt->bind(2, e->sr_id);
+        stmt->bind(3, e->rollout_id);
+        stmt->bind(4, e->node);
+        stmt->bind(5, e->step);
+        stmt->bind(6, e->event);
+        stmt->bind(7, e->exit_code ? std::optional<std::int64_t>(*e->exit_code) : std::nullopt);
+        stmt->bind(8, e->duration_ms);
+        stmt->bind(9, e->detail);
+    } else if (const auto* n = std::get_if<NodeResult>(&item)) {
+        stmt = &*upsert_node;
+        stmt->bind(1, n->rollout_id);
+        stmt->bind(2, n->node);
+        stmt->bind(3, n->status);
+        stmt->bind(4, n->step);
+        stmt->bind(5, n->error);
+        stmt->bind(6, n->started_ms);
+        stmt->bind(7, n->finished_ms);
+        stmt->bind(8, n->backup_path);
+    } else if (const auto* r = std::get_if<RolloutRecord>(&item)) {
+        stmt = &*upsert_rollout;
+        stmt->bind(1, r->id);
+        stmt->bind(2, r->sr_id);
+        stmt->bind(3, r->status);
+        stmt->bind(4, r->reason);
+        stmt->bind(5, r->created_ms);
+        stmt->bind(6, r->finished_ms);
+    } else {
+        return SQLITE_DONE;  // waiters never reach a batch
+    }
+    int rc = stmt->step();
+    stmt->reset();
+    return rc;
+}
+
+AuditWriter::Impl::Outcome AuditWriter::Impl::write(std::vector<Item>& batch) {
+    sqlite3* h = db.native_handle();
+    if (int q = query_only_request.exchange(-1); q >= 0)
+        (void)db.exec(q != 0 ? "PRAGMA query_only = ON" : "PRAGMA query_only = OFF");
+    Outcome out;
+    if (batch.empty()) return out;
+    if (auto r = prepare_statements(); !r) {
+        out.result = r.error();
+        return out;
+    }
+    const std::string what =
+        "store " + db.path() + ": writing " + std::to_string(batch.size()) + " queued items";
+    auto fail = [&](int rc) {
+        Error e = sqlite_error(h, rc, what);
+        if (sqlite3_get_autocommit(h) == 0) (void)db.exec("ROLLBACK");
+        out.result = std::move(e);
+        out.rejected = 0;
+        out.rejection.reset();
+        return std::move(out);
+    };
+    // IMMEDIATE: take the write lock now (waiting up to busy_timeout) rather than fail with
+    // SQLITE_BUSY halfway through the batch.
+    if (int rc = sqlite3_exec(h, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+        return fail(rc);
+    for (const auto& item : batch) {
+        int rc = write_item(item);
+        if (rc == SQLITE_DONE) continue;
+        if (!item_error(rc)) return fail(rc);
+        // Only this statement was undone; the transaction goes on without the item.
+        Error e = sqlite_error(h, rc, "store " + db.path() + ": refused " + describe_item(item));
+        logger->error("{}; it will not be retried", e.describe());
+        ++out.rejected;
+        out.rejection = std::move(e);
+    }
+    if (int rc = sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr); rc != SQLITE_OK)
+        return fail(rc);
+    return out;
+}
+
+void AuditWriter::Impl::run() {
+    std::vector<Item> batch;  // taken, sanitized, not yet committed: survives a failed attempt
+    std::vector<Item> incoming;
+    std::vector<std::unique_ptr<Waiter>> waiters;
+    auto delay = first_retry_delay;
+    bool failing = false;
+    bool stop_seen = false;  // the stop request has already woken a backoff wait once
+    int failures = 0;        // consecutive failed attempts
+    int stop_failures = 0;   // failed attempts since stop() was asked
+    for (;;) {
+        std::shared_ptr<const Redactions> secrets;
+        bool stop_requested;
+        {
+            std::unique_lock lock(mu);
+            if (failing) {
+                // Retry after the backoff, or at once for someone awaiting durable() or for
+                // the stop request; while stopping, only short pauses.
+                cv.wait_for(lock, stopping ? std::min(delay, stop_retry_delay) : delay,
+                            [&] { return queued_waiters > 0 || (stopping && !stop_seen); });
+                stop_seen = stopping;
+            } else {
+                cv.wait(lock, [&] { return stopping || !queue.empty(); });
+            }
+            take(incoming, waiters,
+                 options.max_batch > batch.size() ? options.max_batch - batch.size() : 0);
+            stop_requested = stopping;
+            if (stop_requested && batch.empty() && incoming.empty() && waiters.empty() &&
+                queue.empty())
+                break;
+            secrets = redactions;
+        }
+        for (auto& item : incoming) {
+            sanitize(item, *secrets);
+            batch.push_back(std::move(item));
+        }
+        incoming.clear();
+
+        Outcome out = write(batch);
+        if (out.result) {
+            const std::size_t done = batch.size();
+            batch.clear();
+            {
+                std::lock_guard lock(mu);
+                depth -= done;
+                committed += done - out.rejected;
+                rejected += out.rejected;
+                last_error = out.rejection;
+            }
+            if (failing)
+                logger->info("store {}: audit writes recovered after {} failed attempts", db.path(),
+                             failures);
+            failing = false;
+            failures = 0;
+            delay = first_retry_delay;
+            for (auto& w : waiters) {
+                if (out.rejection)
+                    w->complete(*out.rejection);
+                else
+                    w->complete(Result<void>());
+            }
+            waiters.clear();
+            continue;
+        }
+
+        const Error& error = out.result.error();
+        {
+            // Every waiter still queued is behind the failed batch: it fails too, now, rather
+            // than wait out an outage of unknown length.
+            std::lock_guard lock(mu);
+            last_error = error;
+            for (auto& w : take_all_waiters()) waiters.push_back(std::move(w));
+        }
+        // The first failure and every tenth after it: a long outage must not flood the log.
+        if (failures % 10 == 0)
+            logger->warn("{}; keeping them for retry (attempt {})", error.describe(), failures + 1);
+        ++failures;
+        failing = true;
+        delay = std::min(delay * 2, options.max_retry_delay);
+        for (auto& w : waiters) w->complete(error);
+        waiters.clear();
+        if (stop_requested && ++stop_failures >= options.stop_attempts) {
+            std::size_t left;
+            {
+                std::lock_guard lock(mu);
+                left = depth;
+            }
+            logger->error("store {}: stopping with {} audit items NOT written: {}", db.path(), left,
+                          error.describe());
+            break;
+        }
+    }
+
+    // Nothing will be written any more: answer everyone still waiting.
+    std::vector<std::unique_ptr<Waiter>> late;
+    std::optional<Error> error;
+    {
+        std::lock_guard lock(mu);
+        finished = true;
+        late = take_all_waiters();
+        error = stopped_error();
+    }
+    for (auto& w : late) {
+        if (error)
+            w->complete(*error);
+        else
+            w->complete(Result<void>());
+    }
+}
+
+AuditWriter::AuditWriter(std::string db_path)
+    : AuditWriter(std::move(db_path), AuditWriterOptions()) {}
+
+AuditWriter::AuditWriter(std::string db_path, AuditWriterOptions options)
+    : impl_(std::make_unique<Impl>(std::move(db_path), std::move(options))) {}
+
+AuditWriter::~AuditWriter() {
+    stop();
+}
+
+void AuditWriter::start() {
+    std::lock_guard lock(impl_->mu);
+    if (impl_->started || impl_->stopping) return;
+    impl_->started = true;
+    impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
+}
+
+void AuditWriter::stop() {
+    std::lock_guard stop_lock(impl_->stop_mu);
+    bool run_here;
+    {
+        std::lock_guard lock(impl_->mu);
+        if (impl_->finished) return;
+        impl_->stopping = true;
+        run_here = !impl_->started;
+    }
+    impl_->cv.notify_all();
+    if (run_here)
+        impl_->run();  // never started: drain on this thread, the connection is unused
+    else if (impl_->thread.joinable())
+        impl_->thread.join();
+}
+
+void AuditWriter::record(AuditEvent event) {
+    if (event.ts_ms == 0) event.ts_ms = now_ms();
+    impl_->enqueue(std::move(event));
+}
+
+void AuditWriter::upsert_node_result(NodeResult result) {
+    impl_->enqueue(std::move(result));
+}
+
+void AuditWriter::upsert_rollout(RolloutRecord rollout) {
+    impl_->enqueue(std::move(rollout));
+}
+
+void AuditWriter::set_redactions(std::vector<std::string> secrets) {
+    std::erase_if(secrets, [](const std::string& s) { return s.empty(); });
+    // Longest first: a secret that contains another is replaced whole.
+    std::sort(secrets.begin(), secrets.end(),
+              [](const std::string& a, const std::string& b) { return a.size() > b.size(); });
+    auto shared = std::make_shared<const Redactions>(std::move(secrets));
+    std::lock_guard lock(impl_->mu);
+    impl_->redactions = std::move(shared);
+}
+
+boost::asio::awaitable<Result<void>> AuditWriter::durable() {
+    Impl* impl = impl_.get();
+    co_return co_await boost::asio::async_initiate<const boost::asio::use_awaitable_t<>&,
+                                                   void(Result<void>)>(
+        [impl](auto handler) {
+            impl->enqueue(std::make_unique<WaiterFor<decltype(handler)>>(std::move(handler)));
+        },
+        boost::asio::use_awaitable);
+}
+
+std::size_t AuditWriter::queue_depth() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->depth;
+}
+
+std::optional<Error> AuditWriter::last_error() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->last_error;
+}
+
+std::uint64_t AuditWriter::committed() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->committed;
+}
+
+std::uint64_t AuditWriter::rejected() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->rejected;
+}
+
+void AuditWriter::set_query_only_for_test(bool on) {
+    impl_->query_only_request = on ? 1 : 0;
+}
+
+}  // namespace guardia::store

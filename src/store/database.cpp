@@ -1,0 +1,326 @@
+#include "guardia/store/database.hpp"
+
+#include "detail/sqlite.hpp"
+
+#include <array>
+#include <stdexcept>
+#include <utility>
+
+namespace guardia::store {
+
+using detail::sqlite_error;
+using detail::Statement;
+
+namespace {
+
+// Migration i takes a file from user_version i to i + 1, inside one transaction with the
+// version bump. Append new migrations; never edit one that has shipped.
+//
+// Choices kept for the service and crash recovery: audit_log has no foreign keys (the log
+// must accept any event, even about a rollout whose row failed to be written); node_results
+// must name an existing rollout, which the single ordered writer guarantees when the rollout
+// is upserted first. STRICT tables refuse values of the wrong type instead of storing them.
+constexpr std::array<const char*, 1> migrations = {
+    // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
+    R"sql(
+CREATE TABLE audit_log (
+    id          INTEGER PRIMARY KEY,
+    ts_ms       INTEGER NOT NULL,
+    sr_id       TEXT NOT NULL,
+    rollout_id  TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    step        TEXT NOT NULL,
+    event       TEXT NOT NULL,
+    exit_code   INTEGER,
+    duration_ms INTEGER,
+    detail      TEXT NOT NULL
+) STRICT;
+CREATE INDEX audit_log_by_sr ON audit_log (sr_id, id);
+CREATE INDEX audit_log_by_rollout ON audit_log (rollout_id, node);
+
+CREATE TABLE rollouts (
+    id          TEXT PRIMARY KEY,
+    sr_id       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    reason      TEXT NOT NULL DEFAULT '',
+    created_ms  INTEGER NOT NULL,
+    finished_ms INTEGER
+) STRICT;
+CREATE INDEX rollouts_by_sr ON rollouts (sr_id, created_ms);
+
+CREATE TABLE node_results (
+    rollout_id  TEXT NOT NULL REFERENCES rollouts (id),
+    node        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    step        TEXT NOT NULL DEFAULT '',
+    error       TEXT NOT NULL DEFAULT '',
+    started_ms  INTEGER,
+    finished_ms INTEGER,
+    backup_path TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (rollout_id, node)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE tasks (
+    sr_id      TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    requester  TEXT NOT NULL DEFAULT '',
+    approver   TEXT NOT NULL DEFAULT '',
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    payload    TEXT NOT NULL DEFAULT '{}'
+) STRICT;
+
+CREATE TABLE artifacts (
+    id         INTEGER PRIMARY KEY,
+    sr_id      TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    sha256     TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX artifacts_by_sr ON artifacts (sr_id);
+
+CREATE TABLE inventory_nodes (
+    name        TEXT PRIMARY KEY,
+    inst_id     TEXT NOT NULL,
+    system_name TEXT NOT NULL,
+    payload     TEXT NOT NULL
+) STRICT;
+CREATE INDEX inventory_nodes_by_inst ON inventory_nodes (inst_id, system_name);
+
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY,
+    event           TEXT NOT NULL,
+    payload         TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    delivered_ms    INTEGER
+) STRICT;
+CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_ms IS NULL;
+)sql",
+};
+
+constexpr int max_page = 10000;
+
+constexpr std::string_view audit_columns =
+    "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail";
+
+Result<std::vector<AuditRow>> read_audit_rows(sqlite3* db, Statement& stmt,
+                                              const std::string& what) {
+    std::vector<AuditRow> rows;
+    int rc;
+    while ((rc = stmt.step()) == SQLITE_ROW) {
+        AuditRow& row = rows.emplace_back();
+        row.id = stmt.int64(0);
+        row.ts_ms = stmt.int64(1);
+        row.sr_id = stmt.text(2);
+        row.rollout_id = stmt.text(3);
+        row.node = stmt.text(4);
+        row.step = stmt.text(5);
+        row.event = stmt.text(6);
+        if (auto code = stmt.optional_int64(7)) row.exit_code = static_cast<int>(*code);
+        row.duration_ms = stmt.optional_int64(8);
+        row.detail = stmt.text(9);
+    }
+    if (rc != SQLITE_DONE) return sqlite_error(db, rc, what);
+    return rows;
+}
+
+}  // namespace
+
+void Database::Close::operator()(sqlite3* db) const noexcept {
+    // _v2: never fails for statements still open; they are finalized before it frees.
+    sqlite3_close_v2(db);
+}
+
+Database::Database(std::string path) : Database(std::move(path), DatabaseOptions()) {}
+
+Database::Database(std::string path, DatabaseOptions options) : path_(std::move(path)) {
+    configure(options);
+    migrate();
+}
+
+Database::~Database() = default;
+Database::Database(Database&&) noexcept = default;
+Database& Database::operator=(Database&&) noexcept = default;
+
+int Database::schema_version() noexcept {
+    return static_cast<int>(migrations.size());
+}
+
+void Database::configure(const DatabaseOptions& options) {
+    auto fail = [this](const Error& e) {
+        throw std::runtime_error("SQLite store " + path_ + ": " + e.describe());
+    };
+    sqlite3* raw = nullptr;
+    // NOMUTEX: a connection is used by one thread at a time (documented), so SQLite's
+    // per-connection mutex would only cost. EXRESCODE: extended codes say which I/O failed.
+    int rc = sqlite3_open_v2(
+        path_.c_str(), &raw,
+        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+        nullptr);
+    db_.reset(raw);  // even a failed open allocates a handle (for its message)
+    if (rc != SQLITE_OK) fail(sqlite_error(db_.get(), rc, "cannot open database"));
+
+    // First, so that the pragmas below wait for a concurrent opener instead of failing.
+    sqlite3_busy_timeout(db_.get(), static_cast<int>(options.busy_timeout.count()));
+
+    // WAL: readers never block the writer thread and the writer never blocks readers.
+    auto mode = query_text("PRAGMA journal_mode = WAL");
+    if (!mode) fail(mode.error());
+    if (*mode != "wal" && path_ != ":memory:")
+        fail(Error(make_sqlite_error(SQLITE_CANTOPEN),
+                   "cannot switch to WAL journal mode (got '" + *mode + "')"));
+
+    if (auto r = exec(options.synchronous_full ? "PRAGMA synchronous = FULL"
+                                               : "PRAGMA synchronous = NORMAL");
+        !r)
+        fail(r.error());
+    if (auto r = exec("PRAGMA foreign_keys = ON"); !r) fail(r.error());
+    // A build of SQLite without foreign keys would silently ignore the pragma.
+    if (auto on = query_int64("PRAGMA foreign_keys"); !on || *on != 1)
+        fail(Error(make_sqlite_error(SQLITE_MISUSE), "foreign keys cannot be enabled"));
+}
+
+void Database::migrate() {
+    auto fail = [this](const Error& e) {
+        throw std::runtime_error("SQLite store " + path_ + ": " + e.describe());
+    };
+    const int latest = schema_version();
+    auto version = query_int64("PRAGMA user_version");
+    if (!version) fail(version.error());
+    if (*version == latest) return;  // the common case takes no write lock
+
+    // IMMEDIATE: a second process migrating at the same moment waits here, then sees the
+    // version it wrote (re-read below) instead of applying the migrations twice.
+    if (auto r = exec("BEGIN IMMEDIATE"); !r) fail(r.error());
+    auto rollback_and_fail = [&](const Error& e) {
+        (void)exec("ROLLBACK");
+        fail(e);
+    };
+    version = query_int64("PRAGMA user_version");
+    if (!version) rollback_and_fail(version.error());
+    if (*version > latest || *version < 0)
+        rollback_and_fail(Error(make_sqlite_error(SQLITE_MISMATCH),
+                                "schema version " + std::to_string(*version) +
+                                    " is not one this build knows (latest " +
+                                    std::to_string(latest) + "); refusing to use it"));
+    for (auto v = *version; v < latest; ++v) {
+        if (auto r = exec(migrations[static_cast<std::size_t>(v)]); !r)
+            rollback_and_fail(Error(r.error().code, "migration " + std::to_string(v + 1) +
+                                                        " failed: " + r.error().message));
+    }
+    // user_version lives in the file header and is written by this same transaction.
+    if (auto r = exec("PRAGMA user_version = " + std::to_string(latest)); !r)
+        rollback_and_fail(r.error());
+    if (auto r = exec("COMMIT"); !r) rollback_and_fail(r.error());
+}
+
+Result<void> Database::exec(std::string_view sql) {
+    const std::string text(sql);  // sqlite3_exec wants a terminated string
+    char* message = nullptr;
+    int rc = sqlite3_exec(db_.get(), text.c_str(), nullptr, nullptr, &message);
+    std::string detail = message != nullptr ? message : sqlite3_errstr(rc);
+    sqlite3_free(message);
+    if (rc != SQLITE_OK) return Error(make_sqlite_error(rc), "store " + path_ + ": " + detail);
+    return {};
+}
+
+Result<std::int64_t> Database::query_int64(std::string_view sql) {
+    auto stmt = Statement::prepare(db_.get(), sql);
+    if (!stmt) return stmt.error();
+    int rc = stmt->step();
+    if (rc == SQLITE_ROW) return stmt->int64(0);
+    if (rc == SQLITE_DONE)
+        return Error(make_sqlite_error(SQLITE_NOTFOUND), "store " + path_ + ": no row");
+    return sqlite_error(db_.get(), rc, "store " + path_);
+}
+
+Result<std::string> Database::query_text(std::string_view sql) {
+    auto stmt = Statement::prepare(db_.get(), sql);
+    if (!stmt) return stmt.error();
+    int rc = stmt->step();
+    if (rc == SQLITE_ROW) return stmt->text(0);
+    if (rc == SQLITE_DONE)
+        return Error(make_sqlite_error(SQLITE_NOTFOUND), "store " + path_ + ": no row");
+    return sqlite_error(db_.get(), rc, "store " + path_);
+}
+
+Result<std::vector<AuditRow>> Database::audit_for(std::string_view sr_id, std::int64_t after_id,
+                                                  int limit) {
+    if (limit < 1 || limit > max_page)
+        return Error(errc::invalid_argument, "audit page size " + std::to_string(limit) +
+                                                 " is outside 1.." + std::to_string(max_page));
+    const std::string what =
+        "store " + path_ + ": reading the audit log of SR " + std::string(sr_id);
+    auto stmt = Statement::prepare(db_.get(), "SELECT " + std::string(audit_columns) +
+                                                  " FROM audit_log WHERE sr_id = ?1 AND id > ?2"
+                                                  " ORDER BY id LIMIT ?3");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    stmt->bind(2, after_id);
+    stmt->bind(3, std::int64_t{limit});
+    return read_audit_rows(db_.get(), *stmt, what);
+}
+
+Result<std::vector<AuditRow>> Database::audit_for_rollout(std::string_view rollout_id) {
+    const std::string what =
+        "store " + path_ + ": reading the audit log of rollout " + std::string(rollout_id);
+    auto stmt = Statement::prepare(db_.get(), "SELECT " + std::string(audit_columns) +
+                                                  " FROM audit_log WHERE rollout_id = ?1"
+                                                  " ORDER BY id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, rollout_id);
+    return read_audit_rows(db_.get(), *stmt, what);
+}
+
+Result<std::optional<NodeResult>> Database::node_result(std::string_view rollout_id,
+                                                        std::string_view node) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT status, step, error, started_ms, finished_ms,"
+                                   " backup_path FROM node_results"
+                                   " WHERE rollout_id = ?1 AND node = ?2");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, rollout_id);
+    stmt->bind(2, node);
+    int rc = stmt->step();
+    if (rc == SQLITE_DONE) return std::optional<NodeResult>();
+    if (rc != SQLITE_ROW)
+        return sqlite_error(db_.get(), rc,
+                            "store " + path_ + ": reading node result of " + std::string(node) +
+                                " in rollout " + std::string(rollout_id));
+    NodeResult r;
+    r.rollout_id = rollout_id;
+    r.node = node;
+    r.status = stmt->text(0);
+    r.step = stmt->text(1);
+    r.error = stmt->text(2);
+    r.started_ms = stmt->optional_int64(3);
+    r.finished_ms = stmt->optional_int64(4);
+    r.backup_path = stmt->text(5);
+    return std::optional<NodeResult>(std::move(r));
+}
+
+Result<std::optional<RolloutRecord>> Database::rollout(std::string_view rollout_id) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT sr_id, status, reason, created_ms, finished_ms"
+                                   " FROM rollouts WHERE id = ?1");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, rollout_id);
+    int rc = stmt->step();
+    if (rc == SQLITE_DONE) return std::optional<RolloutRecord>();
+    if (rc != SQLITE_ROW)
+        return sqlite_error(db_.get(), rc,
+                            "store " + path_ + ": reading rollout " + std::string(rollout_id));
+    RolloutRecord r;
+    r.id = rollout_id;
+    r.sr_id = stmt->text(0);
+    r.status = stmt->text(1);
+    r.reason = stmt->text(2);
+    r.created_ms = stmt->int64(3);
+    r.finished_ms = stmt->optional_int64(4);
+    return std::optional<RolloutRecord>(std::move(r));
+}
+
+}  // namespace guardia::store

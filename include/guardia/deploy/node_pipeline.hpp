@@ -1,0 +1,95 @@
+// What happens to one node during a rollout, over one SSH session:
+//   connect -> pre-check -> lock -> backup -> transfer -> (shutdown -> activate -> startup)
+//   -> health, and on failure after the live files changed: exact rollback from the backup.
+// The lock is released in every outcome. Every remote command passes the sanitizer and every
+// interpolated value is shell-quoted. Every step is audited (start and end) and has a deadline.
+#pragma once
+
+#include "guardia/core/error.hpp"
+#include "guardia/deploy/inventory.hpp"
+#include "guardia/ssh/known_hosts.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace guardia::store {
+class AuditWriter;
+}
+
+namespace guardia::deploy {
+
+class CredentialStore;
+
+// An artifact as the rollout ships it: hashed once, sent to every node.
+struct ArtifactSpec {
+    ArtifactSpec() {}
+    std::string local_path;
+    std::string file_name;  // name inside the node's deploy_path
+    std::string sha256;
+    std::uint64_t size = 0;
+    unsigned mode = 0644;  // permission bits of the local file, given to the deployed file
+};
+
+// Reads and hashes a local artifact (blocking: run it off the loop, e.g. run_blocking()).
+Result<ArtifactSpec> describe_artifact(const std::string& path);
+
+struct PipelineSettings {
+    PipelineSettings() {}
+    std::string sr_id;
+    std::string rollout_id;
+    std::string owner;  // who holds the lock: "guardia@<host>:<pid>"
+
+    int disk_threshold_percent = 90;
+    int keep_backups = 3;
+    int strict_consecutive = 3;  // consecutive 200s a tier-1 node needs
+    std::chrono::seconds stale_lock_age{3600};
+
+    std::chrono::milliseconds connect_timeout{10000};
+    std::chrono::milliseconds command_timeout{60000};   // pre-check, lock, activate, unlock
+    std::chrono::milliseconds backup_timeout{300000};
+    std::chrono::milliseconds transfer_timeout{1800000};
+    std::chrono::milliseconds shutdown_timeout{120000};
+    std::chrono::milliseconds startup_timeout{120000};
+
+    std::shared_ptr<ssh::KnownHosts> known_hosts;
+    ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
+    std::shared_ptr<CredentialStore> credentials;
+    store::AuditWriter* audit = nullptr;  // optional
+    std::shared_ptr<spdlog::logger> logger;  // optional
+};
+
+enum class NodeOutcome {
+    deployed,          // new version live and healthy
+    failed_unchanged,  // failed before any live file changed; the node is as it was
+    rolled_back,       // failed after; restored from the backup, healthy again (ROLLBACK_OK)
+    rollback_failed,   // failed after, and the rollback failed too (ROLLBACK_FAILED)
+};
+std::string_view to_string(NodeOutcome outcome) noexcept;
+
+struct NodeReport {
+    NodeReport() {}
+    std::string node;
+    NodeOutcome outcome = NodeOutcome::failed_unchanged;
+    std::string failed_step;     // empty when deployed
+    Error error;                 // why it failed (code + message naming node and step)
+    std::string rollback_error;  // why the rollback failed, if it did
+    std::string backup_path;     // the backup taken for this rollout, if any
+    bool lock_released = false;
+    std::chrono::milliseconds duration{0};
+};
+
+// Runs the whole pipeline for one node. Never throws for node failures: they are the report.
+boost::asio::awaitable<NodeReport> deploy_node(const Node& node,
+                                               const std::vector<ArtifactSpec>& artifacts,
+                                               const PipelineSettings& settings);
+
+}  // namespace guardia::deploy

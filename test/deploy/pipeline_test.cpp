@@ -1,0 +1,370 @@
+// The node pipeline against a real fleet: every outcome is asserted on the node itself
+// (file checksums and service state via `tools/fleet check`) and in the audit log.
+#include "../support/fleet.hpp"
+#include "guardia/core/local_io.hpp"
+#include "guardia/deploy/credential_store.hpp"
+#include "guardia/deploy/inventory.hpp"
+#include "guardia/deploy/node_pipeline.hpp"
+#include "guardia/store/audit_writer.hpp"
+#include "guardia/store/database.hpp"
+
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/json.hpp>
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+using namespace guardia;
+using namespace guardia::deploy;
+namespace asio = boost::asio;
+namespace json = boost::json;
+using guardia::test::shell;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+namespace {
+
+const guardia::test::Fleet& fleet() { return guardia::test::Fleet::from_env("GUARDIA_TEST_FLEET_DEPLOY"); }
+
+std::string fleet_tool() {
+    const char* t = std::getenv("GUARDIA_FLEET_TOOL");
+    REQUIRE_MESSAGE(t != nullptr, "GUARDIA_FLEET_TOOL is not set (run through ctest)");
+    return t;
+}
+
+// The node as `tools/fleet check` sees it.
+json::object check(const std::string& node) {
+    auto out = shell("'" + fleet_tool() + "' check --dir '" + fleet().dir + "' --node " + node + " --backups");
+    return json::parse(out).at("nodes").at(node).as_object();
+}
+
+std::string tree(const json::object& c) { return json::value_to<std::string>(c.at("tree_sha256")); }
+bool running(const json::object& c) { return c.at("service_running").as_bool(); }
+std::size_t backups(const json::object& c) { return c.at("backups").as_array().size(); }
+bool locked(const json::object& c) { return c.at("lock_present").as_bool(); }
+std::size_t others(const json::object& c) { return c.at("other_entries").as_array().size(); }
+
+struct Rig {
+    Inventory inventory;
+    std::shared_ptr<CredentialStore> credentials;
+    std::shared_ptr<ssh::KnownHosts> known_hosts;
+    guardia::test::TempDir tmp;
+    std::string db_path;
+    std::unique_ptr<store::AuditWriter> audit;
+    int rollouts = 0;
+
+    Rig() {
+        auto inv = load_inventory(fleet().dir + "/inventory.json");
+        REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+        inventory = std::move(*inv);
+        credentials = *CredentialStore::open("");
+        known_hosts = *ssh::KnownHosts::load(fleet().known_hosts());
+        db_path = tmp.path() + "/guardia.db";
+        audit = std::make_unique<store::AuditWriter>(db_path);
+        audit->start();
+    }
+
+    const Node& node(const std::string& name) const {
+        for (const auto& n : inventory.nodes)
+            if (n.name == name) return n;
+        FAIL("no node " << name);
+        throw 0;
+    }
+
+    // A local artifact named `file` (replacing the node's file of that name) with `content`.
+    ArtifactSpec artifact(const std::string& file, const std::string& content) {
+        const auto dir = tmp.path() + "/art" + std::to_string(++rollouts);
+        std::filesystem::create_directories(dir);
+        { std::ofstream(dir + "/" + file, std::ios::binary) << content; }
+        auto a = describe_artifact(dir + "/" + file);
+        REQUIRE(a.has_value());
+        return *a;
+    }
+
+    PipelineSettings settings(const std::string& rollout) {
+        PipelineSettings s;
+        s.sr_id = "SR-TEST";
+        s.rollout_id = rollout;
+        s.owner = "guardia-test";
+        s.known_hosts = known_hosts;
+        s.credentials = credentials;
+        s.audit = audit.get();
+        s.connect_timeout = seconds(5);
+        s.shutdown_timeout = seconds(3);
+        s.startup_timeout = seconds(10);
+        return s;
+    }
+
+    NodeReport deploy(const std::string& node_name, std::vector<ArtifactSpec> arts,
+                      const std::string& rollout, PipelineSettings* custom = nullptr) {
+        asio::io_context ioc;
+        PipelineSettings s = custom ? *custom : settings(rollout);
+        const Node& n = node(node_name);
+        auto report = guardia::test::run(ioc, deploy_node(n, arts, s), seconds(120));
+        return report;
+    }
+
+    // Audit events of one rollout and node, in order: "STEP:EVENT".
+    std::vector<std::string> events(const std::string& rollout, const std::string& node_name) {
+        asio::io_context ioc;
+        auto durable = guardia::test::run(ioc, audit->durable(), seconds(10));
+        REQUIRE(durable.has_value());
+        store::Database db(db_path);
+        auto rows = db.audit_for_rollout(rollout);
+        REQUIRE(rows.has_value());
+        std::vector<std::string> out;
+        for (const auto& r : *rows)
+            if (r.node == node_name) out.push_back(r.step + ":" + r.event);
+        return out;
+    }
+};
+
+bool has(const std::vector<std::string>& v, const std::string& s) {
+    return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::string bad_content(const char* marker) { return std::string("build 2\n") + marker + "\n"; }
+
+}  // namespace
+
+TEST_SUITE("pipeline") {
+    TEST_CASE("a clean deploy: new artifact live, service healthy, backup kept, lock released") {
+        Rig rig;
+        const auto before = check("node-0001");
+        auto art = rig.artifact("app.jar", "app build 2\n");
+        auto r = rig.deploy("node-0001", {art}, "R-clean");
+        CHECK_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        const auto after = check("node-0001");
+        CHECK(json::value_to<std::string>(after.at("files").at("app.jar").at("sha256")) == art.sha256);
+        CHECK(running(after));
+        CHECK_FALSE(locked(after));
+        CHECK(others(after) == 0);  // no staging file left
+        CHECK(backups(after) == backups(before) + 1);
+        CHECK(r.lock_released);
+        // The backup is an exact copy of what ran before.
+        CHECK(json::value_to<std::string>(after.at("backup_trees").at(
+                  std::filesystem::path(r.backup_path).filename().string())) == tree(before));
+        auto ev = rig.events("R-clean", "node-0001");
+        for (const char* step : {"CONNECT", "PRECHECK", "LOCK", "BACKUP", "TRANSFER", "SHUTDOWN",
+                                 "ACTIVATE", "STARTUP", "HEALTH", "UNLOCK"}) {
+            CAPTURE(step);
+            CHECK(has(ev, std::string(step) + ":STEP_START"));
+            CHECK(has(ev, std::string(step) + ":STEP_OK"));
+        }
+        CHECK(has(ev, "SUMMARY:DEPLOY_SUCCESS"));
+    }
+
+    TEST_CASE("startup fails with the new build: rolled back byte-identical, healthy again") {
+        Rig rig;
+        const auto before = check("node-0002");
+        REQUIRE(running(before));
+        auto r = rig.deploy("node-0002", {rig.artifact("app.jar", bad_content("GUARDIA_FAULT=startup_fails"))},
+                            "R-startup");
+        CHECK(r.outcome == NodeOutcome::rolled_back);
+        CHECK(r.failed_step == "RESTART");
+        CHECK(r.error.message.find("STARTUP") != std::string::npos);
+        const auto after = check("node-0002");
+        CHECK(tree(after) == tree(before));
+        CHECK(running(after));
+        CHECK_FALSE(locked(after));
+        CHECK(others(after) == 0);
+        auto ev = rig.events("R-startup", "node-0002");
+        CHECK(has(ev, "STARTUP:STEP_FAILED"));
+        CHECK(has(ev, "SUMMARY:DEPLOY_FAILED"));
+        CHECK(has(ev, "RESTORE:STEP_OK"));
+        CHECK(has(ev, "SUMMARY:ROLLBACK_OK"));
+    }
+
+    TEST_CASE("a bad build (health 503) is rolled back byte-identical") {
+        Rig rig;
+        const auto before = check("node-0002");
+        auto r = rig.deploy("node-0002", {rig.artifact("app.jar", bad_content("GUARDIA_FAULT=unhealthy"))},
+                            "R-bad");
+        CHECK(r.outcome == NodeOutcome::rolled_back);
+        CHECK(r.failed_step == "HEALTH");
+        CHECK(r.error.message.find("503") != std::string::npos);
+        const auto after = check("node-0002");
+        CHECK(tree(after) == tree(before));
+        CHECK(running(after));
+        CHECK(after.at("artifact_healthy").as_bool());
+        CHECK(has(rig.events("R-bad", "node-0002"), "SUMMARY:ROLLBACK_OK"));
+    }
+
+    TEST_CASE("health never 200: rolled back; the rollback's own health failure is reported") {
+        Rig rig;
+        const auto before = check("node-0003");
+        auto r = rig.deploy("node-0003", {rig.artifact("app.jar", "build 2\n")}, "R-never");
+        CHECK(r.failed_step == "HEALTH");
+        // The node is restored exactly, but stays unhealthy (its fault is not the build's):
+        // that is ROLLBACK_FAILED, said plainly.
+        CHECK(r.outcome == NodeOutcome::rollback_failed);
+        CHECK(r.rollback_error.find("ROLLBACK_HEALTH") != std::string::npos);
+        CHECK(tree(check("node-0003")) == tree(before));
+        auto ev = rig.events("R-never", "node-0003");
+        CHECK(has(ev, "RESTORE:STEP_OK"));
+        CHECK(has(ev, "SUMMARY:ROLLBACK_FAILED"));
+        CHECK_FALSE(locked(check("node-0003")));
+    }
+
+    TEST_CASE("disk over the threshold: refused at pre-check, node untouched") {
+        Rig rig;
+        const auto before = check("node-0004");
+        auto r = rig.deploy("node-0004", {rig.artifact("app.jar", "build 2\n")}, "R-disk");
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "PRECHECK");
+        CHECK(r.error.code == errc::precheck_failed);
+        CHECK(r.error.message.find("above the threshold of 90 %") != std::string::npos);
+        const auto after = check("node-0004");
+        CHECK(tree(after) == tree(before));
+        CHECK(backups(after) == backups(before));
+        CHECK_FALSE(locked(after));
+    }
+
+    TEST_CASE("unreachable, wrong host key, auth refused: untouched, with a clear error") {
+        Rig rig;
+        struct Case {
+            const char* node;
+            errc code;
+            const char* words;
+        };
+        for (Case c : {Case{"node-0005", errc::connect_failed, "connect"},
+                       Case{"node-0006", errc::host_key_changed, "CHANGED"},
+                       Case{"node-0007", errc::auth_failed, "refused"}}) {
+            CAPTURE(c.node);
+            const auto before = check(c.node);
+            auto r = rig.deploy(c.node, {rig.artifact("app.jar", "build 2\n")}, std::string("R-") + c.node);
+            CHECK(r.outcome == NodeOutcome::failed_unchanged);
+            CHECK(r.failed_step == "CONNECT");
+            CHECK(r.error.code == c.code);
+            CHECK(r.error.message.find(std::string("node '") + c.node + "'") == 0);
+            CHECK(r.error.message.find(c.words) != std::string::npos);
+            CHECK(tree(check(c.node)) == tree(before));
+            CHECK(has(rig.events(std::string("R-") + c.node, c.node), "CONNECT:STEP_FAILED"));
+        }
+    }
+
+    TEST_CASE("connection cut mid-upload: final path untouched, no staging leftovers, unlocked") {
+        Rig rig;
+        const auto before = check("node-0008");
+        std::string big(4u << 20, 'x');
+        auto r = rig.deploy("node-0008", {rig.artifact("app.jar", big)}, "R-cut");
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "TRANSFER");
+        const auto after = check("node-0008");
+        CHECK(json::value_to<std::string>(after.at("files").at("app.jar").at("sha256")) ==
+              json::value_to<std::string>(before.at("files").at("app.jar").at("sha256")));
+        CHECK(others(after) == 0);
+        CHECK_FALSE(locked(after));
+        CHECK(running(after));
+        auto ev = rig.events("R-cut", "node-0008");
+        CHECK(has(ev, "TRANSFER:STEP_FAILED"));
+        CHECK(has(ev, "DISCARD_STAGED:STEP_OK"));
+        CHECK(has(ev, "UNLOCK:STEP_OK"));
+    }
+
+    TEST_CASE("shutdown hangs: the deadline hits, the node is rolled back") {
+        Rig rig;
+        const auto before = check("node-0009");
+        auto r = rig.deploy("node-0009", {rig.artifact("app.jar", "build 2\n")}, "R-hang");
+        CHECK(r.failed_step == "RESTART");
+        CHECK(r.error.code == errc::timeout);
+        CHECK(r.error.message.find("SHUTDOWN") != std::string::npos);
+        CHECK(r.outcome == NodeOutcome::rolled_back);
+        const auto after = check("node-0009");
+        CHECK(tree(after) == tree(before));
+        CHECK(running(after));
+        CHECK_FALSE(locked(after));
+        shell("pkill -f 'sleep 36[0]0' || true");  // the fleet's hanging shutdown scripts
+    }
+
+    TEST_CASE("a second rollout on a locked node is refused by the lock") {
+        Rig rig;
+        const auto& n = rig.node("node-0001");
+        // Someone else holds the lock.
+        shell("mkdir '" + n.deploy_path + ".lock' && printf 'owner=other\\nrollout=R-other\\nsince=%s\\n' \"$(date +%s)\" > '" +
+              n.deploy_path + ".lock/owner'");
+        const auto before = check("node-0001");
+        auto r = rig.deploy("node-0001", {rig.artifact("app.jar", "build 3\n")}, "R-locked");
+        shell("rm -rf '" + n.deploy_path + ".lock'");
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "LOCK");
+        CHECK(r.error.code == errc::node_locked);
+        CHECK(r.error.message.find("R-other") != std::string::npos);
+        CHECK(tree(check("node-0001")) == tree(before));
+        CHECK(backups(check("node-0001")) == backups(before));
+    }
+
+    TEST_CASE("two concurrent rollouts on one node: exactly one gets through") {
+        using namespace asio::experimental::awaitable_operators;
+        Rig rig;
+        asio::io_context ioc;
+        auto a = rig.artifact("app.jar", "concurrent A\n");
+        auto b = rig.artifact("app.jar", "concurrent B\n");
+        auto sa = rig.settings("R-conc-A"), sb = rig.settings("R-conc-B");
+        const Node& n = rig.node("node-0001");
+        std::vector<ArtifactSpec> va{a}, vb{b};
+        auto [ra, rb] = guardia::test::run(ioc, [&]() -> asio::awaitable<std::tuple<NodeReport, NodeReport>> {
+            co_return co_await (deploy_node(n, va, sa) && deploy_node(n, vb, sb));
+        }(), seconds(120));
+        const int ok = (ra.outcome == NodeOutcome::deployed) + (rb.outcome == NodeOutcome::deployed);
+        CHECK(ok == 1);
+        const auto& loser = ra.outcome == NodeOutcome::deployed ? rb : ra;
+        CHECK(loser.failed_step == "LOCK");
+        CHECK_FALSE(locked(check("node-0001")));
+    }
+
+    TEST_CASE("a sanitizer hit is refused before anything is sent") {
+        Rig rig;
+        Node evil = rig.node("node-0001");
+        evil.startup_cmd = "sh -c 'rm -rf /'";
+        asio::io_context ioc;
+        auto s = rig.settings("R-evil");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "x\n")};
+        const auto before = check("node-0001");
+        auto r = guardia::test::run(ioc, deploy_node(evil, arts, s), seconds(30));
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "VALIDATE");
+        CHECK(r.error.code == errc::security_violation);
+        auto ev = rig.events("R-evil", "node-0001");
+        CHECK(has(ev, "VALIDATE:SECURITY_VIOLATION"));
+        CHECK_FALSE(has(ev, "CONNECT:STEP_START"));  // nothing was sent
+        CHECK(tree(check("node-0001")) == tree(before));
+    }
+
+    TEST_CASE("backup retention keeps exactly N") {
+        Rig rig;
+        for (int i = 0; i < 5; ++i) {
+            auto s = rig.settings("R-keep-" + std::to_string(i));
+            s.keep_backups = 2;
+            auto r = rig.deploy("node-0010", {rig.artifact("app.jar", "build " + std::to_string(i) + "\n")},
+                                s.rollout_id, &s);
+            REQUIRE_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        }
+        CHECK(backups(check("node-0010")) == 2);
+    }
+
+    TEST_CASE("no secret reaches the audit log") {
+        Rig rig;
+        // A password-authenticated run whose password is a canary (refused: wrong password).
+        const std::string canary = "canary-AUDIT-pw-1234";
+        const std::string pwfile = rig.tmp.path() + "/passwords.json";
+        { std::ofstream(pwfile) << "{\"node-pw\": \"" << canary << "\"}"; }
+        std::filesystem::permissions(pwfile, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+        rig.credentials = *CredentialStore::open(pwfile);
+        Node n = rig.node("node-0001");
+        n.auth = NodeAuth();
+        n.auth.password_ref = "node-pw";
+        asio::io_context ioc;
+        auto s = rig.settings("R-canary");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "x\n")};
+        auto r = guardia::test::run(ioc, deploy_node(n, arts, s), seconds(30));
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.error.code == errc::auth_failed);
+        CHECK(r.error.message.find(canary) == std::string::npos);
+        rig.events("R-canary", "node-0001");  // flushes
+        CHECK(shell("sqlite3 '" + rig.db_path + "' 'select count(*) from audit_log where detail like \"%" + canary + "%\"'") == "0\n");
+        CHECK(shell("grep -c '" + canary + "' '" + rig.db_path + "' || true") == "0\n");
+    }
+}

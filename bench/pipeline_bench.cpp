@@ -77,6 +77,7 @@ int main(int argc, char** argv) try {
 
     asio::io_context ioc(1);
     std::map<std::string, int> outcomes;
+    std::vector<std::string> failures;
     std::size_t next_node = 0;
     const double cpu0 = cpu_seconds();
     const auto t0 = Clock::now();
@@ -85,6 +86,8 @@ int main(int argc, char** argv) try {
             const Node& n = inventory->nodes[next_node++];
             auto report = co_await deploy_node(n, artifacts, settings);
             ++outcomes[std::string(to_string(report.outcome))];
+            if (report.outcome != NodeOutcome::deployed && failures.size() < 5)
+                failures.push_back(report.error.message + " [" + std::to_string(report.duration.count()) + " ms]");
         }
     };
     for (int w = 0; w < concurrency; ++w) asio::co_spawn(ioc, worker(), asio::detached);
@@ -109,8 +112,12 @@ int main(int argc, char** argv) try {
     json::object counts;
     for (const auto& [k, v] : outcomes) counts[k] = v;
     report["outcomes"] = counts;
+    json::array failed;
+    for (const auto& f : failures) failed.emplace_back(f);
+    if (!failed.empty()) report["failures"] = failed;
     std::cout << json::serialize(report) << std::endl;
-    std::filesystem::remove(db_path);
+    if (failures.empty()) std::filesystem::remove(db_path);
+    else std::cerr << "guardia-bench-pipeline: audit log kept in " << db_path << std::endl;
     return outcomes["DEPLOYED"] == static_cast<int>(inventory->nodes.size()) ? 0 : 1;
 } catch (const std::exception& e) {
     std::cerr << "guardia-bench-pipeline: " << e.what() << std::endl;

@@ -46,7 +46,9 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
         return Error(errc::local_io_failed, "artifact " + path + " is not a regular file");
     }
     std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md5(EVP_MD_CTX_new(), EVP_MD_CTX_free);
     EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+    EVP_DigestInit_ex(md5.get(), EVP_md5(), nullptr);
     std::vector<char> buf(1 << 20);
     std::uint64_t total = 0;
     for (;;) {
@@ -59,6 +61,7 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
         }
         if (n == 0) break;
         EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
+        EVP_DigestUpdate(md5.get(), buf.data(), static_cast<std::size_t>(n));
         total += static_cast<std::uint64_t>(n);
     }
     ::close(fd);
@@ -70,6 +73,11 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
     for (unsigned i = 0; i < len; ++i) {
         spec.sha256 += hex[digest[i] >> 4];
         spec.sha256 += hex[digest[i] & 15];
+    }
+    EVP_DigestFinal_ex(md5.get(), digest, &len);
+    for (unsigned i = 0; i < len; ++i) {
+        spec.md5 += hex[digest[i] >> 4];
+        spec.md5 += hex[digest[i] & 15];
     }
     spec.local_path = path;
     auto slash = path.rfind('/');
@@ -111,8 +119,9 @@ std::vector<std::string> paths_in(const std::string& command) {
     return out;
 }
 
-// Where the pipeline has got to: it decides what a failure must undo.
-enum class Stage { nothing, locked, backed_up, staged, live_changed };
+// Where the pipeline has got to: it decides what a failure must undo. `lock_unknown`: the LOCK
+// command was sent but its answer was lost (deadline, connection), so we may hold the lock.
+enum class Stage { nothing, lock_unknown, locked, backed_up, staged, live_changed };
 
 class Pipeline {
 public:
@@ -332,6 +341,9 @@ asio::awaitable<Result<void>> Pipeline::lock() {
         "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; fi";
     auto r = co_await run("LOCK", cmd, settings_.command_timeout, true);
     if (!r) {
+        // Unless it was refused before sending, the mkdir may have happened: unlock() will
+        // remove the lock if (and only if) it is ours.
+        if (r.error().code != errc::security_violation) stage_ = Stage::lock_unknown;
         step.failed(r.error());
         co_return r.error();
     }
@@ -396,6 +408,7 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         ssh::UploadOptions uo;
         uo.mode = a.mode;
         uo.rename_into_place = false;  // activated after the service is stopped
+        uo.expected_sha256 = a.sha256;  // hashed once for the whole rollout
         uo.timeout = settings_.transfer_timeout;
         auto up = co_await session_->upload(a.local_path, target, uo);
         if (!up) {
@@ -414,7 +427,7 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         }
         staged_.push_back(up->staging_path);
         stage_ = Stage::staged;
-        step.ok("sha256 " + up->sha256 + " md5 " + up->md5 + " verified remotely");
+        step.ok("sha256 " + up->sha256 + " verified remotely (md5 " + a.md5 + ")");
     }
     co_return Result<void>{};
 }
@@ -590,10 +603,17 @@ asio::awaitable<void> Pipeline::unlock() {
         co_return;
     }
     Step step(*this, "UNLOCK", lock_path_);
-    auto r = co_await run("UNLOCK", "rm -rf -- " + shell_quote(lock_path_), settings_.command_timeout, true);
-    if (r) {
+    // Only our own lock goes: the owner file must name this rollout.
+    const std::string cmd = "l=" + shell_quote(lock_path_) + "; if grep -qxF -- " +
+                            shell_quote("rollout=" + settings_.rollout_id) +
+                            " \"$l/owner\" 2>/dev/null; then rm -rf -- \"$l\" && echo RELEASED; "
+                            "else echo NOT_OURS; fi";
+    auto r = co_await run("UNLOCK", cmd, settings_.command_timeout, true);
+    if (r && r->out.rfind("RELEASED", 0) == 0) {
         report_.lock_released = true;
         step.ok();
+    } else if (r) {
+        step.ok("no lock of this rollout to release");
     } else {
         step.failed(r.error());
     }

@@ -297,7 +297,11 @@ asio::awaitable<boost::system::error_code> Session::Impl::wait_socket(Clock::tim
     } else {
         direction_less = 0;
     }
-    const auto until = poll_only ? std::min(deadline, now + pause) : deadline;
+    // Even when libssh2 names a direction, re-poll it at least once a second: should it hold a
+    // complete packet while the socket stays quiet (a lost wake-up), the call still proceeds
+    // within a second instead of waiting out the whole deadline.
+    const auto until =
+        std::min(deadline, now + (poll_only ? pause : std::chrono::milliseconds(1000)));
     timer.expires_at(until);
 
     const bool want_in = poll_only || (dirs & LIBSSH2_SESSION_BLOCK_INBOUND) != 0;
@@ -324,7 +328,7 @@ asio::awaitable<boost::system::error_code> Session::Impl::wait_socket(Clock::tim
     }
     if (socket_ready) co_return boost::system::error_code{};
     if (timer_fired) {
-        if (poll_only && until < deadline) co_return boost::system::error_code{};
+        if (until < deadline) co_return boost::system::error_code{};  // re-poll libssh2
         co_return make_error_code(errc::timeout);
     }
     asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;

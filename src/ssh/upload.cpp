@@ -24,8 +24,10 @@ namespace asio = boost::asio;
 namespace {
 
 // libssh2 splits a write into 30,000-byte SFTP packets and keeps all of one call in flight:
-// large multiples of 30,000 keep the pipe full (LIBSSH2-NOTES.md).
-constexpr std::size_t kChunk = 30000 * 32;
+// multiples of 30,000 keep the pipe full (LIBSSH2-NOTES.md). 240 KB per chunk streams as fast as
+// 960 KB here (measured) and keeps a fleet-wide rollout's memory down: an upload holds about two
+// chunks, plus libssh2's copy of what is in flight.
+constexpr std::size_t kChunk = 30000 * 8;
 
 struct DigestFree {
     void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
@@ -51,6 +53,7 @@ struct LocalSource {
     std::uint64_t read = 0;
     DigestHandle sha256{EVP_MD_CTX_new()};
     DigestHandle md5{EVP_MD_CTX_new()};
+    bool hashing = true;  // off when the caller already knows the sha256
 
     LocalSource() = default;
     LocalSource(const LocalSource&) = delete;
@@ -84,8 +87,10 @@ struct LocalSource {
             if (n == 0) break;
             got += static_cast<std::size_t>(n);
         }
-        EVP_DigestUpdate(sha256.get(), buf.data(), got);
-        EVP_DigestUpdate(md5.get(), buf.data(), got);
+        if (hashing) {
+            EVP_DigestUpdate(sha256.get(), buf.data(), got);
+            EVP_DigestUpdate(md5.get(), buf.data(), got);
+        }
         read += got;
         if (got < buf.size() && read != size)
             return Error(errc::local_io_failed, path + " changed size while being read (" +
@@ -135,7 +140,8 @@ std::string sftp_failure(Session::Impl& impl, LIBSSH2_SFTP* sftp, std::string_vi
 // Handing it the next chunk before the previous one is fully acknowledged keeps the pipe full
 // (with one chunk at a time the pipe drained at every chunk boundary).
 struct SlidingBuffer {
-    std::vector<char> bytes = std::vector<char>(3 * kChunk);
+    // append() happens only when less than one chunk is pending, so two chunks always suffice.
+    std::vector<char> bytes = std::vector<char>(2 * kChunk);
     std::size_t head = 0;  // first byte not yet acknowledged
     std::size_t tail = 0;  // end of data
 
@@ -241,6 +247,7 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
 
     LocalSource src;
     src.path = local_path;
+    src.hashing = opts.expected_sha256.empty();
     bool staging_created = false;
     detail::SftpFileHandle file;
     // An early return must not free a live SFTP handle (that sends FXP_CLOSE): park it.
@@ -346,7 +353,10 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             co_await cleanup();
             co_return failure;
         }
-        std::tie(result.sha256, result.md5) = src.digests();
+        if (src.hashing)
+            std::tie(result.sha256, result.md5) = src.digests();
+        else
+            result.sha256 = opts.expected_sha256;  // verified remotely below, like a local hash
 
         rc = co_await impl.drive([&] { return libssh2_sftp_close_handle(file.get()); }, deadline,
                                  interrupted);
@@ -374,7 +384,7 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
         auto verified = co_await impl.run_command(verify_command(staging, remote_path, opts.mode, result.sha256,
-                                                     opts.verify_md5 ? &result.md5 : nullptr,
+                                                     opts.verify_md5 && src.hashing ? &result.md5 : nullptr,
                                                      opts.rename_into_place),
                                       verify_opts);
         if (!verified) {

@@ -293,6 +293,7 @@ TEST_SUITE("pipeline") {
               n.deploy_path + ".lock/owner'");
         const auto before = check("node-0001");
         auto r = rig.deploy("node-0001", {rig.artifact("app.jar", "build 3\n")}, "R-locked");
+        CHECK(locked(check("node-0001")));  // the other rollout's lock is left alone
         shell("rm -rf '" + n.deploy_path + ".lock'");
         CHECK(r.outcome == NodeOutcome::failed_unchanged);
         CHECK(r.failed_step == "LOCK");

@@ -35,6 +35,7 @@ struct ArtifactSpec {
     std::string local_path;
     std::string file_name;  // name inside the node's deploy_path
     std::string sha256;
+    std::string md5;  // recorded in the audit log, as the original engine did
     std::uint64_t size = 0;
     unsigned mode = 0644;  // permission bits of the local file, given to the deployed file
 };

@@ -75,6 +75,10 @@ struct UploadOptions {
     std::chrono::milliseconds timeout = 30min;        // the whole upload
     std::chrono::milliseconds stall_timeout = 60s;    // no progress at all for this long
     bool verify_md5 = false;                          // also check md5sum remotely
+    // The file's sha256 when the caller has it already (a rollout hashes each artifact once for
+    // all nodes): local hashing is skipped, the remote copy is verified against this, and a
+    // local file that changed since is caught as a mismatch. MD5 is then not computed.
+    std::string expected_sha256;
     // true: rename the verified staging file onto the remote path.
     // false: leave the verified file under its staging name (UploadResult::staging_path)
     //        for the caller to move into place later.

@@ -1,5 +1,6 @@
 #include "detail/session_impl.hpp"
 #include "guardia/core/local_io.hpp"
+#include "guardia/core/sanitizer.hpp"
 #include "guardia/core/shell.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -383,10 +384,15 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
         verify_opts.timeout = std::max<std::chrono::milliseconds>(
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
-        auto verified = co_await impl.run_command(verify_command(staging, remote_path, opts.mode, result.sha256,
-                                                     opts.verify_md5 && src.hashing ? &result.md5 : nullptr,
-                                                     opts.rename_into_place),
-                                      verify_opts);
+        const std::string verify = verify_command(staging, remote_path, opts.mode, result.sha256,
+                                                  opts.verify_md5 && src.hashing ? &result.md5 : nullptr,
+                                                  opts.rename_into_place);
+        // Like every command Guardia sends, this one passes the sanitizer first.
+        if (auto ok = sanitize_command(verify); !ok) {
+            co_await cleanup();
+            co_return Error(ok.error().code, impl.peer + ": " + ok.error().message);
+        }
+        auto verified = co_await impl.run_command(verify, verify_opts);
         if (!verified) {
             co_await cleanup();
             co_return verified.error();

@@ -303,6 +303,36 @@ TEST_SUITE("pipeline") {
         CHECK(backups(check("node-0001")) == backups(before));
     }
 
+    TEST_CASE("a stale lock is reported as stale, not stolen") {
+        Rig rig;
+        const auto& n = rig.node("node-0010");
+        shell("mkdir '" + n.deploy_path + ".lock' && printf 'owner=ghost\\nrollout=R-ghost\\nsince=1000\\n' > '" +
+              n.deploy_path + ".lock/owner'");
+        auto r = rig.deploy("node-0010", {rig.artifact("app.jar", "build s\n")}, "R-stale");
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.error.code == errc::node_locked);
+        CHECK(r.error.message.find("STALE") != std::string::npos);
+        CHECK(locked(check("node-0010")));  // still there: a human decides
+        shell("rm -rf '" + n.deploy_path + ".lock'");
+    }
+
+    TEST_CASE("a missing script fails the pre-check before anything changes") {
+        Rig rig;
+        Node n = rig.node("node-0010");
+        n.startup_cmd = "sh /nonexistent/guardia/startup.sh";
+        asio::io_context ioc;
+        auto s = rig.settings("R-noscript");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "x\n")};
+        const auto before = check("node-0010");
+        auto r = guardia::test::run(ioc, deploy_node(n, arts, s), seconds(30));
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "PRECHECK");
+        CHECK(r.error.code == errc::precheck_failed);
+        CHECK(r.error.message.find("/nonexistent/guardia/startup.sh not found") != std::string::npos);
+        CHECK(tree(check("node-0010")) == tree(before));
+        CHECK(backups(check("node-0010")) == backups(before));
+    }
+
     TEST_CASE("two concurrent rollouts on one node: exactly one gets through") {
         using namespace asio::experimental::awaitable_operators;
         Rig rig;

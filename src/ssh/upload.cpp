@@ -110,10 +110,6 @@ struct LocalSource {
     }
 };
 
-asio::awaitable<Result<std::size_t>> read_job(LocalSource* src, std::vector<char>* buf) {
-    co_return src->next(*buf);
-}
-
 std::string random_suffix() {
     unsigned char r[6];
     if (RAND_bytes(r, sizeof r) != 1) {
@@ -323,13 +319,13 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             WriteJob job{&impl,    file.get(), &window,           more ? kChunk : 1,
                          deadline, opts.stall_timeout, opts.timeout, staging};
             if (more) {
-                auto [order, ex_read, read_result, ex_write, write_result] =
+                auto [order, read_result, ex_write, write_result] =
                     co_await asio::experimental::make_parallel_group(
-                        asio::co_spawn(local_io_pool(), read_job(&src, &incoming), asio::deferred),
+                        async_run_blocking([&src, &incoming] { return src.next(incoming); },
+                                           asio::deferred),
                         asio::co_spawn(impl.executor, write_job(std::move(job)), asio::deferred))
                         .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
                 (void)order;
-                if (ex_read) std::rethrow_exception(ex_read);
                 if (ex_write) std::rethrow_exception(ex_write);
                 if (!write_result) {
                     failure = write_result.error();

@@ -9,6 +9,8 @@
 //
 // durable() is the barrier a caller awaits before it reports a state as final: it completes
 // once everything queued before the call is committed, or with the error that prevented it.
+// An item SQLite refuses for its content (never retried) is reported to the durable() calls
+// whose barrier shares its batch; rejected() and last_error() always record it.
 //
 // A failed batch (disk full, database locked beyond busy_timeout, read-only file) is rolled
 // back and KEPT: it is retried first, with backoff, or at once when someone awaits durable().

@@ -11,6 +11,8 @@
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/store/audit_writer.hpp"
 
+#include "bench_util.hpp"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -30,12 +32,6 @@ using namespace guardia::deploy;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-double cpu_seconds() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -79,7 +75,7 @@ int main(int argc, char** argv) try {
     std::map<std::string, int> outcomes;
     std::vector<std::string> failures;
     std::size_t next_node = 0;
-    const double cpu0 = cpu_seconds();
+    const double cpu0 = guardia::bench::cpu_seconds();
     const auto t0 = Clock::now();
     auto worker = [&]() -> asio::awaitable<void> {
         while (next_node < inventory->nodes.size()) {
@@ -93,7 +89,7 @@ int main(int argc, char** argv) try {
     for (int w = 0; w < concurrency; ++w) asio::co_spawn(ioc, worker(), asio::detached);
     ioc.run();
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double cpu = cpu_seconds() - cpu0;
+    const double cpu = guardia::bench::cpu_seconds() - cpu0;
     asio::io_context flush;
     asio::co_spawn(flush, audit.durable(), asio::detached);
     flush.run();

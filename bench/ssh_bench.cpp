@@ -10,6 +10,8 @@
 // Prints one JSON object: wall seconds, CPU seconds of this process, peak and per-session RSS.
 #include "guardia/ssh/session.hpp"
 
+#include "bench_util.hpp"
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
@@ -60,12 +62,6 @@ std::vector<Target> read_inventory(const std::string& path) {
     return out;
 }
 
-double cpu_seconds() {
-    rusage ru{};
-    getrusage(RUSAGE_SELF, &ru);
-    return static_cast<double>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
-           static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
-}
 
 long peak_rss_kib() {
     rusage ru{};
@@ -160,7 +156,7 @@ int main(int argc, char** argv) try {
 
     asio::io_context ioc(1);
     const long rss_before = current_rss_kib();
-    const double cpu_before = cpu_seconds();
+    const double cpu_before = guardia::bench::cpu_seconds();
     const auto t0 = Clock::now();
     json::object report;
     report["mode"] = o.mode;
@@ -243,7 +239,7 @@ int main(int argc, char** argv) try {
     }
 
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double cpu = cpu_seconds() - cpu_before;
+    const double cpu = guardia::bench::cpu_seconds() - cpu_before;
     report["ok"] = sh.ok;
     report["failed"] = sh.failed;
     if (!sh.first_error.empty()) report["first_error"] = sh.first_error;

@@ -1,5 +1,6 @@
 #include "guardia/deploy/node_pipeline.hpp"
 
+#include "guardia/core/digest.hpp"
 #include "guardia/core/sanitizer.hpp"
 #include "guardia/core/shell.hpp"
 #include "guardia/deploy/credential_store.hpp"
@@ -9,7 +10,6 @@
 
 #include <boost/asio/this_coro.hpp>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,10 +45,7 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
         ::close(fd);
         return Error(errc::local_io_failed, "artifact " + path + " is not a regular file");
     }
-    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> md5(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-    EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
-    EVP_DigestInit_ex(md5.get(), EVP_md5(), nullptr);
+    StreamDigests digests;
     std::vector<char> buf(1 << 20);
     std::uint64_t total = 0;
     for (;;) {
@@ -60,25 +57,12 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
             return Error(errc::local_io_failed, "reading artifact " + path + ": " + std::strerror(e));
         }
         if (n == 0) break;
-        EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<std::size_t>(n));
-        EVP_DigestUpdate(md5.get(), buf.data(), static_cast<std::size_t>(n));
+        digests.update(buf.data(), static_cast<std::size_t>(n));
         total += static_cast<std::uint64_t>(n);
     }
     ::close(fd);
-    unsigned char digest[EVP_MAX_MD_SIZE];
-    unsigned len = 0;
-    EVP_DigestFinal_ex(ctx.get(), digest, &len);
-    static const char hex[] = "0123456789abcdef";
     ArtifactSpec spec;
-    for (unsigned i = 0; i < len; ++i) {
-        spec.sha256 += hex[digest[i] >> 4];
-        spec.sha256 += hex[digest[i] & 15];
-    }
-    EVP_DigestFinal_ex(md5.get(), digest, &len);
-    for (unsigned i = 0; i < len; ++i) {
-        spec.md5 += hex[digest[i] >> 4];
-        spec.md5 += hex[digest[i] & 15];
-    }
+    digests.finish(spec.sha256, spec.md5);
     spec.local_path = path;
     auto slash = path.rfind('/');
     spec.file_name = slash == std::string::npos ? path : path.substr(slash + 1);

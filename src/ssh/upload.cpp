@@ -1,4 +1,5 @@
 #include "detail/session_impl.hpp"
+#include "guardia/core/digest.hpp"
 #include "guardia/core/local_io.hpp"
 #include "guardia/core/sanitizer.hpp"
 #include "guardia/core/shell.hpp"
@@ -30,30 +31,13 @@ namespace {
 // chunks, plus libssh2's copy of what is in flight.
 constexpr std::size_t kChunk = 30000 * 8;
 
-struct DigestFree {
-    void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
-};
-using DigestHandle = std::unique_ptr<EVP_MD_CTX, DigestFree>;
-
-std::string hex(const unsigned char* p, unsigned n) {
-    static const char digits[] = "0123456789abcdef";
-    std::string out;
-    out.reserve(n * 2);
-    for (unsigned i = 0; i < n; ++i) {
-        out += digits[p[i] >> 4];
-        out += digits[p[i] & 15];
-    }
-    return out;
-}
-
 // The local file being sent. Touched only on the local-I/O pool, one job at a time.
 struct LocalSource {
     std::string path;
     int fd = -1;
     std::uint64_t size = 0;
     std::uint64_t read = 0;
-    DigestHandle sha256{EVP_MD_CTX_new()};
-    DigestHandle md5{EVP_MD_CTX_new()};
+    StreamDigests digests;
     bool hashing = true;  // off when the caller already knows the sha256
 
     LocalSource() = default;
@@ -70,9 +54,6 @@ struct LocalSource {
         if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
             return Error(errc::local_io_failed, path + " is not a regular file");
         size = static_cast<std::uint64_t>(st.st_size);
-        if (!sha256 || !md5 || EVP_DigestInit_ex(sha256.get(), EVP_sha256(), nullptr) != 1 ||
-            EVP_DigestInit_ex(md5.get(), EVP_md5(), nullptr) != 1)
-            return Error(errc::local_io_failed, "cannot initialise digests");
         return {};
     }
 
@@ -88,25 +69,13 @@ struct LocalSource {
             if (n == 0) break;
             got += static_cast<std::size_t>(n);
         }
-        if (hashing) {
-            EVP_DigestUpdate(sha256.get(), buf.data(), got);
-            EVP_DigestUpdate(md5.get(), buf.data(), got);
-        }
+        if (hashing) digests.update(buf.data(), got);
         read += got;
         if (got < buf.size() && read != size)
             return Error(errc::local_io_failed, path + " changed size while being read (" +
                                                     std::to_string(size) + " bytes at start, " +
                                                     std::to_string(read) + " read)");
         return got;
-    }
-
-    std::pair<std::string, std::string> digests() {
-        unsigned char d[EVP_MAX_MD_SIZE];
-        unsigned n = 0;
-        EVP_DigestFinal_ex(sha256.get(), d, &n);
-        std::string s = hex(d, n);
-        EVP_DigestFinal_ex(md5.get(), d, &n);
-        return {s, hex(d, n)};
     }
 };
 
@@ -116,7 +85,7 @@ std::string random_suffix() {
         auto t = static_cast<std::uint64_t>(Clock::now().time_since_epoch().count());
         std::memcpy(r, &t, sizeof r);
     }
-    return hex(r, sizeof r);
+    return to_hex(r, sizeof r);
 }
 
 std::string sftp_failure(Session::Impl& impl, LIBSSH2_SFTP* sftp, std::string_view what, long rc) {
@@ -351,7 +320,7 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             co_return failure;
         }
         if (src.hashing)
-            std::tie(result.sha256, result.md5) = src.digests();
+            src.digests.finish(result.sha256, result.md5);
         else
             result.sha256 = opts.expected_sha256;  // verified remotely below, like a local hash
 

@@ -500,15 +500,24 @@ def open_file_nofollow(name, dir_fd):
     return fd
 
 
-def read_file_nofollow(path, limit):
-    """Up to `limit` bytes of the regular file at `path` (no symlink anywhere in the path)."""
+def read_file_nofollow(path, limit, tail=False):
+    """Up to `limit` bytes of the regular file at `path` (no symlink anywhere in the path):
+    the first ones, or with tail=True the last ones."""
     dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
     try:
         fd = open_file_nofollow(os.path.basename(path), dfd)
     finally:
         os.close(dfd)
     try:
-        return os.read(fd, limit)
+        if tail:
+            os.lseek(fd, max(0, os.fstat(fd).st_size - limit), os.SEEK_SET)
+        data = b""
+        while len(data) < limit:
+            chunk = os.read(fd, limit - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
     finally:
         os.close(fd)
 

@@ -217,7 +217,7 @@ def check_node(n, lock_suffix, with_backups):
     st = lstat_nofollow(os.path.join(n["state_dir"], "running"))
     out["service_running"] = st is not None and stat.S_ISREG(st.st_mode)
     try:
-        events = read_tail_nofollow(os.path.join(n["state_dir"], "events.log"), 65536)
+        events = read_file_nofollow(os.path.join(n["state_dir"], "events.log"), 65536, tail=True)
         out["service_events"] = [line.strip() for line in events.decode(errors="replace").splitlines()][-20:]
     except OSError as e:
         out["service_events"] = []
@@ -248,27 +248,6 @@ def check_node(n, lock_suffix, with_backups):
     out["disk_use_percent"] = disk_use_percent(parent) if os.path.isdir(parent) else None
     out["faults"] = [f["kind"] for f in n["faults"]]
     return out
-
-
-def read_tail_nofollow(path, limit):
-    """The last `limit` bytes of the regular file at path (no symlink in the path)."""
-    dfd = open_dir_nofollow(os.path.dirname(path), listable=False)
-    try:
-        fd = open_file_nofollow(os.path.basename(path), dfd)
-    finally:
-        os.close(dfd)
-    try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, max(0, size - limit), os.SEEK_SET)
-        data = b""
-        while len(data) < limit:
-            chunk = os.read(fd, limit - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
-    finally:
-        os.close(fd)
 
 
 def cmd_check(args):

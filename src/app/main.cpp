@@ -1,5 +1,10 @@
 // The `guardia` executable: a thin command-line layer over the engine library.
+#include "cli.hpp"
+#include "commands.hpp"
+
 #include "guardia/version.hpp"
+
+#include <spdlog/spdlog.h>
 
 #include <cstdio>
 #include <cstring>
@@ -8,15 +13,17 @@
 namespace {
 
 int usage(std::FILE* out) {
-    std::fprintf(out,
-                 "usage: guardia <command> [options]\n"
-                 "\n"
-                 "commands:\n"
-                 "  version     print the version\n"
-                 "  help        show this help\n"
-                 "\n"
-                 "The rollout commands (deploy, exec, serve) are described in docs/ and arrive\n"
-                 "with the node pipeline and rollout engine.\n");
+    std::fprintf(
+        out,
+        "usage: guardia <command> [options]\n"
+        "\n"
+        "commands:\n"
+        "  deploy      a tiered rollout of artifacts to an inventory (guardia deploy --help)\n"
+        "  exec        one sanitized command on every node (guardia exec --help)\n"
+        "  version     print the version\n"
+        "  help        show this help\n"
+        "\n"
+        "See docs/OPERATIONS.md for the inventory, the configuration file and exit codes.\n");
     return out == stderr ? 2 : 0;
 }
 
@@ -30,6 +37,17 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (command == "help" || command == "--help" || command == "-h") return usage(stdout);
+    spdlog::set_level(spdlog::level::warn);
+    try {
+        if (command == "deploy") return guardia::cli::deploy_command(argc, argv);
+        if (command == "exec") return guardia::cli::exec_command(argc, argv);
+    } catch (const guardia::cli::UsageError& e) {
+        std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
+        return 2;
+    }
     std::fprintf(stderr, "guardia: unknown command '%s'\n", argv[1]);
     return usage(stderr);
 }

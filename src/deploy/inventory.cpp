@@ -2,8 +2,8 @@
 
 #include "guardia/core/sanitizer.hpp"
 
-#include <boost/json/basic_parser_impl.hpp>
-#include <boost/json/parse.hpp>
+#include "guardia/core/json_input.hpp"
+
 #include <boost/json/value.hpp>
 
 #include <fcntl.h>
@@ -31,111 +31,6 @@ constexpr std::size_t max_path_length = 4096;
 constexpr std::size_t max_command_length = 8192;
 constexpr std::size_t max_label_length = 128;  // inst_id, system_name, password_ref
 constexpr std::int64_t max_health_seconds = 3600;
-
-// "3:17": 1-based line and column of byte `offset`; columns count UTF-8 characters.
-std::string line_column(std::string_view text, std::size_t offset) {
-    offset = std::min(offset, text.size());
-    std::size_t line = 1, column = 1;
-    for (std::size_t i = 0; i < offset; ++i) {
-        const auto c = static_cast<unsigned char>(text[i]);
-        if (c == '\n') {
-            ++line;
-            column = 1;
-        } else if ((c & 0xC0) != 0x80) {  // not a UTF-8 continuation byte
-            ++column;
-        }
-    }
-    return std::to_string(line) + ":" + std::to_string(column);
-}
-
-// A value from the document, safe to put in a message: one line, bounded.
-std::string printable(std::string_view s) {
-    std::string out;
-    for (char c : s.substr(0, 64)) {
-        const auto u = static_cast<unsigned char>(c);
-        out += (u < 0x20 || u == 0x7f) ? '?' : c;
-    }
-    if (s.size() > 64) out += "...";
-    return out;
-}
-
-// ------------------------------------------------------------------ syntax pass
-//
-// boost::json::value keeps the last of duplicate keys silently; "tier": 1, ..., "tier": 3
-// would be a quiet surprise. This first pass finds syntax errors and duplicate keys with
-// their position; the second (boost::json::parse) builds the value.
-
-class DuplicateKeyFinder {
-public:
-    static constexpr std::size_t max_object_size = std::size_t(-1);
-    static constexpr std::size_t max_array_size = std::size_t(-1);
-    static constexpr std::size_t max_key_size = std::size_t(-1);
-    static constexpr std::size_t max_string_size = std::size_t(-1);
-
-    bool on_document_begin(json::error_code&) { return true; }
-    bool on_document_end(json::error_code&) { return true; }
-    bool on_object_begin(json::error_code&) {
-        keys_.emplace_back();
-        return true;
-    }
-    bool on_object_end(std::size_t, json::error_code&) {
-        keys_.pop_back();
-        return true;
-    }
-    bool on_array_begin(json::error_code&) { return true; }
-    bool on_array_end(std::size_t, json::error_code&) { return true; }
-    bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
-        key_.append(s.data(), s.size());
-        return true;
-    }
-    bool on_key(json::string_view s, std::size_t, json::error_code& ec) {
-        key_.append(s.data(), s.size());
-        if (!keys_.back().insert(key_).second) {
-            duplicate_ = std::move(key_);
-            ec = make_error_code(errc::invalid_argument);
-            return false;
-        }
-        key_.clear();
-        return true;
-    }
-    bool on_string_part(json::string_view, std::size_t, json::error_code&) { return true; }
-    bool on_string(json::string_view, std::size_t, json::error_code&) { return true; }
-    bool on_number_part(json::string_view, json::error_code&) { return true; }
-    bool on_int64(std::int64_t, json::string_view, json::error_code&) { return true; }
-    bool on_uint64(std::uint64_t, json::string_view, json::error_code&) { return true; }
-    bool on_double(double, json::string_view, json::error_code&) { return true; }
-    bool on_bool(bool, json::error_code&) { return true; }
-    bool on_null(json::error_code&) { return true; }
-    bool on_comment_part(json::string_view, json::error_code&) { return true; }
-    bool on_comment(json::string_view, json::error_code&) { return true; }
-
-    const std::optional<std::string>& duplicate() const { return duplicate_; }
-
-private:
-    std::vector<std::set<std::string, std::less<>>> keys_;  // one per open object
-    std::string key_;
-    std::optional<std::string> duplicate_;
-};
-
-Result<void> check_syntax(std::string_view text, std::string_view source) {
-    json::basic_parser<DuplicateKeyFinder> parser{json::parse_options{}};
-    json::error_code ec;
-    std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
-    if (!ec && n < text.size()) ec = json::error::extra_data;
-    if (!ec) return {};
-    auto where = [&](std::size_t offset) {
-        return std::string(source) + ":" + line_column(text, offset) + ": ";
-    };
-    if (const auto& key = parser.handler().duplicate()) {
-        // The parser stops at the key's closing quote; point at its opening one.
-        std::size_t open = std::min(n, text.size());
-        if (open > 0) --open;
-        while (open > 0 && !(text[open] == '"' && text[open - 1] != '\\')) --open;
-        return Error(errc::invalid_argument,
-                     where(open) + "duplicate key '" + printable(*key) + "'");
-    }
-    return Error(errc::invalid_argument, where(n) + "invalid JSON: " + ec.message());
-}
 
 // ------------------------------------------------------------------ value checks
 //
@@ -477,10 +372,9 @@ private:
 
 Result<Inventory> parse_inventory(std::string_view text, std::string_view source) {
     const std::string src(source);
-    if (auto r = check_syntax(text, source); !r) return r.error();
-    json::error_code ec;
-    const json::value root = json::parse(json::string_view(text.data(), text.size()), ec);
-    if (ec) return Error(errc::invalid_argument, src + ": invalid JSON: " + ec.message());
+    auto parsed = parse_json_document(text, source);
+    if (!parsed) return parsed.error();
+    const json::value& root = *parsed;
 
     const auto* obj = root.if_object();
     if (obj == nullptr)
@@ -515,31 +409,9 @@ Result<Inventory> parse_inventory(std::string_view text, std::string_view source
 }
 
 Result<Inventory> load_inventory(const std::string& path) {
-    auto fail = [&](const std::string& why) {
-        return Error(errc::local_io_failed, "cannot read inventory '" + path + "': " + why);
-    };
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return fail(std::strerror(errno));
-    struct Closer {
-        int fd;
-        ~Closer() { ::close(fd); }
-    } closer{fd};
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return fail(std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) return fail("not a regular file");
-    if (static_cast<std::uintmax_t>(st.st_size) > max_inventory_bytes)
-        return fail("larger than 64 MiB");
-    std::string text;
-    std::array<char, 65536> buf;
-    for (;;) {
-        const ssize_t n = ::read(fd, buf.data(), buf.size());
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return fail(std::strerror(errno));
-        if (n == 0) break;
-        text.append(buf.data(), static_cast<std::size_t>(n));
-        if (text.size() > max_inventory_bytes) return fail("larger than 64 MiB");
-    }
-    return parse_inventory(text, path);
+    auto text = read_text_file(path, max_inventory_bytes, "inventory");
+    if (!text) return text.error();
+    return parse_inventory(*text, path);
 }
 
 }  // namespace guardia::deploy

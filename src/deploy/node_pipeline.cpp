@@ -8,7 +8,9 @@
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
 
+#include <boost/asio/cancellation_state.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/system/system_error.hpp>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
@@ -118,6 +120,8 @@ public:
     }
 
     asio::awaitable<NodeReport> run();
+    asio::awaitable<NodeReport> run_precheck();
+    asio::awaitable<NodeReport> run_rollback(const std::string& backup_path);
 
 private:
     // --- audit ----------------------------------------------------------------------------
@@ -146,6 +150,8 @@ private:
         bool ended = false;
         Step(Pipeline& pipeline, std::string step, std::string detail = {})
             : p(pipeline), name(std::move(step)) {
+            p.current_step_ = name;
+            if (p.settings_.on_step) p.settings_.on_step(p.node_.name, name);
             p.audit(name, "STEP_START", std::nullopt, std::nullopt, std::move(detail));
         }
         void ok(std::string detail = {}, std::optional<int> exit_code = std::nullopt) {
@@ -191,6 +197,8 @@ private:
     }
 
     Result<void> validate();
+    asio::awaitable<void> cleanup_after_failure(Clock::time_point started);
+    asio::awaitable<Result<void>> probe_lock();
     asio::awaitable<Result<void>> connect();
     asio::awaitable<Result<void>> precheck();
     asio::awaitable<Result<void>> lock();
@@ -212,6 +220,7 @@ private:
     std::string d_;  // the deploy path, shell-quoted
     std::string lock_path_;
     std::vector<std::string> staged_;  // staging paths, parallel to artifacts_
+    std::string current_step_;         // the step started last: where a cancellation struck
 };
 
 
@@ -463,7 +472,8 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
     hc.path = node_.health.path;
     hc.timeout = node_.health.timeout;
     hc.interval = node_.health.interval;
-    hc.required_consecutive = node_.tier == 1 ? settings_.strict_consecutive : 1;
+    hc.required_consecutive =
+        settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1;
     hc.node = node_.name;
     Step step(*this, step_name,
               "http://" + node_.host + ":" + std::to_string(node_.health.port) + node_.health.path +
@@ -608,22 +618,30 @@ asio::awaitable<NodeReport> Pipeline::run() {
     std::string failed_step;
     Result<void> outcome = validate();
     if (!outcome) failed_step = "VALIDATE";
-    if (failed_step.empty()) {
-        outcome = co_await connect();
-        if (!outcome) failed_step = "CONNECT";
-    }
     auto next = [&](const char* name, Result<void> r) {
         if (!r && failed_step.empty()) {
             failed_step = name;
             outcome = std::move(r);
         }
     };
-    if (failed_step.empty()) next("PRECHECK", co_await precheck());
-    if (failed_step.empty()) next("LOCK", co_await lock());
-    if (failed_step.empty()) next("BACKUP", co_await backup());
-    if (failed_step.empty()) next("TRANSFER", co_await transfer());
-    if (failed_step.empty()) next("RESTART", co_await restart());
-    if (failed_step.empty()) next("HEALTH", co_await health("HEALTH"));
+    try {
+        if (failed_step.empty()) next("CONNECT", co_await connect());
+        if (failed_step.empty()) next("PRECHECK", co_await precheck());
+        if (failed_step.empty()) next("LOCK", co_await lock());
+        if (failed_step.empty()) next("BACKUP", co_await backup());
+        if (failed_step.empty()) next("TRANSFER", co_await transfer());
+        if (failed_step.empty()) next("RESTART", co_await restart());
+        if (failed_step.empty()) next("HEALTH", co_await health("HEALTH"));
+    } catch (const boost::system::system_error&) {
+        // Asio throws at the next co_await once the node was cancelled: the step in progress
+        // is where the node stopped.
+        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
+        outcome = node_error(errc::cancelled, failed_step, "cancelled (rollout stopped or node deadline)");
+    }
+    // From here on everything must run to the end: the clean-up ignores any further
+    // cancellation (Asio would otherwise throw at every co_await of a cancelled node, and a
+    // late signal would interrupt the rollback). Each clean-up step has its own deadline.
+    co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
 
     if (failed_step.empty()) {
         report_.outcome = NodeOutcome::deployed;
@@ -633,22 +651,140 @@ asio::awaitable<NodeReport> Pipeline::run() {
         report_.error = outcome.error();
         audit("SUMMARY", "DEPLOY_FAILED", std::nullopt, ms(Clock::now() - started),
               report_.error.message);
-        if (stage_ == Stage::live_changed) {
-            auto rb = co_await rollback();
-            if (rb) {
-                report_.outcome = NodeOutcome::rolled_back;
-                audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started), report_.backup_path);
-            } else {
-                report_.outcome = NodeOutcome::rollback_failed;
-                report_.rollback_error = rb.error().message;
-                audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
-                      rb.error().message);
-            }
+        co_await cleanup_after_failure(started);
+    }
+    co_await unlock();
+    if (session_ && session_->usable()) co_await session_->disconnect();
+    report_.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+    co_return report_;
+}
+
+asio::awaitable<void> Pipeline::cleanup_after_failure(Clock::time_point started) {
+    if (stage_ == Stage::live_changed) {
+        auto rb = co_await rollback();
+        if (rb) {
+            report_.outcome = NodeOutcome::rolled_back;
+            audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started), report_.backup_path);
         } else {
-            // Nothing live changed: only our staging files may need to go.
-            if (stage_ == Stage::staged || (stage_ == Stage::backed_up && failed_step == "TRANSFER"))
-                co_await discard_staged();
-            report_.outcome = NodeOutcome::failed_unchanged;
+            report_.outcome = NodeOutcome::rollback_failed;
+            report_.rollback_error = rb.error().message;
+            audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
+                  rb.error().message);
+        }
+    } else {
+        // Nothing live changed: only our staging files may need to go.
+        if (stage_ == Stage::staged ||
+            (stage_ == Stage::backed_up && report_.failed_step == "TRANSFER"))
+            co_await discard_staged();
+        report_.outcome = NodeOutcome::failed_unchanged;
+    }
+}
+
+// Another rollout's lock, seen without taking it (dry run).
+asio::awaitable<Result<void>> Pipeline::probe_lock() {
+    Step step(*this, "LOCK_PROBE", lock_path_);
+    const std::string cmd = "l=" + shell_quote(lock_path_) +
+                            "; if [ -e \"$l\" ]; then echo HELD; cat -- \"$l/owner\" 2>/dev/null; "
+                            "else echo FREE; fi";
+    auto r = co_await run("LOCK_PROBE", cmd, settings_.command_timeout, true);
+    if (!r) {
+        step.failed(r.error());
+        co_return r.error();
+    }
+    if (r->out.rfind("FREE", 0) == 0) {
+        step.ok("not locked");
+        co_return Result<void>{};
+    }
+    std::string owner = trim(r->out.substr(r->out.find('\n') == std::string::npos ? r->out.size()
+                                                                                   : r->out.find('\n') + 1));
+    for (auto& c : owner)
+        if (c == '\n') c = ' ';
+    Error e = node_error(errc::node_locked, "LOCK_PROBE",
+                         "node is locked by another rollout (" + lock_path_ +
+                             (owner.empty() ? std::string(")") : ": " + owner + ")"));
+    step.failed(e);
+    co_return e;
+}
+
+asio::awaitable<NodeReport> Pipeline::run_precheck() {
+    const auto started = Clock::now();
+    std::string failed_step;
+    Result<void> outcome = validate();
+    if (!outcome) failed_step = "VALIDATE";
+    auto next = [&](const char* name, Result<void> r) {
+        if (!r && failed_step.empty()) {
+            failed_step = name;
+            outcome = std::move(r);
+        }
+    };
+    try {
+        if (failed_step.empty()) next("CONNECT", co_await connect());
+        if (failed_step.empty()) next("PRECHECK", co_await precheck());
+        if (failed_step.empty()) next("LOCK_PROBE", co_await probe_lock());
+    } catch (const boost::system::system_error&) {
+        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
+        outcome = node_error(errc::cancelled, failed_step, "cancelled");
+    }
+    co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
+    if (failed_step.empty()) {
+        report_.outcome = NodeOutcome::deployed;
+        audit("SUMMARY", "DRY_RUN_OK", std::nullopt, ms(Clock::now() - started), "would deploy");
+    } else {
+        report_.outcome = NodeOutcome::failed_unchanged;
+        report_.failed_step = failed_step;
+        report_.error = outcome.error();
+        audit("SUMMARY", "DRY_RUN_FAILED", std::nullopt, ms(Clock::now() - started),
+              report_.error.message);
+    }
+    if (session_ && session_->usable()) co_await session_->disconnect();
+    report_.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+    co_return report_;
+}
+
+asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_path) {
+    const auto started = Clock::now();
+    report_.backup_path = backup_path;
+    std::string failed_step;
+    Result<void> outcome = validate();
+    if (!outcome) failed_step = "VALIDATE";
+    if (failed_step.empty() && backup_path.empty()) {
+        failed_step = "VALIDATE";
+        outcome = node_error(errc::invalid_argument, "VALIDATE", "no backup recorded to roll back to");
+    }
+    try {
+        if (failed_step.empty()) {
+            outcome = co_await connect();
+            if (!outcome) failed_step = "CONNECT";
+        }
+        if (failed_step.empty()) {
+            outcome = co_await lock();
+            if (!outcome) failed_step = "LOCK";
+        }
+    } catch (const boost::system::system_error&) {
+        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
+        outcome = node_error(errc::cancelled, failed_step, "cancelled");
+    }
+    co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
+    if (!failed_step.empty()) {
+        // Not reached or not ours to touch: the node stays as it is.
+        report_.outcome = NodeOutcome::failed_unchanged;
+        report_.failed_step = failed_step;
+        report_.error = outcome.error();
+        audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
+              report_.error.message);
+    } else {
+        stage_ = Stage::live_changed;
+        auto rb = co_await rollback();
+        if (rb) {
+            report_.outcome = NodeOutcome::rolled_back;
+            audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started), backup_path);
+        } else {
+            report_.outcome = NodeOutcome::rollback_failed;
+            report_.failed_step = "ROLLBACK";
+            report_.error = rb.error();
+            report_.rollback_error = rb.error().message;
+            audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
+                  rb.error().message);
         }
     }
     co_await unlock();
@@ -663,6 +799,20 @@ asio::awaitable<NodeReport> deploy_node(const Node& node, const std::vector<Arti
                                         const PipelineSettings& settings) {
     Pipeline pipeline(node, artifacts, settings);
     co_return co_await pipeline.run();
+}
+
+asio::awaitable<NodeReport> precheck_node(const Node& node, const std::vector<ArtifactSpec>& artifacts,
+                                          const PipelineSettings& settings) {
+    Pipeline pipeline(node, artifacts, settings);
+    co_return co_await pipeline.run_precheck();
+}
+
+asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
+                                          const PipelineSettings& settings) {
+    // The rollback restores files and runs the node's scripts; no artifact is shipped.
+    static const std::vector<ArtifactSpec> none_shipped{ArtifactSpec()};
+    Pipeline pipeline(node, none_shipped, settings);
+    co_return co_await pipeline.run_rollback(backup_path);
 }
 
 }  // namespace guardia::deploy

@@ -26,6 +26,9 @@ KINDS = {
     "health_slow": [("seconds", float, 10.0)],
     # while otherwise healthy, every (period+1)-th answer is 503: period 1 = 200,503,200,...
     "health_flapping": [("period", int, 1)],
+    # health answers 503 while the deploy path differs (paths, sizes, contents) from the tree
+    # the node had at `up`: any new build fails on this node, an exact rollback heals it.
+    "rejects_new_build": [],
     # a TCP proxy in front of sshd forwards only `bytes` client->server bytes per
     # connection, then cuts both sides; `connections` > 0 limits the cut to the first N.
     "cut_after_bytes": [("bytes", int, None), ("connections", int, 0)],

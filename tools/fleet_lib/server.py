@@ -56,6 +56,48 @@ def scan_fd(fd):
         os.close(fd)
 
 
+def tree_signature(root):
+    """Sorted (relative path, mode, size, content) of the regular files and directories under
+    root, never following a symlink (a symlink counts by its target string). None when root
+    is missing or not a real directory."""
+    out = []
+
+    def walk(dfd, prefix, depth):
+        with os.scandir(dfd) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            rel = prefix + e.name
+            st = os.stat(e.name, dir_fd=dfd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and depth < MAX_DEPTH:
+                out.append((rel, "d", st.st_mode & 0o7777))
+                sub = os.open(e.name, NOFOLLOW_DIR, dir_fd=dfd)
+                try:
+                    walk(sub, rel + "/", depth + 1)
+                finally:
+                    os.close(sub)
+            elif stat.S_ISREG(st.st_mode):
+                fd = open_file_nofollow(e.name, dfd)
+                try:
+                    with os.fdopen(os.dup(fd), "rb") as fh:
+                        data = fh.read()
+                finally:
+                    os.close(fd)
+                out.append((rel, "f", st.st_mode & 0o7777, data))
+            elif stat.S_ISLNK(st.st_mode):
+                out.append((rel, "l", os.readlink(e.name, dir_fd=dfd)))
+    try:
+        root_fd = open_dir_nofollow(root)
+    except OSError:
+        return None
+    try:
+        walk(root_fd, "", 0)
+    except OSError:
+        return None
+    finally:
+        os.close(root_fd)
+    return out
+
+
 class Node:
     def __init__(self, cfg):
         self.name = cfg["name"]
@@ -68,6 +110,8 @@ class Node:
         self.flap = f.get("health_flapping", {}).get("period")
         self.flap_count = 0
         self.cache = {}   # file path -> ((size, mtime_ns, ino), bad)
+        # rejects_new_build: the tree as built by `up` (the server starts before any deploy).
+        self.initial_tree = tree_signature(self.deploy) if "rejects_new_build" in f else None
 
     async def bad_file(self):
         """Relative path of a file carrying the marker, or None (also for a missing deploy
@@ -156,6 +200,8 @@ class Node:
         bad = await self.bad_file()
         if bad is not None:
             return 503, dict(body, status="DOWN", reason=f"artifact unhealthy: {bad}")
+        if self.initial_tree is not None and await asyncio.to_thread(tree_signature, self.deploy) != self.initial_tree:
+            return 503, dict(body, status="DOWN", reason="fault rejects_new_build: the deployed tree differs from the original")
         if self.never is not None:
             if self.never == "hang":
                 return None, None

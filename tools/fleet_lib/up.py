@@ -276,7 +276,7 @@ class Up:
                 "ssh_port": None, "sshd_port": None, "health_port": None, "sshd_index": None,
                 "mount": nd if "disk_full" in k else None,
                 "health_path": self.args.health_path,
-                "health_faults": {x: k[x] for x in ("health_never", "health_slow", "health_flapping") if x in k},
+                "health_faults": {x: k[x] for x in ("health_never", "health_slow", "health_flapping", "rejects_new_build") if x in k},
             })
 
     def build_trees(self):

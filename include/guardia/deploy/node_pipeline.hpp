@@ -13,7 +13,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -51,7 +53,10 @@ struct PipelineSettings {
 
     int disk_threshold_percent = 90;
     int keep_backups = 3;
-    int strict_consecutive = 3;  // consecutive 200s a tier-1 node needs
+    int strict_consecutive = 3;  // consecutive 200s a strict node needs
+    // Strict health checks (strict_consecutive 200s in a row) for this node. Unset: strict
+    // for tier 1 only. The rollout sets it from its tier policy.
+    std::optional<bool> strict_health;
     std::chrono::seconds stale_lock_age{3600};
 
     std::chrono::milliseconds connect_timeout{10000};
@@ -66,6 +71,8 @@ struct PipelineSettings {
     std::shared_ptr<CredentialStore> credentials;
     store::AuditWriter* audit = nullptr;  // optional
     std::shared_ptr<spdlog::logger> logger;  // optional
+    // Called on the loop as each step starts (node name, step name): live progress.
+    std::function<void(const std::string& node, const std::string& step)> on_step;
 };
 
 enum class NodeOutcome {
@@ -89,8 +96,30 @@ struct NodeReport {
 };
 
 // Runs the whole pipeline for one node. Never throws for node failures: they are the report.
+//
+// Cancellation (Asio, e.g. a rollout cancelled by SIGINT or a node over its deadline) stops
+// the forward steps: the step in progress fails with errc::cancelled, then the node is
+// cleaned up exactly as after any other failure (rollback if live files changed, staged
+// files discarded, lock released). The clean-up ignores further cancellation: it is bounded
+// by its steps' deadlines instead.
 boost::asio::awaitable<NodeReport> deploy_node(const Node& node,
                                                const std::vector<ArtifactSpec>& artifacts,
                                                const PipelineSettings& settings);
+
+// Read-only check of a node (for `--dry-run`): VALIDATE, CONNECT (host key verified), and
+// the PRECHECK command (deploy path, scripts, disk usage), plus whether another rollout holds
+// its lock. Nothing on the node changes. Outcome: deployed = "would deploy", otherwise
+// failed_unchanged with the reason.
+boost::asio::awaitable<NodeReport> precheck_node(const Node& node,
+                                                 const std::vector<ArtifactSpec>& artifacts,
+                                                 const PipelineSettings& settings);
+
+// Restores a node that an earlier (successful) deploy of this rollout changed: CONNECT,
+// LOCK, ROLLBACK from `backup_path` (shutdown, exact restore, startup, health), UNLOCK.
+// Used when an aborted rollout's policy is to roll every deployed node back, and when a PM
+// rejects a release. Outcome: rolled_back or rollback_failed (failed_unchanged when the node
+// could not be reached or locked: it was not touched).
+boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
+                                                 const PipelineSettings& settings);
 
 }  // namespace guardia::deploy

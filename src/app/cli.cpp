@@ -1,0 +1,113 @@
+#include "cli.hpp"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <ctime>
+
+namespace guardia::cli {
+
+Args::Args(int argc, char** argv, int first) {
+    for (int k = first; k < argc; ++k) args_.emplace_back(argv[k]);
+}
+
+std::string Args::flag() {
+    const std::string& a = args_[i_++];
+    inline_value_.reset();
+    if (a.rfind("--", 0) != 0 || a.size() < 3) throw UsageError("unexpected argument '" + a + "'");
+    auto eq = a.find('=');
+    if (eq != std::string::npos) {
+        flag_ = a.substr(0, eq);
+        inline_value_ = a.substr(eq + 1);
+    } else {
+        flag_ = a;
+    }
+    return flag_;
+}
+
+std::string Args::value() {
+    if (inline_value_) {
+        std::string v = *inline_value_;
+        inline_value_.reset();
+        return v;
+    }
+    if (done()) throw UsageError(flag_ + " needs a value");
+    return args_[i_++];
+}
+
+std::vector<std::string> Args::rest() {
+    std::vector<std::string> out(args_.begin() + static_cast<std::ptrdiff_t>(i_), args_.end());
+    i_ = args_.size();
+    return out;
+}
+
+bool common_flag(const std::string& flag, Args& args, Common& c) {
+    if (flag == "--inventory")
+        c.inventory_path = args.value();
+    else if (flag == "--config")
+        c.config_path = args.value();
+    else if (flag == "--known-hosts")
+        c.known_hosts_path = args.value();
+    else if (flag == "--db")
+        c.db_path = args.value();
+    else if (flag == "--host-key-policy") {
+        c.host_key_policy = args.value();
+        if (c.host_key_policy != "strict" && c.host_key_policy != "accept-new")
+            throw UsageError("--host-key-policy must be strict or accept-new, not '" +
+                             c.host_key_policy + "'");
+    } else if (flag == "--json")
+        c.json = true;
+    else
+        return false;
+    return true;
+}
+
+Engine load_engine(const Common& c) {
+    Engine e;
+    if (!c.config_path.empty()) {
+        auto cfg = deploy::load_engine_config(c.config_path);
+        if (!cfg) throw UsageError(cfg.error().message);
+        e.config = std::move(*cfg);
+    }
+    if (c.inventory_path.empty()) throw UsageError("--inventory FILE is required");
+    auto inv = deploy::load_inventory(c.inventory_path);
+    if (!inv) throw UsageError(inv.error().message);
+    e.inventory = std::move(*inv);
+
+    std::string kh = c.known_hosts_path;
+    if (kh.empty()) kh = e.config.known_hosts;
+    if (kh.empty()) {
+        const char* home = std::getenv("HOME");
+        kh = std::string(home ? home : "/root") + "/.ssh/known_hosts";
+    }
+    auto known = ssh::KnownHosts::load(kh);
+    if (!known) throw UsageError("known_hosts: " + known.error().message);
+    e.known_hosts = *known;
+    e.host_key_policy = e.config.host_key_policy;
+    if (c.host_key_policy == "strict")
+        e.host_key_policy = ssh::HostKeyPolicy::strict;
+    else if (c.host_key_policy == "accept-new")
+        e.host_key_policy = ssh::HostKeyPolicy::accept_new;
+
+    auto creds = deploy::CredentialStore::open(e.config.credentials_file);
+    if (!creds) throw UsageError(creds.error().message);
+    e.credentials = *creds;
+    return e;
+}
+
+std::string utc_stamp_compact() {
+    std::time_t now = std::time(nullptr);
+    std::tm tm{};
+    gmtime_r(&now, &tm);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y%m%dT%H%M%SZ", &tm);
+    return buf;
+}
+
+std::string owner_id() {
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
+    return "guardia@" + std::string(host) + ":" + std::to_string(::getpid());
+}
+
+}  // namespace guardia::cli

@@ -1,0 +1,65 @@
+// Shared pieces of the command-line layer: argument reading and the engine set-up that
+// `deploy` and `exec` have in common. Everything here runs before the event loop starts.
+#pragma once
+
+#include "guardia/deploy/credential_store.hpp"
+#include "guardia/deploy/engine_config.hpp"
+#include "guardia/deploy/inventory.hpp"
+#include "guardia/ssh/known_hosts.hpp"
+
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace guardia::cli {
+
+// A usage or input problem found before anything started: printed, exit code 2.
+struct UsageError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Reads `--flag value` / `--flag=value` / `--switch` arguments in order.
+class Args {
+  public:
+    Args(int argc, char** argv, int first);
+    bool done() const { return i_ >= args_.size(); }
+    // The next argument when it is a flag ("--x" or "--x=v"); the value part is kept.
+    std::string flag();
+    std::string value();              // the value of the flag just read
+    std::vector<std::string> rest();  // everything after "--"
+    bool at_separator() const { return !done() && args_[i_] == "--"; }
+    void skip() { ++i_; }
+
+  private:
+    std::vector<std::string> args_;
+    std::size_t i_ = 0;
+    std::string flag_;
+    std::optional<std::string> inline_value_;
+};
+
+struct Common {
+    std::string inventory_path, config_path, known_hosts_path, db_path;
+    std::string host_key_policy;  // empty: config's
+    bool json = false;
+};
+
+// Handles a flag both commands share; false if `flag` is not one of them.
+bool common_flag(const std::string& flag, Args& args, Common& c);
+
+struct Engine {
+    deploy::EngineConfig config;
+    deploy::Inventory inventory;
+    std::shared_ptr<ssh::KnownHosts> known_hosts;
+    std::shared_ptr<deploy::CredentialStore> credentials;
+    ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
+};
+
+// Loads config, inventory, known_hosts and credentials; throws UsageError naming the culprit.
+Engine load_engine(const Common& c);
+
+std::string utc_stamp_compact();  // 20261127T101500Z
+std::string owner_id();           // guardia@<host>:<pid>
+
+}  // namespace guardia::cli

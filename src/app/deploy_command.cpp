@@ -1,0 +1,263 @@
+// `guardia deploy`: a one-shot rollout without the service.
+//
+// Exit codes (a contract for scripts): 0 every node deployed (dry run: every node ready);
+// 1 the rollout ran and some node did not deploy (FAILED or ABORTED); 2 bad usage or input
+// (nothing was started); 130 cancelled by SIGINT/SIGTERM (in-flight nodes rolled back).
+#include "cli.hpp"
+#include "commands.hpp"
+#include "progress.hpp"
+
+#include "guardia/core/local_io.hpp"
+#include "guardia/deploy/rollout.hpp"
+#include "guardia/store/audit_writer.hpp"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <set>
+
+namespace guardia::cli {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace guardia::deploy;
+
+namespace {
+
+const char* deploy_usage =
+    "usage: guardia deploy --inventory FILE --artifact FILE [--artifact FILE ...]\n"
+    "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
+    "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
+    "                      [--json] [--quiet]\n";
+
+std::string node_state_text(const NodeProgress& n, bool dry_run) {
+    if (n.state == NodeState::skipped) return "NOT_STARTED";
+    if (n.state != NodeState::done) return "UNFINISHED";
+    if (dry_run) return n.report.outcome == NodeOutcome::deployed ? "READY" : "NOT_READY";
+    return std::string(to_string(n.report.outcome));
+}
+
+json::object report_json(const RolloutReport& r) {
+    json::object o;
+    o["rollout_id"] = r.rollout_id;
+    o["sr_id"] = r.sr_id;
+    o["status"] = std::string(to_string(r.status));
+    o["reason"] = r.reason;
+    o["dry_run"] = r.dry_run;
+    o["duration_ms"] = r.duration.count();
+    o["counts"] = {{"total", r.nodes.size()},
+                   {"deployed", r.deployed},
+                   {"failed", r.failed},
+                   {"not_started", r.skipped}};
+    json::array tiers;
+    for (const auto& t : r.tiers)
+        tiers.push_back(json::object{{"tier", t.tier},
+                                     {"total", t.total},
+                                     {"finished", t.finished},
+                                     {"failed", t.failed},
+                                     {"not_started", t.skipped}});
+    o["tiers"] = std::move(tiers);
+    json::array nodes;
+    for (const auto& n : r.nodes) {
+        json::object j{{"name", n.node->name},
+                       {"tier", n.node->tier},
+                       {"outcome", node_state_text(n, r.dry_run)},
+                       {"step", n.step}};
+        if (n.state == NodeState::done) {
+            j["duration_ms"] = n.report.duration.count();
+            if (n.report.outcome != NodeOutcome::deployed) {
+                j["failed_step"] = n.report.failed_step;
+                j["error"] = n.report.error.message;
+                j["error_code"] = n.report.error.code.message();
+            }
+            if (!n.report.rollback_error.empty()) j["rollback_error"] = n.report.rollback_error;
+            if (!n.report.backup_path.empty()) j["backup_path"] = n.report.backup_path;
+            if (!r.dry_run) j["lock_released"] = n.report.lock_released;
+        }
+        if (n.abort_rollback)
+            j["abort_rollback"] =
+                json::object{{"outcome", std::string(to_string(n.abort_rollback->outcome))},
+                             {"error", n.abort_rollback->error.message}};
+        nodes.push_back(std::move(j));
+    }
+    o["nodes"] = std::move(nodes);
+    return o;
+}
+
+void print_text_report(const RolloutReport& r, std::FILE* out) {
+    std::fprintf(out, "\n%s report: rollout %s (sr %s)\n", r.dry_run ? "Dry-run" : "Rollout",
+                 r.rollout_id.c_str(), r.sr_id.c_str());
+    std::fprintf(out, "%-24s %4s  %-16s %-16s %9s  %s\n", "NODE", "TIER", "OUTCOME", "STEP", "TIME",
+                 "DETAIL");
+    for (const auto& n : r.nodes) {
+        std::string detail;
+        if (n.state == NodeState::done && n.report.outcome != NodeOutcome::deployed) {
+            detail = n.report.error.message;
+            if (!n.report.rollback_error.empty())
+                detail += "; rollback: " + n.report.rollback_error;
+        } else if (n.state == NodeState::done && !r.dry_run) {
+            detail = n.report.backup_path.empty() ? "" : "backup " + n.report.backup_path;
+        }
+        if (n.abort_rollback)
+            detail += std::string(detail.empty() ? "" : "; ") +
+                      "abort policy: " + std::string(to_string(n.abort_rollback->outcome)) +
+                      (n.abort_rollback->error.message.empty()
+                           ? ""
+                           : " (" + n.abort_rollback->error.message + ")");
+        const std::string time =
+            n.state == NodeState::done ? std::to_string(n.report.duration.count()) + " ms" : "-";
+        std::fprintf(out, "%-24s %4d  %-16s %-16s %9s  %s\n", n.node->name.c_str(), n.node->tier,
+                     node_state_text(n, r.dry_run).c_str(), n.step.c_str(), time.c_str(),
+                     detail.c_str());
+    }
+    std::fprintf(out, "\n%s: %zu node(s): %zu %s, %zu failed, %zu not started, in %.1f s\n",
+                 std::string(to_string(r.status)).c_str(), r.nodes.size(), r.deployed,
+                 r.dry_run ? "ready" : "deployed", r.failed, r.skipped,
+                 static_cast<double>(r.duration.count()) / 1000.0);
+    if (!r.reason.empty()) std::fprintf(out, "reason: %s\n", r.reason.c_str());
+}
+
+}  // namespace
+
+int deploy_command(int argc, char** argv) {
+    Common common;
+    std::vector<std::string> artifact_paths;
+    std::string sr_id;
+    bool dry_run = false, quiet = false;
+    Args args(argc, argv, 2);
+    while (!args.done()) {
+        const std::string f = args.flag();
+        if (common_flag(f, args, common)) continue;
+        if (f == "--artifact")
+            artifact_paths.push_back(args.value());
+        else if (f == "--sr-id")
+            sr_id = args.value();
+        else if (f == "--dry-run")
+            dry_run = true;
+        else if (f == "--quiet")
+            quiet = true;
+        else if (f == "--help") {
+            std::fputs(deploy_usage, stdout);
+            return 0;
+        } else
+            throw UsageError("unknown option " + f + "\n" + deploy_usage);
+    }
+    if (artifact_paths.empty())
+        throw UsageError(std::string("--artifact FILE is required\n") + deploy_usage);
+    for (char c : sr_id)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.'))
+            throw UsageError("--sr-id must be letters, digits, '-', '_' or '.'");
+
+    Engine engine = load_engine(common);
+    if (auto ok = validate_rollout(engine.config.rollout, engine.inventory); !ok)
+        throw UsageError(
+            (common.config_path.empty() ? std::string("rollout defaults") : common.config_path) +
+            ": " + ok.error().message);
+    std::vector<ArtifactSpec> artifacts;
+    std::set<std::string> names;
+    for (const auto& p : artifact_paths) {
+        auto a = describe_artifact(p);  // before the loop runs: blocking is fine here
+        if (!a) throw UsageError(a.error().message);
+        if (!names.insert(a->file_name).second)
+            throw UsageError("--artifact " + p + ": another artifact has the same file name '" +
+                             a->file_name + "'");
+        artifacts.push_back(std::move(*a));
+    }
+
+    const std::string stamp = utc_stamp_compact();
+    if (sr_id.empty()) sr_id = "ADHOC-" + stamp;
+    std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
+    if (db.empty()) db = "guardia.db";
+
+    PipelineSettings settings = engine.config.pipeline;
+    settings.sr_id = sr_id;
+    settings.rollout_id = sr_id + "-" + stamp + "-" + std::to_string(::getpid());
+    settings.owner = owner_id();
+    settings.known_hosts = engine.known_hosts;
+    settings.host_key_policy = engine.host_key_policy;
+    settings.credentials = engine.credentials;
+
+    std::unique_ptr<store::AuditWriter> audit;
+    try {
+        audit = std::make_unique<store::AuditWriter>(db);
+    } catch (const std::exception& e) {
+        throw UsageError(std::string("audit database: ") + e.what());
+    }
+    audit->set_redactions(engine.credentials->secrets());
+    audit->start();
+    settings.audit = audit.get();
+
+    asio::io_context ioc(1);
+    const std::size_t node_count = engine.inventory.nodes.size();
+    Rollout rollout(ioc.get_executor(), std::move(engine.inventory), std::move(artifacts),
+                    engine.config.rollout, settings);
+    rollout.set_dry_run(dry_run);
+    const bool terminal = ::isatty(STDERR_FILENO) == 1;
+    ProgressDisplay progress(ioc.get_executor(), rollout, stderr, terminal, quiet);
+    rollout.set_observer(&progress);
+
+    asio::signal_set signals(ioc, SIGINT, SIGTERM);
+    int signal_count = 0;
+    std::function<void(boost::system::error_code, int)> on_signal =
+        [&](boost::system::error_code ec, int sig) {
+            if (ec) return;
+            if (++signal_count == 1) {
+                progress.note(
+                    std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") +
+                    ": cancelling -- no new node starts; nodes in flight stop and roll back");
+                rollout.cancel(std::string(sig == SIGINT ? "SIGINT" : "SIGTERM") + " received");
+            } else {
+                progress.note(
+                    "still cleaning up nodes in flight (their locks and rollbacks must finish)");
+            }
+            signals.async_wait(on_signal);
+        };
+    signals.async_wait(on_signal);
+
+    if (!quiet)
+        std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
+                     dry_run ? "dry run on" : "deploying to", node_count,
+                     settings.rollout_id.c_str(), db.c_str());
+    RolloutReport report;
+    Result<void> flushed;
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+            progress.start();
+            report = co_await rollout.run();
+            progress.stop();
+            flushed = co_await audit->durable();  // the report below is on disk first
+            signals.cancel();
+        },
+        asio::detached);
+    ioc.run();
+    audit->stop();
+    if (!flushed)
+        std::fprintf(stderr, "guardia: WARNING: audit log not fully written: %s\n",
+                     flushed.error().message.c_str());
+
+    if (common.json)
+        std::cout << json::serialize(report_json(report)) << std::endl;
+    else
+        print_text_report(report, stdout);
+    switch (report.status) {
+        case RolloutStatus::succeeded:
+            return 0;
+        case RolloutStatus::cancelled:
+            return 130;
+        default:
+            return report.failed == 0 && report.skipped == 0 &&
+                           report.status != RolloutStatus::aborted
+                       ? 0
+                       : 1;
+    }
+}
+
+}  // namespace guardia::cli

@@ -1,0 +1,269 @@
+#include "guardia/deploy/engine_config.hpp"
+
+#include "guardia/core/json_input.hpp"
+
+#include <cmath>
+#include <initializer_list>
+#include <limits>
+#include <set>
+
+namespace guardia::deploy {
+
+namespace json = boost::json;
+
+namespace {
+
+constexpr std::uintmax_t max_config_bytes = 1u << 20;
+
+// Reads the fields of one JSON object, naming "<source>: <path>.<field>" in every error.
+class Section {
+  public:
+    Section(const json::object& obj, std::string source, std::string path)
+        : obj_(obj), source_(std::move(source)), path_(std::move(path)) {}
+
+    Error error(std::string_view field, const std::string& what) const {
+        return Error(errc::invalid_argument, source_ + ": " + name(field) + ": " + what);
+    }
+    std::string name(std::string_view field) const {
+        return path_.empty() ? std::string(field) : path_ + "." + std::string(field);
+    }
+
+    Result<void> only(std::initializer_list<std::string_view> known) const {
+        for (const auto& kv : obj_) {
+            bool ok = false;
+            for (auto k : known) ok = ok || kv.key() == k;
+            if (!ok)
+                return Error(errc::invalid_argument,
+                             source_ + ": " + name(printable(kv.key())) + ": unknown field");
+        }
+        return {};
+    }
+
+    const json::value* find(std::string_view field) const { return obj_.if_contains(field); }
+
+    // An integer in [lo, hi]; absent: `into` keeps its default.
+    template <typename T>
+    Result<void> integer(std::string_view field, T& into, std::int64_t lo, std::int64_t hi) const {
+        const auto* v = find(field);
+        if (!v) return {};
+        std::int64_t x = 0;
+        if (v->is_int64())
+            x = v->get_int64();
+        else if (v->is_uint64() && v->get_uint64() <= static_cast<std::uint64_t>(hi))
+            x = static_cast<std::int64_t>(v->get_uint64());
+        else
+            return error(field, "must be an integer between " + std::to_string(lo) + " and " +
+                                    std::to_string(hi));
+        if (x < lo || x > hi)
+            return error(field, "must be between " + std::to_string(lo) + " and " +
+                                    std::to_string(hi) + " (got " + std::to_string(x) + ")");
+        into = static_cast<T>(x);
+        return {};
+    }
+
+    Result<void> number(std::string_view field, double& into, double lo, double hi) const {
+        const auto* v = find(field);
+        if (!v) return {};
+        double x = 0;
+        if (v->is_double())
+            x = v->get_double();
+        else if (v->is_int64())
+            x = static_cast<double>(v->get_int64());
+        else if (v->is_uint64())
+            x = static_cast<double>(v->get_uint64());
+        else
+            return error(field, "must be a number");
+        if (!(x >= lo && x <= hi))
+            return error(field,
+                         "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+        into = x;
+        return {};
+    }
+
+    Result<void> seconds(std::string_view field, std::chrono::milliseconds& into,
+                         std::int64_t max_s) const {
+        const auto* v = find(field);
+        if (!v) return {};
+        double s = 0;
+        if (auto r = number(field, s, 0.001, static_cast<double>(max_s)); !r) return r;
+        into = std::chrono::milliseconds(static_cast<std::int64_t>(std::llround(s * 1000.0)));
+        return {};
+    }
+
+    Result<void> boolean(std::string_view field, bool& into) const {
+        const auto* v = find(field);
+        if (!v) return {};
+        if (!v->is_bool()) return error(field, "must be true or false");
+        into = v->get_bool();
+        return {};
+    }
+
+    Result<void> string(std::string_view field, std::string& into) const {
+        const auto* v = find(field);
+        if (!v) return {};
+        if (!v->is_string()) return error(field, "must be a string");
+        into = std::string(v->get_string());
+        return {};
+    }
+
+    Result<void> path(std::string_view field, std::string& into) const {
+        if (auto r = string(field, into); !r) return r;
+        if (find(field) && (into.empty() || into[0] != '/'))
+            return error(field, "must be an absolute path");
+        return {};
+    }
+
+  private:
+    const json::object& obj_;
+    std::string source_;
+    std::string path_;
+};
+
+#define GUARDIA_TRY(expr)                             \
+    do {                                              \
+        if (auto r_ = (expr); !r_) return r_.error(); \
+    } while (false)
+
+Result<const json::object*> object_of(const json::value* v, const std::string& source,
+                                      const std::string& field) {
+    if (!v) return static_cast<const json::object*>(nullptr);
+    if (!v->is_object())
+        return Error(errc::invalid_argument, source + ": " + field + ": must be an object");
+    return &v->get_object();
+}
+
+Result<void> read_tiers(const json::value& v, const std::string& src, RolloutConfig& out) {
+    if (!v.is_array() || v.get_array().empty())
+        return Error(errc::invalid_argument, src + ": rollout.tiers: must be a non-empty array");
+    out.tiers.clear();
+    const auto& arr = v.get_array();
+    for (std::size_t i = 0; i < arr.size(); ++i) {
+        const std::string at = "rollout.tiers[" + std::to_string(i) + "]";
+        if (!arr[i].is_object())
+            return Error(errc::invalid_argument, src + ": " + at + ": must be an object");
+        Section s(arr[i].get_object(), src, at);
+        GUARDIA_TRY(s.only({"tier", "batch_size", "mode", "strict_health", "min_sample"}));
+        TierPolicy t;
+        if (!s.find("tier")) return s.error("tier", "is required");
+        GUARDIA_TRY(s.integer("tier", t.tier, 1, 99));
+        // Defaults follow the tier's DESIGN role: 1 one at a time and strict, others by 50.
+        t.batch_size = t.tier == 1 ? 1 : 50;
+        t.mode = t.tier == 1 ? WindowMode::lockstep : WindowMode::sliding;
+        t.strict_health = t.tier == 1;
+        if (const auto* b = s.find("batch_size")) {
+            if (b->is_string() && b->get_string() == "all")
+                t.batch_size = 0;
+            else
+                GUARDIA_TRY(s.integer("batch_size", t.batch_size, 1, 1000000));
+        }
+        std::string mode;
+        GUARDIA_TRY(s.string("mode", mode));
+        if (mode == "sliding")
+            t.mode = WindowMode::sliding;
+        else if (mode == "lockstep")
+            t.mode = WindowMode::lockstep;
+        else if (!mode.empty() || s.find("mode"))
+            return s.error("mode", "must be \"sliding\" or \"lockstep\"");
+        GUARDIA_TRY(s.boolean("strict_health", t.strict_health));
+        GUARDIA_TRY(s.integer("min_sample", t.min_sample, 0, 1000000));
+        out.tiers.push_back(t);
+    }
+    return {};
+}
+
+}  // namespace
+
+Result<EngineConfig> parse_engine_config(std::string_view text, std::string_view source) {
+    const std::string src(source);
+    auto parsed = parse_json_document(text, source);
+    if (!parsed) return parsed.error();
+    if (!parsed->is_object()) return Error(errc::invalid_argument, src + ": must be a JSON object");
+    const auto& root = parsed->get_object();
+    Section top(root, src, "");
+    GUARDIA_TRY(top.only({"rollout", "pipeline", "ssh", "store", "service", "notifications"}));
+    EngineConfig c;
+
+    auto rollout = object_of(top.find("rollout"), src, "rollout");
+    if (!rollout) return rollout.error();
+    if (*rollout) {
+        Section s(**rollout, src, "rollout");
+        GUARDIA_TRY(s.only({"tiers", "failure_threshold_percent", "max_failed_nodes", "on_abort",
+                            "max_sessions", "max_connections_per_second", "node_deadline_s"}));
+        if (const auto* t = s.find("tiers")) GUARDIA_TRY(read_tiers(*t, src, c.rollout));
+        double pct = c.rollout.failure_threshold * 100.0;
+        GUARDIA_TRY(s.number("failure_threshold_percent", pct, 0, 100));
+        c.rollout.failure_threshold = pct / 100.0;
+        GUARDIA_TRY(s.integer("max_failed_nodes", c.rollout.max_failed_nodes, 0, 10000000));
+        std::string policy;
+        GUARDIA_TRY(s.string("on_abort", policy));
+        if (policy == "keep_deployed")
+            c.rollout.on_abort = AbortPolicy::keep_deployed;
+        else if (policy == "roll_back_all")
+            c.rollout.on_abort = AbortPolicy::roll_back_all;
+        else if (s.find("on_abort"))
+            return s.error("on_abort", "must be \"keep_deployed\" or \"roll_back_all\"");
+        GUARDIA_TRY(s.integer("max_sessions", c.rollout.max_sessions, 1, 100000));
+        GUARDIA_TRY(
+            s.number("max_connections_per_second", c.rollout.max_connections_per_second, 0, 1e6));
+        GUARDIA_TRY(s.seconds("node_deadline_s", c.rollout.node_deadline, 7 * 86400));
+    }
+
+    auto pipeline = object_of(top.find("pipeline"), src, "pipeline");
+    if (!pipeline) return pipeline.error();
+    if (*pipeline) {
+        Section s(**pipeline, src, "pipeline");
+        GUARDIA_TRY(s.only({"disk_threshold_percent", "keep_backups", "strict_consecutive",
+                            "stale_lock_age_s", "connect_timeout_s", "command_timeout_s",
+                            "backup_timeout_s", "transfer_timeout_s", "shutdown_timeout_s",
+                            "startup_timeout_s"}));
+        auto& p = c.pipeline;
+        GUARDIA_TRY(s.integer("disk_threshold_percent", p.disk_threshold_percent, 1, 100));
+        GUARDIA_TRY(s.integer("keep_backups", p.keep_backups, 1, 100));
+        GUARDIA_TRY(s.integer("strict_consecutive", p.strict_consecutive, 1, 100));
+        std::int64_t stale = p.stale_lock_age.count();
+        GUARDIA_TRY(s.integer("stale_lock_age_s", stale, 1, 30LL * 86400));
+        p.stale_lock_age = std::chrono::seconds(stale);
+        GUARDIA_TRY(s.seconds("connect_timeout_s", p.connect_timeout, 3600));
+        GUARDIA_TRY(s.seconds("command_timeout_s", p.command_timeout, 86400));
+        GUARDIA_TRY(s.seconds("backup_timeout_s", p.backup_timeout, 86400));
+        GUARDIA_TRY(s.seconds("transfer_timeout_s", p.transfer_timeout, 86400));
+        GUARDIA_TRY(s.seconds("shutdown_timeout_s", p.shutdown_timeout, 86400));
+        GUARDIA_TRY(s.seconds("startup_timeout_s", p.startup_timeout, 86400));
+    }
+
+    auto sshs = object_of(top.find("ssh"), src, "ssh");
+    if (!sshs) return sshs.error();
+    if (*sshs) {
+        Section s(**sshs, src, "ssh");
+        GUARDIA_TRY(s.only({"known_hosts", "host_key_policy", "credentials_file"}));
+        GUARDIA_TRY(s.path("known_hosts", c.known_hosts));
+        GUARDIA_TRY(s.path("credentials_file", c.credentials_file));
+        std::string policy;
+        GUARDIA_TRY(s.string("host_key_policy", policy));
+        if (policy == "strict")
+            c.host_key_policy = ssh::HostKeyPolicy::strict;
+        else if (policy == "accept-new")
+            c.host_key_policy = ssh::HostKeyPolicy::accept_new;
+        else if (s.find("host_key_policy"))
+            return s.error("host_key_policy", "must be \"strict\" or \"accept-new\"");
+    }
+
+    auto store = object_of(top.find("store"), src, "store");
+    if (!store) return store.error();
+    if (*store) {
+        Section s(**store, src, "store");
+        GUARDIA_TRY(s.only({"db"}));
+        GUARDIA_TRY(s.path("db", c.db));
+    }
+    if (const auto* v = top.find("service")) c.service = *v;
+    if (const auto* v = top.find("notifications")) c.notifications = *v;
+    return c;
+}
+
+Result<EngineConfig> load_engine_config(const std::string& path) {
+    auto text = read_text_file(path, max_config_bytes, "configuration");
+    if (!text) return text.error();
+    return parse_engine_config(*text, path);
+}
+
+}  // namespace guardia::deploy

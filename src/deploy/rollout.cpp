@@ -1,0 +1,578 @@
+#include "guardia/deploy/rollout.hpp"
+
+#include "guardia/store/audit_writer.hpp"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <set>
+#include <unordered_map>
+
+namespace guardia::deploy {
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+RolloutConfig::RolloutConfig() {
+    tiers.emplace_back(1, 1, WindowMode::lockstep, true);
+    tiers.emplace_back(2, 50, WindowMode::sliding, false);
+    tiers.emplace_back(3, 0, WindowMode::sliding, false);
+}
+
+std::string_view to_string(RolloutStatus status) noexcept {
+    switch (status) {
+        case RolloutStatus::running:
+            return "RUNNING";
+        case RolloutStatus::succeeded:
+            return "SUCCEEDED";
+        case RolloutStatus::failed:
+            return "FAILED";
+        case RolloutStatus::aborted:
+            return "ABORTED";
+        case RolloutStatus::cancelled:
+            return "CANCELLED";
+    }
+    return "UNKNOWN";
+}
+
+Result<void> validate_rollout(const RolloutConfig& config, const Inventory& inventory) {
+    auto bad = [](const std::string& field, const std::string& what) {
+        return Error(errc::invalid_argument, "rollout." + field + ": " + what);
+    };
+    if (config.tiers.empty()) return bad("tiers", "at least one tier is needed");
+    std::set<int> seen;
+    for (std::size_t i = 0; i < config.tiers.size(); ++i) {
+        const auto& t = config.tiers[i];
+        const std::string at = "tiers[" + std::to_string(i) + "]";
+        if (t.tier < 1 || t.tier > 99) return bad(at + ".tier", "must be between 1 and 99");
+        if (!seen.insert(t.tier).second)
+            return bad(at + ".tier", "tier " + std::to_string(t.tier) + " is listed twice");
+    }
+    if (!(config.failure_threshold >= 0.0 && config.failure_threshold <= 1.0))
+        return bad("failure_threshold_percent", "must be between 0 and 100");
+    if (config.max_sessions == 0) return bad("max_sessions", "must be at least 1");
+    if (!(config.max_connections_per_second >= 0.0) ||
+        std::isinf(config.max_connections_per_second))
+        return bad("max_connections_per_second", "must be a finite number >= 0 (0: unlimited)");
+    if (config.node_deadline.count() <= 0) return bad("node_deadline_s", "must be positive");
+    for (const auto& n : inventory.nodes)
+        if (!seen.count(n.tier))
+            return Error(errc::invalid_argument,
+                         "node '" + n.name + "': field 'tier': tier " + std::to_string(n.tier) +
+                             " is not in the rollout configuration (rollout.tiers)");
+    return {};
+}
+
+namespace {
+
+std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+std::string percent(double fraction) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f %%", 100.0 * fraction);
+    return buf;
+}
+
+}  // namespace
+
+struct Rollout::Impl {
+    // One node's slot in the rollout. Its timer and signal live here, not in the coroutine
+    // frame, so a late completion never touches freed memory.
+    struct Slot {
+        explicit Slot(const asio::any_io_executor& ex) : deadline(ex) {}
+        asio::cancellation_signal signal;
+        asio::steady_timer deadline;
+        std::size_t tier_index = 0;
+        bool body_started = false;  // only then may the signal be emitted (see cancel())
+        bool stop_requested = false;
+    };
+
+    Impl(asio::any_io_executor ex, Inventory inv, std::vector<ArtifactSpec> arts, RolloutConfig cfg,
+         PipelineSettings base)
+        : executor(std::move(ex)),
+          inventory(std::move(inv)),
+          artifacts(std::move(arts)),
+          config(std::move(cfg)),
+          settings(std::move(base)),
+          wake(executor),
+          pace(executor) {
+        report.rollout_id = settings.rollout_id;
+        report.sr_id = settings.sr_id;
+        report.nodes.resize(inventory.nodes.size());
+        for (std::size_t i = 0; i < inventory.nodes.size(); ++i) {
+            report.nodes[i].node = &inventory.nodes[i];
+            slots.push_back(std::make_unique<Slot>(executor));
+            index_by_name.emplace(inventory.nodes[i].name, i);
+        }
+        for (const auto& t : config.tiers) {
+            TierProgress tp;
+            tp.tier = t.tier;
+            for (const auto& n : inventory.nodes) tp.total += n.tier == t.tier ? 1 : 0;
+            report.tiers.push_back(tp);
+            PipelineSettings s = settings;
+            s.strict_health = t.strict_health;
+            s.on_step = [this](const std::string& node, const std::string& step) {
+                auto it = index_by_name.find(node);
+                if (it == index_by_name.end()) return;
+                report.nodes[it->second].step = step;
+                if (observer) observer->node_step(report.nodes[it->second]);
+            };
+            tier_settings.push_back(std::move(s));
+        }
+        for (std::size_t i = 0; i < inventory.nodes.size(); ++i)
+            for (std::size_t t = 0; t < config.tiers.size(); ++t)
+                if (config.tiers[t].tier == inventory.nodes[i].tier) slots[i]->tier_index = t;
+    }
+
+    asio::awaitable<RolloutReport> run();
+    asio::awaitable<void> run_tier(std::size_t t);
+    asio::awaitable<bool> start_node(std::size_t i);
+    asio::awaitable<void> node_body(std::size_t i);
+    asio::awaitable<void> roll_back_deployed();
+    void node_finished(std::size_t i, NodeReport r);
+    void check_gate(std::size_t t, bool batch_boundary);
+    void abort(std::string reason);
+    void request_stop(std::size_t i);
+    void cancel(std::string reason);
+
+    bool stopping() const { return aborted || cancelled; }
+
+    // Sleeps until notify() (a node finished, a stop) or the deadline. The caller re-checks
+    // its condition: wake-ups may be spurious.
+    asio::awaitable<void> wait_for_change() {
+        wake.expires_at(Clock::time_point::max());
+        boost::system::error_code ec;
+        co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    void notify() { wake.cancel(); }
+
+    void audit(const std::string& step, const std::string& event, std::string detail,
+               std::optional<std::int64_t> duration_ms = std::nullopt) {
+        if (settings.logger)
+            settings.logger->info("rollout {}: {} {} {}", settings.rollout_id, step, event, detail);
+        if (!settings.audit) return;
+        store::AuditEvent e;
+        e.sr_id = settings.sr_id;
+        e.rollout_id = settings.rollout_id;
+        e.step = step;
+        e.event = event;
+        e.detail = std::move(detail);
+        e.duration_ms = duration_ms;
+        settings.audit->record(std::move(e));
+    }
+    void store_rollout() {
+        if (!settings.audit) return;
+        store::RolloutRecord r;
+        r.id = settings.rollout_id;
+        r.sr_id = settings.sr_id;
+        r.status = std::string(to_string(report.status));
+        r.reason = report.reason;
+        r.created_ms = created_ms;
+        if (report.status != RolloutStatus::running) r.finished_ms = unix_ms();
+        settings.audit->upsert_rollout(std::move(r));
+    }
+    void store_node(std::size_t i, std::string status) {
+        if (!settings.audit) return;
+        const auto& p = report.nodes[i];
+        store::NodeResult r;
+        r.rollout_id = settings.rollout_id;
+        r.node = p.node->name;
+        r.status = std::move(status);
+        r.step = p.step;
+        if (p.state == NodeState::done) {
+            r.error = p.report.error.message;
+            r.backup_path = p.report.backup_path;
+            r.finished_ms = unix_ms();
+        }
+        if (started_ms[i] != 0) r.started_ms = started_ms[i];
+        settings.audit->upsert_node_result(std::move(r));
+    }
+
+    asio::any_io_executor executor;
+    Inventory inventory;
+    std::vector<ArtifactSpec> artifacts;
+    RolloutConfig config;
+    PipelineSettings settings;
+    std::vector<PipelineSettings> tier_settings;  // per tier: strictness, on_step
+    RolloutObserver* observer = nullptr;
+    bool dry_run = false;
+    bool ran = false;
+
+    RolloutReport report;
+    std::vector<std::unique_ptr<Slot>> slots;
+    std::vector<std::int64_t> started_ms;
+    std::unordered_map<std::string, std::size_t> index_by_name;
+    std::int64_t created_ms = 0;
+    std::size_t in_flight = 0;
+    bool aborted = false, cancelled = false;
+    asio::steady_timer wake;  // the scheduler's condition variable
+    asio::steady_timer pace;  // spacing of node starts (connections per second)
+    Clock::time_point next_start{};
+};
+
+asio::awaitable<RolloutReport> Rollout::Impl::run() {
+    const auto t0 = Clock::now();
+    created_ms = unix_ms();
+    started_ms.assign(inventory.nodes.size(), 0);
+    report.dry_run = dry_run;
+    if (auto ok = validate_rollout(config, inventory); !ok) {
+        report.status = RolloutStatus::failed;
+        report.reason = ok.error().message;
+        co_return report;
+    }
+    store_rollout();
+    for (std::size_t i = 0; i < inventory.nodes.size(); ++i) store_node(i, "PENDING");
+    audit("ROLLOUT", dry_run ? "DRY_RUN_START" : "ROLLOUT_START",
+          std::to_string(inventory.nodes.size()) + " node(s), " + std::to_string(artifacts.size()) +
+              " artifact(s)");
+
+    for (std::size_t t = 0; t < config.tiers.size(); ++t) co_await run_tier(t);
+
+    if (aborted && config.on_abort == AbortPolicy::roll_back_all && !dry_run)
+        co_await roll_back_deployed();
+
+    for (const auto& n : report.nodes) {
+        if (n.state == NodeState::skipped)
+            ++report.skipped;
+        else if (n.state == NodeState::done && n.report.outcome == NodeOutcome::deployed)
+            ++report.deployed;
+        else
+            ++report.failed;
+    }
+    if (cancelled)
+        report.status = RolloutStatus::cancelled;
+    else if (aborted)
+        report.status = RolloutStatus::aborted;
+    else if (report.deployed == report.nodes.size())
+        report.status = RolloutStatus::succeeded;
+    else {
+        report.status = RolloutStatus::failed;
+        report.reason = std::to_string(report.failed) + " of " +
+                        std::to_string(report.nodes.size()) +
+                        " node(s) failed (below the safety gate's threshold)";
+    }
+    report.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+    store_rollout();
+    audit("ROLLOUT", "ROLLOUT_" + std::string(to_string(report.status)),
+          std::to_string(report.deployed) + " deployed, " + std::to_string(report.failed) +
+              " failed, " + std::to_string(report.skipped) + " not started" +
+              (report.reason.empty() ? std::string() : "; " + report.reason),
+          report.duration.count());
+    co_return report;
+}
+
+asio::awaitable<void> Rollout::Impl::run_tier(std::size_t t) {
+    const TierPolicy& policy = config.tiers[t];
+    TierProgress& tier = report.tiers[t];
+    std::vector<std::size_t> members;
+    for (std::size_t i = 0; i < inventory.nodes.size(); ++i)
+        if (inventory.nodes[i].tier == policy.tier) members.push_back(i);
+    if (members.empty()) co_return;
+    auto skip_rest = [&] {
+        for (auto i : members)
+            if (report.nodes[i].state == NodeState::pending) {
+                report.nodes[i].state = NodeState::skipped;
+                ++tier.skipped;
+                store_node(i, "SKIPPED");
+            }
+    };
+    if (stopping()) {
+        skip_rest();
+        tier.complete = true;
+        co_return;
+    }
+    tier.active = true;
+    tier.started_at = Clock::now();
+    if (observer) observer->tier_started(tier);
+    const std::size_t window = policy.batch_size == 0 ? members.size() : policy.batch_size;
+    audit(
+        "TIER", "TIER_START",
+        "tier " + std::to_string(policy.tier) + ": " + std::to_string(members.size()) +
+            " node(s), " +
+            (policy.mode == WindowMode::lockstep ? "lock-step batches of " : "sliding window of ") +
+            std::to_string(window) + (policy.strict_health ? ", strict health" : ""));
+
+    if (policy.mode == WindowMode::lockstep) {
+        for (std::size_t b = 0; b < members.size() && !stopping(); b += window) {
+            const std::size_t end = std::min(members.size(), b + window);
+            for (std::size_t k = b; k < end && !stopping(); ++k) co_await start_node(members[k]);
+            while (tier.in_flight > 0) co_await wait_for_change();
+            if (!stopping()) check_gate(t, true);
+        }
+    } else {
+        for (std::size_t k = 0; k < members.size() && !stopping(); ++k) {
+            while (!stopping() && tier.in_flight >= window) co_await wait_for_change();
+            if (stopping()) break;
+            co_await start_node(members[k]);
+        }
+        while (tier.in_flight > 0) co_await wait_for_change();
+    }
+    // The whole tier is judged once more at its end (a tier smaller than the minimum sample
+    // is judged only here).
+    if (!stopping()) check_gate(t, true);
+    skip_rest();
+    tier.active = false;
+    tier.complete = true;
+    tier.finished_at = Clock::now();
+    if (observer) observer->tier_finished(tier);
+    audit("TIER", "TIER_DONE",
+          "tier " + std::to_string(policy.tier) + ": " +
+              std::to_string(tier.finished - tier.failed) + " deployed, " +
+              std::to_string(tier.failed) + " failed, " + std::to_string(tier.skipped) +
+              " not started");
+}
+
+// Waits for a free session and for the pace of new connections, then spawns the node.
+// Returns false (nothing started) when the rollout stops meanwhile.
+asio::awaitable<bool> Rollout::Impl::start_node(std::size_t i) {
+    while (!stopping() && in_flight >= config.max_sessions) co_await wait_for_change();
+    if (stopping()) co_return false;
+    if (config.max_connections_per_second > 0) {
+        const auto now = Clock::now();
+        if (next_start > now) {
+            pace.expires_at(next_start);
+            boost::system::error_code ec;
+            co_await pace.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (stopping()) co_return false;
+        }
+        const auto gap = std::chrono::duration_cast<Clock::duration>(
+            std::chrono::duration<double>(1.0 / config.max_connections_per_second));
+        next_start = std::max(next_start, now) + gap;
+    }
+    auto& progress = report.nodes[i];
+    TierProgress& tier = report.tiers[slots[i]->tier_index];
+    progress.state = NodeState::running;
+    progress.step = "CONNECT";
+    ++tier.started;
+    ++tier.in_flight;
+    ++in_flight;
+    started_ms[i] = unix_ms();
+    store_node(i, "RUNNING");
+    if (observer) observer->node_started(progress);
+    asio::co_spawn(executor, node_body(i),
+                   asio::bind_cancellation_slot(slots[i]->signal.slot(), asio::detached));
+    co_return true;
+}
+
+asio::awaitable<void> Rollout::Impl::node_body(std::size_t i) {
+    Slot& slot = *slots[i];
+    slot.body_started = true;
+    if (stopping() && cancelled) {
+        // cancel() came between the spawn and this first resumption: never touch the node.
+        NodeReport r;
+        r.node = inventory.nodes[i].name;
+        r.error = Error(errc::cancelled, "node '" + r.node + "': cancelled before it started");
+        r.failed_step = "CONNECT";
+        node_finished(i, std::move(r));
+        co_return;
+    }
+    slot.deadline.expires_after(config.node_deadline);
+    slot.deadline.async_wait([this, i](boost::system::error_code ec) {
+        if (ec) return;  // finished in time (the timer was cancelled): `this` may be gone
+        if (report.nodes[i].state == NodeState::running) {
+            audit("NODE", "NODE_DEADLINE",
+                  "node '" + inventory.nodes[i].name + "' exceeded its deadline of " +
+                      std::to_string(
+                          std::chrono::duration_cast<std::chrono::seconds>(config.node_deadline)
+                              .count()) +
+                      " s: cancelled");
+            request_stop(i);
+        }
+    });
+    NodeReport r;
+    try {
+        const auto& s = tier_settings[slot.tier_index];
+        if (dry_run)
+            r = co_await precheck_node(inventory.nodes[i], artifacts, s);
+        else
+            r = co_await deploy_node(inventory.nodes[i], artifacts, s);
+    } catch (const std::exception& e) {
+        // deploy_node reports node failures itself; this is a cancellation that struck
+        // before it began, or a programming error. Either way, the node was not changed.
+        r = NodeReport();
+        r.node = inventory.nodes[i].name;
+        r.failed_step = report.nodes[i].step;
+        r.error = Error(errc::cancelled,
+                        "node '" + r.node + "': stopped before the pipeline ran: " + e.what());
+    }
+    slot.deadline.cancel();
+    node_finished(i, std::move(r));
+}
+
+void Rollout::Impl::node_finished(std::size_t i, NodeReport r) {
+    auto& progress = report.nodes[i];
+    const std::size_t t = slots[i]->tier_index;
+    TierProgress& tier = report.tiers[t];
+    progress.report = std::move(r);
+    progress.state = NodeState::done;
+    if (!progress.report.failed_step.empty())
+        progress.step = progress.report.failed_step;
+    else
+        progress.step = "DONE";
+    --tier.in_flight;
+    --in_flight;
+    ++tier.finished;
+    const bool ok = progress.report.outcome == NodeOutcome::deployed;
+    if (!ok) ++tier.failed;
+    store_node(i, dry_run ? (ok ? "DRY_RUN_OK" : "DRY_RUN_FAILED")
+                          : std::string(to_string(progress.report.outcome)));
+    if (observer) observer->node_finished(progress, tier);
+    if (!stopping()) {
+        std::size_t failed_total = 0;
+        for (const auto& tp : report.tiers) failed_total += tp.failed;
+        if (!dry_run && config.max_failed_nodes > 0 && failed_total >= config.max_failed_nodes)
+            abort(std::to_string(failed_total) +
+                  " node(s) failed: the rollout-wide cap (max_failed_nodes " +
+                  std::to_string(config.max_failed_nodes) + ") is reached");
+        else if (config.tiers[t].mode == WindowMode::sliding)
+            check_gate(t, false);
+    }
+    notify();
+}
+
+// The safety gate. `batch_boundary`: a lock-step batch or the tier has just ended, so the
+// minimum sample does not apply.
+void Rollout::Impl::check_gate(std::size_t t, bool batch_boundary) {
+    if (dry_run || stopping()) return;
+    const TierPolicy& policy = config.tiers[t];
+    TierProgress& tier = report.tiers[t];
+    if (tier.finished == 0) return;
+    if (!batch_boundary) {
+        const std::size_t batch = policy.batch_size == 0 ? tier.total : policy.batch_size;
+        const std::size_t sample =
+            policy.min_sample > 0 ? policy.min_sample : std::min<std::size_t>(batch, 20);
+        if (tier.finished < std::min(sample, tier.total)) return;
+    }
+    const double rate = static_cast<double>(tier.failed) / static_cast<double>(tier.finished);
+    if (rate <= config.failure_threshold) return;
+    const std::string reason =
+        "safety gate: tier " + std::to_string(policy.tier) + " failure rate " + percent(rate) +
+        " (" + std::to_string(tier.failed) + " of " + std::to_string(tier.finished) +
+        " finished node(s)) is above " + percent(config.failure_threshold);
+    if (observer) observer->gate_tripped(tier, reason);
+    abort(reason);
+}
+
+void Rollout::Impl::abort(std::string reason) {
+    if (stopping()) return;
+    aborted = true;
+    report.reason = reason;
+    audit("GATE", "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts");
+    pace.cancel();
+    notify();
+}
+
+void Rollout::Impl::request_stop(std::size_t i) {
+    Slot& slot = *slots[i];
+    // Emitting before the coroutine body runs would throw inside Asio's co_spawn entry point
+    // (Boost 1.81), which terminates; such a node sees the stop flag when it starts instead.
+    if (slot.stop_requested || !slot.body_started) return;
+    slot.stop_requested = true;
+    slot.signal.emit(asio::cancellation_type::terminal);
+}
+
+void Rollout::Impl::cancel(std::string reason) {
+    if (cancelled) return;
+    const bool was_aborted = aborted;
+    cancelled = true;
+    if (!was_aborted)
+        report.reason = reason;
+    else
+        report.reason += "; then cancelled: " + reason;
+    audit("ROLLOUT", "ROLLOUT_CANCEL", reason + "; nodes in flight are stopped and cleaned up");
+    for (std::size_t i = 0; i < slots.size(); ++i)
+        if (report.nodes[i].state == NodeState::running) request_stop(i);
+    pace.cancel();
+    notify();
+}
+
+// Abort policy roll_back_all: every node this rollout deployed goes back to its backup.
+// These rollbacks are not cancellable (a half-done restore helps nobody); they are bounded
+// by their steps' deadlines and by the session limit.
+asio::awaitable<void> Rollout::Impl::roll_back_deployed() {
+    std::vector<std::size_t> todo;
+    for (std::size_t i = 0; i < report.nodes.size(); ++i)
+        if (report.nodes[i].state == NodeState::done &&
+            report.nodes[i].report.outcome == NodeOutcome::deployed)
+            todo.push_back(i);
+    if (todo.empty()) co_return;
+    audit("ROLLOUT", "ROLLBACK_ALL_START",
+          "abort policy roll_back_all: " + std::to_string(todo.size()) +
+              " deployed node(s) go back to their backups");
+    std::size_t running = 0, done = 0;
+    for (auto i : todo) {
+        while (running >= config.max_sessions) co_await wait_for_change();
+        ++running;
+        asio::co_spawn(
+            executor,
+            [this, i, &running, &done]() -> asio::awaitable<void> {
+                const auto& s = tier_settings[slots[i]->tier_index];
+                NodeReport r;
+                try {
+                    r = co_await rollback_node(inventory.nodes[i],
+                                               report.nodes[i].report.backup_path, s);
+                } catch (const std::exception& e) {
+                    r.node = inventory.nodes[i].name;
+                    r.outcome = NodeOutcome::rollback_failed;
+                    r.error = Error(errc::invalid_argument, std::string("rollback: ") + e.what());
+                }
+                report.nodes[i].abort_rollback = r;
+                store_node(i, r.outcome == NodeOutcome::rolled_back ? "ROLLED_BACK_BY_POLICY"
+                                                                    : "ROLLBACK_BY_POLICY_FAILED");
+                --running;
+                ++done;
+                notify();
+            },
+            asio::detached);
+    }
+    while (done < todo.size()) co_await wait_for_change();
+    std::size_t ok = 0;
+    for (auto i : todo)
+        ok += report.nodes[i].abort_rollback->outcome == NodeOutcome::rolled_back ? 1 : 0;
+    audit("ROLLOUT", "ROLLBACK_ALL_DONE",
+          std::to_string(ok) + " of " + std::to_string(todo.size()) + " node(s) rolled back");
+}
+
+Rollout::Rollout(asio::any_io_executor executor, Inventory inventory,
+                 std::vector<ArtifactSpec> artifacts, RolloutConfig config,
+                 PipelineSettings settings)
+    : impl_(std::make_unique<Impl>(std::move(executor), std::move(inventory), std::move(artifacts),
+                                   std::move(config), std::move(settings))) {}
+
+Rollout::~Rollout() = default;
+
+void Rollout::set_observer(RolloutObserver* observer) {
+    impl_->observer = observer;
+}
+void Rollout::set_dry_run(bool on) {
+    impl_->dry_run = on;
+}
+
+asio::awaitable<RolloutReport> Rollout::run() {
+    if (impl_->ran) throw std::logic_error("Rollout::run() called twice");
+    impl_->ran = true;
+    co_return co_await impl_->run();
+}
+
+void Rollout::cancel(std::string reason) {
+    impl_->cancel(std::move(reason));
+}
+
+const RolloutReport& Rollout::progress() const {
+    return impl_->report;
+}
+
+}  // namespace guardia::deploy

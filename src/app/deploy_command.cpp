@@ -66,8 +66,8 @@ json::object report_json(const RolloutReport& r) {
     o["tiers"] = std::move(tiers);
     json::array nodes;
     for (const auto& n : r.nodes) {
-        json::object j{{"name", n.node->name},
-                       {"tier", n.node->tier},
+        json::object j{{"name", n.node.name},
+                       {"tier", n.node.tier},
                        {"outcome", node_state_text(n, r.dry_run)},
                        {"step", n.step}};
         if (n.state == NodeState::done) {
@@ -113,7 +113,7 @@ void print_text_report(const RolloutReport& r, std::FILE* out) {
                            : " (" + n.abort_rollback->error.message + ")");
         const std::string time =
             n.state == NodeState::done ? std::to_string(n.report.duration.count()) + " ms" : "-";
-        std::fprintf(out, "%-24s %4d  %-16s %-16s %9s  %s\n", n.node->name.c_str(), n.node->tier,
+        std::fprintf(out, "%-24s %4d  %-16s %-16s %9s  %s\n", n.node.name.c_str(), n.node.tier,
                      node_state_text(n, r.dry_run).c_str(), n.step.c_str(), time.c_str(),
                      detail.c_str());
     }

@@ -132,7 +132,7 @@ void ProgressDisplay::node_finished(const deploy::NodeProgress& n, const deploy:
     // On a terminal only failures get a line (the block shows the rest); plain output logs all.
     if (ok && terminal_) return;
     std::string line =
-        n.node->name + " " +
+        n.node.name + " " +
         std::string(rollout_.progress().dry_run && ok ? "READY" : to_string(r.outcome)) + " (" +
         std::to_string(r.duration.count()) + " ms)";
     if (!ok) {

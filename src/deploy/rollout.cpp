@@ -113,7 +113,7 @@ struct Rollout::Impl {
         report.sr_id = settings.sr_id;
         report.nodes.resize(inventory.nodes.size());
         for (std::size_t i = 0; i < inventory.nodes.size(); ++i) {
-            report.nodes[i].node = &inventory.nodes[i];
+            report.nodes[i].node = inventory.nodes[i];
             slots.push_back(std::make_unique<Slot>(executor));
             index_by_name.emplace(inventory.nodes[i].name, i);
         }
@@ -189,7 +189,7 @@ struct Rollout::Impl {
         const auto& p = report.nodes[i];
         store::NodeResult r;
         r.rollout_id = settings.rollout_id;
-        r.node = p.node->name;
+        r.node = p.node.name;
         r.status = std::move(status);
         r.step = p.step;
         if (p.state == NodeState::done) {

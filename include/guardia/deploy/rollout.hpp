@@ -70,7 +70,7 @@ enum class NodeState { pending, running, done, skipped };
 
 struct NodeProgress {
     NodeProgress() {}
-    const Node* node = nullptr;
+    Node node;  // a copy: the report outlives the Rollout
     NodeState state = NodeState::pending;
     std::string step;  // the step in progress (running) or where it failed
     NodeReport report;

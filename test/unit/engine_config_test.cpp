@@ -4,6 +4,8 @@
 
 #include <doctest/doctest.h>
 
+#include <filesystem>
+
 using namespace guardia;
 using namespace guardia::deploy;
 
@@ -104,6 +106,23 @@ TEST_SUITE("engine config") {
                   .find("guardia.json:3:3: duplicate key 'rollout'") != std::string::npos);
         CHECK(error_of("{\"rollout\": ").find("guardia.json:1:13: invalid JSON") !=
               std::string::npos);
+    }
+
+    TEST_CASE("conf/guardia.json, the documented example, parses and holds the defaults") {
+        const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+        auto c = load_engine_config((root / "conf" / "guardia.json").string());
+        REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().message));
+        const RolloutConfig defaults;
+        REQUIRE(c->rollout.tiers.size() == defaults.tiers.size());
+        for (std::size_t i = 0; i < defaults.tiers.size(); ++i) {
+            CHECK(c->rollout.tiers[i].tier == defaults.tiers[i].tier);
+            CHECK(c->rollout.tiers[i].batch_size == defaults.tiers[i].batch_size);
+            CHECK(c->rollout.tiers[i].mode == defaults.tiers[i].mode);
+            CHECK(c->rollout.tiers[i].strict_health == defaults.tiers[i].strict_health);
+        }
+        CHECK(c->rollout.max_sessions == defaults.max_sessions);
+        CHECK(c->rollout.node_deadline == defaults.node_deadline);
+        CHECK(c->known_hosts == "/etc/guardia/known_hosts");
     }
 
     TEST_CASE("a missing file is named") {

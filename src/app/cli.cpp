@@ -31,7 +31,8 @@ std::string Args::value() {
         inline_value_.reset();
         return v;
     }
-    if (done()) throw UsageError(flag_ + " needs a value");
+    // "--artifact --db x" is a forgotten value, not an artifact named "--db".
+    if (done() || args_[i_].rfind("--", 0) == 0) throw UsageError(flag_ + " needs a value");
     return args_[i_++];
 }
 

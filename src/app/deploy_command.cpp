@@ -172,13 +172,14 @@ int deploy_command(int argc, char** argv) {
     }
 
     const std::string stamp = utc_stamp_compact();
-    if (sr_id.empty()) sr_id = "ADHOC-" + stamp;
+    const bool adhoc = sr_id.empty();
+    if (adhoc) sr_id = "ADHOC-" + stamp;
     std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
     if (db.empty()) db = "guardia.db";
 
     PipelineSettings settings = engine.config.pipeline;
     settings.sr_id = sr_id;
-    settings.rollout_id = sr_id + "-" + stamp + "-" + std::to_string(::getpid());
+    settings.rollout_id = (adhoc ? sr_id : sr_id + "-" + stamp) + "-" + std::to_string(::getpid());
     settings.owner = owner_id();
     settings.known_hosts = engine.known_hosts;
     settings.host_key_policy = engine.host_key_policy;

@@ -262,7 +262,8 @@ asio::awaitable<RolloutReport> Rollout::Impl::run() {
         report.status = RolloutStatus::failed;
         report.reason = std::to_string(report.failed) + " of " +
                         std::to_string(report.nodes.size()) +
-                        " node(s) failed (below the safety gate's threshold)";
+                        (dry_run ? " node(s) not ready (a dry run has no safety gate)"
+                                 : " node(s) failed (the safety gate held)");
     }
     report.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
     store_rollout();
@@ -330,7 +331,7 @@ asio::awaitable<void> Rollout::Impl::run_tier(std::size_t t) {
     if (observer) observer->tier_finished(tier);
     audit("TIER", "TIER_DONE",
           "tier " + std::to_string(policy.tier) + ": " +
-              std::to_string(tier.finished - tier.failed) + " deployed, " +
+              std::to_string(tier.finished - tier.failed) + (dry_run ? " ready, " : " deployed, ") +
               std::to_string(tier.failed) + " failed, " + std::to_string(tier.skipped) +
               " not started");
 }

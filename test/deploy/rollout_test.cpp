@@ -485,15 +485,24 @@ TEST_SUITE("rollout") {
         CHECK(has(rig.events("R-deadline", ""), "NODE:NODE_DEADLINE"));
     }
 
-    TEST_CASE("global limits: at most max_sessions nodes in flight, node starts paced per second") {
+    TEST_CASE("global limits: at most max_sessions nodes in flight") {
         Rig rig;
         auto config = config_with({TierPolicy(3, 0, WindowMode::sliding, false)});
         config.max_sessions = 2;
-        config.max_connections_per_second = 4;
+        config.max_connections_per_second = 0;  // unlimited: all six want to start at once
         auto r = rig.run(rig.pick({{1, 3}, {2, 3}, {3, 3}, {4, 3}, {5, 3}, {6, 3}}),
-                         rig.artifact("release J\n"), config, "R-limits");
+                         rig.artifact("release J\n"), config, "R-sessions");
         CHECK_MESSAGE(r.status == RolloutStatus::succeeded, r.reason);
-        CHECK(rig.recorder.peak().at(3) == 2);
+        CHECK(rig.recorder.peak().at(3) == 2);  // reached, never exceeded
+    }
+
+    TEST_CASE("global limits: node starts are paced to max_connections_per_second") {
+        Rig rig;
+        auto config = config_with({TierPolicy(3, 0, WindowMode::sliding, false)});
+        config.max_connections_per_second = 4;
+        auto r = rig.run(rig.pick({{7, 3}, {8, 3}, {9, 3}, {10, 3}, {11, 3}, {12, 3}}),
+                         rig.artifact("release J2\n"), config, "R-pace");
+        CHECK_MESSAGE(r.status == RolloutStatus::succeeded, r.reason);
         std::vector<Clock::time_point> starts;
         for (const auto& e : rig.recorder.events)
             if (e.what == "start") starts.push_back(e.at);

@@ -32,7 +32,8 @@ class FaultFleet(FleetTestCase):
         with open(faults_file, "w") as f:
             json.dump({"node-0012": [{"kind": "cut_after_bytes", "bytes": CUT_BYTES}],
                        "node-0016": [{"kind": "sshd_option", "option": "Banner /etc/hostname"},
-                                     {"kind": "sshd_option", "option": "MaxSessions 1"}]}, f)
+                                     {"kind": "sshd_option", "option": "MaxSessions 1"},
+                                     {"kind": "rejects_new_build"}]}, f)
         return ("--faults", faults_file, "--tiers", "1,5,*",
                 "--fault", "node-0002:wrong_host_key", "--fault", "3:auth_refused",
                 "--fault", "4:unreachable", "--fault", "5:unreachable:timeout",
@@ -456,6 +457,48 @@ class FaultFleet(FleetTestCase):
         # 200 comes close to the configured delay after the start, not merely "later"
         self.assertGreaterEqual(delay, 0.8 * HEALTH_SLOW_S)
         self.assertLessEqual(delay, HEALTH_SLOW_S + 2)
+
+    def test_rejects_new_build(self):
+        """Health answers 503 while the deploy tree differs from the one `up` built (a path,
+        a mode or a content byte), and 200 again once the exact tree is back."""
+        n = self.node("node-0016")
+        app = n["deploy_path"]
+        reason = "fault rejects_new_build: the deployed tree differs from the original"
+        original = self.check("node-0016")
+        self.assertEqual(http_get(n["health_port"])[0], 200, "the tree `up` built is healthy")
+        with open(os.path.join(app, "app.jar"), "rb") as f:
+            old = f.read()[1000]
+        new = old ^ 0x5a
+        # whatever happens below, the node ends with its original tree
+        self.addCleanup(lambda: self.run_ok("node-0016", f"rm -f {app}/extra.txt; chmod 0755 {app}/run.sh; "
+                                                         f"printf '\\{old:03o}' | dd of={app}/app.jar bs=1 seek=1000 "
+                                                         f"count=1 conv=notrunc 2>/dev/null"))
+
+        def expect(status, what):
+            got, body = http_get(n["health_port"])
+            self.assertEqual(got, status, f"{what}: {body}")
+            if status == 503:
+                self.assertEqual(body["reason"], reason)
+            c = self.check("node-0016")
+            self.assertEqual(c["tree_sha256"] == original["tree_sha256"], status == 200, what)
+            return c
+        # a new file: 503; removed again: 200
+        self.run_ok("node-0016", f"printf 'x\\n' > {app}/extra.txt")
+        self.assertIn("extra.txt", expect(503, "a file added")["files"])
+        self.run_ok("node-0016", f"rm {app}/extra.txt")
+        expect(200, "the file removed again")
+        # one byte of app.jar (same size): 503; the byte restored: 200
+        self.run_ok("node-0016", f"printf '\\{new:03o}' | dd of={app}/app.jar bs=1 seek=1000 count=1 conv=notrunc")
+        c = expect(503, "a byte of app.jar changed")
+        self.assertEqual(c["files"]["app.jar"]["size"], original["files"]["app.jar"]["size"])
+        self.assertNotEqual(c["files"]["app.jar"]["sha256"], original["files"]["app.jar"]["sha256"])
+        self.run_ok("node-0016", f"printf '\\{old:03o}' | dd of={app}/app.jar bs=1 seek=1000 count=1 conv=notrunc")
+        self.assertEqual(expect(200, "the byte restored")["files"], original["files"])
+        # only a mode: 503; restored: 200
+        self.run_ok("node-0016", f"chmod 0700 {app}/run.sh")
+        expect(503, "run.sh 0755 -> 0700")
+        self.run_ok("node-0016", f"chmod 0755 {app}/run.sh")
+        expect(200, "the mode restored")
 
     def test_health_flapping(self):
         seq = [http_get(self.hport("node-0011"))[0] for _ in range(9)]

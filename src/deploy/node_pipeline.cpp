@@ -8,13 +8,13 @@
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
 
-#include <boost/asio/cancellation_state.hpp>
-#include <boost/asio/this_coro.hpp>
-#include <boost/system/system_error.hpp>
 #include <fcntl.h>
 #include <spdlog/spdlog.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <boost/asio/cancellation_state.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <cerrno>
 #include <cstring>
@@ -30,10 +30,14 @@ using std::chrono::milliseconds;
 
 std::string_view to_string(NodeOutcome outcome) noexcept {
     switch (outcome) {
-        case NodeOutcome::deployed: return "DEPLOYED";
-        case NodeOutcome::failed_unchanged: return "FAILED_UNCHANGED";
-        case NodeOutcome::rolled_back: return "ROLLED_BACK";
-        case NodeOutcome::rollback_failed: return "ROLLBACK_FAILED";
+        case NodeOutcome::deployed:
+            return "DEPLOYED";
+        case NodeOutcome::failed_unchanged:
+            return "FAILED_UNCHANGED";
+        case NodeOutcome::rolled_back:
+            return "ROLLED_BACK";
+        case NodeOutcome::rollback_failed:
+            return "ROLLBACK_FAILED";
     }
     return "UNKNOWN";
 }
@@ -56,7 +60,8 @@ Result<ArtifactSpec> describe_artifact(const std::string& path) {
         if (n < 0) {
             int e = errno;
             ::close(fd);
-            return Error(errc::local_io_failed, "reading artifact " + path + ": " + std::strerror(e));
+            return Error(errc::local_io_failed,
+                         "reading artifact " + path + ": " + std::strerror(e));
         }
         if (n == 0) break;
         digests.update(buf.data(), static_cast<std::size_t>(n));
@@ -110,7 +115,7 @@ std::vector<std::string> paths_in(const std::string& command) {
 enum class Stage { nothing, lock_unknown, locked, backed_up, staged, live_changed };
 
 class Pipeline {
-public:
+  public:
     Pipeline(const Node& node, const std::vector<ArtifactSpec>& artifacts,
              const PipelineSettings& settings)
         : node_(node), artifacts_(artifacts), settings_(settings) {
@@ -123,7 +128,7 @@ public:
     asio::awaitable<NodeReport> run_precheck();
     asio::awaitable<NodeReport> run_rollback(const std::string& backup_path);
 
-private:
+  private:
     // --- audit ----------------------------------------------------------------------------
     void audit(const std::string& step, const std::string& event, std::optional<int> exit_code,
                std::optional<std::int64_t> duration_ms, std::string detail) {
@@ -164,7 +169,8 @@ private:
         }
         ~Step() {
             if (!ended)
-                p.audit(name, "STEP_FAILED", std::nullopt, ms(Clock::now() - started), "interrupted");
+                p.audit(name, "STEP_FAILED", std::nullopt, ms(Clock::now() - started),
+                        "interrupted");
         }
     };
 
@@ -177,8 +183,9 @@ private:
     }
 
     // Every command goes through here: sanitized first (a refusal sends nothing), then run.
-    asio::awaitable<Result<ssh::ExecResult>> run(const std::string& step, const std::string& command,
-                                                 milliseconds timeout, bool checked) {
+    asio::awaitable<Result<ssh::ExecResult>> run(const std::string& step,
+                                                 const std::string& command, milliseconds timeout,
+                                                 bool checked) {
         if (auto ok = sanitize_command(command); !ok) {
             audit(step, "SECURITY_VIOLATION", std::nullopt, std::nullopt, ok.error().message);
             co_return node_error(errc::security_violation, step,
@@ -192,7 +199,9 @@ private:
             r = co_await session_->exec_checked(command, eo);
         else
             r = co_await session_->exec(command, eo);
-        if (!r) co_return Error(r.error().code, "node '" + node_.name + "': " + step + ": " + r.error().message);
+        if (!r)
+            co_return Error(r.error().code,
+                            "node '" + node_.name + "': " + step + ": " + r.error().message);
         co_return r;
     }
 
@@ -201,8 +210,10 @@ private:
     asio::awaitable<Result<void>> probe_lock();
     asio::awaitable<Result<void>> connect();
     asio::awaitable<Result<void>> precheck();
+    asio::awaitable<Result<void>> prepare();
+    std::string precheck_script() const;
+    Error lock_busy_error(const std::string& out) const;
     asio::awaitable<Result<void>> lock();
-    asio::awaitable<Result<void>> backup();
     asio::awaitable<Result<void>> transfer();
     asio::awaitable<Result<void>> restart();
     asio::awaitable<Result<void>> health(const std::string& step);
@@ -221,8 +232,8 @@ private:
     std::string lock_path_;
     std::vector<std::string> staged_;  // staging paths, parallel to artifacts_
     std::string current_step_;         // the step started last: where a cancellation struck
+    std::string prepare_failed_step_;  // which of PRECHECK / LOCK / BACKUP prepare() failed in
 };
-
 
 // The node's own commands are checked before anything at all is sent to it.
 Result<void> Pipeline::validate() {
@@ -233,8 +244,9 @@ Result<void> Pipeline::validate() {
             const char* name = field == &node_.shutdown_cmd ? "shutdown_cmd" : "startup_cmd";
             audit("VALIDATE", "SECURITY_VIOLATION", std::nullopt, std::nullopt,
                   std::string(name) + ": " + ok.error().message);
-            Error e = node_error(errc::security_violation, "VALIDATE",
-                                 std::string(name) + ": " + ok.error().message + " (nothing was sent)");
+            Error e =
+                node_error(errc::security_violation, "VALIDATE",
+                           std::string(name) + ": " + ok.error().message + " (nothing was sent)");
             step.failed(e);
             return e;
         }
@@ -249,9 +261,12 @@ Result<void> Pipeline::validate() {
 }
 
 asio::awaitable<Result<void>> Pipeline::connect() {
-    Step step(*this, "CONNECT", node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port));
-    auto cred = settings_.credentials ? settings_.credentials->for_node(node_)
-                                      : Result<ssh::Credentials>(Error(errc::invalid_argument, "no credential store"));
+    Step step(*this, "CONNECT",
+              node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port));
+    auto cred =
+        settings_.credentials
+            ? settings_.credentials->for_node(node_)
+            : Result<ssh::Credentials>(Error(errc::invalid_argument, "no credential store"));
     if (!cred) {
         Error e = node_error(cred.error().code, "CONNECT", cred.error().message);
         step.failed(e);
@@ -279,18 +294,7 @@ asio::awaitable<Result<void>> Pipeline::connect() {
 
 asio::awaitable<Result<void>> Pipeline::precheck() {
     Step step(*this, "PRECHECK");
-    std::string scripts;
-    if (node_.requires_restart)
-        for (const auto* cmd : {&node_.shutdown_cmd, &node_.startup_cmd})
-            for (const auto& path : paths_in(*cmd)) scripts += " " + shell_quote(path);
-    // One round trip: the deploy path, room for backups beside it, the scripts, disk usage.
-    const std::string cmd =
-        "LC_ALL=C; d=" + d_ +
-        "; [ -d \"$d\" ] || { echo \"deploy path $d does not exist or is not a directory\" >&2; exit 10; }"
-        "; p=$(dirname -- \"$d\"); [ -w \"$p\" ] || { echo \"backup location $p is not writable\" >&2; exit 11; }"
-        "; for s in" + (scripts.empty() ? std::string(" ''") : scripts) +
-        "; do [ -z \"$s\" ] || [ -e \"$s\" ] || { echo \"script $s not found\" >&2; exit 12; }; done"
-        "; df -P -- \"$d\" | awk 'NR==2 { sub(\"%\", \"\", $5); print $5 }'";
+    const std::string cmd = precheck_script() + "; echo \"$u\"";
     auto r = co_await run("PRECHECK", cmd, settings_.command_timeout, true);
     if (!r) {
         Error e = r.error();
@@ -311,15 +315,196 @@ asio::awaitable<Result<void>> Pipeline::precheck() {
         co_return e;
     }
     if (usage > settings_.disk_threshold_percent) {
-        Error e = node_error(errc::precheck_failed, "PRECHECK",
-                             "disk usage " + std::to_string(usage) + " % of the filesystem holding " +
-                                 node_.deploy_path + " is above the threshold of " +
-                                 std::to_string(settings_.disk_threshold_percent) + " %");
+        Error e =
+            node_error(errc::precheck_failed, "PRECHECK",
+                       "disk usage " + std::to_string(usage) + " % of the filesystem holding " +
+                           node_.deploy_path + " is above the threshold of " +
+                           std::to_string(settings_.disk_threshold_percent) + " %");
         step.failed(e);
         co_return e;
     }
     step.ok("disk usage " + std::to_string(usage) + " %");
     co_return Result<void>{};
+}
+
+// The read-only checks, as a script that leaves the disk usage in $u: the deploy path is a
+// directory, backups can be made beside it, the node's scripts exist. Only shell built-ins
+// besides df: every process started costs the node a fork and exec.
+std::string Pipeline::precheck_script() const {
+    std::string scripts;
+    if (node_.requires_restart)
+        for (const auto* cmd : {&node_.shutdown_cmd, &node_.startup_cmd})
+            for (const auto& path : paths_in(*cmd)) scripts += " " + shell_quote(path);
+    return "LC_ALL=C; d=" + d_ +
+           "; [ -d \"$d\" ] || { echo \"deploy path $d does not exist or is not a directory\" >&2; "
+           "exit 10; }"
+           "; p=${d%/*}; [ -n \"$p\" ] || p=/"
+           "; [ -w \"$p\" ] || { echo \"backup location $p is not writable\" >&2; exit 11; }"
+           "; for s in" +
+           (scripts.empty() ? std::string(" ''") : scripts) +
+           "; do [ -z \"$s\" ] || [ -e \"$s\" ] || { echo \"script $s not found\" >&2; exit 12; }; "
+           "done"
+           "; u=$(df -P -- \"$d\" | { read -r x; read -r x x x x u x; echo \"${u%\\%}\"; })";
+}
+
+Error Pipeline::lock_busy_error(const std::string& out) const {
+    // Held by someone else. Say by whom and for how long; a stale lock is reported, not stolen.
+    std::string owner, rollout;
+    long since = 0, now = 0;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+        auto eq = line.find('=');
+        if (eq == std::string::npos) continue;
+        auto key = line.substr(0, eq), value = line.substr(eq + 1);
+        if (key == "owner")
+            owner = value;
+        else if (key == "rollout")
+            rollout = value;
+        else if (key == "since")
+            since = std::atol(value.c_str());
+        else if (key == "now")
+            now = std::atol(value.c_str());
+    }
+    const long age = since > 0 && now >= since ? now - since : -1;
+    std::string what = "node is locked by another rollout (" + lock_path_ + ": owner " +
+                       (owner.empty() ? "unknown" : owner) + ", rollout " +
+                       (rollout.empty() ? "unknown" : rollout) +
+                       (age >= 0 ? ", held for " + std::to_string(age) + " s" : std::string()) +
+                       ")";
+    if (age > settings_.stale_lock_age.count())
+        what += "; the lock is STALE (older than " +
+                std::to_string(settings_.stale_lock_age.count()) +
+                " s): check that its owner is gone, then remove " + lock_path_ + " by hand";
+    return node_error(errc::node_locked, "LOCK", what);
+}
+
+// PRECHECK, LOCK and BACKUP as ONE remote command (one channel, one shell, one round trip
+// instead of three): the lock is taken only if the checks pass, the backup only under the
+// lock. Markers on stdout and distinct exit codes say how far it got; each step is still
+// audited on its own. The command's duration is given on the last step it reached.
+asio::awaitable<Result<void>> Pipeline::prepare() {
+    const std::string want = node_.deploy_path + ".bak_" + utc_stamp();
+    const auto started = Clock::now();
+    if (settings_.on_step) settings_.on_step(node_.name, "PRECHECK");
+    current_step_ = "PRECHECK";
+    audit("PRECHECK", "STEP_START", std::nullopt, std::nullopt,
+          "with LOCK and BACKUP in one remote command");
+    const std::string cmd =
+        precheck_script() + "; echo \"USAGE=$u\"; case \"$u\" in ''|*[!0-9]*) exit 13;; esac" +
+        "; [ \"$u\" -le " + std::to_string(settings_.disk_threshold_percent) + " ] || exit 14" +
+        "; l=" + shell_quote(lock_path_) +
+        "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
+        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
+        " \"$(date +%s)\" > \"$l/owner\" || { rm -rf -- \"$l\"; exit 16; }"
+        "; else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; exit 15; fi"
+        "; echo LOCKED"
+        // Staging files a cut connection left behind in an earlier run go, under the lock.
+        "; for f in \"$d\"/.guardia-stage.*; do [ -e \"$f\" ] && rm -f -- \"$d\"/.guardia-stage.*; "
+        "break; done"
+        // cp -a keeps modes, times, links. A name already taken (two runs in one second) gets
+        // a suffix: copying onto an existing directory would nest the copy inside it.
+        "; b=" +
+        shell_quote(want) +
+        "; n=2; c=\"$b\"; while [ -e \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
+        "; cp -a -- \"$d\" \"$c\" || exit 20"
+        "; set -- \"$d\".bak_*; k=$#; for x in \"$@\"; do [ \"$k\" -gt " +
+        std::to_string(std::max(1, settings_.keep_backups)) +
+        " ] || break; rm -rf -- \"$x\"; k=$((k-1)); done; echo \"BACKUP=$c\"";
+    auto r =
+        co_await run("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout, false);
+    const auto took = ms(Clock::now() - started);
+    auto fail = [&](const std::string& step, Error e, std::optional<int> code) {
+        prepare_failed_step_ = step;
+        audit(step, "STEP_FAILED", code, took, e.message);
+        return e;
+    };
+    auto ok = [&](const std::string& step, std::string detail, bool last) {
+        if (step != "PRECHECK") {
+            current_step_ = step;
+            if (settings_.on_step) settings_.on_step(node_.name, step);
+            audit(step, "STEP_START", std::nullopt, std::nullopt,
+                  step == "LOCK" ? lock_path_ : want);
+        }
+        audit(step, "STEP_OK", std::nullopt,
+              last ? std::optional<std::int64_t>(took) : std::nullopt, std::move(detail));
+    };
+    auto started_step = [&](const std::string& step) {
+        current_step_ = step;
+        if (settings_.on_step) settings_.on_step(node_.name, step);
+        audit(step, "STEP_START", std::nullopt, std::nullopt, step == "LOCK" ? lock_path_ : want);
+    };
+    if (!r) {
+        // Lost on the way (deadline, connection): the lock may have been taken. unlock()
+        // removes it if, and only if, it is ours. Nothing live has changed.
+        if (r.error().code != errc::security_violation) stage_ = Stage::lock_unknown;
+        co_return fail("PRECHECK", r.error(), std::nullopt);
+    }
+    const std::string& out = r->out;
+    auto value_of = [&](const std::string& key) -> std::optional<std::string> {
+        const std::string k = key + "=";
+        std::size_t pos = out.rfind("\n" + k);
+        if (pos != std::string::npos)
+            ++pos;
+        else if (out.rfind(k, 0) == 0)
+            pos = 0;
+        else
+            return std::nullopt;
+        const auto end = out.find('\n', pos);
+        return out.substr(pos + k.size(),
+                          end == std::string::npos ? std::string::npos : end - pos - k.size());
+    };
+    const auto usage = value_of("USAGE");
+    const bool locked = out.find("LOCKED\n") != std::string::npos;
+    const int code = r->exit_signal.empty() ? r->exit_code : -1;
+    const std::string tail = trim(r->err_tail());
+    if (code == 0 && locked) {
+        stage_ = Stage::backed_up;
+        report_.backup_path = value_of("BACKUP").value_or("");
+        ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
+        ok("LOCK", {}, false);
+        ok("BACKUP", report_.backup_path, true);
+        co_return Result<void>{};
+    }
+    if (code >= 10 && code <= 12)
+        co_return fail("PRECHECK", node_error(errc::precheck_failed, "PRECHECK", tail), code);
+    if (code == 13)
+        co_return fail(
+            "PRECHECK",
+            node_error(errc::remote_command_failed, "PRECHECK",
+                       "cannot read disk usage from df -P: '" + usage.value_or("") + "'"),
+            code);
+    if (code == 14)
+        co_return fail(
+            "PRECHECK",
+            node_error(errc::precheck_failed, "PRECHECK",
+                       "disk usage " + usage.value_or("?") + " % of the filesystem holding " +
+                           node_.deploy_path + " is above the threshold of " +
+                           std::to_string(settings_.disk_threshold_percent) + " %"),
+            code);
+    ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
+    if (code == 15) {
+        started_step("LOCK");
+        co_return fail("LOCK", lock_busy_error(out), code);
+    }
+    if (!locked) {
+        // 16 (the owner file could not be written; the lock was removed again) or an
+        // unexpected end between the checks and the lock.
+        if (code != 16) stage_ = Stage::lock_unknown;
+        started_step("LOCK");
+        co_return fail(
+            "LOCK",
+            node_error(errc::remote_command_failed, "LOCK",
+                       "taking the lock failed (exit " + std::to_string(code) + "): " + tail),
+            code);
+    }
+    stage_ = Stage::locked;
+    ok("LOCK", {}, false);
+    started_step("BACKUP");
+    co_return fail(
+        "BACKUP",
+        node_error(errc::remote_command_failed, "BACKUP",
+                   "backup to " + want + " failed (exit " + std::to_string(code) + "): " + tail),
+        code);
 }
 
 asio::awaitable<Result<void>> Pipeline::lock() {
@@ -345,53 +530,9 @@ asio::awaitable<Result<void>> Pipeline::lock() {
         step.ok();
         co_return Result<void>{};
     }
-    // Held by someone else. Say by whom and for how long; a stale lock is reported, not stolen.
-    std::string owner, rollout;
-    long since = 0, now = 0;
-    std::istringstream lines(r->out);
-    for (std::string line; std::getline(lines, line);) {
-        auto eq = line.find('=');
-        if (eq == std::string::npos) continue;
-        auto key = line.substr(0, eq), value = line.substr(eq + 1);
-        if (key == "owner") owner = value;
-        else if (key == "rollout") rollout = value;
-        else if (key == "since") since = std::atol(value.c_str());
-        else if (key == "now") now = std::atol(value.c_str());
-    }
-    const long age = since > 0 && now >= since ? now - since : -1;
-    std::string what = "node is locked by another rollout (" + lock_path_ + ": owner " +
-                       (owner.empty() ? "unknown" : owner) + ", rollout " +
-                       (rollout.empty() ? "unknown" : rollout) +
-                       (age >= 0 ? ", held for " + std::to_string(age) + " s" : std::string()) + ")";
-    if (age > settings_.stale_lock_age.count())
-        what += "; the lock is STALE (older than " + std::to_string(settings_.stale_lock_age.count()) +
-                " s): check that its owner is gone, then remove " + lock_path_ + " by hand";
-    Error e = node_error(errc::node_locked, "LOCK", what);
+    Error e = lock_busy_error(r->out);
     step.failed(e);
     co_return e;
-}
-
-asio::awaitable<Result<void>> Pipeline::backup() {
-    const std::string want = node_.deploy_path + ".bak_" + utc_stamp();
-    Step step(*this, "BACKUP", want);
-    // cp -a keeps modes, times, links. A name already taken (two runs in one second) gets a
-    // suffix: copying onto an existing directory would nest the copy inside it.
-    const std::string cmd =
-        "LC_ALL=C; d=" + d_ + "; b=" + shell_quote(want) +
-        "; n=2; c=\"$b\"; while [ -e \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
-        "; cp -a -- \"$d\" \"$c\" || exit 20"
-        "; set -- \"$d\".bak_*; k=$#; for x in \"$@\"; do [ \"$k\" -gt " +
-        std::to_string(std::max(1, settings_.keep_backups)) +
-        " ] || break; rm -rf -- \"$x\"; k=$((k-1)); done; echo \"$c\"";
-    auto r = co_await run("BACKUP", cmd, settings_.backup_timeout, true);
-    if (!r) {
-        step.failed(r.error());
-        co_return r.error();
-    }
-    report_.backup_path = trim(r->out);
-    stage_ = Stage::backed_up;
-    step.ok(report_.backup_path);
-    co_return Result<void>{};
 }
 
 asio::awaitable<Result<void>> Pipeline::transfer() {
@@ -400,7 +541,7 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         Step step(*this, "TRANSFER", a.file_name + " (" + std::to_string(a.size) + " bytes)");
         ssh::UploadOptions uo;
         uo.mode = a.mode;
-        uo.rename_into_place = false;  // activated after the service is stopped
+        uo.rename_into_place = false;   // activated after the service is stopped
         uo.expected_sha256 = a.sha256;  // hashed once for the whole rollout
         uo.timeout = settings_.transfer_timeout;
         auto up = co_await session_->upload(a.local_path, target, uo);
@@ -413,8 +554,8 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
             // The local file changed since the rollout hashed it: refuse to ship a third version.
             staged_.push_back(up->staging_path);
             Error e = node_error(errc::checksum_mismatch, "TRANSFER",
-                                 a.local_path + " changed during the rollout (sha256 " + up->sha256 +
-                                     ", expected " + a.sha256 + ")");
+                                 a.local_path + " changed during the rollout (sha256 " +
+                                     up->sha256 + ", expected " + a.sha256 + ")");
             step.failed(e);
             co_return e;
         }
@@ -436,32 +577,62 @@ asio::awaitable<Result<void>> Pipeline::restart() {
         }
         step.ok({}, r->exit_code);
     }
-    {
+    std::string moves;
+    for (std::size_t i = 0; i < artifacts_.size(); ++i) {
+        if (!moves.empty()) moves += " && ";
+        moves += "mv -f -- " + shell_quote(staged_[i]) + " " +
+                 shell_quote(node_.deploy_path + "/" + artifacts_[i].file_name);
+    }
+    stage_ = Stage::live_changed;
+    if (!node_.requires_restart) {
         Step step(*this, "ACTIVATE");
-        std::string cmd;
-        for (std::size_t i = 0; i < artifacts_.size(); ++i) {
-            if (!cmd.empty()) cmd += " && ";
-            cmd += "mv -f -- " + shell_quote(staged_[i]) + " " +
-                   shell_quote(node_.deploy_path + "/" + artifacts_[i].file_name);
-        }
-        stage_ = Stage::live_changed;
-        auto r = co_await run("ACTIVATE", cmd, settings_.command_timeout, true);
+        auto r = co_await run("ACTIVATE", moves, settings_.command_timeout, true);
         if (!r) {
             step.failed(r.error());
             co_return r.error();
         }
         staged_.clear();
         step.ok(std::to_string(artifacts_.size()) + " artifact(s) renamed into place");
+        co_return Result<void>{};
     }
-    if (node_.requires_restart) {
-        Step step(*this, "STARTUP", node_.startup_cmd);
-        auto r = co_await run("STARTUP", node_.startup_cmd, settings_.startup_timeout, true);
-        if (!r) {
-            step.failed(r.error());
-            co_return r.error();
-        }
-        step.ok({}, r->exit_code);
+    // ACTIVATE and STARTUP in one remote command (a channel and a shell less per node). The
+    // ACTIVATED marker separates the two: before it, exit 42 is the rename failing; after it,
+    // any non-zero exit is the startup command's own.
+    const auto started = Clock::now();
+    auto activate = std::make_unique<Step>(*this, "ACTIVATE", "with STARTUP in one remote command");
+    const std::string cmd = "{ " + moves + "; } || exit 42; echo ACTIVATED; " + node_.startup_cmd;
+    auto r =
+        co_await run("ACTIVATE", cmd, settings_.command_timeout + settings_.startup_timeout, false);
+    if (!r) {
+        // Lost on the way: whether the rename happened is unknown, so the rollback decides.
+        activate->failed(r.error());
+        co_return r.error();
     }
+    if (r->out.rfind("ACTIVATED\n", 0) != 0) {
+        Error e =
+            node_error(errc::remote_command_failed, "ACTIVATE",
+                       "renaming the staged artifacts into place failed: " + trim(r->err_tail()));
+        activate->failed(e,
+                         r->exit_signal.empty() ? std::optional<int>(r->exit_code) : std::nullopt);
+        co_return e;
+    }
+    staged_.clear();
+    activate->ok(std::to_string(artifacts_.size()) + " artifact(s) renamed into place");
+    activate.reset();
+    Step step(*this, "STARTUP", node_.startup_cmd);
+    step.started = started;
+    if (!r->succeeded()) {
+        std::string what = r->exit_signal.empty() ? "exited " + std::to_string(r->exit_code)
+                                                  : "killed by signal " + r->exit_signal;
+        const std::string tail = trim(r->err_tail());
+        Error e = node_error(errc::remote_command_failed, "STARTUP",
+                             node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port) +
+                                 ": remote command " + what + ": " + node_.startup_cmd +
+                                 (tail.empty() ? std::string() : "; stderr: " + tail));
+        step.failed(e, r->exit_signal.empty() ? std::optional<int>(r->exit_code) : std::nullopt);
+        co_return e;
+    }
+    step.ok({}, r->exit_code);
     co_return Result<void>{};
 }
 
@@ -475,14 +646,16 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
     hc.required_consecutive =
         settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1;
     hc.node = node_.name;
-    Step step(*this, step_name,
-              "http://" + node_.host + ":" + std::to_string(node_.health.port) + node_.health.path +
-                  (hc.required_consecutive > 1
-                       ? " (strict: " + std::to_string(hc.required_consecutive) + " consecutive 200s)"
-                       : std::string()));
+    Step step(
+        *this, step_name,
+        "http://" + node_.host + ":" + std::to_string(node_.health.port) + node_.health.path +
+            (hc.required_consecutive > 1
+                 ? " (strict: " + std::to_string(hc.required_consecutive) + " consecutive 200s)"
+                 : std::string()));
     auto r = co_await http::wait_healthy(hc);
     if (!r) {
-        Error e(r.error().code, "node '" + node_.name + "': " + step_name + ": " + r.error().message);
+        Error e(r.error().code,
+                "node '" + node_.name + "': " + step_name + ": " + r.error().message);
         step.failed(e);
         co_return e;
     }
@@ -507,7 +680,8 @@ asio::awaitable<bool> Pipeline::ensure_session(const std::string& why) {
     auto ex = co_await asio::this_coro::executor;
     auto s = co_await ssh::Session::connect(ex, std::move(o));
     if (!s) {
-        audit("RECONNECT", "STEP_FAILED", std::nullopt, std::nullopt, why + ": " + s.error().message);
+        audit("RECONNECT", "STEP_FAILED", std::nullopt, std::nullopt,
+              why + ": " + s.error().message);
         co_return false;
     }
     session_ = std::move(*s);
@@ -532,7 +706,8 @@ asio::awaitable<void> Pipeline::discard_staged() {
 asio::awaitable<Result<void>> Pipeline::rollback() {
     Step step(*this, "ROLLBACK", "restore " + report_.backup_path);
     if (!co_await ensure_session("rollback")) {
-        Error e = node_error(errc::connection_lost, "ROLLBACK", "cannot reach the node to roll back");
+        Error e =
+            node_error(errc::connection_lost, "ROLLBACK", "cannot reach the node to roll back");
         step.failed(e);
         co_return e;
     }
@@ -541,13 +716,17 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
         // Stop whatever runs now. A shutdown that fails again is noted, not fatal: the restore
         // and the health check of the restored service decide.
         Step s(*this, "ROLLBACK_SHUTDOWN", node_.shutdown_cmd);
-        auto r = co_await run("ROLLBACK_SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
-        if (r) s.ok({}, r->exit_code);
+        auto r =
+            co_await run("ROLLBACK_SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
+        if (r)
+            s.ok({}, r->exit_code);
         else {
             s.failed(r.error());
             notes.push_back("shutdown: " + r.error().message);
-            if (!session_->usable() && !co_await ensure_session("rollback after shutdown failure")) {
-                Error e = node_error(errc::connection_lost, "ROLLBACK", "lost the node during rollback");
+            if (!session_->usable() &&
+                !co_await ensure_session("rollback after shutdown failure")) {
+                Error e =
+                    node_error(errc::connection_lost, "ROLLBACK", "lost the node during rollback");
                 step.failed(e);
                 co_return e;
             }
@@ -558,8 +737,10 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
         // `cp -r bak live`, which nests the copy when live exists). Staging files vanish with it.
         Step s(*this, "RESTORE", report_.backup_path);
         const std::string cmd = "d=" + d_ + "; b=" + shell_quote(report_.backup_path) +
-                                "; t=\"$d.guardia-restore\"; [ -d \"$b\" ] || { echo \"backup $b missing\" >&2; exit 30; }"
-                                "; rm -rf -- \"$t\" && cp -a -- \"$b\" \"$t\" && rm -rf -- \"$d\" && mv -- \"$t\" \"$d\"";
+                                "; t=\"$d.guardia-restore\"; [ -d \"$b\" ] || { echo \"backup $b "
+                                "missing\" >&2; exit 30; }"
+                                "; rm -rf -- \"$t\" && cp -a -- \"$b\" \"$t\" && rm -rf -- \"$d\" "
+                                "&& mv -- \"$t\" \"$d\"";
         auto r = co_await run("RESTORE", cmd, settings_.backup_timeout, true);
         if (!r) {
             s.failed(r.error());
@@ -571,7 +752,8 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
     }
     if (node_.requires_restart) {
         Step s(*this, "ROLLBACK_STARTUP", node_.startup_cmd);
-        auto r = co_await run("ROLLBACK_STARTUP", node_.startup_cmd, settings_.startup_timeout, true);
+        auto r =
+            co_await run("ROLLBACK_STARTUP", node_.startup_cmd, settings_.startup_timeout, true);
         if (!r) {
             s.failed(r.error());
             step.failed(r.error());
@@ -597,11 +779,12 @@ asio::awaitable<void> Pipeline::unlock() {
         co_return;
     }
     Step step(*this, "UNLOCK", lock_path_);
-    // Only our own lock goes: the owner file must name this rollout.
-    const std::string cmd = "l=" + shell_quote(lock_path_) + "; if grep -qxF -- " +
-                            shell_quote("rollout=" + settings_.rollout_id) +
-                            " \"$l/owner\" 2>/dev/null; then rm -rf -- \"$l\" && echo RELEASED; "
-                            "else echo NOT_OURS; fi";
+    // Only our own lock goes: the owner file must name this rollout (read with built-ins).
+    const std::string cmd =
+        "l=" + shell_quote(lock_path_) + "; o=; { while IFS= read -r x; do [ \"$x\" = " +
+        shell_quote("rollout=" + settings_.rollout_id) +
+        " ] && o=1; done < \"$l/owner\"; } 2>/dev/null"
+        "; if [ -n \"$o\" ]; then rm -rf -- \"$l\" && echo RELEASED; else echo NOT_OURS; fi";
     auto r = co_await run("UNLOCK", cmd, settings_.command_timeout, true);
     if (r && r->out.rfind("RELEASED", 0) == 0) {
         report_.lock_released = true;
@@ -626,9 +809,13 @@ asio::awaitable<NodeReport> Pipeline::run() {
     };
     try {
         if (failed_step.empty()) next("CONNECT", co_await connect());
-        if (failed_step.empty()) next("PRECHECK", co_await precheck());
-        if (failed_step.empty()) next("LOCK", co_await lock());
-        if (failed_step.empty()) next("BACKUP", co_await backup());
+        if (failed_step.empty()) {
+            auto r = co_await prepare();
+            if (!r) {
+                failed_step = prepare_failed_step_;
+                outcome = std::move(r);
+            }
+        }
         if (failed_step.empty()) next("TRANSFER", co_await transfer());
         if (failed_step.empty()) next("RESTART", co_await restart());
         if (failed_step.empty()) next("HEALTH", co_await health("HEALTH"));
@@ -636,7 +823,8 @@ asio::awaitable<NodeReport> Pipeline::run() {
         // Asio throws at the next co_await once the node was cancelled: the step in progress
         // is where the node stopped.
         failed_step = current_step_.empty() ? "CONNECT" : current_step_;
-        outcome = node_error(errc::cancelled, failed_step, "cancelled (rollout stopped or node deadline)");
+        outcome = node_error(errc::cancelled, failed_step,
+                             "cancelled (rollout stopped or node deadline)");
     }
     // From here on everything must run to the end: the clean-up ignores any further
     // cancellation (Asio would otherwise throw at every co_await of a cancelled node, and a
@@ -664,7 +852,8 @@ asio::awaitable<void> Pipeline::cleanup_after_failure(Clock::time_point started)
         auto rb = co_await rollback();
         if (rb) {
             report_.outcome = NodeOutcome::rolled_back;
-            audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started), report_.backup_path);
+            audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started),
+                  report_.backup_path);
         } else {
             report_.outcome = NodeOutcome::rollback_failed;
             report_.rollback_error = rb.error().message;
@@ -695,8 +884,8 @@ asio::awaitable<Result<void>> Pipeline::probe_lock() {
         step.ok("not locked");
         co_return Result<void>{};
     }
-    std::string owner = trim(r->out.substr(r->out.find('\n') == std::string::npos ? r->out.size()
-                                                                                   : r->out.find('\n') + 1));
+    std::string owner = trim(r->out.substr(
+        r->out.find('\n') == std::string::npos ? r->out.size() : r->out.find('\n') + 1));
     for (auto& c : owner)
         if (c == '\n') c = ' ';
     Error e = node_error(errc::node_locked, "LOCK_PROBE",
@@ -749,7 +938,8 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
     if (!outcome) failed_step = "VALIDATE";
     if (failed_step.empty() && backup_path.empty()) {
         failed_step = "VALIDATE";
-        outcome = node_error(errc::invalid_argument, "VALIDATE", "no backup recorded to roll back to");
+        outcome =
+            node_error(errc::invalid_argument, "VALIDATE", "no backup recorded to roll back to");
     }
     try {
         if (failed_step.empty()) {
@@ -795,13 +985,15 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
 
 }  // namespace
 
-asio::awaitable<NodeReport> deploy_node(const Node& node, const std::vector<ArtifactSpec>& artifacts,
+asio::awaitable<NodeReport> deploy_node(const Node& node,
+                                        const std::vector<ArtifactSpec>& artifacts,
                                         const PipelineSettings& settings) {
     Pipeline pipeline(node, artifacts, settings);
     co_return co_await pipeline.run();
 }
 
-asio::awaitable<NodeReport> precheck_node(const Node& node, const std::vector<ArtifactSpec>& artifacts,
+asio::awaitable<NodeReport> precheck_node(const Node& node,
+                                          const std::vector<ArtifactSpec>& artifacts,
                                           const PipelineSettings& settings) {
     Pipeline pipeline(node, artifacts, settings);
     co_return co_await pipeline.run_precheck();

@@ -262,6 +262,29 @@ TEST_SUITE("connect") {
         }());
     }
 
+    TEST_CASE("the handshake settles on the cheapest secure methods") {
+        asio::io_context ioc;
+        auto m = run(ioc, [&]() -> asio::awaitable<NegotiatedMethods> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            auto methods = s->negotiated();
+            co_await s->disconnect();
+            co_return methods;
+        }());
+        MESSAGE("negotiated " << m.kex << ", " << m.host_key << ", " << m.cipher_out << " / "
+                              << m.cipher_in << ", " << m.mac_out << " / " << m.mac_in);
+        CHECK(m.kex == "curve25519-sha256");
+        CHECK(m.host_key == "ssh-ed25519");
+        // AES-GCM where libssh2 has it (1.11+), else AES-128-CTR with HMAC-SHA2-256: the
+        // cheapest per byte with AES and SHA instructions, never "none".
+        const bool gcm = m.cipher_out == "aes128-gcm@openssh.com";
+        CHECK((gcm || m.cipher_out == "aes128-ctr"));
+        CHECK(m.cipher_in == m.cipher_out);
+        if (!gcm) {
+            CHECK(m.mac_out == "hmac-sha2-256");
+            CHECK(m.mac_in == "hmac-sha2-256");
+        }
+    }
+
     TEST_CASE("unknown host key: refused under strict, recorded under accept-new") {
         guardia::test::TempDir tmp;
         const auto path = tmp.path() + "/known_hosts";

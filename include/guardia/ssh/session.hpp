@@ -106,6 +106,16 @@ struct UploadResult {
     std::chrono::microseconds verify_duration{0};    // remote checksum (+ rename)
 };
 
+// What a connection negotiated, for audit and for checking that the cheap secure methods win.
+struct NegotiatedMethods {
+    std::string kex;
+    std::string host_key;
+    std::string cipher_out;  // client to server, e.g. "aes128-ctr"
+    std::string cipher_in;   // server to client
+    std::string mac_out;     // e.g. "hmac-sha2-256"; with AES-GCM the cipher authenticates
+    std::string mac_in;
+};
+
 // Overloads rather than defaulted option arguments: see the note on the option structs.
 class Session {
 public:
@@ -156,6 +166,8 @@ public:
     const std::string& peer() const noexcept;
     // The verified host key (type and SHA256 fingerprint), for audit.
     const HostKey& host_key() const noexcept;
+    // The algorithms the handshake settled on (empty strings once the session is freed).
+    NegotiatedMethods negotiated() const;
 
     struct Impl;
 

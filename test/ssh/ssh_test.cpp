@@ -697,6 +697,37 @@ TEST_SUITE("upload") {
         }());
     }
 
+    TEST_CASE("a file with the rollout's digest: not hashed locally, verified remotely") {
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 1000003, 31);
+        const auto digest = local_sha256(local);
+        const std::string dir = remote_scratch("expected");
+        asio::io_context ioc;
+        std::vector<Result<UploadResult>> results;
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "' && echo previous > '" + dir + "/changed.bin'");
+            UploadOptions uo;
+            uo.expected_sha256 = digest;
+            results.push_back(co_await s->upload(local, dir + "/app.bin", uo));
+            // The file changes after the rollout hashed it: the node refuses the new bytes.
+            write_random_file(local, 1000003, 32);
+            results.push_back(co_await s->upload(local, dir + "/changed.bin", uo));
+            co_await s->disconnect();
+            co_return 0;
+        }());
+        REQUIRE_MESSAGE(results[0].has_value(), (results[0] ? "" : results[0].error().describe()));
+        CHECK(results[0]->sha256 == digest);
+        CHECK(results[0]->md5.empty());  // not computed: nothing was hashed locally
+        REQUIRE_FALSE(results[1].has_value());
+        CHECK(results[1].error().code == errc::checksum_mismatch);
+        auto state = exec_once("sha256sum < '" + dir + "/app.bin'; cat '" + dir + "/changed.bin'; ls -A '" +
+                               dir + "' | grep -c guardia-stage; rm -rf '" + dir + "'");
+        REQUIRE(state.has_value());
+        CHECK(state->out == digest + "  -\nprevious\n0\n");
+    }
+
     TEST_CASE("in-memory bytes: one shared buffer lands byte-identical on several sessions at once") {
         // Sizes around the 480,000-byte window and 30,000-byte packets, and 0 B.
         const std::string dir = remote_scratch("memory");

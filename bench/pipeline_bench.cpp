@@ -1,10 +1,13 @@
 // guardia-bench-pipeline: the full node pipeline (pre-check, lock, backup, verified transfer,
 // restart, health) on every node of an inventory at once, for docs/PERFORMANCE.md.
 //
-//   guardia-bench-pipeline --inventory FILE --artifact FILE [--concurrency C] [--db FILE]
+//   guardia-bench-pipeline --inventory FILE --artifact FILE [--concurrency C] [--rounds R]
+//                          [--db FILE]
 //
+// --rounds R deploys the whole inventory R times in a row in one process (a rollout of
+// R x nodes deployments, e.g. 1,000 on a 200-node fleet), to show that memory stays flat.
 // Prints one JSON object: wall seconds, CPU seconds of this process, CPU ms and wall ms per
-// node, peak RSS, outcome counts.
+// deployment, peak RSS, outcome counts.
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/credential_store.hpp"
 #include "guardia/deploy/inventory.hpp"
@@ -37,6 +40,7 @@ namespace {
 int main(int argc, char** argv) try {
     std::string inventory_path, artifact_path, db_path;
     int concurrency = 100;
+    int rounds = 1;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto next = [&]() -> std::string {
@@ -46,6 +50,7 @@ int main(int argc, char** argv) try {
         if (a == "--inventory") inventory_path = next();
         else if (a == "--artifact") artifact_path = next();
         else if (a == "--concurrency") concurrency = std::stoi(next());
+        else if (a == "--rounds") rounds = std::max(1, std::stoi(next()));
         else if (a == "--db") db_path = next();
         else throw std::runtime_error("unknown option " + a);
     }
@@ -74,13 +79,18 @@ int main(int argc, char** argv) try {
     asio::io_context ioc(1);
     std::map<std::string, int> outcomes;
     std::vector<std::string> failures;
-    std::size_t next_node = 0;
+    const std::size_t deployments = inventory->nodes.size() * static_cast<std::size_t>(rounds);
+    std::size_t next_deployment = 0;
+    std::vector<PipelineSettings> round_settings(static_cast<std::size_t>(rounds), settings);
+    for (int r = 1; r < rounds; ++r)
+        round_settings[static_cast<std::size_t>(r)].rollout_id += "-r" + std::to_string(r + 1);
     const double cpu0 = guardia::bench::cpu_seconds();
     const auto t0 = Clock::now();
     auto worker = [&]() -> asio::awaitable<void> {
-        while (next_node < inventory->nodes.size()) {
-            const Node& n = inventory->nodes[next_node++];
-            auto report = co_await deploy_node(n, artifacts, settings);
+        while (next_deployment < deployments) {
+            const std::size_t k = next_deployment++;
+            const Node& n = inventory->nodes[k % inventory->nodes.size()];
+            auto report = co_await deploy_node(n, artifacts, round_settings[k / inventory->nodes.size()]);
             ++outcomes[std::string(to_string(report.outcome))];
             if (report.outcome != NodeOutcome::deployed && failures.size() < 5)
                 failures.push_back(report.error.message + " [" + std::to_string(report.duration.count()) + " ms]");
@@ -96,13 +106,15 @@ int main(int argc, char** argv) try {
     audit.stop();
     rusage ru{};
     getrusage(RUSAGE_SELF, &ru);
-    const auto n = static_cast<double>(inventory->nodes.size());
+    const auto n = static_cast<double>(deployments);
     json::object report{{"nodes", inventory->nodes.size()},
+                        {"rounds", rounds},
+                        {"deployments", deployments},
                         {"artifact_bytes", artifact->size},
                         {"concurrency", concurrency},
                         {"wall_s", wall},
                         {"cpu_s", cpu},
-                        {"cpu_ms_per_node", 1000.0 * cpu / n},
+                        {"cpu_ms_per_node", 1000.0 * cpu / n},  // per deployment
                         {"wall_ms_per_node_amortised", 1000.0 * wall / n},
                         {"peak_rss_kib", ru.ru_maxrss}};
     json::object counts;
@@ -114,7 +126,7 @@ int main(int argc, char** argv) try {
     std::cout << json::serialize(report) << std::endl;
     if (failures.empty()) std::filesystem::remove(db_path);
     else std::cerr << "guardia-bench-pipeline: audit log kept in " << db_path << std::endl;
-    return outcomes["DEPLOYED"] == static_cast<int>(inventory->nodes.size()) ? 0 : 1;
+    return outcomes["DEPLOYED"] == static_cast<int>(deployments) ? 0 : 1;
 } catch (const std::exception& e) {
     std::cerr << "guardia-bench-pipeline: " << e.what() << std::endl;
     return 2;

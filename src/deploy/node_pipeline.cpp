@@ -42,7 +42,23 @@ std::string_view to_string(NodeOutcome outcome) noexcept {
     return "UNKNOWN";
 }
 
-Result<ArtifactSpec> describe_artifact(const std::string& path) {
+Result<ArtifactSpec> describe_artifact(const std::string& path, std::uint64_t keep_in_memory_up_to) {
+    struct stat size_check {};
+    if (::stat(path.c_str(), &size_check) == 0 && S_ISREG(size_check.st_mode) &&
+        static_cast<std::uint64_t>(size_check.st_size) <= keep_in_memory_up_to) {
+        auto bytes = ArtifactBytes::read_file(path);
+        if (!bytes) return Error(bytes.error().code, "artifact " + bytes.error().message);
+        ArtifactSpec spec;
+        spec.local_path = path;
+        auto slash = path.rfind('/');
+        spec.file_name = slash == std::string::npos ? path : path.substr(slash + 1);
+        spec.sha256 = (*bytes)->sha256();
+        spec.md5 = (*bytes)->md5();
+        spec.size = (*bytes)->size();
+        spec.mode = (*bytes)->mode() & 0777u;
+        spec.bytes = std::move(*bytes);
+        return spec;
+    }
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return Error(errc::local_io_failed, "artifact " + path + ": " + std::strerror(errno));
@@ -544,7 +560,12 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         uo.rename_into_place = false;   // activated after the service is stopped
         uo.expected_sha256 = a.sha256;  // hashed once for the whole rollout
         uo.timeout = settings_.transfer_timeout;
-        auto up = co_await session_->upload(a.local_path, target, uo);
+        // Plain if/else: GCC 12 mishandles co_await inside a conditional expression.
+        Result<ssh::UploadResult> up = Error(errc::invalid_argument, "not run");
+        if (a.bytes)
+            up = co_await session_->upload(a.bytes, target, uo);  // the rollout's shared copy
+        else
+            up = co_await session_->upload(a.local_path, target, uo);
         if (!up) {
             Error e(up.error().code, "node '" + node_.name + "': TRANSFER: " + up.error().message);
             step.failed(e);

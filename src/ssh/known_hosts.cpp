@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <sstream>
 
 namespace guardia::ssh {
@@ -37,6 +38,13 @@ bool base64_decode(std::string_view in, std::string& out) {
     if (in.size() >= 2 && in[in.size() - 2] == '=') ++pad;
     out.resize(static_cast<std::size_t>(n) - pad);
     return true;
+}
+
+std::string lowercase(std::string_view text) {
+    std::string out(text);
+    for (char& c : out)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    return out;
 }
 
 // Glob match with '*' and '?', as OpenSSH's match_pattern (case-insensitive for hosts).
@@ -146,9 +154,10 @@ void KnownHosts::parse_text(std::string_view text) {
         auto first = line.find_first_not_of(" \t");
         if (first == std::string_view::npos || line[first] == '#') continue;
         Entry e;
-        if (parse_line(line.substr(first), line_count_, e))
+        if (parse_line(line.substr(first), line_count_, e)) {
             entries_.push_back(std::move(e));
-        else
+            index_entry(entries_.size() - 1);
+        } else
             ++skipped_lines_;
     }
 }
@@ -218,7 +227,8 @@ HostKeyCheck KnownHosts::check_locked(std::string_view host, std::uint16_t port,
     const Entry* conflicting = nullptr;    // same type, other key
     const Entry* other_type = nullptr;     // the host is known by a key of another type
     bool known = false;
-    for (const auto& e : entries_) {
+    for (std::size_t index : candidates(name)) {
+        const Entry& e = entries_[index];
         if (!entry_matches(e, name) && !(e.revoked && e.key_blob == key.blob)) continue;
         if (e.revoked) {
             if (e.key_blob == key.blob) {
@@ -257,7 +267,8 @@ std::vector<std::string> KnownHosts::key_types_for(std::string_view host,
     std::lock_guard lock(mutex_);
     const std::string name = known_hosts_name(host, port);
     std::vector<std::string> types;
-    for (const auto& e : entries_) {
+    for (std::size_t index : candidates(name)) {
+        const Entry& e = entries_[index];
         if (e.revoked || !entry_matches(e, name)) continue;
         if (std::find(types.begin(), types.end(), e.key_type) == types.end())
             types.push_back(e.key_type);
@@ -297,7 +308,35 @@ Result<void> KnownHosts::add_locked(std::string_view host, std::uint16_t port, c
                          "cannot append to known_hosts " + path_ + ": " + std::strerror(saved));
     }
     entries_.push_back(std::move(e));
+    index_entry(entries_.size() - 1);
     return {};
+}
+
+void KnownHosts::index_entry(std::size_t index) {
+    const Entry& e = entries_[index];
+    const bool literal =
+        !e.revoked && e.hashed_salt.empty() &&
+        std::none_of(e.patterns.begin(), e.patterns.end(), [](const std::string& p) {
+            return p.starts_with('!') || p.find_first_of("*?") != std::string::npos;
+        });
+    if (!literal) {
+        scanned_.push_back(index);
+        return;
+    }
+    for (const auto& pattern : e.patterns) {
+        auto& indices = by_name_[lowercase(pattern)];
+        if (indices.empty() || indices.back() != index) indices.push_back(index);
+    }
+}
+
+std::vector<std::size_t> KnownHosts::candidates(const std::string& name) const {
+    std::vector<std::size_t> out;
+    auto named = by_name_.find(lowercase(name));
+    if (named == by_name_.end()) return scanned_;
+    out.reserve(named->second.size() + scanned_.size());
+    std::merge(named->second.begin(), named->second.end(), scanned_.begin(), scanned_.end(),
+               std::back_inserter(out));
+    return out;
 }
 
 std::size_t KnownHosts::size() const {

@@ -1,4 +1,5 @@
 #include "detail/session_impl.hpp"
+#include "guardia/core/artifact_bytes.hpp"
 #include "guardia/core/digest.hpp"
 #include "guardia/core/local_io.hpp"
 #include "guardia/core/sanitizer.hpp"
@@ -123,6 +124,26 @@ struct SlidingBuffer {
     }
 };
 
+// Bounds what one libssh2_sftp_write call may packetize when streaming from memory: libssh2
+// copies all it is given into WRITE packets at once, so this is the memory an upload holds
+// (as much as the file path's two chunks), whatever the artifact's size.
+constexpr std::size_t kMemoryWindow = 2 * kChunk;
+
+// Why a libssh2_sftp_write call returned without progress: interrupted (the whole deadline,
+// a stall, or cancellation), failed, or the server accepted nothing.
+Error write_failure(Session::Impl& impl, boost::system::error_code interrupted, bool stalled,
+                    long n, const std::string& staging, std::chrono::milliseconds stall,
+                    std::chrono::milliseconds limit) {
+    if (interrupted) {
+        if (interrupted == make_error_code(errc::timeout) && stalled)
+            return impl.interrupted_error(interrupted, "upload (no progress)", stall);
+        return impl.interrupted_error(interrupted, "upload", limit);
+    }
+    if (n < 0)
+        return Error(errc::sftp_failed, sftp_failure(impl, impl.sftp.get(), "writing " + staging, n));
+    return Error(errc::short_write, impl.peer + ": writing " + staging + ": server accepted 0 bytes");
+}
+
 struct WriteJob {
     Session::Impl* impl;
     LIBSSH2_SFTP_HANDLE* handle;
@@ -143,18 +164,34 @@ asio::awaitable<Result<void>> write_job(WriteJob job) {
         long n = co_await impl.drive(
             [&] { return libssh2_sftp_write(job.handle, buf.bytes.data() + buf.head, buf.pending()); },
             step_deadline, interrupted);
-        if (interrupted) {
-            if (interrupted == make_error_code(errc::timeout) && step_deadline < job.deadline)
-                co_return impl.interrupted_error(interrupted, "upload (no progress)", job.stall);
-            co_return impl.interrupted_error(interrupted, "upload", job.limit);
-        }
-        if (n < 0)
-            co_return Error(errc::sftp_failed,
-                            sftp_failure(impl, impl.sftp.get(), "writing " + job.staging, n));
-        if (n == 0)
-            co_return Error(errc::short_write, impl.peer + ": writing " + job.staging +
-                                                   ": server accepted 0 bytes");
+        if (interrupted || n <= 0)
+            co_return write_failure(impl, interrupted, step_deadline < job.deadline, n, job.staging,
+                                    job.stall, job.limit);
         buf.head += static_cast<std::size_t>(n);
+    }
+    co_return Result<void>{};
+}
+
+// Streams shared in-memory bytes straight to the open staging file: no read, no copy, no
+// buffer of ours. Each call hands libssh2 the bytes from the first unacknowledged one on
+// (as it requires), at most kMemoryWindow of them, and it packetizes only what is new.
+// `acked` counts what the server acknowledged, also when a failure ends the loop.
+asio::awaitable<Result<void>> write_from_memory(Session::Impl& impl, LIBSSH2_SFTP_HANDLE* handle,
+                                                const ArtifactBytes& bytes, std::uint64_t& acked,
+                                                Clock::time_point deadline,
+                                                const UploadOptions& opts,
+                                                const std::string& staging) {
+    while (acked < bytes.size()) {
+        const char* from = bytes.data() + acked;
+        const std::size_t window = std::min<std::size_t>(bytes.size() - acked, kMemoryWindow);
+        const auto step_deadline = std::min(deadline, Clock::now() + opts.stall_timeout);
+        boost::system::error_code interrupted;
+        long n = co_await impl.drive([&] { return libssh2_sftp_write(handle, from, window); },
+                                     step_deadline, interrupted);
+        if (interrupted || n <= 0)
+            co_return write_failure(impl, interrupted, step_deadline < deadline, n, staging,
+                                    opts.stall_timeout, opts.timeout);
+        acked += static_cast<std::uint64_t>(n);
     }
     co_return Result<void>{};
 }
@@ -181,17 +218,13 @@ std::string verify_command(const std::string& staging, const std::string& final_
     return cmd;
 }
 
-}  // namespace
 
-asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
-                                                      std::string remote_path) {
-    co_return co_await upload(std::move(local_path), std::move(remote_path), UploadOptions{});
-}
-
-asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
-                                                      std::string remote_path,
-                                                      UploadOptions opts) {
-    auto& impl = *impl_;
+// The body of both upload overloads. Exactly one source: `bytes` (in memory, shared) when it is
+// set, else the file at `local_path`. The callers' frames own every argument.
+asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std::string& local_path,
+                                                  const std::shared_ptr<const ArtifactBytes>& bytes,
+                                                  const std::string& remote_path,
+                                                  const UploadOptions& opts) {
     BusyGuard busy(impl);
     if (!busy.acquired()) co_return busy_error(impl);
     if (impl.broken) co_return impl.unusable_error();
@@ -200,6 +233,14 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
         co_return Error(errc::invalid_argument,
                         impl.peer + ": remote path '" + remote_path +
                             "' must name a file and hold no newline or NUL");
+    // It is written into the verification command: only a digest may get there.
+    if (!opts.expected_sha256.empty() &&
+        (opts.expected_sha256.size() != 64 ||
+         opts.expected_sha256.find_first_not_of("0123456789abcdef") != std::string::npos))
+        co_return Error(errc::invalid_argument,
+                        impl.peer + ": expected sha256 '" + opts.expected_sha256 +
+                            "' is not 64 lowercase hex digits");
+    const std::string source_name = bytes ? "the in-memory artifact" : local_path;
     const auto started = Clock::now();
     const auto deadline = started + opts.timeout;
     const auto slash = remote_path.rfind('/');
@@ -241,8 +282,11 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
     };
 
     try {
-        auto opened = co_await run_blocking([&src] { return src.open(); });
-        if (!opened) co_return Error(opened.error().code, impl.peer + ": " + opened.error().message);
+        if (!bytes) {
+            auto opened = co_await run_blocking([&src] { return src.open(); });
+            if (!opened)
+                co_return Error(opened.error().code, impl.peer + ": " + opened.error().message);
+        }
 
         boost::system::error_code interrupted;
         if (!impl.sftp) {
@@ -274,55 +318,73 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
                             sftp_failure(impl, impl.sftp.get(), "creating " + staging, rc));
         staging_created = true;
 
-        // While chunk k+1 is read and hashed on the local-I/O pool, the loop keeps writing,
-        // leaving up to one chunk in flight when it comes back for the next.
-        SlidingBuffer window;
-        std::vector<char> incoming(kChunk);
         Error failure;
-        auto first = co_await run_blocking([&] { return src.next(incoming); });
-        if (!first) failure = first.error();
-        std::size_t incoming_len = first ? *first : 0;
-        bool more = incoming_len == kChunk;
-        if (first) window.append(incoming.data(), incoming_len);
-        while (!failure.code && window.pending() > 0) {
-            WriteJob job{&impl,    file.get(), &window,           more ? kChunk : 1,
-                         deadline, opts.stall_timeout, opts.timeout, staging};
-            if (more) {
-                auto [order, read_result, ex_write, write_result] =
-                    co_await asio::experimental::make_parallel_group(
-                        async_run_blocking([&src, &incoming] { return src.next(incoming); },
-                                           asio::deferred),
-                        asio::co_spawn(impl.executor, write_job(std::move(job)), asio::deferred))
-                        .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
-                (void)order;
-                if (ex_write) std::rethrow_exception(ex_write);
-                if (!write_result) {
-                    failure = write_result.error();
-                } else if (!read_result) {
-                    failure = read_result.error();
-                } else {
-                    window.append(incoming.data(), *read_result);
-                    more = *read_result == kChunk;
+        std::uint64_t expected_bytes = 0;
+        if (bytes) {
+            expected_bytes = bytes->size();
+            auto w = co_await write_from_memory(impl, file.get(), *bytes, result.bytes, deadline,
+                                                opts, staging);
+            if (!w) failure = w.error();
+        } else {
+            // While chunk k+1 is read (and hashed) on the local-I/O pool, the loop keeps
+            // writing, leaving up to one chunk in flight when it comes back for the next.
+            SlidingBuffer window;
+            std::vector<char> incoming(kChunk);
+            auto first = co_await run_blocking([&] { return src.next(incoming); });
+            if (!first) failure = first.error();
+            std::size_t incoming_len = first ? *first : 0;
+            bool more = incoming_len == kChunk;
+            if (first) window.append(incoming.data(), incoming_len);
+            while (!failure.code && window.pending() > 0) {
+                WriteJob job{&impl,    file.get(), &window,           more ? kChunk : 1,
+                             deadline, opts.stall_timeout, opts.timeout, staging};
+                if (more) {
+                    auto [order, read_result, ex_write, write_result] =
+                        co_await asio::experimental::make_parallel_group(
+                            async_run_blocking([&src, &incoming] { return src.next(incoming); },
+                                               asio::deferred),
+                            asio::co_spawn(impl.executor, write_job(std::move(job)), asio::deferred))
+                            .async_wait(asio::experimental::wait_for_all(), asio::use_awaitable);
+                    (void)order;
+                    if (ex_write) std::rethrow_exception(ex_write);
+                    if (!write_result) {
+                        failure = write_result.error();
+                    } else if (!read_result) {
+                        failure = read_result.error();
+                    } else {
+                        window.append(incoming.data(), *read_result);
+                        more = *read_result == kChunk;
+                    }
+                } else if (auto w = co_await write_job(std::move(job)); !w) {
+                    failure = w.error();
                 }
-            } else if (auto w = co_await write_job(std::move(job)); !w) {
-                failure = w.error();
             }
+            result.bytes = src.read - window.pending();
+            expected_bytes = src.size;
         }
-        result.bytes = src.read - window.pending();
-        if (!failure.code && result.bytes != src.size)
+        if (!failure.code && result.bytes != expected_bytes)
             failure = Error(errc::short_write, impl.peer + ": sent " + std::to_string(result.bytes) +
-                                                   " of " + std::to_string(src.size) + " bytes of " +
-                                                   local_path);
+                                                   " of " + std::to_string(expected_bytes) +
+                                                   " bytes of " + source_name);
         if (failure.code) {
             if (failure.message.find(impl.peer) != 0)
                 failure.message = impl.peer + ": " + failure.message;
             co_await cleanup();
             co_return failure;
         }
-        if (src.hashing)
+        // The digest the remote copy must have. In-memory bytes were hashed once when they
+        // were read; an expected digest from the caller takes precedence (the remote check
+        // then proves the bytes are the intended ones).
+        bool md5_known = true;
+        if (bytes) {
+            result.sha256 = opts.expected_sha256.empty() ? bytes->sha256() : opts.expected_sha256;
+            result.md5 = bytes->md5();
+        } else if (src.hashing) {
             src.digests.finish(result.sha256, result.md5);
-        else
+        } else {
             result.sha256 = opts.expected_sha256;  // verified remotely below, like a local hash
+            md5_known = false;
+        }
 
         rc = co_await impl.drive([&] { return libssh2_sftp_close_handle(file.get()); }, deadline,
                                  interrupted);
@@ -350,7 +412,7 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
         const std::string verify = verify_command(staging, remote_path, opts.mode, result.sha256,
-                                                  opts.verify_md5 && src.hashing ? &result.md5 : nullptr,
+                                                  opts.verify_md5 && md5_known ? &result.md5 : nullptr,
                                                   opts.rename_into_place);
         // Like every command Guardia sends, this one passes the sanitizer first.
         if (auto ok = sanitize_command(verify); !ok) {
@@ -368,9 +430,9 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
             while (!err.empty() && err.back() == '\n') err.pop_back();
             co_return Error(errc::checksum_mismatch,
                             impl.peer + ": " + (code == 92 ? "sha256" : "md5") + " mismatch for " +
-                                staging + ": local " + (code == 92 ? result.sha256 : result.md5) +
-                                ", " + err + "; staging file removed, " + remote_path +
-                                " untouched");
+                                staging + ": " + (bytes || src.hashing ? "local " : "expected ") +
+                                (code == 92 ? result.sha256 : result.md5) + ", " + err +
+                                "; staging file removed, " + remote_path + " untouched");
         }
         if (!verified->succeeded()) {
             co_await cleanup();
@@ -386,6 +448,33 @@ asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
     }
     result.duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
     co_return result;
+}
+
+}  // namespace
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
+                                                      std::string remote_path) {
+    co_return co_await upload(std::move(local_path), std::move(remote_path), UploadOptions{});
+}
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::string local_path,
+                                                      std::string remote_path,
+                                                      UploadOptions options) {
+    co_return co_await upload_from(*impl_, local_path, nullptr, remote_path, options);
+}
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::shared_ptr<const ArtifactBytes> bytes,
+                                                      std::string remote_path) {
+    co_return co_await upload(std::move(bytes), std::move(remote_path), UploadOptions{});
+}
+
+asio::awaitable<Result<UploadResult>> Session::upload(std::shared_ptr<const ArtifactBytes> bytes,
+                                                      std::string remote_path,
+                                                      UploadOptions options) {
+    if (!bytes)
+        co_return Error(errc::invalid_argument,
+                        impl_->peer + ": upload of " + remote_path + " given no bytes");
+    co_return co_await upload_from(*impl_, std::string(), bytes, remote_path, options);
 }
 
 }  // namespace guardia::ssh

@@ -176,6 +176,7 @@ struct AuditWriter::Impl {
 void AuditWriter::Impl::enqueue(Item item) {
     const bool is_waiter = std::holds_alternative<std::unique_ptr<Waiter>>(item);
     bool accepted = false;
+    bool wake = false;
     std::optional<Error> unwritten;
     {
         std::lock_guard lock(mu);
@@ -186,12 +187,16 @@ void AuditWriter::Impl::enqueue(Item item) {
             else
                 ++depth;
             accepted = true;
+            wake = is_waiter || queue.size() == 1 || queue.size() - queued_waiters == options.max_batch;
         } else if (is_waiter) {
             unwritten = stopped_error();
         }
     }
     if (accepted) {
-        cv.notify_one();
+        // Wake the writer only for what it waits for (see run()): the first item after an
+        // empty queue, a waiter, a full batch or stop. A wake-up per event would cost the
+        // recording thread a futex call and the writer a context switch each time.
+        if (wake) cv.notify_one();
         return;
     }
     // Stopped: nothing more will be written. A waiter learns whether everything before it
@@ -383,6 +388,7 @@ void AuditWriter::Impl::run() {
     bool stop_seen = false;  // the stop request has already woken a backoff wait once
     int failures = 0;        // consecutive failed attempts
     int stop_failures = 0;   // failed attempts since stop() was asked
+    auto last_commit = std::chrono::steady_clock::time_point{};  // start of the latest attempt
     for (;;) {
         std::shared_ptr<const Redactions> secrets;
         bool stop_requested;
@@ -396,6 +402,13 @@ void AuditWriter::Impl::run() {
                 stop_seen = stopping;
             } else {
                 cv.wait(lock, [&] { return stopping || !queue.empty(); });
+                // Let a trickle of events gather into one transaction (one fsync), unless
+                // someone awaits durable() or a full batch is already here.
+                if (options.commit_interval.count() > 0)
+                    cv.wait_until(lock, last_commit + options.commit_interval, [&] {
+                        return stopping || queued_waiters > 0 ||
+                               queue.size() - queued_waiters >= options.max_batch;
+                    });
             }
             take(incoming, waiters,
                  options.max_batch > batch.size() ? options.max_batch - batch.size() : 0);
@@ -411,6 +424,7 @@ void AuditWriter::Impl::run() {
         }
         incoming.clear();
 
+        last_commit = std::chrono::steady_clock::now();
         Outcome out = write(batch);
         if (out.result) {
             const std::size_t done = batch.size();

@@ -382,6 +382,44 @@ TEST_SUITE("pipeline") {
         CHECK(backups(check("node-0010")) == 2);
     }
 
+    TEST_CASE("artifact bytes: held in memory once, or streamed from the file when too large") {
+        Rig rig;
+        // In memory (the default for a small artifact): the rollout ships what it hashed, even
+        // if the local file changes afterwards.
+        auto held = rig.artifact("app.jar", "app build 3\n");
+        REQUIRE(held.bytes != nullptr);
+        CHECK(held.bytes->sha256() == held.sha256);
+        { std::ofstream(held.local_path, std::ios::binary) << "changed after describe\n"; }
+        auto r = rig.deploy("node-0002", {held}, "R-held");
+        CHECK_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        CHECK(json::value_to<std::string>(check("node-0002").at("files").at("app.jar").at("sha256")) ==
+              held.sha256);
+
+        // Too large to hold (a limit of 0 bytes here): each upload reads the file, verified
+        // remotely against the digest taken at describe time.
+        const auto dir = rig.tmp.path() + "/streamed";
+        std::filesystem::create_directories(dir);
+        { std::ofstream(dir + "/app.jar", std::ios::binary) << "app build 4\n"; }
+        auto streamed = describe_artifact(dir + "/app.jar", 0);
+        REQUIRE(streamed.has_value());
+        CHECK(streamed->bytes == nullptr);
+        r = rig.deploy("node-0002", {*streamed}, "R-streamed");
+        CHECK_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        const auto deployed = check("node-0002");
+        CHECK(json::value_to<std::string>(deployed.at("files").at("app.jar").at("sha256")) ==
+              streamed->sha256);
+        // A streamed file that changed since: the remote check refuses it, the node is untouched.
+        { std::ofstream(dir + "/app.jar", std::ios::binary) << "app build 5, not described\n"; }
+        r = rig.deploy("node-0002", {*streamed}, "R-streamed-changed");
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "TRANSFER");
+        CHECK(r.error.code == errc::checksum_mismatch);
+        const auto after = check("node-0002");
+        CHECK(tree(after) == tree(deployed));
+        CHECK(others(after) == 0);
+        CHECK_FALSE(locked(after));
+    }
+
     TEST_CASE("no secret reaches the audit log") {
         Rig rig;
         // A password-authenticated run whose password is a canary (refused: wrong password).

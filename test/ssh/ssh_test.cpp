@@ -1,5 +1,6 @@
 // Integration tests of the SSH layer against real sshd (the test fleet, on loopback).
 #include "../support/fleet.hpp"
+#include "guardia/core/artifact_bytes.hpp"
 #include "guardia/core/shell.hpp"
 #include "guardia/ssh/session.hpp"
 
@@ -80,6 +81,16 @@ void write_random_file(const std::string& path, std::size_t size, unsigned seed)
         out.write(buf.data(), static_cast<std::streamsize>(n));
         size -= n;
     }
+}
+
+std::vector<char> random_bytes(std::size_t size, unsigned seed) {
+    std::mt19937_64 rng(seed);
+    std::vector<char> out(size);
+    for (std::size_t i = 0; i < size; i += 8) {
+        auto v = rng();
+        std::memcpy(out.data() + i, &v, std::min<std::size_t>(8, size - i));
+    }
+    return out;
 }
 
 // A scratch directory on the node, owned by the node's user (the deploy path's parent).
@@ -249,6 +260,29 @@ TEST_SUITE("connect") {
             CHECK(s->host_key().type == "ssh-ed25519");
             co_return 0;
         }());
+    }
+
+    TEST_CASE("the handshake settles on the cheapest secure methods") {
+        asio::io_context ioc;
+        auto m = run(ioc, [&]() -> asio::awaitable<NegotiatedMethods> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            auto methods = s->negotiated();
+            co_await s->disconnect();
+            co_return methods;
+        }());
+        MESSAGE("negotiated " << m.kex << ", " << m.host_key << ", " << m.cipher_out << " / "
+                              << m.cipher_in << ", " << m.mac_out << " / " << m.mac_in);
+        CHECK(m.kex == "curve25519-sha256");
+        CHECK(m.host_key == "ssh-ed25519");
+        // AES-GCM where libssh2 has it (1.11+), else AES-128-CTR with HMAC-SHA2-256: the
+        // cheapest per byte with AES and SHA instructions, never "none".
+        const bool gcm = m.cipher_out == "aes128-gcm@openssh.com";
+        CHECK((gcm || m.cipher_out == "aes128-ctr"));
+        CHECK(m.cipher_in == m.cipher_out);
+        if (!gcm) {
+            CHECK(m.mac_out == "hmac-sha2-256");
+            CHECK(m.mac_in == "hmac-sha2-256");
+        }
     }
 
     TEST_CASE("unknown host key: refused under strict, recorded under accept-new") {
@@ -661,6 +695,194 @@ TEST_SUITE("upload") {
             CHECK(content->out == "v1\n");
             co_return 0;
         }());
+    }
+
+    TEST_CASE("a file with the rollout's digest: not hashed locally, verified remotely") {
+        guardia::test::TempDir tmp;
+        const auto local = tmp.path() + "/payload";
+        write_random_file(local, 1000003, 31);
+        const auto digest = local_sha256(local);
+        const std::string dir = remote_scratch("expected");
+        asio::io_context ioc;
+        std::vector<Result<UploadResult>> results;
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "' && echo previous > '" + dir + "/changed.bin'");
+            UploadOptions uo;
+            uo.expected_sha256 = digest;
+            results.push_back(co_await s->upload(local, dir + "/app.bin", uo));
+            // The file changes after the rollout hashed it: the node refuses the new bytes.
+            write_random_file(local, 1000003, 32);
+            results.push_back(co_await s->upload(local, dir + "/changed.bin", uo));
+            co_await s->disconnect();
+            co_return 0;
+        }());
+        REQUIRE_MESSAGE(results[0].has_value(), (results[0] ? "" : results[0].error().describe()));
+        CHECK(results[0]->sha256 == digest);
+        CHECK(results[0]->md5.empty());  // not computed: nothing was hashed locally
+        REQUIRE_FALSE(results[1].has_value());
+        CHECK(results[1].error().code == errc::checksum_mismatch);
+        auto state = exec_once("sha256sum < '" + dir + "/app.bin'; cat '" + dir + "/changed.bin'; ls -A '" +
+                               dir + "' | grep -c guardia-stage; rm -rf '" + dir + "'");
+        REQUIRE(state.has_value());
+        CHECK(state->out == digest + "  -\nprevious\n0\n");
+    }
+
+    TEST_CASE("in-memory bytes: one shared buffer lands byte-identical on several sessions at once") {
+        // Sizes around the 480,000-byte window and 30,000-byte packets, and 0 B.
+        const std::string dir = remote_scratch("memory");
+        std::vector<std::shared_ptr<const ArtifactBytes>> sources;
+        for (std::size_t size : {std::size_t(0), std::size_t(1), std::size_t(480000),
+                                 std::size_t(3u << 20) + 12345})
+            sources.push_back(ArtifactBytes::from_bytes(random_bytes(size, static_cast<unsigned>(size + 1)), 0640));
+        asio::io_context ioc;
+        // Three sessions stream every source concurrently from the same buffers.
+        std::vector<std::vector<Result<UploadResult>>> results(3);
+        auto one_session = [&](int k) -> asio::awaitable<void> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            for (std::size_t i = 0; i < sources.size(); ++i) {
+                UploadOptions uo;
+                uo.mode = sources[i]->mode();
+                uo.verify_md5 = true;
+                results[static_cast<std::size_t>(k)].push_back(co_await s->upload(
+                    sources[i], dir + "/s" + std::to_string(k) + "-" + std::to_string(i) + ".bin", uo));
+            }
+            co_await s->disconnect();
+        };
+        REQUIRE(exec_once("mkdir -p '" + dir + "'").has_value());
+        run(ioc, [&]() -> asio::awaitable<int> {
+            using namespace asio::experimental::awaitable_operators;
+            co_await (one_session(0) && one_session(1) && one_session(2));
+            co_return 0;
+        }(), seconds(120));
+        for (int k = 0; k < 3; ++k) {
+            for (std::size_t i = 0; i < sources.size(); ++i) {
+                CAPTURE(k);
+                CAPTURE(sources[i]->size());
+                const auto& r = results[static_cast<std::size_t>(k)][i];
+                REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
+                CHECK(r->bytes == sources[i]->size());
+                CHECK(r->sha256 == sources[i]->sha256());
+                CHECK(r->md5 == sources[i]->md5());
+                CHECK(r->staging_path.empty());
+                // Read back on the node with the node's own tools.
+                const std::string remote = dir + "/s" + std::to_string(k) + "-" + std::to_string(i) + ".bin";
+                auto check = exec_once("sha256sum < '" + remote + "'; stat -c '%a %s' '" + remote + "'");
+                REQUIRE(check.has_value());
+                CHECK(check->out.substr(0, 64) == sources[i]->sha256());
+                CHECK(check->out.find("\n640 " + std::to_string(sources[i]->size()) + "\n") !=
+                      std::string::npos);
+            }
+        }
+        auto leftovers = exec_once("ls -A '" + dir + "' | grep -c guardia-stage; rm -rf '" + dir + "'");
+        REQUIRE(leftovers.has_value());
+        CHECK(leftovers->out == "0\n");
+        // No session kept a reference to the shared buffers.
+        for (const auto& src : sources) CHECK(src.use_count() == 1);
+    }
+
+    TEST_CASE("in-memory bytes with a wrong expected digest fail the remote check, leave nothing") {
+        const std::string dir = remote_scratch("memory-wrong");
+        auto bytes = ArtifactBytes::from_bytes(random_bytes(700000, 21));
+        auto other = ArtifactBytes::from_bytes(random_bytes(700000, 22));
+        asio::io_context ioc;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "' && echo previous > '" + dir + "/app.bin'");
+            UploadOptions uo;
+            uo.expected_sha256 = other->sha256();  // what the rollout meant to ship
+            uo.rename_into_place = false;          // the node pipeline's way
+            auto up = co_await s->upload(bytes, dir + "/app.bin", uo);
+            co_await s->disconnect();
+            co_return up;
+        }());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::checksum_mismatch);
+        // The message names the expected digest and what the node computed.
+        CHECK(r.error().message.find(other->sha256()) != std::string::npos);
+        CHECK(r.error().message.find("remote sha256 " + bytes->sha256()) != std::string::npos);
+        auto state = exec_once("cat '" + dir + "/app.bin'; ls -A '" + dir + "'; rm -rf '" + dir + "'");
+        REQUIRE(state.has_value());
+        CHECK(state->out == "previous\napp.bin\n");  // old content kept, no staging file left
+    }
+
+    TEST_CASE("an expected digest that is not one is refused before anything is sent") {
+        const std::string dir = remote_scratch("memory-bad-digest");
+        auto bytes = ArtifactBytes::from_bytes(random_bytes(1000, 23));
+        asio::io_context ioc;
+        std::vector<Result<UploadResult>> results;
+        run(ioc, [&]() -> asio::awaitable<int> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "'");
+            for (std::string digest : {std::string("abc"), std::string(64, 'A'),
+                                       bytes->sha256().substr(0, 63) + ";"}) {
+                UploadOptions uo;
+                uo.expected_sha256 = digest;
+                results.push_back(co_await s->upload(bytes, dir + "/app.bin", uo));
+            }
+            results.push_back(co_await s->upload(std::shared_ptr<const ArtifactBytes>(), dir + "/app.bin"));
+            CHECK(s->usable());
+            co_await s->disconnect();
+            co_return 0;
+        }());
+        for (const auto& r : results) {
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().code == errc::invalid_argument);
+        }
+        auto state = exec_once("ls -A '" + dir + "' | wc -l; rm -rf '" + dir + "'");
+        REQUIRE(state.has_value());
+        CHECK(state->out == "0\n");
+    }
+
+    TEST_CASE("in-memory bytes: a connection cut mid-upload fails cleanly, the final name untouched") {
+        auto bytes = ArtifactBytes::from_bytes(random_bytes(8u << 20, 24));
+        const auto& cut = fleet().node("node-0002");
+        const std::string dir =
+            std::filesystem::path(cut.deploy_path).parent_path().string() + "/ssh-test-memory-cut";
+        asio::io_context ioc;
+        auto prepared = run(ioc, [&]() -> asio::awaitable<Result<ExecResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            co_return co_await s->exec_checked("mkdir -p '" + dir + "' && echo v1 > '" + dir + "/app.bin'");
+        }());
+        REQUIRE_MESSAGE(prepared.has_value(), (prepared ? "" : prepared.error().describe()));
+        bool usable_after = true;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            UploadOptions uo;
+            uo.stall_timeout = seconds(10);
+            auto up = co_await s->upload(bytes, dir + "/app.bin", uo);
+            usable_after = s->usable();
+            co_return up;
+        }());
+        REQUIRE_FALSE(r.has_value());
+        MESSAGE(r.error().describe());
+        CHECK_FALSE(usable_after);
+        CHECK(r.error().message.find("guardia-node@127.0.0.1:" + std::to_string(cut.port)) == 0);
+        auto state = run(ioc, [&]() -> asio::awaitable<Result<ExecResult>> {
+            auto s = co_await must_connect(fleet().connect_options("node-0002"));
+            auto out = co_await s->exec_checked("cat '" + dir + "/app.bin'");
+            co_await s->exec("rm -rf '" + dir + "'");
+            co_return out;
+        }());
+        REQUIRE(state.has_value());
+        CHECK(state->out == "v1\n");
+        CHECK(bytes.use_count() == 1);
+    }
+
+    TEST_CASE("in-memory bytes: the upload deadline holds") {
+        auto bytes = ArtifactBytes::from_bytes(random_bytes(64u << 20, 25));
+        const std::string dir = remote_scratch("memory-deadline");
+        asio::io_context ioc;
+        auto r = run(ioc, [&]() -> asio::awaitable<Result<UploadResult>> {
+            auto s = co_await must_connect(fleet().connect_options(kNode));
+            co_await s->exec_checked("mkdir -p '" + dir + "'");
+            UploadOptions uo;
+            uo.timeout = milliseconds(100);
+            co_return co_await s->upload(bytes, dir + "/app.bin", uo);
+        }());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::timeout);
+        exec_once("rm -rf '" + dir + "'");
     }
 
     TEST_CASE("uploading a missing local file is a clear local error") {

@@ -236,6 +236,44 @@ TEST_CASE("audit writer: durable() resolves only after the rows are committed") 
     });
 }
 
+TEST_CASE("audit writer: a trickle waits for the commit interval, durable() never does") {
+    TempDir dir;
+    const auto path = dir.file("audit.db");
+    CapturedLog log;
+    asio::io_context ioc;
+    auto options = with_logger(log);
+    options.commit_interval = 2s;
+    AuditWriter writer(path, options);
+    writer.start();
+    using Clock = std::chrono::steady_clock;
+    auto wait_for_rows = [&](std::int64_t n) {
+        const auto until = Clock::now() + 20s;
+        while (count_rows(path) < n && Clock::now() < until) std::this_thread::sleep_for(10ms);
+        return count_rows(path);
+    };
+    // After a quiet spell the first event is committed at once.
+    writer.record(numbered_event(1));
+    REQUIRE(wait_for_rows(1) == 1);
+    // The next one waits for the interval: one transaction (one fsync) for a trickle.
+    writer.record(numbered_event(2));
+    std::this_thread::sleep_for(300ms);
+    CHECK(count_rows(path) == 1);
+    CHECK(writer.queue_depth() == 1);
+    // A durable() barrier does not wait for it.
+    run_under_deadline(ioc, [&]() -> asio::awaitable<void> {
+        const auto t0 = Clock::now();
+        CHECK((co_await writer.durable()).has_value());
+        CHECK(Clock::now() - t0 < 1500ms);
+        CHECK(count_rows(path) == 2);
+    });
+    const auto committed_at = Clock::now();
+    // Without a barrier an event is still written, one interval after the latest commit.
+    writer.record(numbered_event(3));
+    REQUIRE(wait_for_rows(3) == 3);
+    CHECK(Clock::now() - committed_at >= 1500ms);
+    CHECK(writer.committed() == 3);
+}
+
 TEST_CASE("audit writer: registered secrets never reach the file or the log") {
     TempDir dir;
     const auto path = dir.file("audit.db");

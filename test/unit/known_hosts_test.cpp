@@ -125,6 +125,42 @@ TEST_CASE("patterns: lists, wildcards, negation, hashed hosts, revoked keys") {
     CHECK(kh->check("anything", 22, ed25519_key('r')).verdict == HostKeyVerdict::revoked);
 }
 
+TEST_CASE("a thousand hosts: exact names, wildcards and negations keep OpenSSH's answers") {
+    // Literal names are found through the index, everything else by a scan; the verdict and
+    // the entry named as evidence must not depend on which.
+    auto k = ed25519_key('k'), stale = ed25519_key('s'), other = ed25519_key('o');
+    std::string text;
+    for (int i = 0; i < 1000; ++i) text += line_for("[10.0.0." + std::to_string(i % 250) + "]:" + std::to_string(20000 + i), k);
+    text += line_for("[10.0.0.7]:20007,Web-1", k);                // line 1001: a second name
+    text += line_for("[10.9.*]:2200", stale);                     // line 1002: wildcard, first
+    text += line_for("[10.9.0.1]:2200", k);                       // line 1003: exact, later
+    text += line_for("[10.8.*]:2200,![10.8.0.66]:2200", stale);   // line 1004: negation
+    auto kh = KnownHosts::from_text(text);
+    CHECK(kh->size() == 1004);
+    CHECK(kh->check("10.0.0.5", 20005, k).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("10.0.0.5", 20006, k).verdict == HostKeyVerdict::unknown);
+    CHECK(kh->check("web-1", 22, k).verdict == HostKeyVerdict::known);  // case-insensitive
+    CHECK(kh->key_types_for("10.0.0.7", 20007) == std::vector<std::string>{"ssh-ed25519"});
+    auto changed = kh->check("10.0.0.999", 20999, other);
+    CHECK(changed.verdict == HostKeyVerdict::unknown);
+    changed = kh->check("10.0.0.249", 20999, other);
+    CHECK(changed.verdict == HostKeyVerdict::changed);
+    CHECK(changed.known_line == 1000);
+    // The exact entry's key is known even though a wildcard entry with another key comes
+    // first; a third key is a change whose evidence is the first matching entry in the file.
+    CHECK(kh->check("10.9.0.1", 2200, k).verdict == HostKeyVerdict::known);
+    auto c = kh->check("10.9.0.1", 2200, other);
+    CHECK(c.verdict == HostKeyVerdict::changed);
+    CHECK(c.known_line == 1002);
+    CHECK(kh->check("10.8.0.5", 2200, stale).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("10.8.0.66", 2200, stale).verdict == HostKeyVerdict::unknown);
+    // A key recorded later is found through the index too.
+    auto added = kh->verify("new-host", 2222, other, HostKeyPolicy::accept_new);
+    REQUIRE(added.has_value());
+    CHECK(added->verdict == HostKeyVerdict::recorded);
+    CHECK(kh->check("NEW-HOST", 2222, other).verdict == HostKeyVerdict::known);
+}
+
 TEST_CASE("add() appends an OpenSSH line that a reload finds") {
     auto dir = std::filesystem::temp_directory_path() / "guardia-kh-test";
     std::filesystem::remove_all(dir);

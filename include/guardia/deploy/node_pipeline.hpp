@@ -5,6 +5,7 @@
 // interpolated value is shell-quoted. Every step is audited (start and end) and has a deadline.
 #pragma once
 
+#include "guardia/core/artifact_bytes.hpp"
 #include "guardia/core/error.hpp"
 #include "guardia/deploy/inventory.hpp"
 #include "guardia/ssh/known_hosts.hpp"
@@ -40,10 +41,21 @@ struct ArtifactSpec {
     std::string md5;  // recorded in the audit log, as the original engine did
     std::uint64_t size = 0;
     unsigned mode = 0644;  // permission bits of the local file, given to the deployed file
+    // The bytes themselves, read once for the whole rollout: every node's upload streams from
+    // this one shared buffer. Null for an artifact too large to hold (each upload then reads
+    // local_path, verified remotely against sha256 all the same).
+    std::shared_ptr<const ArtifactBytes> bytes;
 };
 
-// Reads and hashes a local artifact (blocking: run it off the loop, e.g. run_blocking()).
-Result<ArtifactSpec> describe_artifact(const std::string& path);
+// Artifacts up to this size are held in memory by describe_artifact. Beyond it, the CPU of
+// encrypting the artifact for each node dwarfs re-reading it from the page cache, while
+// holding it would cost its whole size in memory.
+inline constexpr std::uint64_t kArtifactInMemoryLimit = 64ull << 20;
+
+// Reads and hashes a local artifact, keeping its bytes if it is no larger than
+// `keep_in_memory_up_to` (blocking: run it off the loop, e.g. run_blocking()).
+Result<ArtifactSpec> describe_artifact(const std::string& path,
+                                       std::uint64_t keep_in_memory_up_to = kArtifactInMemoryLimit);
 
 struct PipelineSettings {
     PipelineSettings() {}

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 namespace guardia::ssh {
@@ -92,9 +93,19 @@ private:
     HostKeyCheck check_locked(std::string_view host, std::uint16_t port, const HostKey& key) const;
     Result<void> add_locked(std::string_view host, std::uint16_t port, const HostKey& key);
     void parse_text(std::string_view text);
+    // Files the entry at `index` under its names (or among the scanned ones).
+    void index_entry(std::size_t index);
+    // Indices of the entries that may match `name` (the exact-name ones, and every scanned
+    // one), in file order: what the checks then walk, instead of the whole file.
+    std::vector<std::size_t> candidates(const std::string& name) const;
 
     std::string path_;
     std::vector<Entry> entries_;
+    // Entries whose patterns are all literal names (no wildcard, no negation, not hashed, not
+    // @revoked), by lowercase name: with a thousand hosts a lookup is a hash probe, not a scan
+    // of the file per connection (twice: key types before the handshake, the check after).
+    std::unordered_map<std::string, std::vector<std::size_t>> by_name_;
+    std::vector<std::size_t> scanned_;  // every other entry, in file order
     int skipped_lines_ = 0;
     int line_count_ = 0;
     // A KnownHosts is shared by every session of a rollout; sessions run on one loop, but

@@ -24,6 +24,10 @@ namespace spdlog {
 class logger;
 }
 
+namespace guardia {
+class ArtifactBytes;
+}
+
 namespace guardia::ssh {
 
 using namespace std::chrono_literals;
@@ -75,9 +79,10 @@ struct UploadOptions {
     std::chrono::milliseconds timeout = 30min;        // the whole upload
     std::chrono::milliseconds stall_timeout = 60s;    // no progress at all for this long
     bool verify_md5 = false;                          // also check md5sum remotely
-    // The file's sha256 when the caller has it already (a rollout hashes each artifact once for
-    // all nodes): local hashing is skipped, the remote copy is verified against this, and a
-    // local file that changed since is caught as a mismatch. MD5 is then not computed.
+    // The sha256 (64 lowercase hex digits) the remote copy must have, when the caller knows it
+    // (a rollout hashes each artifact once for all nodes). Uploading a file: local hashing is
+    // skipped (MD5 is then not computed) and a local file that changed since is caught as a
+    // mismatch. Uploading ArtifactBytes: checked instead of the digest they carry.
     std::string expected_sha256;
     // true: rename the verified staging file onto the remote path.
     // false: leave the verified file under its staging name (UploadResult::staging_path)
@@ -92,11 +97,23 @@ struct UploadResult {
     std::string remote_path;
     std::string staging_path;
     std::uint64_t bytes = 0;
-    std::string sha256;  // lowercase hex, computed locally while streaming, verified remotely
-    std::string md5;     // lowercase hex, computed locally; verified remotely if asked
+    std::string sha256;  // lowercase hex, verified remotely: computed while streaming, or the
+                         // expected one, or the one the ArtifactBytes carry
+    std::string md5;     // lowercase hex when known (not for a file with expected_sha256);
+                         // verified remotely if asked
     std::chrono::microseconds duration{0};           // the whole upload
     std::chrono::microseconds transfer_duration{0};  // until the staging file was closed
     std::chrono::microseconds verify_duration{0};    // remote checksum (+ rename)
+};
+
+// What a connection negotiated, for audit and for checking that the cheap secure methods win.
+struct NegotiatedMethods {
+    std::string kex;
+    std::string host_key;
+    std::string cipher_out;  // client to server, e.g. "aes128-ctr"
+    std::string cipher_in;   // server to client
+    std::string mac_out;     // e.g. "hmac-sha2-256"; with AES-GCM the cipher authenticates
+    std::string mac_in;
 };
 
 // Overloads rather than defaulted option arguments: see the note on the option structs.
@@ -129,6 +146,15 @@ public:
                                                         UploadOptions options);
     boost::asio::awaitable<Result<UploadResult>> upload(std::string local_path,
                                                         std::string remote_path);
+    // The same from bytes already in memory, shared read-only (one buffer serves every session
+    // of a rollout): nothing is read from disk, copied or hashed per upload; libssh2 is handed
+    // the buffer itself. The remote copy is verified against options.expected_sha256 when set,
+    // else against bytes->sha256(). `bytes` must stay unmodified (it is const) and non-null.
+    boost::asio::awaitable<Result<UploadResult>> upload(std::shared_ptr<const ArtifactBytes> bytes,
+                                                        std::string remote_path,
+                                                        UploadOptions options);
+    boost::asio::awaitable<Result<UploadResult>> upload(std::shared_ptr<const ArtifactBytes> bytes,
+                                                        std::string remote_path);
 
     // Orderly goodbye (SSH disconnect), bounded by `grace`. Never fails; the session is
     // unusable afterwards. Destroying a Session without it only frees resources.
@@ -140,6 +166,8 @@ public:
     const std::string& peer() const noexcept;
     // The verified host key (type and SHA256 fingerprint), for audit.
     const HostKey& host_key() const noexcept;
+    // The algorithms the handshake settled on (empty strings once the session is freed).
+    NegotiatedMethods negotiated() const;
 
     struct Impl;
 

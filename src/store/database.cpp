@@ -3,7 +3,9 @@
 #include "detail/sqlite.hpp"
 
 #include <array>
+#include <chrono>
 #include <stdexcept>
+#include <thread>
 #include <utility>
 
 namespace guardia::store {
@@ -167,7 +169,18 @@ void Database::configure(const DatabaseOptions& options) {
     sqlite3_busy_timeout(db_.get(), static_cast<int>(options.busy_timeout.count()));
 
     // WAL: readers never block the writer thread and the writer never blocks readers.
+    // Switching a new file to WAL needs an exclusive lock, and SQLite may answer SQLITE_BUSY
+    // without calling the busy handler while another connection is creating the same file:
+    // retry until busy_timeout (this runs at open, never on the event loop).
     auto mode = query_text("PRAGMA journal_mode = WAL");
+    const auto give_up = std::chrono::steady_clock::now() + options.busy_timeout;
+    while (!mode && (mode.error().code == make_sqlite_error(SQLITE_BUSY) ||
+                     (mode.error().code.category() == sqlite_category() &&
+                      (mode.error().code.value() & 0xff) == SQLITE_BUSY)) &&
+           std::chrono::steady_clock::now() < give_up) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        mode = query_text("PRAGMA journal_mode = WAL");
+    }
     if (!mode) fail(mode.error());
     if (*mode != "wal" && path_ != ":memory:")
         fail(Error(make_sqlite_error(SQLITE_CANTOPEN),

@@ -25,6 +25,7 @@ a file per command here.
 import concurrent.futures
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -40,15 +41,18 @@ STATUS = re.compile(r"^\[\d+\] \S+ \[(SUCCESS|FAILURE)\] (\S+)(?: (.*))?$")
 
 
 class Pssh:
-    def __init__(self, work, known_hosts, par):
+    def __init__(self, work, known_hosts, par, ssh_options=()):
         self.work = work
+        self.ssh_options = list(ssh_options)
         self.known_hosts = known_hosts
         self.par = par
         self.calls = 0
+        self.stages = {}   # label -> {"wall_s", "cpu_s" (parallel-ssh and its ssh processes), "hosts"}
 
-    def run(self, nodes, command, par, stdin_file=None, timeout=600):
+    def run(self, nodes, command, par, stdin_file=None, timeout=600, label="other"):
         """Runs command on nodes; returns {name: (exit_code or None, stderr tail)}."""
         self.calls += 1
+        t0, ru0 = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
         by_host = {f"{n['user']}@{n['host']}:{n['ssh_port']}": n for n in nodes}
         hosts = os.path.join(self.work, f"hosts-{self.calls}")
         with open(hosts, "w") as f:
@@ -61,11 +65,18 @@ class Pssh:
                "-O", "BatchMode=yes", "-O", "StrictHostKeyChecking=yes",
                "-O", f"UserKnownHostsFile={self.known_hosts}", "-O", "IdentitiesOnly=yes",
                "-X", "-i", "-X", keys.pop()]
+        for o in self.ssh_options:
+            cmd += ["-O", o]
         if stdin_file:
             cmd.append("-I")
         cmd.append(command)
         with open(stdin_file or os.devnull, "rb") as stdin:
             p = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        st = self.stages.setdefault(label, {"wall_s": 0.0, "cpu_s": 0.0, "hosts": 0})
+        st["wall_s"] = round(st["wall_s"] + time.monotonic() - t0, 3)
+        st["cpu_s"] = round(st["cpu_s"] + ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime, 3)
+        st["hosts"] += len(nodes)
         results = {}
         for line in p.stdout.splitlines():
             m = STATUS.match(line)
@@ -124,7 +135,9 @@ def write_map(path, nodes):
 
 def main():
     a = pc.parse_args(__doc__.splitlines()[0],
-                      lambda ap: ap.add_argument("--par", type=int, default=50, help="tier 2 parallelism"))
+                      lambda ap: (ap.add_argument("--par", type=int, default=50, help="tier 2 parallelism"),
+                                  ap.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                                                  help="extra ssh -o option, e.g. KexAlgorithms=curve25519-sha256")))
     started = time.monotonic()
     pc.TIER_CONCURRENCY[2] = a.par
     nodes = pc.load_nodes(a.inventory, a.key)
@@ -139,7 +152,7 @@ def main():
     try:
         mapfile = os.path.join(work, "nodes.sh")
         write_map(mapfile, nodes)
-        ps = Pssh(work, a.known_hosts, a.par)
+        ps = Pssh(work, a.known_hosts, a.par, a.ssh_option)
         head = f"LC_ALL=C; set -- $SSH_CONNECTION; port=$4; . {pc.q(mapfile)}; "
         stage = f"\"$d\"/.{pc.q(name)}{pc.STAGE_SUFFIX}"
         target = f"\"$d\"/{pc.q(name)}"
@@ -173,19 +186,19 @@ def main():
             par = pc.concurrency(tier, len(tier_nodes))
             by_name = {n["name"]: n for n in tier_nodes}
             # 1. pre-check + backup
-            r = ps.run(tier_nodes, precheck_backup, par)
+            r = ps.run(tier_nodes, precheck_backup, par, label="precheck_backup")
             report("PRECHECK/BACKUP", r)
             for nm, (code, _) in r.items():
                 if code != 0:
                     results[nm] = "failed_unchanged"
             alive = [n for n in tier_nodes if n["name"] not in results]
             # 2. upload
-            r = ps.run(alive, upload, par, stdin_file=artifact) if alive else {}
+            r = ps.run(alive, upload, par, stdin_file=artifact, label="upload") if alive else {}
             report("UPLOAD", r)
             discard_these = [by_name[nm] for nm, (code, _) in r.items() if code != 0]
             alive = [n for n in alive if r[n["name"]][0] == 0]
             # 3. verify, shutdown, activate, startup
-            r = ps.run(alive, activate, par) if alive else {}
+            r = ps.run(alive, activate, par, label="verify_restart") if alive else {}
             report("VERIFY/RESTART", r)
             to_rollback = []
             for nm, (code, _) in r.items():
@@ -195,7 +208,11 @@ def main():
                     to_rollback.append(by_name[nm])   # shutdown may have run: roll back
             alive = [n for n in alive if r[n["name"]][0] == 0]
             # 4. health
+            t0 = time.monotonic()
             h = health_all(alive, par) if alive else {}
+            ps.stages.setdefault("health", {"wall_s": 0.0, "hosts": 0})
+            ps.stages["health"]["wall_s"] = round(ps.stages["health"]["wall_s"] + time.monotonic() - t0, 3)
+            ps.stages["health"]["hosts"] += len(alive)
             for n in alive:
                 if h[n["name"]]:
                     results[n["name"]] = "deployed"
@@ -206,9 +223,9 @@ def main():
             for n in discard_these:
                 results[n["name"]] = "failed_unchanged"
             if discard_these:
-                ps.run(discard_these, discard, par)
+                ps.run(discard_these, discard, par, label="discard")
             if to_rollback:
-                r = ps.run(to_rollback, rollback, par)
+                r = ps.run(to_rollback, rollback, par, label="rollback")
                 report("ROLLBACK", r)
                 back = [n for n in to_rollback if r[n["name"]][0] == 0]
                 h = health_all(back, par) if back else {}
@@ -220,7 +237,8 @@ def main():
                 print(f"[ABORT] tier {tier}: {failed}/{len(tier_nodes)} failed", file=sys.stderr)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return pc.summary("pssh", nodes, results, started, {"aborted": aborted, "pssh_runs": ps.calls})
+    return pc.summary("pssh", nodes, results, started, {"aborted": aborted, "pssh_runs": ps.calls,
+                                                             "stages": ps.stages})
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import peer_common as pc  # noqa: E402
 RECAP = re.compile(r"^(\S+)\s+:\s+((?:\w+=\d+\s*)+)$")
 
 
-def inventory(nodes, known_hosts):
+def inventory(nodes, known_hosts, ssh_options=()):
     groups = {}
     for n in nodes:
         h = n["health"]
@@ -45,14 +45,17 @@ def inventory(nodes, known_hosts):
         groups.setdefault(t, {"hosts": {}})
     return {"all": {
         "vars": {"ansible_ssh_common_args": f"-o UserKnownHostsFile={known_hosts} "
-                                            "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"},
+                                            "-o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+                                            + "".join(" -o " + o for o in ssh_options)},
         "children": groups}}
 
 
 def main():
     a = pc.parse_args(__doc__.splitlines()[0],
-                      lambda ap: ap.add_argument("--verbose", action="store_true",
-                                                 help="copy all of Ansible's output to stderr"))
+                      lambda ap: (ap.add_argument("--verbose", action="store_true",
+                                                  help="copy all of Ansible's output to stderr"),
+                                  ap.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                                                  help="extra ssh -o option, e.g. KexAlgorithms=curve25519-sha256")))
     started = time.monotonic()
     nodes = pc.load_nodes(a.inventory, a.key)
     artifact = os.path.abspath(a.artifact)
@@ -60,7 +63,7 @@ def main():
     try:
         inv = os.path.join(work, "hosts.yml")
         with open(inv, "w") as f:
-            json.dump(inventory(nodes, os.path.abspath(a.known_hosts)), f)   # JSON is YAML
+            json.dump(inventory(nodes, os.path.abspath(a.known_hosts), a.ssh_option), f)   # JSON is YAML
         extra = os.path.join(work, "vars.json")
         with open(extra, "w") as f:
             json.dump({"artifact": artifact, "artifact_name": os.path.basename(artifact),

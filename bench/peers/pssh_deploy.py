@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -145,6 +146,7 @@ def main():
     name = os.path.basename(artifact)
     sha256 = pc.file_digest(artifact)
     ts = pc.stamp()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally: remove the temp dir
     work = tempfile.mkdtemp(prefix="guardia-pssh-")
     os.chmod(work, 0o755)
     results = {}

@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ def main():
     started = time.monotonic()
     nodes = pc.load_nodes(a.inventory, a.key)
     artifact = os.path.abspath(a.artifact)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # run the finally: remove the temp dir
     work = tempfile.mkdtemp(prefix="guardia-ansible-")
     try:
         inv = os.path.join(work, "hosts.yml")

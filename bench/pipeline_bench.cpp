@@ -124,7 +124,8 @@ int main(int argc, char** argv) try {
     for (const auto& f : failures) failed.emplace_back(f);
     if (!failed.empty()) report["failures"] = failed;
     std::cout << json::serialize(report) << std::endl;
-    if (failures.empty()) std::filesystem::remove(db_path);
+    if (failures.empty())
+        for (const char* suffix : {"", "-wal", "-shm"}) std::filesystem::remove(db_path + suffix);
     else std::cerr << "guardia-bench-pipeline: audit log kept in " << db_path << std::endl;
     return outcomes["DEPLOYED"] == static_cast<int>(deployments) ? 0 : 1;
 } catch (const std::exception& e) {

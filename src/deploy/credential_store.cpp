@@ -24,8 +24,9 @@ Result<std::shared_ptr<CredentialStore>> CredentialStore::open(const std::string
                          ": must be a JSON object {\"name\": \"password\", ...}");
     for (const auto& [name, value] : doc.as_object()) {
         if (!value.is_string())
-            return Error(errc::invalid_argument, "credentials file " + passwords_file + ": entry '" +
-                                                     std::string(name) + "' is not a string");
+            return Error(errc::invalid_argument, "credentials file " + passwords_file +
+                                                     ": entry '" + std::string(name) +
+                                                     "' is not a string");
         store->passwords_.emplace(std::string(name), Secret(std::string(value.as_string())));
     }
     return store;
@@ -39,8 +40,8 @@ Result<ssh::Credentials> CredentialStore::for_node(const Node& node) {
         if (found == keys_.end()) {
             auto key = ssh::PrivateKey::load(node.auth.key_file);
             if (!key)
-                return Error(key.error().code, "node '" + node.name + "': auth.key_file: " +
-                                                   key.error().message);
+                return Error(key.error().code,
+                             "node '" + node.name + "': auth.key_file: " + key.error().message);
             found = keys_.emplace(node.auth.key_file, *key).first;
         }
         c.key = found->second;
@@ -65,6 +66,22 @@ std::vector<std::string> CredentialStore::secrets() const {
     std::vector<std::string> out;
     for (const auto& [name, pw] : passwords_) out.push_back(pw.reveal());
     return out;
+}
+
+Result<ssh::ConnectOptions> CredentialStore::connect_options(
+    const Node& node, std::shared_ptr<ssh::KnownHosts> known_hosts, ssh::HostKeyPolicy policy,
+    std::chrono::milliseconds timeout, std::shared_ptr<spdlog::logger> logger) {
+    auto cred = for_node(node);
+    if (!cred) return cred.error();
+    ssh::ConnectOptions o;
+    o.host = node.host;
+    o.port = node.ssh_port;
+    o.credentials = std::move(*cred);
+    o.known_hosts = std::move(known_hosts);
+    o.host_key_policy = policy;
+    o.timeout = timeout;
+    o.logger = std::move(logger);
+    return o;
 }
 
 }  // namespace guardia::deploy

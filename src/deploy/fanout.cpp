@@ -62,20 +62,14 @@ asio::awaitable<void> Fanout::Impl::one(std::size_t i) {
         r.error = Error(e.code, "node '" + node.name + "': " + e.message);
     };
     try {
-        auto cred = options.credentials->for_node(node);
-        if (!cred) {
-            fail(cred.error());
+        auto o =
+            options.credentials->connect_options(node, options.known_hosts, options.host_key_policy,
+                                                 options.connect_timeout, options.logger);
+        if (!o) {
+            fail(o.error());
         } else {
-            ssh::ConnectOptions o;
-            o.host = node.host;
-            o.port = node.ssh_port;
-            o.credentials = std::move(*cred);
-            o.known_hosts = options.known_hosts;
-            o.host_key_policy = options.host_key_policy;
-            o.timeout = options.connect_timeout;
-            o.logger = options.logger;
             auto ex = co_await asio::this_coro::executor;
-            auto s = co_await ssh::Session::connect(ex, std::move(o));
+            auto s = co_await ssh::Session::connect(ex, std::move(*o));
             if (!s) {
                 fail(s.error());
             } else {

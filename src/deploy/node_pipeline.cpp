@@ -42,7 +42,8 @@ std::string_view to_string(NodeOutcome outcome) noexcept {
     return "UNKNOWN";
 }
 
-Result<ArtifactSpec> describe_artifact(const std::string& path, std::uint64_t keep_in_memory_up_to) {
+Result<ArtifactSpec> describe_artifact(const std::string& path,
+                                       std::uint64_t keep_in_memory_up_to) {
     struct stat size_check {};
     if (::stat(path.c_str(), &size_check) == 0 && S_ISREG(size_check.st_mode) &&
         static_cast<std::uint64_t>(size_check.st_size) <= keep_in_memory_up_to) {
@@ -279,25 +280,19 @@ Result<void> Pipeline::validate() {
 asio::awaitable<Result<void>> Pipeline::connect() {
     Step step(*this, "CONNECT",
               node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port));
-    auto cred =
+    auto o =
         settings_.credentials
-            ? settings_.credentials->for_node(node_)
-            : Result<ssh::Credentials>(Error(errc::invalid_argument, "no credential store"));
-    if (!cred) {
-        Error e = node_error(cred.error().code, "CONNECT", cred.error().message);
+            ? settings_.credentials->connect_options(node_, settings_.known_hosts,
+                                                     settings_.host_key_policy,
+                                                     settings_.connect_timeout, settings_.logger)
+            : Result<ssh::ConnectOptions>(Error(errc::invalid_argument, "no credential store"));
+    if (!o) {
+        Error e = node_error(o.error().code, "CONNECT", o.error().message);
         step.failed(e);
         co_return e;
     }
-    ssh::ConnectOptions o;
-    o.host = node_.host;
-    o.port = node_.ssh_port;
-    o.credentials = std::move(*cred);
-    o.known_hosts = settings_.known_hosts;
-    o.host_key_policy = settings_.host_key_policy;
-    o.timeout = settings_.connect_timeout;
-    o.logger = settings_.logger;
     auto ex = co_await asio::this_coro::executor;
-    auto s = co_await ssh::Session::connect(ex, std::move(o));
+    auto s = co_await ssh::Session::connect(ex, std::move(*o));
     if (!s) {
         Error e = node_error(s.error().code, "CONNECT", s.error().message);
         step.failed(e);
@@ -689,17 +684,13 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
 asio::awaitable<bool> Pipeline::ensure_session(const std::string& why) {
     if (session_ && session_->usable()) co_return true;
     session_.reset();
-    auto cred = settings_.credentials->for_node(node_);
-    if (!cred) co_return false;
-    ssh::ConnectOptions o;
-    o.host = node_.host;
-    o.port = node_.ssh_port;
-    o.credentials = std::move(*cred);
-    o.known_hosts = settings_.known_hosts;
-    o.host_key_policy = ssh::HostKeyPolicy::strict;  // the key was verified on the first connect
-    o.timeout = settings_.connect_timeout;
+    // strict: the key was verified (and, under accept-new, recorded) on the first connect.
+    auto o = settings_.credentials->connect_options(node_, settings_.known_hosts,
+                                                    ssh::HostKeyPolicy::strict,
+                                                    settings_.connect_timeout, settings_.logger);
+    if (!o) co_return false;
     auto ex = co_await asio::this_coro::executor;
-    auto s = co_await ssh::Session::connect(ex, std::move(o));
+    auto s = co_await ssh::Session::connect(ex, std::move(*o));
     if (!s) {
         audit("RECONNECT", "STEP_FAILED", std::nullopt, std::nullopt,
               why + ": " + s.error().message);

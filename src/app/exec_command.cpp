@@ -105,10 +105,11 @@ int exec_command(int argc, char** argv) {
         o.audit = audit.get();
     }
     const std::size_t n = engine.inventory.nodes.size();
+    // Before the Fanout: its timer must be destroyed before the io_context it belongs to.
+    asio::io_context ioc(1);
     auto fan = Fanout::create(std::move(engine.inventory), command, std::move(o));
     if (!fan) throw UsageError(fan.error().message);
 
-    asio::io_context ioc(1);
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     bool cancelled = false;
     signals.async_wait([&](boost::system::error_code ec, int) {

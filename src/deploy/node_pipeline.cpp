@@ -131,6 +131,19 @@ std::vector<std::string> paths_in(const std::string& command) {
 // command was sent but its answer was lost (deadline, connection), so we may hold the lock.
 enum class Stage { nothing, lock_unknown, locked, backed_up, staged, live_changed };
 
+// How far a sequence of steps got: the first failure wins, later steps are skipped.
+struct StepChain {
+    std::string failed_step;
+    Result<void> outcome;
+    bool ok() const { return failed_step.empty(); }
+    void note(const std::string& step, Result<void> r) {
+        if (!r && ok()) {
+            failed_step = step;
+            outcome = std::move(r);
+        }
+    }
+};
+
 class Pipeline {
   public:
     Pipeline(const Node& node, const std::vector<ArtifactSpec>& artifacts,
@@ -250,6 +263,14 @@ class Pipeline {
     std::vector<std::string> staged_;  // staging paths, parallel to artifacts_
     std::string current_step_;         // the step started last: where a cancellation struck
     std::string prepare_failed_step_;  // which of PRECHECK / LOCK / BACKUP prepare() failed in
+
+    // Asio throws at the next co_await once the node was cancelled: the step in progress is
+    // where the node stopped.
+    void note_cancelled(StepChain& chain) const {
+        chain.failed_step = current_step_.empty() ? "CONNECT" : current_step_;
+        chain.outcome = node_error(errc::cancelled, chain.failed_step,
+                                   "cancelled (rollout stopped or node deadline)");
+    }
 };
 
 // The node's own commands are checked before anything at all is sent to it.
@@ -810,45 +831,31 @@ asio::awaitable<void> Pipeline::unlock() {
 
 asio::awaitable<NodeReport> Pipeline::run() {
     const auto started = Clock::now();
-    std::string failed_step;
-    Result<void> outcome = validate();
-    if (!outcome) failed_step = "VALIDATE";
-    auto next = [&](const char* name, Result<void> r) {
-        if (!r && failed_step.empty()) {
-            failed_step = name;
-            outcome = std::move(r);
-        }
-    };
+    StepChain chain;
+    chain.note("VALIDATE", validate());
     try {
-        if (failed_step.empty()) next("CONNECT", co_await connect());
-        if (failed_step.empty()) {
+        if (chain.ok()) chain.note("CONNECT", co_await connect());
+        if (chain.ok()) {
             auto r = co_await prepare();
-            if (!r) {
-                failed_step = prepare_failed_step_;
-                outcome = std::move(r);
-            }
+            chain.note(prepare_failed_step_, std::move(r));
         }
-        if (failed_step.empty()) next("TRANSFER", co_await transfer());
-        if (failed_step.empty()) next("RESTART", co_await restart());
-        if (failed_step.empty()) next("HEALTH", co_await health("HEALTH"));
+        if (chain.ok()) chain.note("TRANSFER", co_await transfer());
+        if (chain.ok()) chain.note("RESTART", co_await restart());
+        if (chain.ok()) chain.note("HEALTH", co_await health("HEALTH"));
     } catch (const boost::system::system_error&) {
-        // Asio throws at the next co_await once the node was cancelled: the step in progress
-        // is where the node stopped.
-        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
-        outcome = node_error(errc::cancelled, failed_step,
-                             "cancelled (rollout stopped or node deadline)");
+        note_cancelled(chain);
     }
     // From here on everything must run to the end: the clean-up ignores any further
     // cancellation (Asio would otherwise throw at every co_await of a cancelled node, and a
     // late signal would interrupt the rollback). Each clean-up step has its own deadline.
     co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
 
-    if (failed_step.empty()) {
+    if (chain.ok()) {
         report_.outcome = NodeOutcome::deployed;
         audit("SUMMARY", "DEPLOY_SUCCESS", std::nullopt, ms(Clock::now() - started), "");
     } else {
-        report_.failed_step = failed_step;
-        report_.error = outcome.error();
+        report_.failed_step = chain.failed_step;
+        report_.error = chain.outcome.error();
         audit("SUMMARY", "DEPLOY_FAILED", std::nullopt, ms(Clock::now() - started),
               report_.error.message);
         co_await cleanup_after_failure(started);
@@ -909,31 +916,23 @@ asio::awaitable<Result<void>> Pipeline::probe_lock() {
 
 asio::awaitable<NodeReport> Pipeline::run_precheck() {
     const auto started = Clock::now();
-    std::string failed_step;
-    Result<void> outcome = validate();
-    if (!outcome) failed_step = "VALIDATE";
-    auto next = [&](const char* name, Result<void> r) {
-        if (!r && failed_step.empty()) {
-            failed_step = name;
-            outcome = std::move(r);
-        }
-    };
+    StepChain chain;
+    chain.note("VALIDATE", validate());
     try {
-        if (failed_step.empty()) next("CONNECT", co_await connect());
-        if (failed_step.empty()) next("PRECHECK", co_await precheck());
-        if (failed_step.empty()) next("LOCK_PROBE", co_await probe_lock());
+        if (chain.ok()) chain.note("CONNECT", co_await connect());
+        if (chain.ok()) chain.note("PRECHECK", co_await precheck());
+        if (chain.ok()) chain.note("LOCK_PROBE", co_await probe_lock());
     } catch (const boost::system::system_error&) {
-        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
-        outcome = node_error(errc::cancelled, failed_step, "cancelled");
+        note_cancelled(chain);
     }
     co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
-    if (failed_step.empty()) {
+    if (chain.ok()) {
         report_.outcome = NodeOutcome::deployed;
         audit("SUMMARY", "DRY_RUN_OK", std::nullopt, ms(Clock::now() - started), "would deploy");
     } else {
         report_.outcome = NodeOutcome::failed_unchanged;
-        report_.failed_step = failed_step;
-        report_.error = outcome.error();
+        report_.failed_step = chain.failed_step;
+        report_.error = chain.outcome.error();
         audit("SUMMARY", "DRY_RUN_FAILED", std::nullopt, ms(Clock::now() - started),
               report_.error.message);
     }
@@ -945,33 +944,23 @@ asio::awaitable<NodeReport> Pipeline::run_precheck() {
 asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_path) {
     const auto started = Clock::now();
     report_.backup_path = backup_path;
-    std::string failed_step;
-    Result<void> outcome = validate();
-    if (!outcome) failed_step = "VALIDATE";
-    if (failed_step.empty() && backup_path.empty()) {
-        failed_step = "VALIDATE";
-        outcome =
-            node_error(errc::invalid_argument, "VALIDATE", "no backup recorded to roll back to");
-    }
+    StepChain chain;
+    chain.note("VALIDATE", validate());
+    if (backup_path.empty())
+        chain.note("VALIDATE", node_error(errc::invalid_argument, "VALIDATE",
+                                          "no backup recorded to roll back to"));
     try {
-        if (failed_step.empty()) {
-            outcome = co_await connect();
-            if (!outcome) failed_step = "CONNECT";
-        }
-        if (failed_step.empty()) {
-            outcome = co_await lock();
-            if (!outcome) failed_step = "LOCK";
-        }
+        if (chain.ok()) chain.note("CONNECT", co_await connect());
+        if (chain.ok()) chain.note("LOCK", co_await lock());
     } catch (const boost::system::system_error&) {
-        failed_step = current_step_.empty() ? "CONNECT" : current_step_;
-        outcome = node_error(errc::cancelled, failed_step, "cancelled");
+        note_cancelled(chain);
     }
     co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
-    if (!failed_step.empty()) {
+    if (!chain.ok()) {
         // Not reached or not ours to touch: the node stays as it is.
         report_.outcome = NodeOutcome::failed_unchanged;
-        report_.failed_step = failed_step;
-        report_.error = outcome.error();
+        report_.failed_step = chain.failed_step;
+        report_.error = chain.outcome.error();
         audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
               report_.error.message);
     } else {

@@ -65,7 +65,8 @@ class WaiterFor final : public Waiter {
         work_;
 };
 
-using Item = std::variant<AuditEvent, NodeResult, RolloutRecord, std::unique_ptr<Waiter>>;
+using Item = std::variant<AuditEvent, NodeResult, RolloutRecord, TaskRecord, InventoryNodeRecord,
+                          ArtifactRecord, OutboxRecord, IdempotencyRecord, std::unique_ptr<Waiter>>;
 using Redactions = std::vector<std::string>;
 
 void redact(std::string& text, const Redactions& secrets) {
@@ -107,6 +108,12 @@ std::string describe_item(const Item& item) {
     if (const auto* n = std::get_if<NodeResult>(&item))
         return "node result of " + n->node + " in rollout " + n->rollout_id;
     if (const auto* r = std::get_if<RolloutRecord>(&item)) return "rollout " + r->id;
+    if (const auto* t = std::get_if<TaskRecord>(&item)) return "task " + t->sr_id;
+    if (const auto* i = std::get_if<InventoryNodeRecord>(&item)) return "inventory node " + i->name;
+    if (const auto* a = std::get_if<ArtifactRecord>(&item))
+        return "artifact " + a->name + " of SR " + a->sr_id;
+    if (const auto* o = std::get_if<OutboxRecord>(&item)) return "outbox delivery " + o->id;
+    if (std::holds_alternative<IdempotencyRecord>(item)) return "idempotency key";
     return "durable() waiter";
 }
 
@@ -153,6 +160,11 @@ struct AuditWriter::Impl {
     std::optional<Statement> insert_audit;
     std::optional<Statement> upsert_node;
     std::optional<Statement> upsert_rollout;
+    std::optional<Statement> upsert_task;
+    std::optional<Statement> upsert_inventory;
+    std::optional<Statement> upsert_artifact;
+    std::optional<Statement> upsert_outbox;
+    std::optional<Statement> insert_idempotency;
     std::atomic<int> query_only_request{-1};  // test hook: -1 none, else 0/1
 
     // Shared state, guarded by mu.
@@ -187,7 +199,8 @@ void AuditWriter::Impl::enqueue(Item item) {
             else
                 ++depth;
             accepted = true;
-            wake = is_waiter || queue.size() == 1 || queue.size() - queued_waiters == options.max_batch;
+            wake = is_waiter || queue.size() == 1 ||
+                   queue.size() - queued_waiters == options.max_batch;
         } else if (is_waiter) {
             unwritten = stopped_error();
         }
@@ -264,6 +277,10 @@ void AuditWriter::Impl::sanitize(Item& item, const Redactions& secrets) const {
         clean(n->error);
     else if (auto* r = std::get_if<RolloutRecord>(&item))
         clean(r->reason);
+    else if (auto* t = std::get_if<TaskRecord>(&item))
+        clean(t->reason);
+    else if (auto* o = std::get_if<OutboxRecord>(&item))
+        clean(o->last_error);
 }
 
 Result<void> AuditWriter::Impl::prepare_statements() {
@@ -295,9 +312,61 @@ Result<void> AuditWriter::Impl::prepare_statements() {
                                 " finished_ms = excluded.finished_ms",
                                 true);
     if (!r) return r.error();
+    auto t = Statement::prepare(h,
+                                "INSERT INTO tasks (sr_id, status, requester, approver, created_ms,"
+                                " updated_ms, payload, inst_id, system_name, rollout_id, reason)"
+                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                                " ON CONFLICT (sr_id) DO UPDATE SET status = excluded.status,"
+                                " requester = excluded.requester, approver = excluded.approver,"
+                                " created_ms = excluded.created_ms,"
+                                " updated_ms = excluded.updated_ms, payload = excluded.payload,"
+                                " inst_id = excluded.inst_id, system_name = excluded.system_name,"
+                                " rollout_id = excluded.rollout_id, reason = excluded.reason",
+                                true);
+    if (!t) return t.error();
+    auto i = Statement::prepare(h,
+                                "INSERT INTO inventory_nodes (name, inst_id, system_name, payload)"
+                                " VALUES (?1, ?2, ?3, ?4) ON CONFLICT (name) DO UPDATE SET"
+                                " inst_id = excluded.inst_id, system_name = excluded.system_name,"
+                                " payload = excluded.payload",
+                                true);
+    if (!i) return i.error();
+    auto f =
+        Statement::prepare(h,
+                           "INSERT INTO artifacts (sr_id, name, path, sha256, size, created_ms)"
+                           " VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (sr_id, name) DO"
+                           " UPDATE SET path = excluded.path, sha256 = excluded.sha256,"
+                           " size = excluded.size, created_ms = excluded.created_ms",
+                           true);
+    if (!f) return f.error();
+    auto o =
+        Statement::prepare(h,
+                           "INSERT INTO outbox (id, event, sr_id, url, headers, body, attempts,"
+                           " next_attempt_ms, created_ms, delivered_ms, gave_up_ms,"
+                           " last_error) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+                           " ?11, ?12) ON CONFLICT (id) DO UPDATE SET"
+                           " attempts = excluded.attempts,"
+                           " next_attempt_ms = excluded.next_attempt_ms,"
+                           " delivered_ms = excluded.delivered_ms,"
+                           " gave_up_ms = excluded.gave_up_ms,"
+                           " last_error = excluded.last_error",
+                           true);
+    if (!o) return o.error();
+    // A key is written once: the first answer is the one every retry gets.
+    auto k = Statement::prepare(h,
+                                "INSERT INTO idempotency_keys (key, request, status, body,"
+                                " created_ms) VALUES (?1, ?2, ?3, ?4, ?5)"
+                                " ON CONFLICT (key) DO NOTHING",
+                                true);
+    if (!k) return k.error();
     insert_audit = std::move(*a);
     upsert_node = std::move(*n);
     upsert_rollout = std::move(*r);
+    upsert_task = std::move(*t);
+    upsert_inventory = std::move(*i);
+    upsert_artifact = std::move(*f);
+    upsert_outbox = std::move(*o);
+    insert_idempotency = std::move(*k);
     return {};
 }
 
@@ -332,6 +401,54 @@ int AuditWriter::Impl::write_item(const Item& item) {
         stmt->bind(4, r->reason);
         stmt->bind(5, r->created_ms);
         stmt->bind(6, r->finished_ms);
+    } else if (const auto* t = std::get_if<TaskRecord>(&item)) {
+        stmt = &*upsert_task;
+        stmt->bind(1, t->sr_id);
+        stmt->bind(2, t->status);
+        stmt->bind(3, t->requester);
+        stmt->bind(4, t->approver);
+        stmt->bind(5, t->created_ms);
+        stmt->bind(6, t->updated_ms);
+        stmt->bind(7, t->payload);
+        stmt->bind(8, t->inst_id);
+        stmt->bind(9, t->system_name);
+        stmt->bind(10, t->rollout_id);
+        stmt->bind(11, t->reason);
+    } else if (const auto* i = std::get_if<InventoryNodeRecord>(&item)) {
+        stmt = &*upsert_inventory;
+        stmt->bind(1, i->name);
+        stmt->bind(2, i->inst_id);
+        stmt->bind(3, i->system_name);
+        stmt->bind(4, i->payload);
+    } else if (const auto* f = std::get_if<ArtifactRecord>(&item)) {
+        stmt = &*upsert_artifact;
+        stmt->bind(1, f->sr_id);
+        stmt->bind(2, f->name);
+        stmt->bind(3, f->path);
+        stmt->bind(4, f->sha256);
+        stmt->bind(5, f->size);
+        stmt->bind(6, f->created_ms);
+    } else if (const auto* o = std::get_if<OutboxRecord>(&item)) {
+        stmt = &*upsert_outbox;
+        stmt->bind(1, o->id);
+        stmt->bind(2, o->event);
+        stmt->bind(3, o->sr_id);
+        stmt->bind(4, o->url);
+        stmt->bind(5, o->headers);
+        stmt->bind(6, o->body);
+        stmt->bind(7, o->attempts);
+        stmt->bind(8, o->next_attempt_ms);
+        stmt->bind(9, o->created_ms);
+        stmt->bind(10, o->delivered_ms);
+        stmt->bind(11, o->gave_up_ms);
+        stmt->bind(12, o->last_error);
+    } else if (const auto* k = std::get_if<IdempotencyRecord>(&item)) {
+        stmt = &*insert_idempotency;
+        stmt->bind(1, k->key);
+        stmt->bind(2, k->request);
+        stmt->bind(3, std::int64_t{k->status});
+        stmt->bind(4, k->body);
+        stmt->bind(5, k->created_ms);
     } else {
         return SQLITE_DONE;  // waiters never reach a batch
     }
@@ -541,6 +658,26 @@ void AuditWriter::upsert_node_result(NodeResult result) {
 
 void AuditWriter::upsert_rollout(RolloutRecord rollout) {
     impl_->enqueue(std::move(rollout));
+}
+
+void AuditWriter::upsert_task(TaskRecord task) {
+    impl_->enqueue(std::move(task));
+}
+
+void AuditWriter::upsert_inventory_node(InventoryNodeRecord node) {
+    impl_->enqueue(std::move(node));
+}
+
+void AuditWriter::upsert_artifact(ArtifactRecord artifact) {
+    impl_->enqueue(std::move(artifact));
+}
+
+void AuditWriter::upsert_outbox(OutboxRecord delivery) {
+    impl_->enqueue(std::move(delivery));
+}
+
+void AuditWriter::record_idempotency(IdempotencyRecord answer) {
+    impl_->enqueue(std::move(answer));
 }
 
 void AuditWriter::set_redactions(std::vector<std::string> secrets) {

@@ -22,7 +22,7 @@ namespace {
 // must accept any event, even about a rollout whose row failed to be written); node_results
 // must name an existing rollout, which the single ordered writer guarantees when the rollout
 // is upserted first. STRICT tables refuse values of the wrong type instead of storing them.
-constexpr std::array<const char*, 1> migrations = {
+constexpr std::array<const char*, 2> migrations = {
     // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
     R"sql(
 CREATE TABLE audit_log (
@@ -101,6 +101,44 @@ CREATE TABLE outbox (
 ) STRICT;
 CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_ms IS NULL;
 )sql",
+    // 2: the service. Tasks get their targeting and outcome columns; the outbox (never written
+    // by version 1) is recreated holding fully rendered deliveries; idempotency keys.
+    R"sql(
+ALTER TABLE tasks ADD COLUMN inst_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE tasks ADD COLUMN system_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE tasks ADD COLUMN rollout_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE tasks ADD COLUMN reason TEXT NOT NULL DEFAULT '';
+CREATE INDEX tasks_by_status ON tasks (status);
+
+CREATE UNIQUE INDEX artifacts_by_sr_name ON artifacts (sr_id, name);
+
+DROP TABLE outbox;
+CREATE TABLE outbox (
+    id              TEXT PRIMARY KEY,
+    event           TEXT NOT NULL,
+    sr_id           TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    headers         TEXT NOT NULL,
+    body            TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    delivered_ms    INTEGER,
+    gave_up_ms      INTEGER,
+    last_error      TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX outbox_pending ON outbox (next_attempt_ms)
+    WHERE delivered_ms IS NULL AND gave_up_ms IS NULL;
+CREATE INDEX outbox_by_sr ON outbox (sr_id, created_ms);
+
+CREATE TABLE idempotency_keys (
+    key        TEXT PRIMARY KEY,
+    request    TEXT NOT NULL,
+    status     INTEGER NOT NULL,
+    body       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+) STRICT;
+)sql",
 };
 
 constexpr int max_page = 10000;
@@ -174,9 +212,10 @@ void Database::configure(const DatabaseOptions& options) {
     // retry until busy_timeout (this runs at open, never on the event loop).
     auto mode = query_text("PRAGMA journal_mode = WAL");
     const auto give_up = std::chrono::steady_clock::now() + options.busy_timeout;
-    while (!mode && (mode.error().code == make_sqlite_error(SQLITE_BUSY) ||
-                     (mode.error().code.category() == sqlite_category() &&
-                      (mode.error().code.value() & 0xff) == SQLITE_BUSY)) &&
+    while (!mode &&
+           (mode.error().code == make_sqlite_error(SQLITE_BUSY) ||
+            (mode.error().code.category() == sqlite_category() &&
+             (mode.error().code.value() & 0xff) == SQLITE_BUSY)) &&
            std::chrono::steady_clock::now() < give_up) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
         mode = query_text("PRAGMA journal_mode = WAL");
@@ -334,6 +373,226 @@ Result<std::optional<RolloutRecord>> Database::rollout(std::string_view rollout_
     r.created_ms = stmt->int64(3);
     r.finished_ms = stmt->optional_int64(4);
     return std::optional<RolloutRecord>(std::move(r));
+}
+
+namespace {
+
+constexpr std::string_view task_columns =
+    "sr_id, status, requester, approver, inst_id, system_name, rollout_id, reason, created_ms,"
+    " updated_ms, payload";
+
+TaskRecord read_task(const Statement& stmt) {
+    TaskRecord t;
+    t.sr_id = stmt.text(0);
+    t.status = stmt.text(1);
+    t.requester = stmt.text(2);
+    t.approver = stmt.text(3);
+    t.inst_id = stmt.text(4);
+    t.system_name = stmt.text(5);
+    t.rollout_id = stmt.text(6);
+    t.reason = stmt.text(7);
+    t.created_ms = stmt.int64(8);
+    t.updated_ms = stmt.int64(9);
+    t.payload = stmt.text(10);
+    return t;
+}
+
+constexpr std::string_view outbox_columns =
+    "id, event, sr_id, url, headers, body, attempts, next_attempt_ms, created_ms, delivered_ms,"
+    " gave_up_ms, last_error";
+
+OutboxRecord read_outbox(const Statement& stmt) {
+    OutboxRecord o;
+    o.id = stmt.text(0);
+    o.event = stmt.text(1);
+    o.sr_id = stmt.text(2);
+    o.url = stmt.text(3);
+    o.headers = stmt.text(4);
+    o.body = stmt.text(5);
+    o.attempts = stmt.int64(6);
+    o.next_attempt_ms = stmt.int64(7);
+    o.created_ms = stmt.int64(8);
+    o.delivered_ms = stmt.optional_int64(9);
+    o.gave_up_ms = stmt.optional_int64(10);
+    o.last_error = stmt.text(11);
+    return o;
+}
+
+RolloutRecord read_rollout(const Statement& stmt) {
+    RolloutRecord r;
+    r.id = stmt.text(0);
+    r.sr_id = stmt.text(1);
+    r.status = stmt.text(2);
+    r.reason = stmt.text(3);
+    r.created_ms = stmt.int64(4);
+    r.finished_ms = stmt.optional_int64(5);
+    return r;
+}
+
+// Steps a prepared statement to the end, turning each row into a T.
+template <class T, class Read>
+Result<std::vector<T>> read_all(sqlite3* db, Statement& stmt, const std::string& what, Read read) {
+    std::vector<T> rows;
+    int rc;
+    while ((rc = stmt.step()) == SQLITE_ROW) rows.push_back(read(stmt));
+    if (rc != SQLITE_DONE) return sqlite_error(db, rc, what);
+    return rows;
+}
+
+}  // namespace
+
+Result<std::optional<TaskRecord>> Database::task(std::string_view sr_id) {
+    auto stmt = Statement::prepare(
+        db_.get(), "SELECT " + std::string(task_columns) + " FROM tasks WHERE sr_id = ?1");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    auto rows = read_all<TaskRecord>(
+        db_.get(), *stmt, "store " + path_ + ": reading task " + std::string(sr_id), read_task);
+    if (!rows) return rows.error();
+    if (rows->empty()) return std::optional<TaskRecord>();
+    return std::optional<TaskRecord>(std::move(rows->front()));
+}
+
+Result<std::vector<TaskRecord>> Database::tasks_in_status(std::string_view status) {
+    auto stmt = Statement::prepare(db_.get(), "SELECT " + std::string(task_columns) +
+                                                  " FROM tasks WHERE status = ?1 ORDER BY sr_id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, status);
+    return read_all<TaskRecord>(db_.get(), *stmt,
+                                "store " + path_ + ": reading tasks in " + std::string(status),
+                                read_task);
+}
+
+Result<std::vector<InventoryNodeRecord>> Database::inventory_nodes(std::string_view inst_id,
+                                                                   std::string_view system_name) {
+    // Empty inst_id: the whole inventory.
+    auto stmt = Statement::prepare(
+        db_.get(), inst_id.empty()
+                       ? "SELECT name, inst_id, system_name, payload FROM inventory_nodes"
+                         " ORDER BY name"
+                       : "SELECT name, inst_id, system_name, payload FROM inventory_nodes"
+                         " WHERE inst_id = ?1 AND system_name = ?2 ORDER BY name");
+    if (!stmt) return stmt.error();
+    if (!inst_id.empty()) {
+        stmt->bind(1, inst_id);
+        stmt->bind(2, system_name);
+    }
+    return read_all<InventoryNodeRecord>(
+        db_.get(), *stmt, "store " + path_ + ": reading the inventory", [](const Statement& s) {
+            InventoryNodeRecord n;
+            n.name = s.text(0);
+            n.inst_id = s.text(1);
+            n.system_name = s.text(2);
+            n.payload = s.text(3);
+            return n;
+        });
+}
+
+Result<std::vector<ArtifactRecord>> Database::artifacts_for(std::string_view sr_id) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT sr_id, name, path, sha256, size, created_ms"
+                                   " FROM artifacts WHERE sr_id = ?1 ORDER BY id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    return read_all<ArtifactRecord>(
+        db_.get(), *stmt, "store " + path_ + ": reading the artifacts of SR " + std::string(sr_id),
+        [](const Statement& s) {
+            ArtifactRecord a;
+            a.sr_id = s.text(0);
+            a.name = s.text(1);
+            a.path = s.text(2);
+            a.sha256 = s.text(3);
+            a.size = s.int64(4);
+            a.created_ms = s.int64(5);
+            return a;
+        });
+}
+
+Result<std::vector<OutboxRecord>> Database::outbox_pending(int limit) {
+    auto stmt = Statement::prepare(db_.get(), "SELECT " + std::string(outbox_columns) +
+                                                  " FROM outbox WHERE delivered_ms IS NULL AND"
+                                                  " gave_up_ms IS NULL ORDER BY next_attempt_ms,"
+                                                  " created_ms LIMIT ?1");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, std::int64_t{limit});
+    return read_all<OutboxRecord>(db_.get(), *stmt, "store " + path_ + ": reading the outbox",
+                                  read_outbox);
+}
+
+Result<std::vector<OutboxRecord>> Database::outbox_for(std::string_view sr_id) {
+    auto stmt = Statement::prepare(db_.get(), "SELECT " + std::string(outbox_columns) +
+                                                  " FROM outbox WHERE sr_id = ?1"
+                                                  " ORDER BY created_ms, id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    return read_all<OutboxRecord>(db_.get(), *stmt, "store " + path_ + ": reading the outbox",
+                                  read_outbox);
+}
+
+Result<std::optional<IdempotencyRecord>> Database::idempotency(std::string_view key) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT key, request, status, body, created_ms"
+                                   " FROM idempotency_keys WHERE key = ?1");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, key);
+    auto rows = read_all<IdempotencyRecord>(db_.get(), *stmt,
+                                            "store " + path_ + ": reading an idempotency key",
+                                            [](const Statement& s) {
+                                                IdempotencyRecord k;
+                                                k.key = s.text(0);
+                                                k.request = s.text(1);
+                                                k.status = static_cast<int>(s.int64(2));
+                                                k.body = s.text(3);
+                                                k.created_ms = s.int64(4);
+                                                return k;
+                                            });
+    if (!rows) return rows.error();
+    if (rows->empty()) return std::optional<IdempotencyRecord>();
+    return std::optional<IdempotencyRecord>(std::move(rows->front()));
+}
+
+Result<std::vector<RolloutRecord>> Database::unfinished_rollouts() {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms"
+                                   " FROM rollouts WHERE finished_ms IS NULL ORDER BY created_ms");
+    if (!stmt) return stmt.error();
+    return read_all<RolloutRecord>(
+        db_.get(), *stmt, "store " + path_ + ": reading unfinished rollouts", read_rollout);
+}
+
+Result<std::vector<RolloutRecord>> Database::rollouts_for(std::string_view sr_id) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms"
+                                   " FROM rollouts WHERE sr_id = ?1 ORDER BY created_ms DESC, id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    return read_all<RolloutRecord>(
+        db_.get(), *stmt, "store " + path_ + ": reading rollouts of SR " + std::string(sr_id),
+        read_rollout);
+}
+
+Result<std::vector<NodeResult>> Database::node_results(std::string_view rollout_id) {
+    auto stmt = Statement::prepare(db_.get(),
+                                   "SELECT rollout_id, node, status, step, error, started_ms,"
+                                   " finished_ms, backup_path FROM node_results"
+                                   " WHERE rollout_id = ?1 ORDER BY node");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, rollout_id);
+    return read_all<NodeResult>(
+        db_.get(), *stmt,
+        "store " + path_ + ": reading node results of rollout " + std::string(rollout_id),
+        [](const Statement& s) {
+            NodeResult r;
+            r.rollout_id = s.text(0);
+            r.node = s.text(1);
+            r.status = s.text(2);
+            r.step = s.text(3);
+            r.error = s.text(4);
+            r.started_ms = s.optional_int64(5);
+            r.finished_ms = s.optional_int64(6);
+            r.backup_path = s.text(7);
+            return r;
+        });
 }
 
 }  // namespace guardia::store

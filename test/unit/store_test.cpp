@@ -83,7 +83,7 @@ TEST_CASE("store: reopening runs no migration twice and keeps the data") {
         CHECK(db.query_int64("PRAGMA user_version").value() == Database::schema_version());
         CHECK(db.query_int64("SELECT count(*) FROM tasks").value() == 1);
         CHECK(db.query_int64("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").value() ==
-              7);
+              8);
     }
 }
 
@@ -219,6 +219,107 @@ TEST_CASE("store: read helpers page the audit log and return node results and ro
     CHECK((*r)->created_ms == 1000);
     CHECK_FALSE((*r)->finished_ms);
     CHECK_FALSE(db.rollout("R-404").value().has_value());
+}
+
+TEST_CASE("store: the service's tasks, inventory, artifacts, outbox and keys round-trip") {
+    TempDir dir;
+    const auto path = dir.file("guardia.db");
+    {
+        AuditWriter writer(path);
+        guardia::store::TaskRecord t;
+        t.sr_id = "SR-7";
+        t.status = "CREATED";
+        t.requester = "alice";
+        t.inst_id = "INST-1";
+        t.system_name = "billing";
+        t.created_ms = t.updated_ms = 5;
+        writer.upsert_task(t);
+        t.status = "DEPLOYING";
+        t.approver = "bob";
+        t.rollout_id = "R-9";
+        t.updated_ms = 6;
+        writer.upsert_task(t);  // replaces the row
+        for (const char* name : {"web-02", "web-01", "db-01"}) {
+            guardia::store::InventoryNodeRecord n;
+            n.name = name;
+            n.inst_id = "INST-1";
+            n.system_name = std::string(name).starts_with("web") ? "billing" : "ledger";
+            n.payload = std::string("{\"name\":\"") + name + "\"}";
+            writer.upsert_inventory_node(n);
+        }
+        guardia::store::ArtifactRecord a;
+        a.sr_id = "SR-7";
+        a.name = "app.war";
+        a.path = "/var/lib/guardia/artifacts/SR-7/app.war";
+        a.sha256 = "ab";
+        a.size = 3;
+        writer.upsert_artifact(a);
+        a.sha256 = "cd";  // restaged under the same name: replaced, not added
+        writer.upsert_artifact(a);
+        guardia::store::OutboxRecord o;
+        o.id = "d-1";
+        o.event = "pm_review_needed";
+        o.sr_id = "SR-7";
+        o.url = "http://127.0.0.1:9/hook";
+        o.body = "{}";
+        o.next_attempt_ms = 10;
+        writer.upsert_outbox(o);
+        o.id = "d-2";
+        o.next_attempt_ms = 5;
+        writer.upsert_outbox(o);
+        o.id = "d-1";
+        o.attempts = 1;
+        o.delivered_ms = 20;
+        o.url = "http://changed.invalid/";  // an update never rewrites what was rendered
+        writer.upsert_outbox(o);
+        guardia::store::IdempotencyRecord k;
+        k.key = "key-1";
+        k.request = "POST /api/deploy/trigger SR-7";
+        k.status = 202;
+        k.body = "{\"first\":true}";
+        writer.record_idempotency(k);
+        k.body = "{\"second\":true}";
+        writer.record_idempotency(k);  // the first answer wins
+        writer.stop();
+        CHECK(writer.rejected() == 0);
+    }
+    Database db(path);
+    auto t = db.task("SR-7").value();
+    REQUIRE(t.has_value());
+    CHECK(t->status == "DEPLOYING");
+    CHECK(t->approver == "bob");
+    CHECK(t->rollout_id == "R-9");
+    CHECK(t->created_ms == 5);
+    CHECK(t->payload == "{}");
+    CHECK_FALSE(db.task("SR-404").value().has_value());
+    CHECK(db.tasks_in_status("DEPLOYING").value().size() == 1);
+    CHECK(db.tasks_in_status("CREATED").value().empty());
+
+    auto billing = db.inventory_nodes("INST-1", "billing").value();
+    REQUIRE(billing.size() == 2);
+    CHECK(billing[0].name == "web-01");
+    CHECK(billing[1].payload == "{\"name\":\"web-02\"}");
+    CHECK(db.inventory_nodes("", "").value().size() == 3);
+
+    auto artifacts = db.artifacts_for("SR-7").value();
+    REQUIRE(artifacts.size() == 1);
+    CHECK(artifacts[0].sha256 == "cd");
+
+    auto pending = db.outbox_pending(10).value();
+    REQUIRE(pending.size() == 1);
+    CHECK(pending[0].id == "d-2");
+    auto all = db.outbox_for("SR-7").value();
+    REQUIRE(all.size() == 2);
+    for (const auto& d : all) {
+        CHECK(d.url == "http://127.0.0.1:9/hook");
+        if (d.id == "d-1") CHECK(d.delivered_ms == 20);
+    }
+
+    auto k = db.idempotency("key-1").value();
+    REQUIRE(k.has_value());
+    CHECK(k->status == 202);
+    CHECK(k->body == "{\"first\":true}");
+    CHECK_FALSE(db.idempotency("key-2").value().has_value());
 }
 
 TEST_CASE("store: runtime query failures are values in the sqlite category") {

@@ -51,7 +51,7 @@ using namespace std::chrono_literals;
 
 struct AuditWriterOptions {
     AuditWriterOptions() noexcept {}
-    std::size_t max_batch = 1000;         // data items per transaction
+    std::size_t max_batch = 1000;  // data items per transaction
     // Least time between two commits while nobody awaits durable(); zero: commit as soon as
     // anything is queued. An item waits at most this long (plus one commit) to be written.
     std::chrono::milliseconds commit_interval = 50ms;
@@ -84,6 +84,13 @@ class AuditWriter {
     void record(AuditEvent event);
     void upsert_node_result(NodeResult result);
     void upsert_rollout(RolloutRecord rollout);
+    // The service's records (see records.hpp). An outbox upsert after the first only updates
+    // the delivery state (attempts, next attempt, delivered, gave up, last error).
+    void upsert_task(TaskRecord task);
+    void upsert_inventory_node(InventoryNodeRecord node);
+    void upsert_artifact(ArtifactRecord artifact);
+    void upsert_outbox(OutboxRecord delivery);
+    void record_idempotency(IdempotencyRecord answer);  // first answer per key wins
 
     // Each occurrence of these strings in detail / error / reason is written as "***"
     // (defence in depth: callers must not log secrets in the first place). Applies to every

@@ -75,6 +75,22 @@ class Database {
     // The rollout's row; empty when none was written.
     Result<std::optional<RolloutRecord>> rollout(std::string_view rollout_id);
 
+    // The service's records. Empty optional / vector when there is none.
+    Result<std::optional<TaskRecord>> task(std::string_view sr_id);
+    Result<std::vector<TaskRecord>> tasks_in_status(std::string_view status);
+    // Nodes of one (inst_id, system_name); the whole inventory when inst_id is empty.
+    Result<std::vector<InventoryNodeRecord>> inventory_nodes(std::string_view inst_id,
+                                                             std::string_view system_name);
+    Result<std::vector<ArtifactRecord>> artifacts_for(std::string_view sr_id);  // staging order
+    // Undelivered deliveries that have not given up, earliest next attempt first.
+    Result<std::vector<OutboxRecord>> outbox_pending(int limit);
+    Result<std::vector<OutboxRecord>> outbox_for(std::string_view sr_id);
+    Result<std::optional<IdempotencyRecord>> idempotency(std::string_view key);
+    // Rollouts without finished_ms: in flight, or left so by a process that died.
+    Result<std::vector<RolloutRecord>> unfinished_rollouts();
+    Result<std::vector<RolloutRecord>> rollouts_for(std::string_view sr_id);  // newest first
+    Result<std::vector<NodeResult>> node_results(std::string_view rollout_id);
+
     // Constant SQL only (schema, pragmas, checks in tests): values from outside go through
     // bound parameters in a dedicated helper, never into these strings.
     Result<void> exec(std::string_view sql);

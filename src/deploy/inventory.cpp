@@ -166,7 +166,7 @@ Result<void> check_fields(const json::object& obj, std::initializer_list<std::st
 }
 
 class FieldReader {
-public:
+  public:
     FieldReader(const json::object& obj, std::string prefix, const NodeContext& ctx)
         : obj_(obj), prefix_(std::move(prefix)), ctx_(ctx) {}
 
@@ -222,7 +222,7 @@ public:
         return &v->get_object();
     }
 
-private:
+  private:
     const json::object& obj_;
     std::string prefix_;
     const NodeContext& ctx_;
@@ -341,7 +341,7 @@ std::string lower(std::string_view s) {
 // Two nodes on one directory of one target (or one inside the other) would race: each
 // backs up, replaces and restores files the other is changing.
 class TargetIndex {
-public:
+  public:
     Problem add(const Node& node, const std::string& label) {
         auto& paths = targets_[lower(node.host) + " " + std::to_string(node.ssh_port)];
         const std::string& p = node.deploy_path;
@@ -363,7 +363,7 @@ public:
         return std::nullopt;
     }
 
-private:
+  private:
     std::map<std::string, std::map<std::string, std::string>>
         targets_;  // host port -> path -> node
 };

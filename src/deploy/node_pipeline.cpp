@@ -157,6 +157,7 @@ class Pipeline {
     asio::awaitable<NodeReport> run();
     asio::awaitable<NodeReport> run_precheck();
     asio::awaitable<NodeReport> run_rollback(const std::string& backup_path);
+    asio::awaitable<NodeReport> run_recover(const std::string& known_backup_path);
 
   private:
     // --- audit ----------------------------------------------------------------------------
@@ -439,6 +440,9 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         shell_quote(want) +
         "; n=2; c=\"$b\"; while [ -e \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
         "; cp -a -- \"$d\" \"$c\" || exit 20"
+        // The lock names its backup: a restarted service restores the node from it even if
+        // the store never heard of the backup (its write was lost with the process).
+        "; printf 'backup=%s\\n' \"$c\" >> \"$l/owner\" || true"
         "; set -- \"$d\".bak_*; k=$#; for x in \"$@\"; do [ \"$k\" -gt " +
         std::to_string(std::max(1, settings_.keep_backups)) +
         " ] || break; rm -rf -- \"$x\"; k=$((k-1)); done; echo \"BACKUP=$c\"";
@@ -492,6 +496,8 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
     if (code == 0 && locked) {
         stage_ = Stage::backed_up;
         report_.backup_path = value_of("BACKUP").value_or("");
+        if (settings_.on_backup && !report_.backup_path.empty())
+            settings_.on_backup(node_.name, report_.backup_path);
         ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
         ok("LOCK", {}, false);
         ok("BACKUP", report_.backup_path, true);
@@ -547,7 +553,13 @@ asio::awaitable<Result<void>> Pipeline::lock() {
         "d=" + d_ + "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
         shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
-        " \"$(date +%s)\" > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; "
+        " \"$(date +%s)\" > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; " +
+        (settings_.reclaim_own_lock
+             ? "elif { o=; while IFS= read -r x; do [ \"$x\" = " +
+                   shell_quote("rollout=" + settings_.rollout_id) +
+                   " ] && o=1; done < \"$l/owner\"; [ -n \"$o\" ]; } 2>/dev/null; then "
+                   "echo LOCKED reclaimed; "
+             : std::string()) +
         "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; fi";
     auto r = co_await run("LOCK", cmd, settings_.command_timeout, true);
     if (!r) {
@@ -559,7 +571,9 @@ asio::awaitable<Result<void>> Pipeline::lock() {
     }
     if (r->out.rfind("LOCKED", 0) == 0) {
         stage_ = Stage::locked;
-        step.ok();
+        step.ok(r->out.rfind("LOCKED reclaimed", 0) == 0
+                    ? "reclaimed the lock this rollout's previous process left"
+                    : std::string());
         co_return Result<void>{};
     }
     Error e = lock_busy_error(r->out);
@@ -984,7 +998,131 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
     co_return report_;
 }
 
+// Crash recovery: see recover_node() in the header.
+asio::awaitable<NodeReport> Pipeline::run_recover(const std::string& known_backup_path) {
+    const auto started = Clock::now();
+    StepChain chain;
+    try {
+        chain.note("CONNECT", co_await connect());
+    } catch (const boost::system::system_error&) {
+        note_cancelled(chain);
+    }
+    co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
+    if (!chain.ok()) {
+        report_.outcome = NodeOutcome::failed_unchanged;
+        report_.failed_step = chain.failed_step;
+        report_.error = chain.outcome.error();
+        audit("SUMMARY", "RECOVERY_FAILED", std::nullopt, ms(Clock::now() - started),
+              report_.error.message + " (the node could not be inspected; any lock stays)");
+        report_.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+        co_return report_;
+    }
+
+    // One read-only command: whose lock, which backup, and what is deployed now.
+    std::string sums;
+    for (const auto& a : artifacts_)
+        if (!a.file_name.empty())
+            sums += "; f=\"$d\"/" + shell_quote(a.file_name) +
+                    "; [ -f \"$f\" ] && sha256sum -- \"$f\" | { read -r h x; echo \"SHA " +
+                    a.file_name + " $h\"; }";
+    const std::string cmd =
+        "d=" + d_ + "; l=" + shell_quote(lock_path_) +
+        "; if [ -d \"$l\" ]; then o=; b=; while IFS= read -r x; do case \"$x\" in " +
+        shell_quote("rollout=" + settings_.rollout_id) +
+        ") o=1;; backup=*) b=${x#backup=};; esac; done < \"$l/owner\" 2>/dev/null"
+        "; if [ -n \"$o\" ]; then echo OURS; echo \"BACKUP=$b\"; else echo OTHER; fi"
+        "; else echo FREE; fi" +
+        sums + "; true";
+    Step inspect(*this, "RECOVER_INSPECT", lock_path_);
+    auto r = co_await run("RECOVER_INSPECT", cmd, settings_.command_timeout, true);
+    if (!r) {
+        inspect.failed(r.error());
+        report_.outcome = NodeOutcome::failed_unchanged;
+        report_.failed_step = "RECOVER_INSPECT";
+        report_.error = r.error();
+        audit("SUMMARY", "RECOVERY_FAILED", std::nullopt, ms(Clock::now() - started),
+              r.error().message);
+        if (session_ && session_->usable()) co_await session_->disconnect();
+        report_.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+        co_return report_;
+    }
+    const std::string& out = r->out;
+    const bool ours = out.rfind("OURS\n", 0) == 0;
+    std::string lock_backup;
+    if (auto pos = out.find("\nBACKUP="); pos != std::string::npos) {
+        const auto end = out.find('\n', pos + 1);
+        lock_backup = out.substr(pos + 8, end == std::string::npos ? end : end - pos - 8);
+    }
+    bool new_build_live = !artifacts_.empty();
+    for (const auto& a : artifacts_)
+        if (out.find("SHA " + a.file_name + " " + a.sha256 + "\n") == std::string::npos)
+            new_build_live = false;
+
+    if (ours) {
+        stage_ = Stage::locked;  // the lock is this rollout's: unlock() below releases it
+        report_.backup_path = lock_backup.empty() ? known_backup_path : lock_backup;
+        inspect.ok(
+            "left mid-step holding this rollout's lock; backup " +
+            (report_.backup_path.empty() ? std::string("not taken yet") : report_.backup_path));
+        if (!report_.backup_path.empty()) {
+            stage_ = Stage::live_changed;
+            auto rb = co_await rollback();
+            if (rb) {
+                report_.outcome = NodeOutcome::rolled_back;
+                report_.failed_step = "RECOVERY";
+                report_.error =
+                    node_error(errc::cancelled, "RECOVERY",
+                               "interrupted mid-step; restored from " + report_.backup_path);
+                audit("SUMMARY", "ROLLBACK_OK", std::nullopt, ms(Clock::now() - started),
+                      report_.backup_path);
+            } else {
+                report_.outcome = NodeOutcome::rollback_failed;
+                report_.failed_step = "ROLLBACK";
+                report_.error = rb.error();
+                report_.rollback_error = rb.error().message;
+                audit("SUMMARY", "ROLLBACK_FAILED", std::nullopt, ms(Clock::now() - started),
+                      rb.error().message);
+            }
+        } else {
+            stage_ = Stage::staged;
+            co_await discard_staged();
+            report_.outcome = NodeOutcome::failed_unchanged;
+            report_.failed_step = "RECOVERY";
+            report_.error = node_error(errc::cancelled, "RECOVERY",
+                                       "interrupted before its backup was taken; nothing live "
+                                       "had changed");
+        }
+    } else {
+        inspect.ok(
+            std::string(out.rfind("OTHER", 0) == 0 ? "locked by another rollout" : "not locked") +
+            "; new build " + (new_build_live ? "live" : "not live"));
+        if (new_build_live) {
+            report_.outcome = NodeOutcome::deployed;
+        } else {
+            report_.outcome = NodeOutcome::failed_unchanged;
+            report_.failed_step = "RECOVERY";
+            report_.error = node_error(errc::cancelled, "RECOVERY",
+                                       "interrupted; the node runs its previous build");
+        }
+    }
+    audit("SUMMARY", "RECOVERED", std::nullopt, ms(Clock::now() - started),
+          std::string(to_string(report_.outcome)) +
+              (report_.error.message.empty() ? std::string() : ": " + report_.error.message));
+    co_await unlock();
+    if (session_ && session_->usable()) co_await session_->disconnect();
+    report_.duration = std::chrono::duration_cast<milliseconds>(Clock::now() - started);
+    co_return report_;
+}
+
 }  // namespace
+
+asio::awaitable<NodeReport> recover_node(const Node& node,
+                                         const std::vector<ArtifactSpec>& artifacts,
+                                         const std::string& known_backup_path,
+                                         const PipelineSettings& settings) {
+    Pipeline pipeline(node, artifacts, settings);
+    co_return co_await pipeline.run_recover(known_backup_path);
+}
 
 asio::awaitable<NodeReport> deploy_node(const Node& node,
                                         const std::vector<ArtifactSpec>& artifacts,

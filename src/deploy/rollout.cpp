@@ -130,6 +130,12 @@ struct Rollout::Impl {
                 report.nodes[it->second].step = step;
                 if (observer) observer->node_step(report.nodes[it->second]);
             };
+            s.on_backup = [this](const std::string& node, const std::string& backup_path) {
+                auto it = index_by_name.find(node);
+                if (it == index_by_name.end()) return;
+                report.nodes[it->second].report.backup_path = backup_path;
+                store_node(it->second, "RUNNING");  // recovery restores from it after a crash
+            };
             tier_settings.push_back(std::move(s));
         }
         for (std::size_t i = 0; i < inventory.nodes.size(); ++i)
@@ -192,9 +198,9 @@ struct Rollout::Impl {
         r.node = p.node.name;
         r.status = std::move(status);
         r.step = p.step;
+        r.backup_path = p.report.backup_path;
         if (p.state == NodeState::done) {
             r.error = p.report.error.message;
-            r.backup_path = p.report.backup_path;
             r.finished_ms = unix_ms();
         }
         if (started_ms[i] != 0) r.started_ms = started_ms[i];
@@ -570,6 +576,10 @@ asio::awaitable<RolloutReport> Rollout::run() {
 
 void Rollout::cancel(std::string reason) {
     impl_->cancel(std::move(reason));
+}
+
+void Rollout::stop_starting(std::string reason) {
+    impl_->abort(std::move(reason));
 }
 
 const RolloutReport& Rollout::progress() const {

@@ -72,7 +72,7 @@ struct PipelineSettings {
     std::chrono::seconds stale_lock_age{3600};
 
     std::chrono::milliseconds connect_timeout{10000};
-    std::chrono::milliseconds command_timeout{60000};   // pre-check, lock, activate, unlock
+    std::chrono::milliseconds command_timeout{60000};  // pre-check, lock, activate, unlock
     std::chrono::milliseconds backup_timeout{300000};
     std::chrono::milliseconds transfer_timeout{1800000};
     std::chrono::milliseconds shutdown_timeout{120000};
@@ -81,10 +81,18 @@ struct PipelineSettings {
     std::shared_ptr<ssh::KnownHosts> known_hosts;
     ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
     std::shared_ptr<CredentialStore> credentials;
-    store::AuditWriter* audit = nullptr;  // optional
+    store::AuditWriter* audit = nullptr;     // optional
     std::shared_ptr<spdlog::logger> logger;  // optional
     // Called on the loop as each step starts (node name, step name): live progress.
     std::function<void(const std::string& node, const std::string& step)> on_step;
+    // Called on the loop as soon as the node's backup exists (node name, backup path), before
+    // any live file changes: the rollout records it at once, so that a restarted service can
+    // restore a node the previous process left mid-step.
+    std::function<void(const std::string& node, const std::string& backup_path)> on_backup;
+    // LOCK treats a lock on the node whose owner file names this rollout_id as held already.
+    // Only for work that continues a rollout whose process died (crash recovery, a PM rollback
+    // re-run after a restart): the lock is that rollout's, not another one's.
+    bool reclaim_own_lock = false;
 };
 
 enum class NodeOutcome {
@@ -133,5 +141,19 @@ boost::asio::awaitable<NodeReport> precheck_node(const Node& node,
 // could not be reached or locked: it was not touched).
 boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
                                                  const PipelineSettings& settings);
+
+// Crash recovery of one node that a rollout (settings.rollout_id) left RUNNING when its process
+// died. CONNECT, then RECOVER_INSPECT reads the node's lock and the deployed files' sha256:
+//  - the lock names this rollout: the node was left mid-step. With a backup (named in the lock's
+//    owner file, else `known_backup_path` from the store) it is restored exactly (ROLLBACK:
+//    shutdown, restore, startup, health) -> rolled_back / rollback_failed; without one it had
+//    not changed yet: staging files are removed -> failed_unchanged. The lock is released.
+//  - no lock of this rollout: the node was not mid-step. If every artifact's sha256 matches
+//    what is deployed -> deployed (it finished before the crash), else failed_unchanged.
+// A node that cannot be reached stays as it is: failed_unchanged with the reason, lock left.
+boost::asio::awaitable<NodeReport> recover_node(const Node& node,
+                                                const std::vector<ArtifactSpec>& artifacts,
+                                                const std::string& known_backup_path,
+                                                const PipelineSettings& settings);
 
 }  // namespace guardia::deploy

@@ -131,6 +131,11 @@ class Rollout {
     // more; nodes in flight are cancelled and clean up after themselves. Idempotent.
     void cancel(std::string reason);
 
+    // Drains the rollout (a graceful service stop): no node starts any more; nodes in flight
+    // finish their pipeline, deployed or rolled back; the result is ABORTED with `reason`
+    // (and the abort policy applies). Idempotent; a later cancel() still cuts the drain short.
+    void stop_starting(std::string reason);
+
     // The live state, for progress display and the service's status endpoint.
     const RolloutReport& progress() const;
 

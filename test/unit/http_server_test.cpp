@@ -699,6 +699,42 @@ TEST_CASE("http server: after the grace period, shutdown cancels the handler and
     });
 }
 
+TEST_CASE("http server: destroyed mid-request without shutdown, connections just end") {
+    asio::io_context ioc;
+    CapturedLog log;
+    Seen seen;
+    std::optional<Server> server;
+    server.emplace(ioc.get_executor(), fast_options(log), test_handler(seen));
+    REQUIRE(server->listen().has_value());
+    server->start();
+    const auto ep = server->local_endpoint();
+    bool done = false;
+    bool busy_closed = false, idle_closed = false;
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            Client busy(ex), idle(ex);
+            co_await busy.connect(ep);
+            co_await busy.send(make_request(beast_http::verb::get, "/forever"));
+            co_await idle.connect(ep);
+            co_await sleep_for(50ms);
+            server.reset();  // no goodbye: sockets closed, the running handler cancelled
+            busy_closed = co_await busy.sees_close(1s);
+            idle_closed = co_await idle.sees_close(1s);
+            done = true;
+        },
+        [](std::exception_ptr e) {
+            if (e) std::rethrow_exception(e);
+        });
+    ioc.run_for(3s);
+    CHECK(done);
+    CHECK(busy_closed);
+    CHECK(idle_closed);
+    CHECK(seen.cancelled == 1);
+    CHECK(ioc.stopped());  // nothing of the server left running
+}
+
 TEST_CASE("http server: TLS round trip, verified against a self-signed certificate") {
     TempDir dir;
     const TlsFiles files = make_self_signed(dir);

@@ -22,7 +22,9 @@
 //   500 internal_error       the handler threw (details only in the log)
 //   503 too_many_connections max_connections already open
 // After 400, 408, 413, 431 and 503 the connection is closed (after a short drain, so that the
-// answer is not lost to a TCP reset); after a 500 keep-alive continues.
+// answer is not lost to a TCP reset); after a handler's 500 keep-alive continues.
+// "Expect: 100-continue" is answered once the head passed the limits; for HEAD the handler's
+// answer goes out without its body.
 #pragma once
 
 #include "guardia/core/error.hpp"

@@ -9,7 +9,7 @@
 //
 // Every network wait (resolve, connect, TLS handshake, write, read) is under one deadline,
 // and http_post honours Asio cancellation (e.g. `http_post(...) || timer`): a cancelled call
-// returns errc::cancelled. Answers are bounded: headers up to max_response_header; the body
+// returns errc::cancelled. Answers are bounded: headers up to 8 KiB; the body
 // is kept up to ClientOptions::max_body, a longer one is not read (body_truncated) and the
 // status still counts.
 //

@@ -521,7 +521,7 @@ struct Notifier::Impl : std::enable_shared_from_this<Impl> {
     std::optional<std::int64_t> next_wake() const;
     asio::awaitable<void> attempt(std::string id);
     asio::awaitable<Result<std::shared_ptr<asio::ssl::context>>> tls_for(const WebhookConfig&);
-    void finish(const std::string& id, const std::string& webhook);
+    void finish(const std::string& webhook);  // an attempt on `webhook` ended
 };
 
 asio::awaitable<Result<std::size_t>> Notifier::Impl::enqueue(std::string_view event,
@@ -649,10 +649,9 @@ asio::awaitable<Result<std::shared_ptr<asio::ssl::context>>> Notifier::Impl::tls
     co_return *made;
 }
 
-void Notifier::Impl::finish(const std::string& id, const std::string& webhook) {
+void Notifier::Impl::finish(const std::string& webhook) {
     busy.erase(webhook);
     --in_flight;
-    (void)id;
     idle_timer.cancel();
     if (!stopping) wake();
 }
@@ -691,7 +690,7 @@ asio::awaitable<void> Notifier::Impl::attempt(std::string id) {
             log->info("notifier: delivery {} to webhook {} cut by shutdown; it stays pending",
                       row.id, webhook);
             schedule.emplace(row.next_attempt_ms, row.created_ms, row.id);
-            finish(id, webhook);
+            finish(webhook);
             co_return;
         }
         if (!*response) {
@@ -756,7 +755,7 @@ asio::awaitable<void> Notifier::Impl::attempt(std::string id) {
         entries.at(id).row = row;
         schedule.emplace(row.next_attempt_ms, row.created_ms, row.id);
     }
-    finish(id, webhook);
+    finish(webhook);
 }
 
 asio::awaitable<void> Notifier::Impl::run() {

@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -770,4 +771,33 @@ TEST_CASE("stop() cuts an attempt that outlives the grace period; the row stays 
     CHECK(pending->at(0).attempts == 0);  // cut, not failed: sent again at the next start
     CHECK(pending->at(0).headers == R"({"webhook":"stuck"})");
     CHECK(log.text().find("cut by shutdown") != std::string::npos);
+}
+
+TEST_CASE("the loop sleeps until the next attempt is due: no polling while idle") {
+    TempDir dir;
+    CapturedLog log;
+    const std::string db = dir.file("guardia.db");
+    asio::io_context ioc;
+    Receiver receiver(ioc);  // down
+    store::AuditWriter writer(db, writer_options(log));
+    writer.start();
+    auto cfg = parse(R"({"webhooks": [{"event": "rollback_failed", "url": ")" + receiver.url("/") +
+                     R"("}], "retry": {"initial_delay_ms": 5000, "max_delay_ms": 5000}})");
+    Notifier notifier(ioc.get_executor(), cfg, writer, db, log.logger);
+    notifier.start();
+    json::object fields{{"sr_id", "SR-10"}};
+    asio::co_spawn(ioc, notifier.enqueue("rollback_failed", fields), asio::detached);
+    const auto until = Clock::now() + 10s;
+    while (notifier.failed_attempts() == 0 && Clock::now() < until) ioc.run_one_for(100ms);
+    REQUIRE(notifier.failed_attempts() == 1);
+    // The next attempt is 4.5 to 5 s away: half a second passes with (almost) nothing to run.
+    const auto handlers = ioc.run_for(500ms);
+    CHECK(handlers < 5);
+    CHECK(notifier.failed_attempts() == 1);
+
+    bool stopped = false;
+    asio::co_spawn(ioc, notifier.stop(), [&](std::exception_ptr) { stopped = true; });
+    while (!stopped && Clock::now() < until) ioc.run_one_for(100ms);
+    CHECK(stopped);
+    CHECK(notifier.pending() == 1);
 }

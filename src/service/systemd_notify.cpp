@@ -186,6 +186,9 @@ Result<void> SystemdNotifier::notify(std::string_view state) {
                      "systemd notification of " + std::to_string(state.size()) +
                          " bytes (systemd drops " + std::to_string(max_notify_message + 1) +
                          " or more)");
+    // systemd ignores a message with a NUL in it; better an error here than a silent drop.
+    if (state.find('\0') != std::string_view::npos)
+        return Error(errc::invalid_argument, "systemd notification holds a NUL byte");
     const Address address = parse_address(name_);
     // MSG_DONTWAIT: when systemd's queue is full (PID 1 busy) the send fails at once with
     // EAGAIN instead of stalling every session on the loop. MSG_NOSIGNAL: no SIGPIPE.

@@ -266,6 +266,11 @@ TEST_CASE("systemd notifier: raw messages are bounded and never empty") {
     r = n.notify("STATUS=" + std::string(max_notify_message, 'x'));
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().code == errc::invalid_argument);
+    r = n.notify(std::string("STATUS=a\0b", 10));
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == errc::invalid_argument);
+    REQUIRE(outcome(n.status(std::string("a\0b", 3))) == "ok");  // STATUS text is cleaned
+    CHECK(listener.receive() == "STATUS=a b");
     CHECK(listener.queue_empty());
 
     const std::string largest = "STATUS=" + std::string(max_notify_message - 7, 'x');

@@ -65,8 +65,9 @@ class SystemdNotifier {
     // Sends `state` ("KEY=VALUE\n...") as it is. Non-blocking: a busy or absent listener is
     // an error returned at once (the system error code from sendto, e.g. EAGAIN or
     // ECONNREFUSED), never a wait on the event loop. Succeeds without sending when disabled.
-    // Errors: errc::invalid_argument for an empty message or one of max_notify_message
-    // bytes or more; the system error of socket send otherwise.
+    // Errors: errc::invalid_argument for an empty message, one longer than
+    // max_notify_message or one holding a NUL byte (systemd would drop it without a word);
+    // otherwise the system error of the send.
     Result<void> notify(std::string_view state);
 
     // READY=1 with MAINPID= (this process) and, when not empty, STATUS=.

@@ -63,17 +63,19 @@ bool common_flag(const std::string& flag, Args& args, Common& c) {
     return true;
 }
 
-Engine load_engine(const Common& c) {
+Engine load_engine(const Common& c, bool with_inventory) {
     Engine e;
     if (!c.config_path.empty()) {
         auto cfg = deploy::load_engine_config(c.config_path);
         if (!cfg) throw UsageError(cfg.error().message);
         e.config = std::move(*cfg);
     }
-    if (c.inventory_path.empty()) throw UsageError("--inventory FILE is required");
-    auto inv = deploy::load_inventory(c.inventory_path);
-    if (!inv) throw UsageError(inv.error().message);
-    e.inventory = std::move(*inv);
+    if (with_inventory) {
+        if (c.inventory_path.empty()) throw UsageError("--inventory FILE is required");
+        auto inv = deploy::load_inventory(c.inventory_path);
+        if (!inv) throw UsageError(inv.error().message);
+        e.inventory = std::move(*inv);
+    }
 
     std::string kh = c.known_hosts_path;
     if (kh.empty()) kh = e.config.known_hosts;

@@ -56,8 +56,9 @@ struct Engine {
     ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
 };
 
-// Loads config, inventory, known_hosts and credentials; throws UsageError naming the culprit.
-Engine load_engine(const Common& c);
+// Loads config, inventory (unless `with_inventory` is false: the service keeps its own),
+// known_hosts and credentials; throws UsageError naming the culprit.
+Engine load_engine(const Common& c, bool with_inventory = true);
 
 std::string utc_stamp_compact();  // 20261127T101500Z
 std::string owner_id();           // guardia@<host>:<pid>

@@ -5,5 +5,6 @@ namespace guardia::cli {
 // Each returns the process exit code. Documented in `guardia help` and docs/OPERATIONS.md.
 int deploy_command(int argc, char** argv);
 int exec_command(int argc, char** argv);
+int serve_command(int argc, char** argv);
 
 }  // namespace guardia::cli

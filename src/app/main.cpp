@@ -20,6 +20,7 @@ int usage(std::FILE* out) {
         "commands:\n"
         "  deploy      a tiered rollout of artifacts to an inventory (guardia deploy --help)\n"
         "  exec        one sanitized command on every node (guardia exec --help)\n"
+        "  serve       the always-on service: HTTP API, rollouts, webhooks (guardia serve --help)\n"
         "  version     print the version\n"
         "  help        show this help\n"
         "\n"
@@ -41,6 +42,7 @@ int main(int argc, char** argv) {
     try {
         if (command == "deploy") return guardia::cli::deploy_command(argc, argv);
         if (command == "exec") return guardia::cli::exec_command(argc, argv);
+        if (command == "serve") return guardia::cli::serve_command(argc, argv);
     } catch (const guardia::cli::UsageError& e) {
         std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
         return 2;

@@ -30,22 +30,26 @@ auto async_run_blocking(Fn fn, Token&& token) {
     return boost::asio::async_initiate<Token, void(R)>(
         [](auto handler, Fn work_fn) {
             auto work = boost::asio::make_work_guard(boost::asio::get_associated_executor(handler));
-            boost::asio::post(local_io_pool(), [handler = std::move(handler), work = std::move(work),
-                                                work_fn = std::move(work_fn)]() mutable {
-                R result = work_fn();
-                auto ex = work.get_executor();
-                boost::asio::dispatch(ex, [handler = std::move(handler), result = std::move(result)]() mutable {
-                    std::move(handler)(std::move(result));
+            boost::asio::post(
+                local_io_pool(), [handler = std::move(handler), work = std::move(work),
+                                  work_fn = std::move(work_fn)]() mutable {
+                    R result = work_fn();
+                    auto ex = work.get_executor();
+                    boost::asio::dispatch(
+                        ex, [handler = std::move(handler), result = std::move(result)]() mutable {
+                            std::move(handler)(std::move(result));
+                        });
                 });
-            });
         },
         token, std::move(fn));
 }
 
-// Coroutine form: co_await run_blocking([&] { return read_file(); });
+// Awaitable form: co_await run_blocking([&] { return read_file(); });
+// Deliberately not a coroutine itself: GCC 12 destroys a closure passed by value to a
+// coroutine twice when its captures own memory (a captured std::string or shared_ptr).
 template <class Fn>
 boost::asio::awaitable<std::invoke_result_t<Fn&>> run_blocking(Fn fn) {
-    co_return co_await async_run_blocking(std::move(fn), boost::asio::use_awaitable);
+    return async_run_blocking(std::move(fn), boost::asio::use_awaitable);
 }
 
 }  // namespace guardia

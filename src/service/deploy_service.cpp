@@ -1086,8 +1086,8 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
         co_return http::error_response(req, bh::status::not_found, "not_found",
                                        "no task " + printable(sr_id));
     json::object out{{"sr_id", sr_id}, {"task_status", (*task)->status}};
-    json::object counts{{"total", 0},    {"pending", 0}, {"running", 0},
-                        {"deployed", 0}, {"failed", 0},  {"skipped", 0}};
+    json::object counts{{"total", 0},  {"pending", 0}, {"running", 0},    {"deployed", 0},
+                        {"failed", 0}, {"skipped", 0}, {"rolled_back", 0}};
     auto count = [&](const char* k) { counts[k] = counts[k].as_int64() + 1; };
     json::array nodes;
     json::array tiers;
@@ -1193,9 +1193,10 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
             } else {
                 ++t.started;
                 ++t.finished;
-                if (state == "deployed" || state == "rolled_back_by_pm" ||
-                    state == "pm_rollback_failed") {
+                if (state == "deployed") {
                     count("deployed");
+                } else if (state == "rolled_back_by_pm") {
+                    count("rolled_back");  // deployed, then undone on the PM's verdict
                 } else {
                     count("failed");
                     ++t.failed;

@@ -1,4 +1,6 @@
 #include "guardia/service/service_config.hpp"
+#include "guardia/deploy/engine_config.hpp"
+#include "guardia/service/notifier.hpp"
 
 #include <doctest/doctest.h>
 #include <boost/json/parse.hpp>
@@ -83,6 +85,22 @@ TEST_CASE("service config: the API token file must be private and long enough") 
     CHECK(load_api_token(file).error().message.find("at least 16") != std::string::npos);
     CHECK_FALSE(load_api_token(dir + "/missing").has_value());
     std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("service config: conf/guardia.json's service and notifications sections parse") {
+    const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+    const std::string path = (root / "conf" / "guardia.json").string();
+    auto engine = guardia::deploy::load_engine_config(path);
+    REQUIRE_MESSAGE(engine.has_value(), (engine ? "" : engine.error().message));
+    auto s = parse_service_config(engine->service, path);
+    REQUIRE_MESSAGE(s.has_value(), (s ? "" : s.error().message));
+    CHECK(s->token_file == "/etc/guardia/api-token");
+    CHECK(s->port == 8080);
+    CHECK(s->shutdown_grace.count() == 600000);
+    auto n = guardia::service::parse_notifier_config(engine->notifications, path);
+    REQUIRE_MESSAGE(n.has_value(), (n ? "" : n.error().message));
+    REQUIRE(n->webhooks.size() == 2);
+    CHECK(n->webhooks[0].event == "pm_review_needed");
 }
 
 TEST_SUITE_END();

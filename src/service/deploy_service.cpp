@@ -211,6 +211,7 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
         std::string kind;  // "deploy" or "rollback"
         store::TaskRecord task;
         std::string rollout_id;
+        std::int64_t created_ms = 0;
         std::unique_ptr<deploy::Rollout> rollout;
         std::unique_ptr<StepTimer> step_timer;
         bool done = false;
@@ -861,6 +862,7 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
         end_active(sr_id, a);
         co_return conflict(req, specs.error().message);
     }
+    a->created_ms = now_ms();
     a->rollout_id = sr_id + "-" + utc_compact() + "-" + std::to_string(::getpid()) + "-" +
                     std::to_string(++rollout_seq);
     t.approver = approver;
@@ -1100,7 +1102,7 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
         out["rollout"] = json::object{{"id", a.rollout_id},
                                       {"status", deploy::to_string(p.status)},
                                       {"reason", p.reason},
-                                      {"created_ms", nullptr},
+                                      {"created_ms", a.created_ms},
                                       {"finished_ms", nullptr}};
         for (const auto& n : p.nodes) {
             std::string state;

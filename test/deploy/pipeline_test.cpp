@@ -8,6 +8,7 @@
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
 
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/json.hpp>
 #include <doctest/doctest.h>
@@ -441,5 +442,96 @@ TEST_SUITE("pipeline") {
         rig.events("R-canary", "node-0001");  // flushes
         CHECK(shell("sqlite3 '" + rig.db_path + "' 'select count(*) from audit_log where detail like \"%" + canary + "%\"'") == "0\n");
         CHECK(shell("grep -c '" + canary + "' '" + rig.db_path + "' || true") == "0\n");
+    }
+
+    TEST_CASE("a crash mid-deploy: the lock names the backup, recover_node restores the node") {
+        Rig rig;
+        const Node& n = rig.node("node-0010");
+        const auto before = check("node-0010");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "build crash\n")};
+        std::string seen_backup;
+        {
+            // Everything on this io_context dies with it mid-HEALTH: what kill -9 leaves.
+            asio::io_context ioc;
+            auto s = rig.settings("R-crash");
+            s.on_backup = [&](const std::string&, const std::string& b) { seen_backup = b; };
+            s.on_step = [&](const std::string&, const std::string& step) {
+                if (step == "HEALTH") ioc.stop();
+            };
+            asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
+            ioc.run_for(seconds(60));
+        }
+        REQUIRE_FALSE(seen_backup.empty());
+        const auto mid = check("node-0010");
+        REQUIRE(locked(mid));
+        CHECK(json::value_to<std::string>(mid.at("files").at("app.jar").at("sha256")) == arts[0].sha256);
+        CHECK(shell("cat '" + n.deploy_path + ".lock/owner'").find("backup=" + seen_backup + "\n") !=
+              std::string::npos);
+
+        // A restarted service recovers it; the store's copy of the backup path is not needed.
+        asio::io_context ioc;
+        auto r = guardia::test::run(ioc, recover_node(n, arts, "", rig.settings("R-crash")), seconds(60));
+        CHECK_MESSAGE(r.outcome == NodeOutcome::rolled_back, r.error.message);
+        CHECK(r.backup_path == seen_backup);
+        CHECK(r.lock_released);
+        const auto after = check("node-0010");
+        CHECK(tree(after) == tree(before));
+        CHECK(running(after));
+        CHECK_FALSE(locked(after));
+        CHECK(others(after) == 0);
+        auto ev = rig.events("R-crash", "node-0010");
+        CHECK(has(ev, "RECOVER_INSPECT:STEP_OK"));
+        CHECK(has(ev, "RESTORE:STEP_OK"));
+        CHECK(has(ev, "SUMMARY:RECOVERED"));
+
+        // Nothing of this rollout is left on the node: a second recovery changes nothing.
+        auto again = guardia::test::run(ioc, recover_node(n, arts, seen_backup, rig.settings("R-crash")),
+                                        seconds(60));
+        CHECK(again.outcome == NodeOutcome::failed_unchanged);
+        CHECK_FALSE(again.lock_released);
+        CHECK(tree(check("node-0010")) == tree(before));
+    }
+
+    TEST_CASE("recovery records a node that finished before the crash as deployed, untouched") {
+        Rig rig;
+        const Node& n = rig.node("node-0010");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "build finished\n")};
+        auto d = rig.deploy("node-0010", arts, "R-finished");
+        REQUIRE(d.outcome == NodeOutcome::deployed);
+        const auto deployed = check("node-0010");
+        asio::io_context ioc;
+        auto r = guardia::test::run(ioc, recover_node(n, arts, d.backup_path, rig.settings("R-finished")),
+                                    seconds(60));
+        CHECK(r.outcome == NodeOutcome::deployed);
+        CHECK_FALSE(r.lock_released);
+        const auto after = check("node-0010");
+        CHECK(tree(after) == tree(deployed));
+        CHECK_FALSE(locked(after));
+    }
+
+    TEST_CASE("LOCK reclaims a lock of its own rollout only when asked to") {
+        Rig rig;
+        const Node& n = rig.node("node-0010");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "build own\n")};
+        auto d = rig.deploy("node-0010", arts, "R-own");
+        REQUIRE(d.outcome == NodeOutcome::deployed);
+        shell("mkdir '" + n.deploy_path + ".lock' && printf 'owner=dead\\nrollout=R-own\\nsince=%s\\n' \"$(date +%s)\" > '" +
+              n.deploy_path + ".lock/owner' && chown -R '" + n.user + "' '" + n.deploy_path + ".lock'");  // as the dead process left it
+        asio::io_context ioc;
+        auto refused = guardia::test::run(ioc, rollback_node(n, d.backup_path, rig.settings("R-own")), seconds(60));
+        CHECK(refused.failed_step == "LOCK");
+        CHECK(locked(check("node-0010")));
+        auto s = rig.settings("R-own");
+        s.reclaim_own_lock = true;
+        auto r = guardia::test::run(ioc, rollback_node(n, d.backup_path, s), seconds(60));
+        CHECK_MESSAGE(r.outcome == NodeOutcome::rolled_back, r.error.message);
+        CHECK_FALSE(locked(check("node-0010")));
+        // Another rollout's lock is never reclaimed.
+        shell("mkdir '" + n.deploy_path + ".lock' && printf 'owner=x\\nrollout=R-else\\nsince=%s\\n' \"$(date +%s)\" > '" +
+              n.deploy_path + ".lock/owner'");
+        auto other = guardia::test::run(ioc, rollback_node(n, d.backup_path, s), seconds(60));
+        CHECK(other.failed_step == "LOCK");
+        CHECK(locked(check("node-0010")));
+        shell("rm -rf '" + n.deploy_path + ".lock'");
     }
 }

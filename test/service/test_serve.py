@@ -571,10 +571,18 @@ class ServeTest(unittest.TestCase):
         return {"app.jar": os.urandom(48 * 1024) + f"\nbuild {label} {self.tag}\n".encode(),
                 "VERSION": f"v2-{label}-{self.tag}\n".encode()}
 
-    def stage(self, sr, arts):
+    def stage(self, sr, arts, by_path=()):
+        """PUT each artifact's bytes; those named in by_path instead as a file on the deploy
+        host (POST {"name", "path", "sha256"}), which the service copies."""
         for name, data in arts.items():
-            r = self.api("PUT", f"/api/tasks/{sr}/artifacts/{name}", query={"sha256": sha256(data)}, raw=data,
-                         ctype="application/octet-stream")
+            if name in by_path:
+                src = self.path(f"drop-{sr}-{name}")
+                with open(src, "wb") as f:
+                    f.write(data)
+                r = self.api("POST", f"/api/tasks/{sr}/artifacts", {"name": name, "path": src, "sha256": sha256(data)})
+            else:
+                r = self.api("PUT", f"/api/tasks/{sr}/artifacts/{name}", query={"sha256": sha256(data)}, raw=data,
+                             ctype="application/octet-stream")
             d = self.ok(r, 201)
             self.assertEqual(d, {"sr_id": sr, "name": name, "sha256": sha256(data), "size": len(data)})
             with open(os.path.join(self.state_dir, "artifacts", sr, name), "rb") as f:
@@ -738,8 +746,12 @@ class ServeTest(unittest.TestCase):
                          {"nodes": []})
         self.create_task(sr, title="happy path")
         arts = self.artifacts("happy")
-        self.stage(sr, arts)
+        self.stage(sr, arts, by_path=["VERSION"])
+        os.unlink(self.path(f"drop-{sr}-VERSION"))        # copied: the drop file may go
         t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
+        self.assertLessEqual({"sr_id", "status", "inst_id", "system_name", "requester", "approver", "rollout_id",
+                              "reason", "created_ms", "updated_ms", "artifacts"}, set(t), t)
+        self.assertEqual((t["status"], t["rollout_id"]), ("CREATED", ""), t)
         self.assertEqual(sorted((a["name"], a["sha256"], a["size"]) for a in t["artifacts"]),
                          sorted((n, sha256(d), len(d)) for n, d in arts.items()))
         d = self.deploy_status(sr)
@@ -1037,6 +1049,15 @@ class ServeTest(unittest.TestCase):
                              b"Host: t\r\n" + auth_h + b"Content-Type: application/octet-stream\r\n" +
                              b"Content-Length: %d\r\n\r\n" % len(huge) + huge)
         self.assert_error(r, 413, "payload_too_large")
+        src = self.path("drop.jar")
+        with open(src, "wb") as f:
+            f.write(data)
+        self.assert_error(self.api("POST", f"/api/tasks/{sr}/artifacts",
+                                   {"name": "app.jar", "path": src, "sha256": sha256(b"other")}),
+                          422, "checksum_mismatch")
+        self.assert_error(self.api("POST", f"/api/tasks/{sr}/artifacts",
+                                   {"name": "app.jar", "path": self.path("missing.jar"), "sha256": sha256(data)}),
+                          400, "bad_request", "path")
         t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
         self.assertEqual(t["artifacts"], [], "nothing staged")
         staged = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(self.state_dir, "artifacts")) for f in fs]
@@ -1048,8 +1069,14 @@ class ServeTest(unittest.TestCase):
         self.stage(other, {"VERSION": b"v9\n"})
         self.assert_error(self.trigger(other, "bob"), 409, "conflict")
 
-        # self-approval: 403, nothing started
+        # staging again under the same name replaces it
+        self.stage(sr, {"app.jar": data})
         self.stage(sr, self.artifacts("self"))
+        t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
+        self.assertEqual(sorted(a["name"] for a in t["artifacts"]), ["VERSION", "app.jar"], t)
+        self.assertNotIn(sha256(data), [a["sha256"] for a in t["artifacts"]], "replaced")
+
+        # self-approval: 403, nothing started
         self.assert_error(self.trigger(sr, "alice"), 403, "self_approval")
         r = self.api("POST", "/api/deploy/trigger", query={"sr_id": sr, "approver_id": "alice"})
         self.assert_error(r, 403, "self_approval")

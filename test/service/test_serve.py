@@ -775,7 +775,7 @@ class ServeTest(unittest.TestCase):
                          (rollout_id, "SUCCEEDED", ""), d)
         self.assertIsNotNone(d["rollout"]["finished_ms"])
         self.assertEqual(d["counts"], {"total": 4, "pending": 0, "running": 0, "deployed": 4, "failed": 0,
-                                       "skipped": 0})
+                                       "skipped": 0, "rolled_back": 0})
         self.assertEqual(d["tiers"], [
             {"tier": 1, "total": 1, "started": 1, "finished": 1, "failed": 0, "in_flight": 0, "skipped": 0},
             {"tier": 2, "total": 2, "started": 2, "finished": 2, "failed": 0, "in_flight": 0, "skipped": 0},
@@ -879,7 +879,7 @@ class ServeTest(unittest.TestCase):
                          {bad: "rolled_back", "node-0006": "skipped", "node-0007": "skipped"})
         self.assertTrue(nodes[bad]["error"], nodes[bad])
         self.assertEqual(d["counts"], {"total": 3, "pending": 0, "running": 0, "deployed": 0, "failed": 1,
-                                       "skipped": 2})
+                                       "skipped": 2, "rolled_back": 0})
         after = self.check(*names)
         self.assert_restored(before[bad], after[bad])
         status, body = health_get(self.inv[bad]["health"]["port"])
@@ -941,7 +941,9 @@ class ServeTest(unittest.TestCase):
         self.assertEqual([x["status"] for x in self.q("SELECT status FROM tasks WHERE sr_id = ?", sr)], ["ROLLED_BACK"])
         d = self.deploy_status(sr)
         self.assertEqual(d["task_status"], "ROLLED_BACK")
-        self.assertEqual({n["name"]: n["state"] for n in d["nodes"]}, {n: "rolled_back" for n in names}, d)
+        self.assertEqual({n["name"]: n["state"] for n in d["nodes"]}, {n: "rolled_back_by_pm" for n in names}, d)
+        self.assertEqual(d["counts"], {"total": 3, "pending": 0, "running": 0, "deployed": 0, "failed": 0,
+                                       "skipped": 0, "rolled_back": 3})
         rows = self.audit_rows(sr)
         for n in names:
             self.assertTrue([r for r in rows if r["node"] == n and r["event"] == "ROLLBACK_OK"],
@@ -982,6 +984,11 @@ class ServeTest(unittest.TestCase):
     # ================================================================== 6. bad input
     def test_06_bad_input_clear_4xx_never_a_crash(self):
         self.start_service(self.config(service={"max_artifact_bytes": 1024 * 1024}))
+
+        def case(r, status, code, *in_message):
+            """Each answer checked on its own (subTest): one wrong answer hides no other."""
+            with self.subTest(f"{status} {code} {' '.join(in_message)}".strip()):
+                return self.assert_error(r, status, code, *in_message)
         good_node = "node-0011"
         sr = f"SR-BAD-{self.tag}"
         before = self.fresh(good_node)
@@ -989,21 +996,21 @@ class ServeTest(unittest.TestCase):
 
         # JSON problems
         r = self.api("POST", "/api/tasks", raw=b'{"sr_id": "SR-1",\n  "inst_id": ', ctype="application/json")
-        body = self.assert_error(r, 400, "bad_json")
-        self.assertRegex(body["message"], r"\d+:\d+", "bad_json names line:col")
-        self.assert_error(self.api("POST", "/api/tasks", {k: v for k, v in task.items() if k != "sr_id"}),
+        body = case(r, 400, "bad_json")
+        self.assertRegex((body or {}).get("message", ""), r"\d+:\d+", "bad_json names line:col")
+        case(self.api("POST", "/api/tasks", {k: v for k, v in task.items() if k != "sr_id"}),
                           400, "bad_request", "sr_id")
-        self.assert_error(self.api("POST", "/api/tasks", dict(task, sr_id="x;rm -rf")), 400, "bad_request", "sr_id")
-        self.assert_error(self.api("POST", "/api/tasks", dict(task, sr_id="S" * 129)), 400, "bad_request", "sr_id")
-        self.assert_error(self.api("POST", "/api/tasks", dict(task, sr_id=12)), 400, "bad_request", "sr_id")
-        self.assert_error(self.api("POST", "/api/tasks", [task]), 400, "bad_request")
+        case(self.api("POST", "/api/tasks", dict(task, sr_id="x;rm -rf")), 400, "bad_request", "sr_id")
+        case(self.api("POST", "/api/tasks", dict(task, sr_id="S" * 129)), 400, "bad_request", "sr_id")
+        case(self.api("POST", "/api/tasks", dict(task, sr_id=12)), 400, "bad_request", "sr_id")
+        case(self.api("POST", "/api/tasks", [task]), 400, "bad_request")
         deep = {"sr_id": sr}
         for _ in range(40):
             deep = {"x": deep}
-        self.assert_error(self.api("POST", "/api/tasks", deep), 400, "too_deep")
-        self.assert_error(self.api("POST", "/api/tasks", raw=json.dumps(task).encode(), ctype="text/plain"),
+        case(self.api("POST", "/api/tasks", deep), 400, "too_deep")
+        case(self.api("POST", "/api/tasks", raw=json.dumps(task).encode(), ctype="text/plain"),
                           415, "unsupported_media_type")
-        self.assert_error(self.api("POST", "/api/tasks", raw=json.dumps(task).encode()), 415,
+        case(self.api("POST", "/api/tasks", raw=json.dumps(task).encode()), 415,
                           "unsupported_media_type")
 
         # size limits (raw: the server may answer before it has read everything)
@@ -1011,66 +1018,66 @@ class ServeTest(unittest.TestCase):
         big = json.dumps(dict(task, title="x" * 70000)).encode()
         r = self.raw_request(b"POST /api/tasks HTTP/1.1\r\nHost: t\r\n" + auth +
                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
-        self.assert_error(r, 413, "payload_too_large")
+        case(r, 413, "payload_too_large")
         r = self.raw_request(b"GET /api/inventory HTTP/1.1\r\nHost: t\r\n" + auth +
                              b"X-Padding: " + b"p" * 10000 + b"\r\n\r\n")
-        self.assert_error(r, 431, "headers_too_large")
+        case(r, 431, "headers_too_large")
         r = self.raw_request(b"THIS IS NOT HTTP\r\n\r\n")
-        self.assert_error(r, 400, "bad_request")
+        case(r, 400, "bad_request")
 
         # routes and methods
-        self.assert_error(self.api("GET", "/api/nope"), 404, "not_found")
-        self.assert_error(self.api("GET", "/nope", token=None), 404, "not_found")
-        self.assert_error(self.api("DELETE", "/api/tasks"), 405, "method_not_allowed")
-        self.assert_error(self.api("GET", "/api/deploy/trigger"), 405, "method_not_allowed")
+        case(self.api("GET", "/api/nope"), 404, "not_found")
+        case(self.api("GET", "/nope", token=None), 404, "not_found")
+        case(self.api("DELETE", "/api/tasks"), 405, "method_not_allowed")
+        case(self.api("GET", "/api/deploy/trigger"), 405, "method_not_allowed")
 
         # unknown SR
-        self.assert_error(self.api("GET", "/api/tasks/SR-NOPE"), 404, "not_found")
-        self.assert_error(self.api("GET", "/api/deploy/SR-NOPE"), 404, "not_found")
-        self.assert_error(self.trigger("SR-NOPE"), 404, "not_found")
-        self.assert_error(self.api("PUT", "/api/tasks/SR-NOPE/artifacts/a.jar", query={"sha256": sha256(b"a")},
+        case(self.api("GET", "/api/tasks/SR-NOPE"), 404, "not_found")
+        case(self.api("GET", "/api/deploy/SR-NOPE"), 404, "not_found")
+        case(self.trigger("SR-NOPE"), 404, "not_found")
+        case(self.api("PUT", "/api/tasks/SR-NOPE/artifacts/a.jar", query={"sha256": sha256(b"a")},
                                    raw=b"a", ctype="application/octet-stream"), 404, "not_found")
-        self.assert_error(self.api("POST", "/api/tasks/SR-NOPE/validation", {"verdict": "accepted", "pm_id": "c"}),
+        case(self.api("POST", "/api/tasks/SR-NOPE/validation", {"verdict": "accepted", "pm_id": "c"}),
                           404, "not_found")
 
         # an inventory with one bad node: 400 naming node and field; nothing imported
         doc = self.nodes_doc({good_node: 2, "node-0012": 2}, node_0012={"tier": 7})
-        self.assert_error(self.api("POST", "/api/inventory", doc), 400, "bad_request", "node-0012", "tier")
+        case(self.api("POST", "/api/inventory", doc), 400, "bad_request", "node-0012", "tier")
         doc = self.nodes_doc({good_node: 2, "node-0012": 2}, node_0012={"colour": "red"})
-        self.assert_error(self.api("POST", "/api/inventory", doc), 400, "bad_request", "node-0012", "colour")
-        self.assert_error(self.api("POST", "/api/inventory", {"nodes": "all"}), 400, "bad_request", "nodes")
+        case(self.api("POST", "/api/inventory", doc), 400, "bad_request", "node-0012", "colour")
+        case(self.api("POST", "/api/inventory", {"nodes": "all"}), 400, "bad_request", "nodes")
         self.assertEqual(self.ok(self.api("GET", "/api/inventory")), {"nodes": []}, "nothing imported")
         self.assertEqual(self.q("SELECT * FROM inventory_nodes"), [])
 
         # the task, and artifact problems
         self.import_inventory({good_node: 2})
         self.create_task(sr)
-        self.assert_error(self.api("POST", "/api/tasks", task), 409, "conflict")
-        self.assert_error(self.trigger(sr, "bob"), 409, "conflict")        # no staged artifact
+        case(self.api("POST", "/api/tasks", task), 409, "conflict")
+        case(self.trigger(sr, "bob"), 409, "conflict")        # no staged artifact
         data = os.urandom(4096)
         r = self.api("PUT", f"/api/tasks/{sr}/artifacts/app.jar", query={"sha256": sha256(b"other")}, raw=data,
                      ctype="application/octet-stream")
-        self.assert_error(r, 422, "checksum_mismatch")
+        case(r, 422, "checksum_mismatch")
         r = self.api("PUT", f"/api/tasks/{sr}/artifacts/app.jar", query={"sha256": "zz"}, raw=data,
                      ctype="application/octet-stream")
         self.assertIn(r.status, (400, 422), r)
-        self.assert_error(self.api("PUT", f"/api/tasks/{sr}/artifacts/..", query={"sha256": sha256(data)}, raw=data,
+        case(self.api("PUT", f"/api/tasks/{sr}/artifacts/..", query={"sha256": sha256(data)}, raw=data,
                                    ctype="application/octet-stream"), 400, "bad_request")
-        self.assert_error(self.api("PUT", f"/api/tasks/{sr}/artifacts/a%20b.jar", query={"sha256": sha256(data)},
+        case(self.api("PUT", f"/api/tasks/{sr}/artifacts/a%20b.jar", query={"sha256": sha256(data)},
                                    raw=data, ctype="application/octet-stream"), 400, "bad_request")
         huge = os.urandom(1024 * 1024 + 1)
         auth_h = f"Authorization: Bearer {self.token}\r\n".encode()
         r = self.raw_request(f"PUT /api/tasks/{sr}/artifacts/app.jar?sha256={sha256(huge)} HTTP/1.1\r\n".encode() +
                              b"Host: t\r\n" + auth_h + b"Content-Type: application/octet-stream\r\n" +
                              b"Content-Length: %d\r\n\r\n" % len(huge) + huge)
-        self.assert_error(r, 413, "payload_too_large")
+        case(r, 413, "payload_too_large")
         src = self.path("drop.jar")
         with open(src, "wb") as f:
             f.write(data)
-        self.assert_error(self.api("POST", f"/api/tasks/{sr}/artifacts",
+        case(self.api("POST", f"/api/tasks/{sr}/artifacts",
                                    {"name": "app.jar", "path": src, "sha256": sha256(b"other")}),
                           422, "checksum_mismatch")
-        self.assert_error(self.api("POST", f"/api/tasks/{sr}/artifacts",
+        case(self.api("POST", f"/api/tasks/{sr}/artifacts",
                                    {"name": "app.jar", "path": self.path("missing.jar"), "sha256": sha256(data)}),
                           400, "bad_request", "path")
         t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
@@ -1082,7 +1089,7 @@ class ServeTest(unittest.TestCase):
         other = f"SR-NONODE-{self.tag}"
         self.create_task(other, inst_id="INST-NOBODY")
         self.stage(other, {"VERSION": b"v9\n"})
-        self.assert_error(self.trigger(other, "bob"), 409, "conflict")
+        case(self.trigger(other, "bob"), 409, "conflict")
 
         # staging again under the same name replaces it
         self.stage(sr, {"app.jar": data})
@@ -1092,14 +1099,14 @@ class ServeTest(unittest.TestCase):
         self.assertNotIn(sha256(data), [a["sha256"] for a in t["artifacts"]], "replaced")
 
         # self-approval: 403, nothing started
-        self.assert_error(self.trigger(sr, "alice"), 403, "self_approval")
+        case(self.trigger(sr, "alice"), 403, "self_approval")
         r = self.api("POST", "/api/deploy/trigger", query={"sr_id": sr, "approver_id": "alice"})
-        self.assert_error(r, 403, "self_approval")
-        self.assert_error(self.api("POST", "/api/deploy/trigger", {"sr_id": sr}), 400, "bad_request", "approver_id")
+        case(r, 403, "self_approval")
+        case(self.api("POST", "/api/deploy/trigger", {"sr_id": sr}), 400, "bad_request", "approver_id")
         d = self.deploy_status(sr)
         self.assertEqual((d["task_status"], d["rollout"]), ("CREATED", None), d)
         self.assertEqual(self.q("SELECT * FROM rollouts"), [])
-        self.assert_error(self.api("POST", f"/api/tasks/{sr}/validation", {"verdict": "accepted", "pm_id": "carol"}),
+        case(self.api("POST", f"/api/tasks/{sr}/validation", {"verdict": "accepted", "pm_id": "carol"}),
                           409, "conflict", "CREATED")
 
         # still serving, nothing touched, nothing notified

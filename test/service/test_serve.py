@@ -34,6 +34,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import sqlite3
 import subprocess
 import sys
@@ -1003,7 +1004,7 @@ class ServeTest(unittest.TestCase):
         case(self.api("POST", "/api/tasks", dict(task, sr_id="x;rm -rf")), 400, "bad_request", "sr_id")
         case(self.api("POST", "/api/tasks", dict(task, sr_id="S" * 129)), 400, "bad_request", "sr_id")
         case(self.api("POST", "/api/tasks", dict(task, sr_id=12)), 400, "bad_request", "sr_id")
-        case(self.api("POST", "/api/tasks", [task]), 400, "bad_request")
+        case(self.api("POST", "/api/tasks", [task]), 400, "not_an_object")
         deep = {"sr_id": sr}
         for _ in range(40):
             deep = {"x": deep}
@@ -1317,6 +1318,95 @@ class ServeTest(unittest.TestCase):
                             lambda: [x for x in self.outbox(sr) if x["delivered_ms"] is not None], 10)[0]
         self.assertGreaterEqual(row["attempts"], 1)
         self.assertEqual(len(self.outbox(sr)), 1)
+
+    # ================================================================== 11. TLS
+    def test_11_tls_listener(self):
+        # a self-signed certificate for 127.0.0.1; the service then speaks HTTPS only
+        cert, key = self.path("cert.pem"), self.path("key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True, timeout=60)
+        os.chmod(key, 0o600)
+        fd = os.open(self.path("token"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token + "\n")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.write_json("guardia.json", self.config(service={"tls": {"cert_file": cert, "key_file": key}}))
+        s = Service(self.path("guardia.json"), self.tmp, f"{self._testMethodName} tls")
+        self.services.append(s)
+        s.start()
+        self.assertEqual((s.scheme, s.host), ("https", "127.0.0.1"), s.ready_lines)
+        ctx = ssl.create_default_context(cafile=cert)
+
+        def get(path, token):
+            c = http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10)
+            try:
+                c.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+                r = c.getresponse()
+                return r.status, json.loads(r.read() or b"null"), c.sock.version()
+            finally:
+                c.close()
+
+        status, body, version = get("/healthz", None)
+        self.assertEqual((status, body["status"]), (200, "ok"))
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+        self.assertEqual(get("/api/tasks/SR-TLS-NONE", self.token)[:2][0], 404)
+        self.assertEqual(get("/api/tasks/SR-TLS-NONE", "wrong-token-0123456789")[0], 401)
+        # plain HTTP to the TLS port gets no HTTP answer
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        with self.assertRaises((http.client.HTTPException, OSError)):
+            c.request("GET", "/healthz")
+            c.getresponse().read()
+        c.close()
+        # an untrusting client refuses the certificate
+        with self.assertRaises(ssl.SSLError):
+            c = http.client.HTTPSConnection("127.0.0.1", s.port, context=ssl.create_default_context(), timeout=10)
+            c.request("GET", "/healthz")
+        s.signal(signal.SIGTERM)
+        self.assertEqual(s.wait_exit(60), 0, s.log())
+
+    # ================================================================== 12. systemd notify
+    def test_12_systemd_notify_ready_watchdog_stopping(self):
+        # systemd's side of Type=notify: a datagram socket named by NOTIFY_SOCKET
+        # an abstract name ('@' in NOTIFY_SOCKET): the work dir's path is too long for sun_path
+        sock_path = f"@guardia-test-notify-{os.getpid()}-{secrets.token_hex(4)}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind("\0" + sock_path[1:])
+        sock.settimeout(0.2)
+        got = []
+
+        def take(until):
+            while time.monotonic() < until:
+                try:
+                    got.append((time.monotonic(), sock.recv(4096).decode()))
+                except socket.timeout:
+                    pass
+
+        saved = {k: os.environ.get(k) for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+        os.environ["NOTIFY_SOCKET"] = sock_path
+        os.environ["WATCHDOG_USEC"] = "600000"      # pings expected every 300 ms
+        try:
+            s = self.start_service(receiver=False, label="notify")
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        try:
+            take(time.monotonic() + 2.0)
+            ready = [m for _, m in got if "READY=1" in m.split("\n")]
+            self.assertEqual(len(ready), 1, got)
+            self.assertIn(f"MAINPID={s.proc.pid}", ready[0])
+            self.assertIn("STATUS=listening on http://127.0.0.1:", ready[0])
+            pings = [t for t, m in got if m == "WATCHDOG=1"]
+            self.assertGreaterEqual(len(pings), 4, got)     # ~6 in 2 s
+            s.signal(signal.SIGTERM)
+            take(time.monotonic() + 1.0)
+            self.assertTrue([m for _, m in got if "STOPPING=1" in m.split("\n")], got)
+            self.assertEqual(s.wait_exit(60), 0, s.log())
+        finally:
+            sock.close()
 
 
 # ---------------------------------------------------------------------- cleanup (ctest)

@@ -169,6 +169,19 @@ std::string label(std::string_view v) {
     return out;
 }
 
+json::object tier_json(const deploy::TierProgress& t) {
+    return json::object{{"tier", t.tier},         {"total", t.total},   {"started", t.started},
+                        {"finished", t.finished}, {"failed", t.failed}, {"in_flight", t.in_flight},
+                        {"skipped", t.skipped}};
+}
+
+json::object node_json(const std::string& name, std::int64_t tier, const std::string& state,
+                       const std::string& step, const std::string& error,
+                       const std::string& backup_path) {
+    return json::object{{"name", name}, {"tier", tier},   {"state", state},
+                        {"step", step}, {"error", error}, {"backup_path", backup_path}};
+}
+
 json::object recovered_flag() {
     json::object o;
     o["recovered"] = true;
@@ -294,15 +307,10 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::awaitable<void> notify(std::string_view event, const store::TaskRecord& t,
                                  json::object extra) {
         if (!deps.notifier) co_return;
-        json::object fields = std::move(extra);
-        fields["sr_id"] = t.sr_id;
-        fields["rollout_id"] = t.rollout_id;
-        fields["status"] = t.status;
-        fields["reason"] = t.reason;
-        fields["requester"] = t.requester;
-        fields["approver"] = t.approver;
-        fields["inst_id"] = t.inst_id;
-        fields["system_name"] = t.system_name;
+        // The task as the API shows it, plus the event's own fields.
+        json::object fields = task_json(t, {});
+        fields.erase("artifacts");
+        for (auto& kv : extra) fields[kv.key()] = std::move(kv.value());
         auto r = co_await deps.notifier->enqueue(event, fields);
         if (!r)
             logger->error("SR {}: could not queue the {} notification: {}", t.sr_id, event,
@@ -1126,21 +1134,10 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
                     break;
             }
             count("total");
-            nodes.push_back(json::object{{"name", n.node.name},
-                                         {"tier", n.node.tier},
-                                         {"state", state},
-                                         {"step", n.step},
-                                         {"error", n.report.error.message},
-                                         {"backup_path", n.report.backup_path}});
+            nodes.push_back(node_json(n.node.name, n.node.tier, state, n.step,
+                                      n.report.error.message, n.report.backup_path));
         }
-        for (const auto& t : p.tiers)
-            tiers.push_back(json::object{{"tier", t.tier},
-                                         {"total", t.total},
-                                         {"started", t.started},
-                                         {"finished", t.finished},
-                                         {"failed", t.failed},
-                                         {"in_flight", t.in_flight},
-                                         {"skipped", t.skipped}});
+        for (const auto& t : p.tiers) tiers.push_back(tier_json(t));
     } else if ((*task)->rollout_id.empty()) {
         out["rollout"] = nullptr;
     } else {
@@ -1172,15 +1169,11 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
             else
                 tier_of[row.name] = 2;
         }
-        struct T {
-            std::size_t total = 0, started = 0, finished = 0, failed = 0, in_flight = 0,
-                        skipped = 0;
-        };
-        std::map<std::int64_t, T> per_tier;
+        std::map<std::int64_t, deploy::TierProgress> per_tier;
         for (const auto& n : *results) {
             const std::string state = lower(n.status);
             const auto tier = tier_of.count(n.node) ? tier_of[n.node] : 0;
-            T& t = per_tier[tier];
+            deploy::TierProgress& t = per_tier[tier];
             ++t.total;
             count("total");
             if (state == "pending") {
@@ -1204,21 +1197,12 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
                     ++t.failed;
                 }
             }
-            nodes.push_back(json::object{{"name", n.node},
-                                         {"tier", tier},
-                                         {"state", state},
-                                         {"step", n.step},
-                                         {"error", n.error},
-                                         {"backup_path", n.backup_path}});
+            nodes.push_back(node_json(n.node, tier, state, n.step, n.error, n.backup_path));
         }
-        for (const auto& [tier, t] : per_tier)
-            tiers.push_back(json::object{{"tier", tier},
-                                         {"total", t.total},
-                                         {"started", t.started},
-                                         {"finished", t.finished},
-                                         {"failed", t.failed},
-                                         {"in_flight", t.in_flight},
-                                         {"skipped", t.skipped}});
+        for (auto& [tier, t] : per_tier) {
+            t.tier = static_cast<int>(tier);
+            tiers.push_back(tier_json(t));
+        }
     }
     out["counts"] = std::move(counts);
     out["tiers"] = std::move(tiers);

@@ -48,13 +48,13 @@ constexpr const char* serve_usage =
 // Pings systemd's watchdog from the loop itself: a hung loop stops the pings and systemd
 // restarts the service.
 asio::awaitable<void> watchdog_loop(service::SystemdNotifier& sd, std::chrono::microseconds every,
+                                    std::shared_ptr<asio::steady_timer> timer,
                                     std::shared_ptr<bool> stop) {
-    asio::steady_timer t(co_await asio::this_coro::executor);
     while (!*stop) {
         (void)sd.watchdog();
-        t.expires_after(every);
+        timer->expires_after(every);
         boost::system::error_code ec;
-        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
 }
 
@@ -158,9 +158,12 @@ int serve_command(int argc, char** argv) {
             so.tls = tls;
         }
         // Artifact uploads (PUT /api/tasks/{sr}/artifacts/{name}) may be larger than JSON.
+        // Only with a valid token: an anonymous client never gets a large body buffered.
         const std::size_t artifact_limit = scfg->max_artifact_bytes;
-        so.body_limit_for = [artifact_limit](const http::Request& head) -> std::size_t {
+        const std::string api_token = *token;
+        so.body_limit_for = [artifact_limit, api_token](const http::Request& head) -> std::size_t {
             if (head.method() != http::beast_http::verb::put) return 0;
+            if (!http::bearer_token_matches(head, api_token)) return 0;
             auto seg = http::path_segments(head.target());
             if (seg && seg->size() == 5 && (*seg)[0] == "api" && (*seg)[1] == "tasks" &&
                 (*seg)[3] == "artifacts")
@@ -172,6 +175,7 @@ int serve_command(int argc, char** argv) {
 
         asio::signal_set signals(ioc, SIGTERM, SIGINT);
         auto watchdog_stop = std::make_shared<bool>(false);
+        auto watchdog_timer = std::make_shared<asio::steady_timer>(ioc);
         const std::chrono::milliseconds grace = scfg->shutdown_grace;
 
         asio::co_spawn(
@@ -199,7 +203,8 @@ int serve_command(int argc, char** argv) {
                 logger->info("listening on {} (store {})", url, db);
                 (void)sd.ready("listening on " + url);
                 if (auto every = sd.watchdog_interval())
-                    asio::co_spawn(ioc, watchdog_loop(sd, *every, watchdog_stop), asio::detached);
+                    asio::co_spawn(ioc, watchdog_loop(sd, *every, watchdog_timer, watchdog_stop),
+                                   asio::detached);
 
                 boost::system::error_code ec;
                 int signo =
@@ -211,6 +216,7 @@ int serve_command(int argc, char** argv) {
                 co_await server.shutdown(std::chrono::seconds(5));
                 co_await notifier.stop();
                 *watchdog_stop = true;
+                watchdog_timer->cancel();
                 signals.cancel();
                 logger->info("stopped");
             },

@@ -752,6 +752,17 @@ asio::awaitable<void> Pipeline::discard_staged() {
 
 asio::awaitable<Result<void>> Pipeline::rollback() {
     Step step(*this, "ROLLBACK", "restore " + report_.backup_path);
+    // Only a backup of this very deploy path is restored: a backup path from the store or a
+    // lock that names another directory (an inventory changed since) must never be copied over.
+    const std::string prefix = node_.deploy_path + ".bak_";
+    if (report_.backup_path.compare(0, prefix.size(), prefix) != 0 ||
+        report_.backup_path.find('/', prefix.size()) != std::string::npos) {
+        Error e = node_error(errc::invalid_argument, "ROLLBACK",
+                             "refusing to restore from '" + report_.backup_path +
+                                 "': not a backup of " + node_.deploy_path);
+        step.failed(e);
+        co_return e;
+    }
     if (!co_await ensure_session("rollback")) {
         Error e =
             node_error(errc::connection_lost, "ROLLBACK", "cannot reach the node to roll back");

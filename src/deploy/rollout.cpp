@@ -224,6 +224,7 @@ struct Rollout::Impl {
     std::int64_t created_ms = 0;
     std::size_t in_flight = 0;
     bool aborted = false, cancelled = false;
+    bool draining = false;    // aborted by stop_starting(), not by the gate
     asio::steady_timer wake;  // the scheduler's condition variable
     asio::steady_timer pace;  // spacing of node starts (connections per second)
     Clock::time_point next_start{};
@@ -244,10 +245,17 @@ asio::awaitable<RolloutReport> Rollout::Impl::run() {
     audit("ROLLOUT", dry_run ? "DRY_RUN_START" : "ROLLOUT_START",
           std::to_string(inventory.nodes.size()) + " node(s), " + std::to_string(artifacts.size()) +
               " artifact(s)");
+    // The rollout and its nodes are on disk before any node is touched: a process that dies
+    // from here on leaves a row that crash recovery finds.
+    if (settings.audit && !dry_run) {
+        if (auto d = co_await settings.audit->durable(); !d)
+            audit("ROLLOUT", "STORE_LAGGING", "rollout row not yet durable: " + d.error().message);
+    }
 
     for (std::size_t t = 0; t < config.tiers.size(); ++t) co_await run_tier(t);
 
-    if (aborted && config.on_abort == AbortPolicy::roll_back_all && !dry_run)
+    // A drain (service stopping) is not a failure of the release: nothing is rolled back for it.
+    if (aborted && !draining && config.on_abort == AbortPolicy::roll_back_all && !dry_run)
         co_await roll_back_deployed();
 
     for (const auto& n : report.nodes) {
@@ -579,6 +587,7 @@ void Rollout::cancel(std::string reason) {
 }
 
 void Rollout::stop_starting(std::string reason) {
+    if (!impl_->stopping()) impl_->draining = true;
     impl_->abort(std::move(reason));
 }
 

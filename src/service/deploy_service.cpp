@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <charconv>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -247,6 +248,11 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::steady_timer changed;  // cancelled whenever an Active ends: drain() waits on it
     bool stopping = false;
     std::uint64_t rollout_seq = 0;
+    // Staging in progress per SR, and a count of stagings started: a trigger refuses while one
+    // runs, and notices one that began and ended while it was reading the artifact list.
+    std::map<std::string, int> staging_now;
+    std::map<std::string, std::uint64_t> staging_started;
+    std::uint64_t staging_seq = 0;
 
     struct IdemAnswer {
         std::string request;
@@ -699,8 +705,20 @@ asio::awaitable<http::Response> DeployService::Impl::stage(
     if (!deployable((*t)->status) || active.count(sr_id))
         co_return conflict(req, "task " + sr_id + " is " + (*t)->status +
                                     ": artifacts can be staged in CREATED or FAILED_ROLLBACK");
+    ++staging_now[sr_id];
+    ++staging_started[sr_id];
+    struct Staging {
+        std::map<std::string, int>& now;
+        const std::string& sr;
+        ~Staging() {
+            if (--now[sr] == 0) now.erase(sr);
+        }
+    } staging{staging_now, sr_id};
     const std::string dir = deps.service.state_dir + "/artifacts/" + sr_id;
     const std::string final_path = dir + "/" + name;
+    // Unique per staging: two uploads of one name never write the same temp file.
+    const std::string tmp =
+        final_path + ".staging-" + std::to_string(::getpid()) + "-" + std::to_string(++staging_seq);
     struct Staged {
         Result<std::int64_t> size = Error(errc::invalid_argument, "not run");
         std::string actual;
@@ -713,7 +731,6 @@ asio::awaitable<http::Response> DeployService::Impl::stage(
             s.size = Error(errc::local_io_failed, "cannot create " + dir + ": " + ec.message());
             return s;
         }
-        const std::string tmp = final_path + ".staging-" + std::to_string(::getpid());
         s.size = write_to(tmp);
         if (!s.size) {
             std::filesystem::remove(tmp, ec);
@@ -827,6 +844,7 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
     if (!deployable(t.status))
         co_return conflict(req, "task " + sr_id + " is " + t.status +
                                     ": only CREATED or FAILED_ROLLBACK tasks can be deployed");
+    const std::uint64_t stagings_before = staging_started[sr_id];
     auto arts = co_await read([&](store::Database& db) { return db.artifacts_for(sr_id); });
     if (!arts) co_return store_failed(req, arts.error());
     if (arts->empty()) co_return conflict(req, "task " + sr_id + " has no staged artifact");
@@ -840,6 +858,9 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
     if (!inventory) co_return conflict(req, inventory.error().message);
     if (auto ok = deploy::validate_rollout(deps.engine.rollout, *inventory); !ok)
         co_return conflict(req, "configuration: " + ok.error().message);
+    if (staging_now.count(sr_id) || staging_started[sr_id] != stagings_before)
+        co_return conflict(
+            req, "an artifact of SR " + sr_id + " is being staged (or just was): trigger again");
     // Claim the SR before the next suspension: a concurrent trigger now sees it running.
     if (active.count(sr_id))
         co_return conflict(req, "SR " + sr_id + " is already " + active[sr_id]->task.status);
@@ -847,6 +868,16 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
     auto a = std::make_shared<Active>(executor);
     a->kind = "deploy";
     active[sr_id] = a;
+    // Any exit before run_deploy owns `a` (an exception included) releases the claim.
+    struct Release {
+        Impl* self;
+        const std::string& sr;
+        std::shared_ptr<Active> a;
+        bool armed = true;
+        ~Release() {
+            if (armed) self->end_active(sr, a);
+        }
+    } release{this, sr_id, a};
 
     // The staged files are hashed again: what ships is what was approved.
     std::vector<store::ArtifactRecord> staged = *arts;
@@ -866,20 +897,15 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
             return out;
         },
         asio::use_awaitable);
-    if (!specs) {
-        end_active(sr_id, a);
-        co_return conflict(req, specs.error().message);
-    }
+    if (!specs) co_return conflict(req, specs.error().message);
     a->created_ms = now_ms();
     a->rollout_id = sr_id + "-" + utc_compact() + "-" + std::to_string(::getpid()) + "-" +
                     std::to_string(++rollout_seq);
     t.approver = approver;
     t.rollout_id = a->rollout_id;
     a->task = t;
-    if (auto d = co_await set_status(a->task, kDeploying, "", "approved by " + approver); !d) {
-        end_active(sr_id, a);
+    if (auto d = co_await set_status(a->task, kDeploying, "", "approved by " + approver); !d)
         co_return store_failed(req, d.error());
-    }
     auto settings = pipeline_settings(sr_id, a->rollout_id);
     a->rollout =
         std::make_unique<deploy::Rollout>(executor, std::move(*inventory), std::move(*specs),
@@ -890,6 +916,9 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
         ++st.count;
     });
     a->rollout->set_observer(a->step_timer.get());
+    if (stopping)  // drain() began while this trigger was hashing or writing DEPLOYING
+        a->rollout->stop_starting("service stopping (SIGTERM): no new node starts");
+    release.armed = false;
     asio::co_spawn(executor, run_deploy(a), asio::detached);
 
     json::object accepted{{"sr_id", sr_id}, {"rollout_id", a->rollout_id}, {"status", "DEPLOYING"}};
@@ -983,8 +1012,14 @@ asio::awaitable<http::Response> DeployService::Impl::validation(const http::Requ
                                     ": a verdict is taken in PENDING_PM_VALIDATION only");
     const std::string who = "PM " + *pm + (comment->empty() ? "" : ": " + *comment);
     if (*verdict == "accepted") {
-        if (auto d = co_await set_status(t, kCompleted, *comment, "accepted by " + who); !d)
-            co_return store_failed(req, d.error());
+        // Claimed while COMPLETED becomes durable: a concurrent reject must get 409, not roll back.
+        auto claim = std::make_shared<Active>(executor);
+        claim->kind = "verdict";
+        claim->task = t;
+        active[sr_id] = claim;
+        auto d = co_await set_status(t, kCompleted, *comment, "accepted by " + who);
+        end_active(sr_id, claim);
+        if (!d) co_return store_failed(req, d.error());
         co_return http::json_response(req, bh::status::ok,
                                       json::object{{"sr_id", sr_id}, {"status", t.status}});
     }
@@ -1006,17 +1041,44 @@ asio::awaitable<http::Response> DeployService::Impl::validation(const http::Requ
     co_return http::json_response(req, bh::status::ok, a->final_body);
 }
 
-// Rolls back every node the task's rollout deployed and is not yet rolled back; returns
-// (rolled back, failed).
+// Rolls back every node any rollout of the task deployed, to the FIRST backup this SR took of
+// it: after a failed attempt and a retry, the retry's backup holds the first attempt's build, so
+// only the first backup is the node as it was before the change. Nodes whose latest row says
+// ROLLED_BACK_BY_PM are done already (a re-run after a restart). Returns (rolled back, failed).
 asio::awaitable<std::pair<std::size_t, std::size_t>> DeployService::Impl::pm_rollback_nodes(
     const store::TaskRecord& task) {
-    const std::string rollout_id = task.rollout_id, inst = task.inst_id, sys = task.system_name;
-    auto results = co_await read([&](store::Database& db) { return db.node_results(rollout_id); });
+    const std::string sr = task.sr_id, inst = task.inst_id, sys = task.system_name;
+    auto rollouts = co_await read([&](store::Database& db) { return db.rollouts_for(sr); });
     auto rows = co_await read([&](store::Database& db) { return db.inventory_nodes(inst, sys); });
+    struct Target {
+        store::NodeResult latest;
+        std::string first_backup;
+        bool deployed = false;
+    };
+    std::map<std::string, Target> targets;
+    bool results = rollouts.has_value();
+    if (rollouts)
+        for (auto r = rollouts->rbegin(); r != rollouts->rend() && results; ++r) {  // oldest first
+            const std::string rid = r->id;
+            auto res = co_await read([&](store::Database& db) { return db.node_results(rid); });
+            if (!res) {
+                results = false;
+                break;
+            }
+            for (auto& n : *res) {
+                Target& t = targets[n.node];
+                if (t.first_backup.empty()) t.first_backup = n.backup_path;
+                t.deployed = t.deployed || n.status == "DEPLOYED";
+                t.latest = std::move(n);
+            }
+        }
     std::vector<store::NodeResult> todo;
-    if (results)
-        for (const auto& r : *results)
-            if (r.status == "DEPLOYED") todo.push_back(r);
+    for (auto& [name, t] : targets)
+        if (t.deployed && t.latest.status != "ROLLED_BACK_BY_PM") {
+            store::NodeResult r = t.latest;
+            r.backup_path = t.first_backup;
+            todo.push_back(std::move(r));
+        }
     std::map<std::string, deploy::Node> nodes;
     if (rows)
         for (const auto& row : *rows) {
@@ -1026,7 +1088,7 @@ asio::awaitable<std::pair<std::size_t, std::size_t>> DeployService::Impl::pm_rol
     auto ok = std::make_shared<std::size_t>(0);
     auto failed = std::make_shared<std::size_t>(0);
     if (!results || !rows) {
-        logger->error("SR {}: cannot read the rollout's nodes for the rollback", task.sr_id);
+        logger->error("SR {}: cannot read the rollouts' nodes for the rollback", task.sr_id);
         co_return std::make_pair(std::size_t{0}, std::size_t{1});
     }
     auto settings =
@@ -1105,8 +1167,8 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const http::R
     auto it = active.find(sr_id);
     if (it != active.end() && it->second->rollout) {
         const auto& a = *it->second;
-        out["task_status"] = a.task.status;
         const auto& p = a.rollout->progress();
+        if (p.status == deploy::RolloutStatus::running) out["task_status"] = a.task.status;
         out["rollout"] = json::object{{"id", a.rollout_id},
                                       {"status", deploy::to_string(p.status)},
                                       {"reason", p.reason},
@@ -1217,12 +1279,13 @@ asio::awaitable<http::Response> DeployService::Impl::audit_page(const http::Requ
     if (sr_id.empty()) co_return bad(req, Error(errc::invalid_argument, "sr_id: required"));
     std::int64_t after = 0;
     int limit = 100;
-    try {
-        if (!(*q)["after_id"].empty()) after = std::stoll((*q)["after_id"]);
-        if (!(*q)["limit"].empty()) limit = std::stoi((*q)["limit"]);
-    } catch (...) {
+    auto whole_number = [](const std::string& text, auto& into) {
+        if (text.empty()) return true;
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), into);
+        return ec == std::errc() && end == text.data() + text.size();
+    };
+    if (!whole_number((*q)["after_id"], after) || !whole_number((*q)["limit"], limit))
         co_return bad(req, Error(errc::invalid_argument, "after_id and limit must be integers"));
-    }
     if (limit < 1 || limit > 1000 || after < 0)
         co_return bad(req, Error(errc::invalid_argument,
                                  "limit: must be between 1 and 1000; after_id: not negative"));
@@ -1283,7 +1346,10 @@ http::Response DeployService::Impl::metrics(const http::Request& req) {
         m << "guardia_step_duration_seconds_count{step=\"" << label(k) << "\"} " << v.count << '\n';
     }
     std::size_t deploying = 0, rolling_back = 0;
-    for (const auto& [sr, a] : active) ++(a->kind == "deploy" ? deploying : rolling_back);
+    for (const auto& [sr, a] : active) {
+        if (a->kind == "deploy") ++deploying;
+        if (a->kind == "rollback") ++rolling_back;
+    }
     head("guardia_rollouts_running", "gauge", "Rollouts in flight.");
     m << "guardia_rollouts_running " << deploying << '\n';
     head("guardia_pm_rollbacks_running", "gauge", "PM-rejected releases being rolled back.");
@@ -1350,7 +1416,7 @@ asio::awaitable<void> DeployService::Impl::recover_rollout(const store::RolloutR
     std::vector<store::NodeResult> running;
     std::size_t pending = 0;
     for (const auto& n : *results)
-        if (n.status == "RUNNING" || n.status == "PENDING") {
+        if (n.status == "RUNNING" || n.status == "PENDING" || n.status == "RECOVERY_FAILED") {
             running.push_back(n);
             pending += n.status == "PENDING" ? 1 : 0;
         }
@@ -1381,10 +1447,21 @@ asio::awaitable<void> DeployService::Impl::recover_rollout(const store::RolloutR
         } else {
             rep = co_await deploy::recover_node(it->second, *specs, n.backup_path, *settings);
         }
-        if (n.status == "PENDING" && !rep.lock_released) {
-            n.status = "SKIPPED";  // never started, as the node itself confirms
+        // Not inspected (unreachable, gone from the inventory): the node may still be mid-step
+        // under our lock. It stays to be recovered at the next start, and the rollout with it.
+        const bool inspected = it != nodes.end() && rep.failed_step != "CONNECT" &&
+                               rep.failed_step != "RECOVER_INSPECT";
+        if (n.status == "PENDING" && !rep.lock_released &&
+            (rep.outcome == deploy::NodeOutcome::failed_unchanged || !inspected)) {
+            n.status = "SKIPPED";  // never started (a node we cannot reach was never reached)
             n.step = "";
-            n.error = "not started: the rollout was interrupted";
+            n.error = inspected
+                          ? "not started: the rollout was interrupted"
+                          : "not started: the rollout was interrupted (" + rep.error.message + ")";
+        } else if (!inspected) {
+            n.status = "RECOVERY_FAILED";
+            n.step = "RECOVERY";
+            n.error = rep.error.message + "; retried at the next start";
         } else {
             n.status = std::string(deploy::to_string(rep.outcome));
             n.step = rep.failed_step.empty() ? "RECOVERY" : rep.failed_step;
@@ -1416,7 +1493,11 @@ asio::awaitable<void> DeployService::Impl::recover_rollout(const store::RolloutR
     store::RolloutRecord done = r;
     done.status = "ABORTED";
     done.reason = reason;
-    done.finished_ms = now_ms();
+    // finished_ms stays empty while a node could not be recovered: the next start retries it.
+    if (outcomes.count("RECOVERY_FAILED") == 0)
+        done.finished_ms = now_ms();
+    else
+        done.reason += "; not finished: node(s) left to recover at the next start";
     deps.audit->upsert_rollout(done);
     ++rollouts_by_status["ABORTED"];
     e.event = "ROLLOUT_ABORTED";
@@ -1494,6 +1575,11 @@ asio::awaitable<void> DeployService::Impl::drain(std::chrono::milliseconds grace
     const auto deadline = Clock::now() + grace;
     bool cancelled = false;
     while (!active.empty()) {
+        for (auto& [sr, a] : active)
+            if (a->rollout) {
+                a->rollout->stop_starting("service stopping (SIGTERM): no new node starts");
+                if (cancelled) a->rollout->cancel("service stopping: shutdown grace exceeded");
+            }
         if (!cancelled && Clock::now() >= deadline) {
             cancelled = true;
             logger->warn("shutdown grace of {} s exceeded: cancelling {} rollout(s)",

@@ -1408,6 +1408,40 @@ class ServeTest(unittest.TestCase):
         finally:
             sock.close()
 
+    # ================================================================== 13. reject after a retry
+    def test_13_pm_rejection_after_a_retry_restores_the_state_before_the_first_attempt(self):
+        # attempt 1: node-0011 is locked by someone else (fails, untouched), node-0016 deploys and
+        # stays so (keep_deployed); attempt 2 redeploys node-0016, whose backup now holds the new
+        # build. The PM's rejection must restore what ran before attempt 1.
+        tiers = {"node-0016": 2, "node-0011": 2}
+        names = list(tiers)
+        sr = f"SR-RETRY-{self.tag}"
+        self.start_service()
+        before = self.fresh(*names)
+        arts = self.prepare(sr, tiers, "retry")
+        lock = self.inv["node-0011"]["deploy_path"] + ".lock"
+        os.mkdir(lock)
+        try:
+            with open(os.path.join(lock, "owner"), "w") as f:
+                f.write(f"owner=someone-else\nrollout=R-other\nsince={int(time.time())}\n")
+            first = self.trigger_ok(sr)
+            self.wait_task(sr, "FAILED_ROLLBACK")
+        finally:
+            shutil.rmtree(lock, ignore_errors=True)
+        mid = self.check(*names)
+        self.assert_deployed(before["node-0016"], mid["node-0016"], arts)
+        self.assertEqual(mid["node-0011"]["tree_sha256"], before["node-0011"]["tree_sha256"])
+
+        second = self.trigger_ok(sr)
+        self.assertNotEqual(second, first)
+        self.wait_task(sr, "PENDING_PM_VALIDATION")
+        r = self.api("POST", f"/api/tasks/{sr}/validation", {"verdict": "rejected", "pm_id": "carol"},
+                     query={"wait": "true"}, timeout=ROLLOUT_TIMEOUT)
+        self.assertEqual(self.ok(r), {"sr_id": sr, "status": "ROLLED_BACK", "rolled_back": 2, "failed": 0})
+        after = self.check(*names)
+        for n in names:
+            self.assert_restored(before[n], after[n])
+
 
 # ---------------------------------------------------------------------- cleanup (ctest)
 

@@ -132,8 +132,9 @@ class Rollout {
     void cancel(std::string reason);
 
     // Drains the rollout (a graceful service stop): no node starts any more; nodes in flight
-    // finish their pipeline, deployed or rolled back; the result is ABORTED with `reason`
-    // (and the abort policy applies). Idempotent; a later cancel() still cuts the drain short.
+    // finish their pipeline, deployed or rolled back; the result is ABORTED with `reason`. The
+    // abort policy roll_back_all does not apply: stopping the service is not a verdict on the
+    // release. Idempotent; a later cancel() still cuts the drain short.
     void stop_starting(std::string reason);
 
     // The live state, for progress display and the service's status endpoint.

@@ -2,6 +2,7 @@
 #include "cli.hpp"
 #include "commands.hpp"
 
+#include "guardia/core/local_io.hpp"
 #include "guardia/version.hpp"
 
 #include <spdlog/spdlog.h>
@@ -40,9 +41,14 @@ int main(int argc, char** argv) {
     if (command == "help" || command == "--help" || command == "-h") return usage(stdout);
     spdlog::set_level(spdlog::level::warn);
     try {
-        if (command == "deploy") return guardia::cli::deploy_command(argc, argv);
-        if (command == "exec") return guardia::cli::exec_command(argc, argv);
-        if (command == "serve") return guardia::cli::serve_command(argc, argv);
+        int rc = -1;
+        if (command == "deploy") rc = guardia::cli::deploy_command(argc, argv);
+        if (command == "exec") rc = guardia::cli::exec_command(argc, argv);
+        if (command == "serve") rc = guardia::cli::serve_command(argc, argv);
+        if (rc >= 0) {
+            guardia::stop_local_io_pool();
+            return rc;
+        }
     } catch (const guardia::cli::UsageError& e) {
         std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
         return 2;

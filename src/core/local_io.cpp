@@ -7,4 +7,9 @@ boost::asio::thread_pool& local_io_pool() {
     return pool;
 }
 
+void stop_local_io_pool() {
+    local_io_pool().stop();
+    local_io_pool().join();
+}
+
 }  // namespace guardia

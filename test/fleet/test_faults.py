@@ -332,7 +332,9 @@ class FaultFleet(FleetTestCase):
         r = ssh(self.dir, n["ssh_port"], f"cat > {recv}", input=data)
         self.assertEqual(r.returncode, 255, "the proxy cut the upload")
         self.assertRegex(r.stderr, b"reset by peer|Connection reset by|Broken pipe|closed by remote host", r.stderr)
-        got = os.path.getsize(recv)
+        # Under load sshd may lose the session before the remote shell has even created the
+        # file: then nothing at all reached the node, which satisfies the bound too.
+        got = os.path.getsize(recv) if os.path.exists(recv) else 0
         self.assertLess(got, CUT_BYTES, "less than K bytes of payload reached the node")
         stats = load(self.dir, "run/proxy-stats.json")["node-0012"]
         last = stats["recent"][-1]

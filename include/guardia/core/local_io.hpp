@@ -19,6 +19,11 @@ namespace guardia {
 // Process-wide pool of two threads for blocking local I/O.
 boost::asio::thread_pool& local_io_pool();
 
+// Ends the pool's threads; call once, when no work is left, before main returns. Joining them
+// at static destruction would be after OpenSSL's atexit clean-up, which then can no longer free
+// the per-thread state (error queue) its digests left on those threads: a leak LSan reports.
+void stop_local_io_pool();
+
 // Runs `fn()` on local_io_pool() and completes with its result (signature void(R)) on the
 // handler's executor. Deliberately not cancellable: the work is short and touches memory the
 // caller owns, so the caller must wait for it anyway. (A co_spawn onto the pool is not used:

@@ -1,5 +1,7 @@
 #include "guardia/http/client.hpp"
 
+#include "detail/deadline.hpp"
+
 #include "guardia/core/local_io.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -37,6 +39,8 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
+using detail::format_duration;
+using detail::is_cancelled;
 using std::chrono::milliseconds;
 
 namespace {
@@ -44,16 +48,6 @@ namespace {
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 constexpr std::size_t header_limit = 8 * 1024;
 constexpr std::size_t max_url_length = 2048;
-
-bool is_cancelled(const asio::cancellation_state& cs) {
-    return cs.cancelled() != asio::cancellation_type::none;
-}
-
-std::string format_duration(milliseconds d) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3g s", static_cast<double>(d.count()) / 1000.0);
-    return buf;
-}
 
 std::string lower(std::string_view s) {
     std::string out(s);
@@ -66,23 +60,6 @@ bool visible_ascii(std::string_view s) {
     return std::all_of(s.begin(), s.end(), [](char c) {
         const auto u = static_cast<unsigned char>(c);
         return u > 0x20 && u < 0x7f;
-    });
-}
-
-// RFC 9110 token characters (header names).
-bool is_token(std::string_view s) {
-    static constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) ||
-               extra.find(c) != std::string_view::npos;
-    });
-}
-
-// Header values: visible characters, spaces and tabs; never CR, LF or NUL (header injection).
-bool is_field_value(std::string_view s) {
-    return std::all_of(s.begin(), s.end(), [](char c) {
-        const auto u = static_cast<unsigned char>(c);
-        return u == '\t' || (u >= 0x20 && u != 0x7f);
     });
 }
 
@@ -118,45 +95,6 @@ std::string tls_failure(const boost::system::error_code& ec, SSL* ssl) {
 }
 
 // --------------------------------------------------------------------------- one exchange
-
-// Resolves under the deadline. Resolver operations ignore per-operation cancellation in
-// Boost 1.81, so the timer cancels the resolver itself.
-asio::awaitable<Result<std::vector<tcp::endpoint>>> resolve(const Url& url,
-                                                            Clock::time_point deadline,
-                                                            milliseconds limit) {
-    using asio::experimental::make_parallel_group;
-    using asio::experimental::wait_for_one;
-    std::vector<tcp::endpoint> endpoints;
-    boost::system::error_code ec;
-    const auto address = asio::ip::make_address(url.host, ec);
-    if (!ec) {
-        endpoints.emplace_back(address, url.port);
-        co_return endpoints;
-    }
-    auto ex = co_await asio::this_coro::executor;
-    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-    tcp::resolver resolver(ex);
-    asio::steady_timer timer(ex);
-    timer.expires_at(deadline);
-    auto [order, e_r, results, e_t] =
-        co_await make_parallel_group(
-            resolver.async_resolve(url.host, std::to_string(url.port), asio::deferred),
-            timer.async_wait(asio::deferred([&resolver](boost::system::error_code e) {
-                resolver.cancel();
-                return asio::deferred.values(e);
-            })))
-            .async_wait(wait_for_one(), asio::use_awaitable);
-    if (is_cancelled(cs)) co_return Error(errc::cancelled, "cancelled");
-    if (order[0] == 1 && !e_t)
-        co_return Error(errc::timeout,
-                        "cannot resolve " + url.host + " within " + format_duration(limit));
-    if (e_r)
-        co_return Error(errc::connect_failed, "cannot resolve " + url.host + ": " + e_r.message());
-    for (const auto& r : results) endpoints.push_back(r.endpoint());
-    if (endpoints.empty())
-        co_return Error(errc::connect_failed, "cannot resolve " + url.host + ": no address");
-    co_return endpoints;
-}
 
 // Sends the request and reads the answer on a connected (and, for https, handshaken) stream.
 template <class Stream>
@@ -256,7 +194,7 @@ asio::awaitable<Result<ClientResponse>> post_once(const Url& url,
         tls = *made;
     }
 
-    auto endpoints = co_await resolve(url, deadline, timeout);
+    auto endpoints = co_await detail::resolve_before(url.host, url.port, deadline, timeout);
     if (!endpoints) co_return endpoints.error();
 
     if (!url.https) {
@@ -423,14 +361,14 @@ asio::awaitable<Result<ClientResponse>> http_post(std::string url_text, std::str
     req.set(bhttp::field::connection, "close");
     for (const auto& [name, value] : headers) {
         const std::string n = lower(name);
-        if (!is_token(name))
+        if (!is_header_name(name))
             co_return Error(errc::invalid_argument, what + ": bad header name '" + name + "'");
         if (n == "host" || n == "content-length" || n == "connection" || n == "transfer-encoding" ||
             n == "user-agent")
             co_return Error(errc::invalid_argument,
                             what + ": header '" + name + "' is set by the client");
         // The value is never echoed: it may be a secret.
-        if (!is_field_value(value))
+        if (!is_header_value(value))
             co_return Error(errc::invalid_argument,
                             what + ": header '" + name + "' holds a control character");
         req.insert(name, value);

@@ -1,5 +1,7 @@
 #include "guardia/http/health_probe.hpp"
 
+#include "detail/deadline.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
@@ -27,17 +29,13 @@ namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
 using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
+using detail::format_duration;
+using detail::is_cancelled;
 using std::chrono::milliseconds;
 
 namespace {
 
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
-
-std::string format_duration(milliseconds d) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.3g s", static_cast<double>(d.count()) / 1000.0);
-    return buf;
-}
 
 milliseconds since(Clock::time_point start) {
     return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
@@ -70,8 +68,7 @@ Result<Target> make_target(std::string host, std::uint16_t port, std::string pat
                      "health check: path must start with '/' and hold no spaces: '" + path + "'");
     Target t;
     const bool v6 = host.find(':') != std::string::npos;
-    const std::string authority =
-        (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    const std::string authority = (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
     t.host_header = authority;
     t.url = "http://" + authority + path;
     t.host = std::move(host);
@@ -96,40 +93,11 @@ Probe failed(errc kind, std::string reason) {
     return failed(make_error_code(kind), std::move(reason));
 }
 
-// Not a coroutine on purpose: co_await on a nested awaitable throws once cancelled, while
-// the state handle (taken once per coroutine) can be asked at any time.
-bool is_cancelled(const asio::cancellation_state& cs) {
-    return cs.cancelled() != asio::cancellation_type::none;
-}
-
-// Resolves a name under the deadline. Resolver operations ignore per-operation cancellation
-// in Boost 1.81, so the timer's completion cancels the resolver: otherwise the group would
-// wait for a hung getaddrinfo however late.
 asio::awaitable<Probe> resolve(const Target& t, Clock::time_point deadline, milliseconds limit,
                                std::vector<tcp::endpoint>& endpoints) {
-    using asio::experimental::make_parallel_group;
-    using asio::experimental::wait_for_one;
-    auto ex = co_await asio::this_coro::executor;
-    const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
-    tcp::resolver resolver(ex);
-    asio::steady_timer timer(ex);
-    timer.expires_at(deadline);
-    auto [order, e_r, results, e_t] =
-        co_await make_parallel_group(
-            resolver.async_resolve(t.host, std::to_string(t.port), asio::deferred),
-            timer.async_wait(asio::deferred([&resolver](boost::system::error_code ec) {
-                resolver.cancel();
-                return asio::deferred.values(ec);
-            })))
-            .async_wait(wait_for_one(), asio::use_awaitable);
-    if (is_cancelled(cs)) co_return failed(errc::cancelled, "cancelled");
-    if (order[0] == 1 && !e_t)
-        co_return failed(errc::timeout, "cannot resolve " + t.host + " within " +
-                                            format_duration(limit));
-    if (e_r) co_return failed(errc::connect_failed, "cannot resolve " + t.host + ": " + e_r.message());
-    for (const auto& r : results) endpoints.push_back(r.endpoint());
-    if (endpoints.empty())
-        co_return failed(errc::connect_failed, "cannot resolve " + t.host + ": no address");
+    auto r = co_await detail::resolve_before(t.host, t.port, deadline, limit);
+    if (!r) co_return failed(r.error().code, r.error().message);
+    endpoints = std::move(*r);
     co_return Probe{};
 }
 
@@ -137,20 +105,13 @@ asio::awaitable<Probe> resolve(const Target& t, Clock::time_point deadline, mill
 // cancellation shows as errc::cancelled (or, on the next co_await, as a system_error that
 // the public functions catch).
 // `limit` is the time the caller granted (deadline - attempt start), for messages.
-asio::awaitable<Probe> probe_once(const Target& t, Clock::time_point deadline,
-                                  milliseconds limit) {
+asio::awaitable<Probe> probe_once(const Target& t, Clock::time_point deadline, milliseconds limit) {
     const std::string no_answer = "no answer within " + format_duration(limit);
     auto ex = co_await asio::this_coro::executor;
     const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
 
     std::vector<tcp::endpoint> endpoints;
-    boost::system::error_code ec;
-    const auto address = asio::ip::make_address(t.host, ec);
-    if (!ec) {
-        endpoints.emplace_back(address, t.port);
-    } else if (auto r = co_await resolve(t, deadline, limit, endpoints); r.code) {
-        co_return r;
-    }
+    if (auto r = co_await resolve(t, deadline, limit, endpoints); r.code) co_return r;
 
     beast::tcp_stream stream(ex);
     stream.expires_at(deadline);
@@ -197,14 +158,15 @@ asio::awaitable<Probe> probe_once(const Target& t, Clock::time_point deadline,
         if (e_r == asio::error::connection_reset)
             co_return failed(errc::connection_lost, "connection reset");
         if (e_r == bhttp::error::body_limit)
-            co_return failed(e_r, "answer body over " +
-                                      std::to_string(max_response_body / 1024) + " KiB");
+            co_return failed(
+                e_r, "answer body over " + std::to_string(max_response_body / 1024) + " KiB");
         if (e_r == bhttp::error::header_limit || e_r == bhttp::error::buffer_overflow)
-            co_return failed(e_r, "answer header over " +
-                                      std::to_string(max_response_header / 1024) + " KiB");
+            co_return failed(
+                e_r, "answer header over " + std::to_string(max_response_header / 1024) + " KiB");
         co_return failed(e_r, "bad HTTP answer: " + e_r.message());
     }
     // Connection: close, so nothing more to say; closing does not wait.
+    boost::system::error_code ec;
     stream.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream.close();
     co_return Probe{static_cast<int>(parser.get().result_int()), {}, {}};
@@ -216,12 +178,13 @@ std::string describe_check(const HealthCheck& c, const std::string& url) {
 
 }  // namespace
 
-asio::awaitable<Result<int>> http_get_status(std::string host, std::uint16_t port,
-                                             std::string path, milliseconds timeout) {
+asio::awaitable<Result<int>> http_get_status(std::string host, std::uint16_t port, std::string path,
+                                             milliseconds timeout) {
     auto target = make_target(std::move(host), port, std::move(path));
     if (!target) co_return target.error();
     if (timeout <= milliseconds(0))
-        co_return Error(errc::invalid_argument, "GET " + target->url + ": timeout must be positive");
+        co_return Error(errc::invalid_argument,
+                        "GET " + target->url + ": timeout must be positive");
     try {
         auto p = co_await probe_once(*target, Clock::now() + timeout, timeout);
         if (p.code) co_return Error(p.code, "GET " + target->url + ": " + p.reason);
@@ -243,8 +206,9 @@ asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check) {
     if (check.timeout <= milliseconds(0) || check.interval <= milliseconds(0) ||
         check.request_timeout <= milliseconds(0) || check.required_consecutive < 1)
         co_return Error(errc::invalid_argument,
-                        what + ": timeout, interval and request_timeout must be positive and "
-                               "required_consecutive at least 1");
+                        what +
+                            ": timeout, interval and request_timeout must be positive and "
+                            "required_consecutive at least 1");
 
     const auto start = Clock::now();
     const auto deadline = start + check.timeout;
@@ -286,13 +250,12 @@ asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check) {
         }
     } catch (const boost::system::system_error& e) {
         // Thrown by co_await when the coroutine was cancelled (Asio's throw_if_cancelled).
-        co_return Error(errc::cancelled, what + " cancelled after " +
-                                             std::to_string(out.attempts) + " attempts (" +
-                                             e.what() + ")");
+        co_return Error(errc::cancelled, what + " cancelled after " + std::to_string(out.attempts) +
+                                             " attempts (" + e.what() + ")");
     }
     co_return Error(errc::timeout, what + " not healthy after " + format_duration(check.timeout) +
-                                       ": " + std::to_string(out.attempts) + " attempts, last: " +
-                                       last);
+                                       ": " + std::to_string(out.attempts) +
+                                       " attempts, last: " + last);
 }
 
 }  // namespace guardia::http

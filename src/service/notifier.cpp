@@ -116,21 +116,6 @@ bool valid_webhook_name(std::string_view s) {
     });
 }
 
-bool is_token(std::string_view s) {
-    static constexpr std::string_view extra = "!#$%&'*+-.^_`|~";
-    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) ||
-               extra.find(c) != std::string_view::npos;
-    });
-}
-
-bool is_field_value(std::string_view s) {
-    return std::all_of(s.begin(), s.end(), [](char c) {
-        const auto u = static_cast<unsigned char>(c);
-        return u == '\t' || (u >= 0x20 && u != 0x7f);
-    });
-}
-
 // Set by the notifier or the HTTP client: a webhook may not override them.
 bool reserved_header(const std::string& lower_name) {
     return lower_name == "host" || lower_name == "content-length" || lower_name == "content-type" ||
@@ -148,7 +133,8 @@ Result<void> read_headers(const json::value& v, const std::string& source, const
     for (const auto& kv : obj) {
         const std::string name(kv.key());
         const std::string field = at + "." + printable(name);
-        if (!is_token(name)) return field_error(source, field, "not a valid header name");
+        if (!http::is_header_name(name))
+            return field_error(source, field, "not a valid header name");
         const std::string l = lower(name);
         if (reserved_header(l)) return field_error(source, field, "is set by Guardia");
         if (!seen.insert(l).second)
@@ -156,7 +142,7 @@ Result<void> read_headers(const json::value& v, const std::string& source, const
         // The value is never quoted in a message: it may be a secret.
         if (!kv.value().is_string()) return field_error(source, field, "must be a string");
         const auto& value = kv.value().get_string();
-        if (!is_field_value(value))
+        if (!http::is_header_value(value))
             return field_error(source, field, "must not hold control characters");
         hook.headers.emplace_back(name, std::string(value));
     }

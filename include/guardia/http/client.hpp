@@ -52,6 +52,12 @@ struct Url {
 // Errors (errc::invalid_argument) say what is wrong without echoing a query string.
 Result<Url> parse_url(std::string_view url);
 
+// What http_post accepts as an extra header (configuration checks them up front):
+// RFC 9110 token characters for the name; visible characters, spaces and tabs for the value,
+// never CR, LF or NUL (header injection).
+bool is_header_name(std::string_view s);
+bool is_header_value(std::string_view s);
+
 using HeaderList = std::vector<std::pair<std::string, std::string>>;
 
 struct ClientResponse {

@@ -271,16 +271,13 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     std::map<std::string, StepStat> steps;
 
     // --- store access ---------------------------------------------------------------------
-    // Not a coroutine on purpose: GCC 12 destroys a closure with non-trivial captures twice
-    // when it is passed by value to a coroutine (as run_blocking() would take it).
+    // Not a coroutine, like run_blocking() (see there): `fn` may own what it captures.
     template <class Fn>
     asio::awaitable<std::invoke_result_t<Fn&, store::Database&>> read(Fn fn) {
-        return async_run_blocking(
-            [this, fn = std::move(fn)]() mutable {
-                std::lock_guard lock(reader_mu);
-                return fn(reader);
-            },
-            asio::use_awaitable);
+        return run_blocking([this, fn = std::move(fn)]() mutable {
+            std::lock_guard lock(reader_mu);
+            return fn(reader);
+        });
     }
 
     asio::awaitable<Result<void>> durable() { co_return co_await deps.audit->durable(); }
@@ -881,22 +878,19 @@ asio::awaitable<http::Response> DeployService::Impl::trigger(const http::Request
 
     // The staged files are hashed again: what ships is what was approved.
     std::vector<store::ArtifactRecord> staged = *arts;
-    auto specs = co_await async_run_blocking(
-        [&staged]() -> Result<std::vector<deploy::ArtifactSpec>> {
-            std::vector<deploy::ArtifactSpec> out;
-            for (const auto& s : staged) {
-                auto d = deploy::describe_artifact(s.path);
-                if (!d) return d.error();
-                if (d->sha256 != s.sha256)
-                    return Error(
-                        errc::checksum_mismatch,
-                        "staged artifact " + s.name + " changed on disk since it was staged");
-                d->file_name = s.name;
-                out.push_back(std::move(*d));
-            }
-            return out;
-        },
-        asio::use_awaitable);
+    auto specs = co_await run_blocking([&staged]() -> Result<std::vector<deploy::ArtifactSpec>> {
+        std::vector<deploy::ArtifactSpec> out;
+        for (const auto& s : staged) {
+            auto d = deploy::describe_artifact(s.path);
+            if (!d) return d.error();
+            if (d->sha256 != s.sha256)
+                return Error(errc::checksum_mismatch,
+                             "staged artifact " + s.name + " changed on disk since it was staged");
+            d->file_name = s.name;
+            out.push_back(std::move(*d));
+        }
+        return out;
+    });
     if (!specs) co_return conflict(req, specs.error().message);
     a->created_ms = now_ms();
     a->rollout_id = sr_id + "-" + utc_compact() + "-" + std::to_string(::getpid()) + "-" +

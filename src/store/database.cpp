@@ -439,6 +439,16 @@ Result<std::vector<T>> read_all(sqlite3* db, Statement& stmt, const std::string&
     return rows;
 }
 
+// At most one row expected (a primary-key lookup): the row, or empty.
+template <class T, class Read>
+Result<std::optional<T>> read_one(sqlite3* db, Statement& stmt, const std::string& what,
+                                  Read read) {
+    auto rows = read_all<T>(db, stmt, what, read);
+    if (!rows) return rows.error();
+    if (rows->empty()) return std::optional<T>();
+    return std::optional<T>(std::move(rows->front()));
+}
+
 }  // namespace
 
 Result<std::optional<TaskRecord>> Database::task(std::string_view sr_id) {
@@ -446,11 +456,8 @@ Result<std::optional<TaskRecord>> Database::task(std::string_view sr_id) {
         db_.get(), "SELECT " + std::string(task_columns) + " FROM tasks WHERE sr_id = ?1");
     if (!stmt) return stmt.error();
     stmt->bind(1, sr_id);
-    auto rows = read_all<TaskRecord>(
+    return read_one<TaskRecord>(
         db_.get(), *stmt, "store " + path_ + ": reading task " + std::string(sr_id), read_task);
-    if (!rows) return rows.error();
-    if (rows->empty()) return std::optional<TaskRecord>();
-    return std::optional<TaskRecord>(std::move(rows->front()));
 }
 
 Result<std::vector<TaskRecord>> Database::tasks_in_status(std::string_view status) {
@@ -535,20 +542,17 @@ Result<std::optional<IdempotencyRecord>> Database::idempotency(std::string_view 
                                    " FROM idempotency_keys WHERE key = ?1");
     if (!stmt) return stmt.error();
     stmt->bind(1, key);
-    auto rows = read_all<IdempotencyRecord>(db_.get(), *stmt,
-                                            "store " + path_ + ": reading an idempotency key",
-                                            [](const Statement& s) {
-                                                IdempotencyRecord k;
-                                                k.key = s.text(0);
-                                                k.request = s.text(1);
-                                                k.status = static_cast<int>(s.int64(2));
-                                                k.body = s.text(3);
-                                                k.created_ms = s.int64(4);
-                                                return k;
-                                            });
-    if (!rows) return rows.error();
-    if (rows->empty()) return std::optional<IdempotencyRecord>();
-    return std::optional<IdempotencyRecord>(std::move(rows->front()));
+    return read_one<IdempotencyRecord>(db_.get(), *stmt,
+                                       "store " + path_ + ": reading an idempotency key",
+                                       [](const Statement& s) {
+                                           IdempotencyRecord k;
+                                           k.key = s.text(0);
+                                           k.request = s.text(1);
+                                           k.status = static_cast<int>(s.int64(2));
+                                           k.body = s.text(3);
+                                           k.created_ms = s.int64(4);
+                                           return k;
+                                       });
 }
 
 Result<std::vector<RolloutRecord>> Database::unfinished_rollouts() {

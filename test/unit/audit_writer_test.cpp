@@ -1,4 +1,6 @@
 #include "guardia/store/audit_writer.hpp"
+#include "../support/captured_log.hpp"
+#include "../support/fleet.hpp"
 #include "guardia/store/database.hpp"
 
 #include <doctest/doctest.h>
@@ -33,36 +35,10 @@ using guardia::store::Database;
 using guardia::store::NodeResult;
 using guardia::store::RolloutRecord;
 
+using guardia::test::CapturedLog;
+using guardia::test::TempDir;
+
 namespace {
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/guardia-audit-test-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::filesystem::path path;
-};
-
-// A logger whose output the test can read (and check for secrets).
-struct CapturedLog {
-    CapturedLog()
-        : logger(std::make_shared<spdlog::logger>(
-              "audit-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out))) {
-        logger->set_level(spdlog::level::debug);
-    }
-    std::string text() {
-        logger->flush();
-        return out.str();
-    }
-    std::ostringstream out;
-    std::shared_ptr<spdlog::logger> logger;
-};
 
 AuditWriterOptions with_logger(const CapturedLog& log) {
     AuditWriterOptions o;

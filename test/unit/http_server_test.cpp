@@ -1,6 +1,8 @@
 // The embedded HTTP server against real loopback sockets (127.0.0.1, port 0): a Beast client
 // for well-formed traffic, raw writes for what no decent client sends. Timeouts are cut to
 // fractions of a second so that the whole file runs in a few seconds.
+#include "../support/captured_log.hpp"
+#include "../support/fleet.hpp"
 #include "guardia/http/server.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -54,24 +56,12 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 using Status = beast_http::status;
 
+using guardia::test::CapturedLog;
+using guardia::test::TempDir;
+
 namespace {
 
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
-
-// A logger whose output the test can read.
-struct CapturedLog {
-    CapturedLog()
-        : logger(std::make_shared<spdlog::logger>(
-              "http-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out))) {
-        logger->set_level(spdlog::level::debug);
-    }
-    std::string text() {
-        logger->flush();
-        return out.str();
-    }
-    std::ostringstream out;
-    std::shared_ptr<spdlog::logger> logger;
-};
 
 milliseconds since(Clock::time_point t) {
     return std::chrono::duration_cast<milliseconds>(Clock::now() - t);
@@ -276,20 +266,6 @@ struct X509ExtFree {
 };
 struct FileClose {
     void operator()(std::FILE* f) const { std::fclose(f); }
-};
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/guardia-http-test-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::filesystem::path path;
 };
 
 void add_extension(X509* cert, int nid, const char* value) {

@@ -2,6 +2,8 @@
 // delivery from the store's outbox to a real receiver on 127.0.0.1, with retries, give-up,
 // restart and shutdown. Delays are tens of milliseconds, so the file runs in a few seconds.
 #include "guardia/service/notifier.hpp"
+#include "../support/captured_log.hpp"
+#include "../support/fleet.hpp"
 
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
@@ -44,38 +46,13 @@ namespace bhttp = boost::beast::http;
 using asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 
+using guardia::test::CapturedLog;
+using guardia::test::TempDir;
+
 namespace {
 
 constexpr auto tuple_awaitable = asio::as_tuple(asio::use_awaitable);
 constexpr std::string_view secret = "Bearer s3cret-7f3a9c";
-
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/guardia-notifier-test-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::filesystem::path path;
-};
-
-struct CapturedLog {
-    CapturedLog()
-        : logger(std::make_shared<spdlog::logger>(
-              "notifier-test", std::make_shared<spdlog::sinks::ostream_sink_mt>(out))) {
-        logger->set_level(spdlog::level::debug);
-    }
-    std::string text() {
-        logger->flush();
-        return out.str();
-    }
-    std::ostringstream out;
-    std::shared_ptr<spdlog::logger> logger;
-};
 
 std::string file_bytes(const std::string& path) {
     std::ifstream in(path, std::ios::binary);

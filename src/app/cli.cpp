@@ -72,7 +72,7 @@ Engine load_engine(const Common& c, bool with_inventory) {
     }
     if (with_inventory) {
         if (c.inventory_path.empty()) throw UsageError("--inventory FILE is required");
-        auto inv = deploy::load_inventory(c.inventory_path);
+        auto inv = deploy::load_inventory(c.inventory_path, e.config.command_policy);
         if (!inv) throw UsageError(inv.error().message);
         e.inventory = std::move(*inv);
     }

@@ -91,6 +91,7 @@ int exec_command(int argc, char** argv) {
     o.known_hosts = engine.known_hosts;
     o.host_key_policy = engine.host_key_policy;
     o.credentials = engine.credentials;
+    o.policy = engine.config.command_policy;
     o.sr_id = "EXEC";
     o.run_id = "exec-" + utc_stamp_compact() + "-" + std::to_string(::getpid());
     std::unique_ptr<store::AuditWriter> audit;

@@ -77,7 +77,7 @@ Result<EngineConfig> parse_engine_config(std::string_view text, std::string_view
     if (!parsed->is_object()) return Error(errc::invalid_argument, src + ": must be a JSON object");
     const auto& root = parsed->get_object();
     Section top(root, src, "");
-    GUARDIA_TRY(top.only({"rollout", "pipeline", "ssh", "store", "service", "notifications"}));
+    GUARDIA_TRY(top.only({"rollout", "pipeline", "ssh", "store", "exec", "service", "notifications"}));
     EngineConfig c;
 
     auto rollout = object_of(top.find("rollout"), src, "rollout");
@@ -151,6 +151,29 @@ Result<EngineConfig> parse_engine_config(std::string_view text, std::string_view
         Section s(**store, src, "store");
         GUARDIA_TRY(s.only({"db"}));
         GUARDIA_TRY(s.path("db", c.db));
+    }
+    auto exec = object_of(top.find("exec"), src, "exec");
+    if (!exec) return exec.error();
+    if (*exec) {
+        Section s(**exec, src, "exec");
+        GUARDIA_TRY(s.only({"allow"}));
+        if (const auto* allow = s.find("allow")) {
+            if (!allow->is_array()) return s.error("allow", "must be an array of strings");
+            std::vector<std::string> patterns;
+            for (std::size_t i = 0; i < allow->as_array().size(); ++i) {
+                const auto& v = allow->as_array()[i];
+                if (!v.is_string())
+                    return s.error("allow", "element " + std::to_string(i) + " must be a string");
+                patterns.emplace_back(v.as_string());
+            }
+            for (std::size_t i = 0; i < patterns.size(); ++i)
+                if (!make_command_policy({patterns[i]}))
+                    return s.error("allow[" + std::to_string(i) + "]",
+                                   "must be plain words: a command and its first arguments");
+            auto policy = make_command_policy(patterns);
+            if (!policy) return s.error("allow", policy.error().message);
+            c.command_policy = std::move(*policy);
+        }
     }
     if (const auto* v = top.find("service")) c.service = *v;
     if (const auto* v = top.find("notifications")) c.notifications = *v;

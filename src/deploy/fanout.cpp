@@ -40,7 +40,7 @@ Fanout::~Fanout() = default;
 Result<std::unique_ptr<Fanout>> Fanout::create(Inventory inventory, std::string command,
                                                FanoutOptions options) {
     if (command.empty()) return Error(errc::invalid_argument, "exec: the command is empty");
-    if (auto ok = sanitize_command(command); !ok)
+    if (auto ok = sanitize_command(command, options.policy); !ok)
         return Error(errc::security_violation,
                      "exec: command refused, nothing was sent: " + ok.error().message);
     if (!options.known_hosts) return Error(errc::invalid_argument, "exec: no known_hosts");

@@ -140,6 +140,7 @@ Problem health_path_problem(std::string_view s) {
 struct NodeContext {
     std::string_view source;
     std::string label;
+    const CommandPolicy* policy = nullptr;  // exec.allow, when the caller has one
 
     Error field_error(std::string_view field, std::string_view problem,
                       errc code = errc::invalid_argument) const {
@@ -271,9 +272,12 @@ Result<HealthSpec> read_health(const FieldReader& node, const NodeContext& ctx) 
     return health;
 }
 
-Result<void> read_command(const FieldReader& f, std::string_view key, std::string& out) {
+Result<void> read_command(const FieldReader& f, std::string_view key, std::string& out,
+                          const CommandPolicy* policy) {
     if (auto r = f.string(key, false, out, command_chars_problem); !r) return r;
-    if (auto r = sanitize_command(out); !r)
+    static const CommandPolicy no_policy;
+    if (out.empty()) return {};
+    if (auto r = sanitize_command(out, policy ? *policy : no_policy); !r)
         return f.fail(key, r.error().message, errc::security_violation);
     return {};
 }
@@ -305,8 +309,8 @@ Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {
     if (auto r = f.string("system_name", false, node.system_name, label_problem); !r)
         return r.error();
     if (auto r = f.boolean("requires_restart", node.requires_restart); !r) return r.error();
-    if (auto r = read_command(f, "shutdown_cmd", node.shutdown_cmd); !r) return r.error();
-    if (auto r = read_command(f, "startup_cmd", node.startup_cmd); !r) return r.error();
+    if (auto r = read_command(f, "shutdown_cmd", node.shutdown_cmd, ctx.policy); !r) return r.error();
+    if (auto r = read_command(f, "startup_cmd", node.startup_cmd, ctx.policy); !r) return r.error();
     if (node.requires_restart) {
         if (node.shutdown_cmd.empty())
             return f.fail("shutdown_cmd",
@@ -371,6 +375,12 @@ class TargetIndex {
 }  // namespace
 
 Result<Inventory> parse_inventory(std::string_view text, std::string_view source) {
+    static const CommandPolicy no_policy;
+    return parse_inventory(text, source, no_policy);
+}
+
+Result<Inventory> parse_inventory(std::string_view text, std::string_view source,
+                                  const CommandPolicy& policy) {
     const std::string src(source);
     auto parsed = parse_json_document(text, source);
     if (!parsed) return parsed.error();
@@ -394,7 +404,7 @@ Result<Inventory> parse_inventory(std::string_view text, std::string_view source
     const auto& array = nodes->get_array();
     inventory.nodes.reserve(array.size());
     for (std::size_t i = 0; i < array.size(); ++i) {
-        const NodeContext ctx{source, node_label(array[i], i)};
+        const NodeContext ctx{source, node_label(array[i], i), &policy};
         if (!array[i].is_object()) return ctx.node_error("must be an object");
         auto node = read_node(array[i].get_object(), ctx);
         if (!node) return node.error();
@@ -409,9 +419,14 @@ Result<Inventory> parse_inventory(std::string_view text, std::string_view source
 }
 
 Result<Inventory> load_inventory(const std::string& path) {
+    static const CommandPolicy no_policy;
+    return load_inventory(path, no_policy);
+}
+
+Result<Inventory> load_inventory(const std::string& path, const CommandPolicy& policy) {
     auto text = read_text_file(path, max_inventory_bytes, "inventory");
     if (!text) return text.error();
-    return parse_inventory(*text, path);
+    return parse_inventory(*text, path, policy);
 }
 
 }  // namespace guardia::deploy

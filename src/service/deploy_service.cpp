@@ -321,15 +321,17 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     }
 
     // --- inventory and artifacts ------------------------------------------------------------
-    static Result<deploy::Inventory> inventory_from(
-        const std::vector<store::InventoryNodeRecord>& rows, const std::string& what) {
+    // Stored nodes are judged again: exec.allow may be stricter than when they were imported.
+    Result<deploy::Inventory> inventory_from(
+        const std::vector<store::InventoryNodeRecord>& rows, const std::string& what) const {
+        const CommandPolicy& policy = deps.engine.command_policy;
         json::array nodes;
         for (const auto& r : rows) {
             auto v = json::parse(r.payload);
             nodes.push_back(std::move(v));
         }
         return deploy::parse_inventory(json::serialize(json::object{{"nodes", std::move(nodes)}}),
-                                       what);
+                                       what, policy);
     }
 
     deploy::PipelineSettings pipeline_settings(const std::string& sr_id,
@@ -549,7 +551,8 @@ asio::awaitable<http::Response> DeployService::Impl::import_inventory(const http
     if (auto* r = std::get_if<http::Response>(&parsed)) co_return std::move(*r);
     auto& body = std::get<json::object>(parsed);
     // The engine's own strict parser judges the document: the same errors as `guardia deploy`.
-    auto inv = deploy::parse_inventory(json::serialize(body), "request body");
+    auto inv = deploy::parse_inventory(json::serialize(body), "request body",
+                                       deps.engine.command_policy);
     if (!inv) co_return bad(req, inv.error());
     const auto& nodes = body.at("nodes").as_array();
     json::array names;

@@ -801,6 +801,82 @@ class CliTest(unittest.TestCase):
         self.assertIn("--timeout must be between 0 and 86400 s", r.err)
         self.assert_untouched(all_before, self.check())
 
+    # ================================================================== 9. sanitizer, allow-list
+    def test_9_refused_commands_reach_no_node(self):
+        """The bypasses of the old sanitizer's bug report, through `guardia exec`: each is
+        refused (exit 2, the rule and the fragment named) before any connection. They are
+        aimed at the node that refuses connections, so that even a regression could not run
+        them: a command let through would show its "Connection refused" instead."""
+        target = self.inventory({UNREACHABLE: 2}, "unreachable-only.json")
+
+        def exec_(command, *extra):
+            return self.guardia("exec", "--inventory", target, "--known-hosts", self.known_hosts, *extra,
+                                "--", command)
+
+        # control: a harmless command is sent, and fails to connect
+        r = exec_("true", "--json")
+        self.assertEqual(r.rc, 1, r)
+        self.assertIn("Connection refused", r.json["nodes"][0]["error"])
+        cases = {
+            "$'rm' -rf /*": "recursive rm of a system path",
+            'echo $(echo ")"); rm -rf /*': "recursive rm of a system path",
+            "rm -rf /{etc,usr}": "cannot verify a brace expansion in an operand of rm",
+            "D=/etc; rm -rf $D": "cannot verify an expansion in an operand of rm",
+            "echo cm0gLXJmIC8q | base64 -d | sh": "cannot verify code reaching sh from a pipe",
+            "find / -delete": "find -delete under a system path",
+            "chmod -R 777 /": "recursive chmod/chown of a system path",
+            "> /etc/passwd": "write to a system file",
+            "dd if=/dev/zero of=/dev//sda": "write to a block device",
+            "true || rm -rf /": "recursive rm of a system path",
+        }
+        for command, rule in cases.items():
+            with self.subTest(command=command):
+                r = exec_(command, "--json")
+                self.assertEqual(r.rc, 2, r)
+                self.assertEqual(r.out, "", r)
+                self.assertIn(f"command refused by the sanitizer: {rule}: \"", r.err)
+                self.assertIn("nothing was sent", r.err)
+                self.assertNotIn("Connection refused", r.err)
+        # everyday commands the old sanitizer refused now pass (and fail only to connect)
+        for command in ("docker ps --format x", "truncate -s0 /var/log/app/app.log"):
+            with self.subTest(command=command):
+                r = exec_(command, "--json")
+                self.assertEqual(r.rc, 1, r)
+                self.assertIn("Connection refused", r.json["nodes"][0]["error"])
+
+    def test_10_exec_allow_list(self):
+        one = self.inventory({"node-0001": 2}, "one.json")
+        conf = self.write_json("allow.json", {"exec": {"allow": ["uptime", "printf ok"]}})
+
+        def exec_(command, *extra, config=conf, inventory=one):
+            return self.guardia("exec", "--inventory", inventory, "--known-hosts", self.known_hosts,
+                                "--config", config, *extra, "--", command)
+
+        r = exec_("printf ok", "--json")
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(r.json["nodes"][0]["stdout"], "ok")
+        for command in ("ls", "uptime; ls", "printf ok $(ls)", "FOO=1 uptime"):
+            with self.subTest(command=command):
+                r = exec_(command)
+                self.assertEqual(r.rc, 2, r)
+                self.assertIn("not allowed by exec.allow", r.err)
+        # a bad pattern is a configuration error naming the field
+        bad = self.write_json("bad-allow.json", {"exec": {"allow": ["uptime", "rm $x"]}})
+        r = exec_("uptime", config=bad)
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("exec.allow[1]", r.err)
+        # the inventory's commands are held against the list when it is loaded: nothing runs
+        inv = self.inventory({"node-0001": 1}, "startup-not-allowed.json",
+                             node_0001={"startup_cmd": "sh /srv/other/start.sh"})
+        arts = self.artifacts("allow")
+        before = self.check("node-0001")
+        r = self.deploy(inv, arts, conf=dict(config(), exec={"allow": ["uptime"]}), json_out=False)
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("node 'node-0001'", r.err)
+        self.assertRegex(r.err, "(shutdown|startup)_cmd")
+        self.assertIn("not allowed by exec.allow", r.err)
+        self.assert_untouched(before, self.check("node-0001"))
+
 
 # ---------------------------------------------------------------------- cleanup (ctest)
 

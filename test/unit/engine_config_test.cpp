@@ -108,6 +108,22 @@ TEST_SUITE("engine config") {
               std::string::npos);
     }
 
+    TEST_CASE("exec.allow: the allow-list of commands") {
+        auto c = parse_engine_config(R"({"exec": {"allow": ["uptime", "systemctl restart *"]}})", "guardia.json");
+        REQUIRE(c.has_value());
+        REQUIRE(c->command_policy.allow.size() == 2);
+        CHECK(c->command_policy.allow[1] == std::vector<std::string>{"systemctl", "restart", "*"});
+        CHECK(sanitize_command("systemctl restart app", c->command_policy).has_value());
+        CHECK_FALSE(sanitize_command("systemctl stop app", c->command_policy).has_value());
+        CHECK_FALSE(parse_engine_config("{}", "guardia.json")->command_policy.restricts());
+        CHECK(error_of(R"({"exec": {"allow": ["uptime", "rm $x"]}})") ==
+              "guardia.json: exec.allow[1]: must be plain words: a command and its first arguments");
+        CHECK(error_of(R"({"exec": {"allow": "uptime"}})") == "guardia.json: exec.allow: must be an array of strings");
+        CHECK(error_of(R"({"exec": {"allow": [1]}})").find("exec.allow: element 0 must be a string") !=
+              std::string::npos);
+        CHECK(error_of(R"({"exec": {"deny": []}})") == "guardia.json: exec.deny: unknown field");
+    }
+
     TEST_CASE("conf/guardia.json, the documented example, parses and holds the defaults") {
         const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
         auto c = load_engine_config((root / "conf" / "guardia.json").string());

@@ -270,7 +270,7 @@ TEST_CASE("inventory: shutdown/startup commands must pass the sanitizer") {
     node.erase("shutdown_cmd");
     node.erase("startup_cmd");
     CHECK(parse_nodes(json::array{node}).has_value());
-    node["startup_cmd"] = "truncate -s 0 /app/x";
+    node["startup_cmd"] = "dd if=/dev/zero of=/dev/sda";
     CHECK(error_of(parse_nodes(json::array{node})).find("field 'startup_cmd'") !=
           std::string::npos);
 }

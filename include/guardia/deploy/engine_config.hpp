@@ -6,6 +6,7 @@
 #pragma once
 
 #include "guardia/core/error.hpp"
+#include "guardia/core/sanitizer.hpp"
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/deploy/rollout.hpp"
 #include "guardia/ssh/known_hosts.hpp"
@@ -27,6 +28,9 @@ struct EngineConfig {
     ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
     std::string credentials_file;  // "ssh.credentials_file": passwords by reference (0600)
     std::string db;                // "store.db"; empty: the caller's default
+    // "exec.allow": when set, `guardia exec` and the inventory's shutdown/startup commands
+    // must match one of these argv-prefix patterns (on top of the sanitizer).
+    CommandPolicy command_policy;
     // Sections owned by the service ("service", "notifications"), kept as read.
     boost::json::value service;
     boost::json::value notifications;

@@ -40,6 +40,7 @@ struct FanoutOptions {
     store::AuditWriter* audit = nullptr;  // optional: one EXEC event per node
     std::string sr_id, run_id;            // audit keys
     std::shared_ptr<spdlog::logger> logger;
+    CommandPolicy policy;  // exec.allow: when set, the command must match it
 };
 
 struct FanoutResult {

@@ -6,6 +6,7 @@
 #pragma once
 
 #include "guardia/core/error.hpp"
+#include "guardia/core/sanitizer.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -60,8 +61,12 @@ struct Inventory {
 //   "nodes.json:3:17: invalid JSON: syntax error"
 //   "nodes.json: node 'web-01': field 'deploy_path': must be an absolute path"
 Result<Inventory> parse_inventory(std::string_view json, std::string_view source);
+// The same, with the shutdown/startup commands also held against an allow-list (exec.allow).
+Result<Inventory> parse_inventory(std::string_view json, std::string_view source,
+                                  const CommandPolicy& policy);
 
 // Reads `path` (errc::local_io_failed naming the path if it cannot) and parses it.
 Result<Inventory> load_inventory(const std::string& path);
+Result<Inventory> load_inventory(const std::string& path, const CommandPolicy& policy);
 
 }  // namespace guardia::deploy

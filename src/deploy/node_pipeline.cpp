@@ -127,6 +127,23 @@ std::vector<std::string> paths_in(const std::string& command) {
     return out;
 }
 
+// A backup's name after "<deploy path>.bak_", as a shell pattern (utc_stamp()'s format).
+constexpr const char* kBackupStamp =
+    "[0-9][0-9][0-9][0-9][0-9][0-9][0-9][0-9]_[0-9][0-9][0-9][0-9][0-9][0-9]";
+
+// An artifact lands as exactly one entry of the deploy path: its name is never empty, ".",
+// "..", never holds a '/' (it would land elsewhere) nor a NUL, CR or LF (remote output is read
+// line by line). Anything else (spaces, quotes, '$') is fine: every command quotes it.
+std::optional<std::string> artifact_name_problem(const std::string& name) {
+    if (name.empty()) return "is empty";
+    if (name == "." || name == "..") return "is not a file name";
+    if (name.find('/') != std::string::npos) return "must not contain '/'";
+    if (name.find_first_of(std::string_view("\0\r\n", 3)) != std::string::npos)
+        return "must not contain NUL, CR or LF";
+    if (name.size() > 255) return "is longer than 255 bytes";
+    return std::nullopt;
+}
+
 // Where the pipeline has got to: it decides what a failure must undo. `lock_unknown`: the LOCK
 // command was sent but its answer was lost (deadline, connection), so we may hold the lock.
 enum class Stage { nothing, lock_unknown, locked, backed_up, staged, live_changed };
@@ -213,15 +230,37 @@ class Pipeline {
         return node_error(make_error_code(kind), step, what);
     }
 
-    // Every command goes through here: sanitized first (a refusal sends nothing), then run.
-    asio::awaitable<Result<ssh::ExecResult>> run(const std::string& step,
-                                                 const std::string& command, milliseconds timeout,
-                                                 bool checked) {
-        if (auto ok = sanitize_command(command); !ok) {
+    // Operator text (shutdown_cmd, startup_cmd: anything that came from the inventory, the
+    // configuration or the API) is judged by the sanitizer each time it is about to be sent,
+    // whatever validate() said before: a refusal sends nothing.
+    Result<void> judge(const std::string& step, const std::string& operator_text) {
+        if (auto ok = sanitize_command(operator_text); !ok) {
             audit(step, "SECURITY_VIOLATION", std::nullopt, std::nullopt, ok.error().message);
-            co_return node_error(errc::security_violation, step,
-                                 ok.error().message + " (command not sent)");
+            return node_error(errc::security_violation, step,
+                              ok.error().message + " (command not sent)");
         }
+        return {};
+    }
+
+    // An operator's command, alone: judged by the sanitizer, then run.
+    asio::awaitable<Result<ssh::ExecResult>> run_operator(const std::string& step,
+                                                          const std::string& operator_text,
+                                                          milliseconds timeout, bool checked) {
+        if (auto ok = judge(step, operator_text); !ok) co_return ok.error();
+        co_return co_await run_script(step, operator_text, timeout, checked);
+    }
+
+    // Guardia's own scripts (lock, backup, prune, activate, restore, unlock, recovery, clean-up)
+    // are NOT passed to the sanitizer. They are this file's code, not operator input: every
+    // value inserted into them is shell_quote()d, and those values (deploy path, artifact
+    // names, rollout id, owner) are validated at inventory load / in validate(). They need
+    // shell variables and globs in the operands of rm -rf and mv, which a fail-closed sanitizer
+    // rightly refuses in operator text; judging them would block Guardia's own safety steps
+    // (a rollback refused by the sanitizer restores nothing) or a deploy path merely containing
+    // one of its words. A script that embeds operator text must judge() that text first.
+    asio::awaitable<Result<ssh::ExecResult>> run_script(const std::string& step,
+                                                        const std::string& command,
+                                                        milliseconds timeout, bool checked) {
         ssh::ExecOptions eo;
         eo.timeout = timeout;
         // Plain if/else: GCC 12 mishandles co_await inside a conditional expression.
@@ -236,7 +275,7 @@ class Pipeline {
         co_return r;
     }
 
-    Result<void> validate();
+    Result<void> validate(bool names_shipped);
     asio::awaitable<void> cleanup_after_failure(Clock::time_point started);
     asio::awaitable<Result<void>> probe_lock();
     asio::awaitable<Result<void>> connect();
@@ -274,8 +313,10 @@ class Pipeline {
     }
 };
 
-// The node's own commands are checked before anything at all is sent to it.
-Result<void> Pipeline::validate() {
+// The node's own commands are checked before anything at all is sent to it, and so are the
+// names the artifacts get in the deploy path (`names_shipped`: not for a rollback, which
+// ships nothing).
+Result<void> Pipeline::validate(bool names_shipped) {
     Step step(*this, "VALIDATE");
     for (const auto* field : {&node_.shutdown_cmd, &node_.startup_cmd}) {
         if (field->empty()) continue;
@@ -294,6 +335,17 @@ Result<void> Pipeline::validate() {
         Error e = node_error(errc::invalid_argument, "VALIDATE", "no artifact to deploy");
         step.failed(e);
         return e;
+    }
+    if (names_shipped) {
+        for (const auto& a : artifacts_) {
+            if (auto problem = artifact_name_problem(a.file_name)) {
+                Error e = node_error(errc::invalid_argument, "VALIDATE",
+                                     "artifact name '" + a.file_name + "' " + *problem +
+                                         " (nothing was sent)");
+                step.failed(e);
+                return e;
+            }
+        }
     }
     step.ok();
     return {};
@@ -328,7 +380,7 @@ asio::awaitable<Result<void>> Pipeline::connect() {
 asio::awaitable<Result<void>> Pipeline::precheck() {
     Step step(*this, "PRECHECK");
     const std::string cmd = precheck_script() + "; echo \"$u\"";
-    auto r = co_await run("PRECHECK", cmd, settings_.command_timeout, true);
+    auto r = co_await run_script("PRECHECK", cmd, settings_.command_timeout, true);
     if (!r) {
         Error e = r.error();
         if (e.code == errc::remote_command_failed) e.code = make_error_code(errc::precheck_failed);
@@ -361,22 +413,35 @@ asio::awaitable<Result<void>> Pipeline::precheck() {
 }
 
 // The read-only checks, as a script that leaves the disk usage in $u: the deploy path is a
-// directory, backups can be made beside it, the node's scripts exist. Only shell built-ins
-// besides df: every process started costs the node a fork and exec.
+// directory, backups can be made beside it (and, for a deploy path that is a symbolic link,
+// the restore's copy beside the real directory), the node's scripts exist, and no artifact
+// would land on a directory (a rename onto one fails, or with a plain `mv` nests inside it).
+// Only shell built-ins besides df (and a subshell for a linked deploy path): every process
+// started costs the node a fork and exec.
 std::string Pipeline::precheck_script() const {
-    std::string scripts;
+    std::string scripts, names;
     if (node_.requires_restart)
         for (const auto* cmd : {&node_.shutdown_cmd, &node_.startup_cmd})
             for (const auto& path : paths_in(*cmd)) scripts += " " + shell_quote(path);
+    for (const auto& a : artifacts_)
+        if (!a.file_name.empty()) names += " " + shell_quote(a.file_name);
     return "LC_ALL=C; d=" + d_ +
            "; [ -d \"$d\" ] || { echo \"deploy path $d does not exist or is not a directory\" >&2; "
            "exit 10; }"
            "; p=${d%/*}; [ -n \"$p\" ] || p=/"
            "; [ -w \"$p\" ] || { echo \"backup location $p is not writable\" >&2; exit 11; }"
+           "; if [ -h \"$d\" ]; then r=$(cd -P -- \"$d\" && pwd -P) || { echo \"deploy path $d "
+           "is a link that cannot be resolved\" >&2; exit 10; }; q=${r%/*}; [ -n \"$q\" ] || q=/"
+           "; [ -w \"$q\" ] || { echo \"deploy path $d is a link to $r, whose parent $q is not "
+           "writable (a restore replaces $r from there)\" >&2; exit 11; }; fi"
            "; for s in" +
            (scripts.empty() ? std::string(" ''") : scripts) +
            "; do [ -z \"$s\" ] || [ -e \"$s\" ] || { echo \"script $s not found\" >&2; exit 12; }; "
            "done"
+           "; for a in" +
+           (names.empty() ? std::string(" ''") : names) +
+           "; do [ -z \"$a\" ] || [ -h \"$d/$a\" ] || [ ! -d \"$d/$a\" ] || { echo \"$d/$a is a "
+           "directory: the artifact $a would not replace it\" >&2; exit 12; }; done"
            "; u=$(df -P -- \"$d\" | { read -r x; read -r x x x x u x; echo \"${u%\\%}\"; })";
 }
 
@@ -434,20 +499,37 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         // Staging files a cut connection left behind in an earlier run go, under the lock.
         "; for f in \"$d\"/.guardia-stage.*; do [ -e \"$f\" ] && rm -f -- \"$d\"/.guardia-stage.*; "
         "break; done"
-        // cp -a keeps modes, times, links. A name already taken (two runs in one second) gets
-        // a suffix: copying onto an existing directory would nest the copy inside it.
+        // The backup is a copy of the real directory: a deploy path that is a symbolic link
+        // (Capistrano's current -> releases/...) is resolved first, else `cp -a` would copy the
+        // link and the "backup" would be the live files themselves. mkdir claims the name
+        // atomically (two runs in one second: the second gets a suffix), then cp -a -T fills it
+        // with the directory's contents and gives it the directory's mode, owner and times; -T
+        // never nests the copy inside an existing directory. A failed copy is removed.
+        "; if [ -h \"$d\" ]; then r=$(cd -P -- \"$d\" && pwd -P) || exit 20; else r=$d; fi"
         "; b=" +
         shell_quote(want) +
-        "; n=2; c=\"$b\"; while [ -e \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
-        "; cp -a -- \"$d\" \"$c\" || exit 20"
+        "; n=2; c=\"$b\"; until mkdir -- \"$c\" 2>/dev/null; do { [ -e \"$c\" ] || [ -h \"$c\" ]; } "
+        "|| { mkdir -- \"$c\"; exit 20; }; c=\"${b}_$n\"; n=$((n+1)); done"
+        "; cp -a -T -- \"$r\" \"$c\" || { rm -rf -- \"$c\"; exit 20; }"
         // The lock names its backup: a restarted service restores the node from it even if
         // the store never heard of the backup (its write was lost with the process).
         "; printf 'backup=%s\\n' \"$c\" >> \"$l/owner\" || true"
-        "; set -- \"$d\".bak_*; k=$#; for x in \"$@\"; do [ \"$k\" -gt " +
+        // Retention: only Guardia's own backups count and go, i.e. real directories (never a
+        // link) named exactly <deploy path>.bak_YYYYMMDD_HHMMSS or ..._HHMMSS_N. A user's
+        // "app.bak_important" or "app.bak_20200101_000000.keep" beside it is not ours to
+        // delete. The glob sorts them oldest first; the backup just taken is never removed.
+        "; g() { [ -d \"$1\" ] && [ ! -h \"$1\" ] || return 1; case ${1#\"$d\".bak_} in " +
+        std::string(kBackupStamp) + ") return 0;; " + kBackupStamp +
+        "_[1-9]*) case ${1#\"$d\".bak_????????_??????_} in *[!0-9]*) return 1;; esac; return 0;; "
+        "esac; return 1; }"
+        "; k=0; for x in \"$d\".bak_*; do g \"$x\" && k=$((k+1)); done"
+        "; for x in \"$d\".bak_*; do [ \"$k\" -gt " +
         std::to_string(std::max(1, settings_.keep_backups)) +
-        " ] || break; rm -rf -- \"$x\"; k=$((k-1)); done; echo \"BACKUP=$c\"";
+        " ] || break; [ \"$x\" != \"$c\" ] && g \"$x\" || continue; rm -rf -- \"$x\"; k=$((k-1)); "
+        "done; echo \"BACKUP=$c\"";
     auto r =
-        co_await run("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout, false);
+        co_await run_script("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout,
+                          false);
     const auto took = ms(Clock::now() - started);
     auto fail = [&](const std::string& step, Error e, std::optional<int> code) {
         prepare_failed_step_ = step;
@@ -561,7 +643,7 @@ asio::awaitable<Result<void>> Pipeline::lock() {
                    "echo LOCKED reclaimed; "
              : std::string()) +
         "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; fi";
-    auto r = co_await run("LOCK", cmd, settings_.command_timeout, true);
+    auto r = co_await run_script("LOCK", cmd, settings_.command_timeout, true);
     if (!r) {
         // Unless it was refused before sending, the mkdir may have happened: unlock() will
         // remove the lock if (and only if) it is ours.
@@ -621,23 +703,27 @@ asio::awaitable<Result<void>> Pipeline::restart() {
     if (node_.requires_restart) {
         Step step(*this, "SHUTDOWN", node_.shutdown_cmd);
         stage_ = Stage::live_changed;  // from here on the service may be down: roll back on failure
-        auto r = co_await run("SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
+        auto r =
+            co_await run_operator("SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
         if (!r) {
             step.failed(r.error());
             co_return r.error();
         }
         step.ok({}, r->exit_code);
     }
+    // mv -T (no target directory): the staged file replaces the destination name itself. A
+    // plain `mv` onto a name that is (or became, since the pre-check) a directory would move
+    // the file inside it and succeed; -T fails instead, and the rollback restores the node.
     std::string moves;
     for (std::size_t i = 0; i < artifacts_.size(); ++i) {
         if (!moves.empty()) moves += " && ";
-        moves += "mv -f -- " + shell_quote(staged_[i]) + " " +
+        moves += "mv -f -T -- " + shell_quote(staged_[i]) + " " +
                  shell_quote(node_.deploy_path + "/" + artifacts_[i].file_name);
     }
     stage_ = Stage::live_changed;
     if (!node_.requires_restart) {
         Step step(*this, "ACTIVATE");
-        auto r = co_await run("ACTIVATE", moves, settings_.command_timeout, true);
+        auto r = co_await run_script("ACTIVATE", moves, settings_.command_timeout, true);
         if (!r) {
             step.failed(r.error());
             co_return r.error();
@@ -651,9 +737,14 @@ asio::awaitable<Result<void>> Pipeline::restart() {
     // any non-zero exit is the startup command's own.
     const auto started = Clock::now();
     auto activate = std::make_unique<Step>(*this, "ACTIVATE", "with STARTUP in one remote command");
+    // The startup command is operator text inside our script: it is judged before sending.
+    if (auto ok = judge("STARTUP", node_.startup_cmd); !ok) {
+        activate->failed(ok.error());
+        co_return ok.error();
+    }
     const std::string cmd = "{ " + moves + "; } || exit 42; echo ACTIVATED; " + node_.startup_cmd;
-    auto r =
-        co_await run("ACTIVATE", cmd, settings_.command_timeout + settings_.startup_timeout, false);
+    auto r = co_await run_script("ACTIVATE", cmd,
+                                 settings_.command_timeout + settings_.startup_timeout, false);
     if (!r) {
         // Lost on the way: whether the rename happened is unknown, so the rollback decides.
         activate->failed(r.error());
@@ -740,8 +831,8 @@ asio::awaitable<void> Pipeline::discard_staged() {
     if (!co_await ensure_session("discard staged artifacts")) co_return;
     Step step(*this, "DISCARD_STAGED");
     // Our staging files, and any another cut run left (same recognisable prefix).
-    auto r = co_await run("DISCARD_STAGED", "rm -f -- " + d_ + "/.guardia-stage.*",
-                          settings_.command_timeout, true);
+    auto r = co_await run_script("DISCARD_STAGED", "rm -f -- " + d_ + "/.guardia-stage.*",
+                                 settings_.command_timeout, true);
     if (r) {
         staged_.clear();
         step.ok();
@@ -775,7 +866,8 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
         // and the health check of the restored service decide.
         Step s(*this, "ROLLBACK_SHUTDOWN", node_.shutdown_cmd);
         auto r =
-            co_await run("ROLLBACK_SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
+            co_await run_operator("ROLLBACK_SHUTDOWN", node_.shutdown_cmd,
+                                  settings_.shutdown_timeout, true);
         if (r)
             s.ok({}, r->exit_code);
         else {
@@ -793,13 +885,22 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
     {
         // Exact restore: a fresh copy of the backup replaces the deploy path as a whole (never
         // `cp -r bak live`, which nests the copy when live exists). Staging files vanish with it.
+        // A deploy path that is a symbolic link is resolved: the real directory it points to
+        // is replaced, the link itself stays as it is (removing the link and renaming the copy
+        // to its name would leave the real directory untouched). A backup that is itself a
+        // link is refused: it is not a copy of anything. -T: never into an existing directory.
         Step s(*this, "RESTORE", report_.backup_path);
-        const std::string cmd = "d=" + d_ + "; b=" + shell_quote(report_.backup_path) +
-                                "; t=\"$d.guardia-restore\"; [ -d \"$b\" ] || { echo \"backup $b "
-                                "missing\" >&2; exit 30; }"
-                                "; rm -rf -- \"$t\" && cp -a -- \"$b\" \"$t\" && rm -rf -- \"$d\" "
-                                "&& mv -- \"$t\" \"$d\"";
-        auto r = co_await run("RESTORE", cmd, settings_.backup_timeout, true);
+        const std::string cmd =
+            "d=" + d_ + "; b=" + shell_quote(report_.backup_path) +
+            "; { [ -d \"$b\" ] && [ ! -h \"$b\" ]; } || { echo \"backup $b missing or not a "
+            "directory\" >&2; exit 30; }"
+            "; if [ -h \"$d\" ]; then r=$(cd -P -- \"$d\" && pwd -P) || { echo \"deploy path $d is "
+            "a link that cannot be resolved\" >&2; exit 31; }"
+            "; [ \"$r\" != / ] || { echo \"deploy path $d is a link to /\" >&2; exit 31; }"
+            "; else r=$d; fi"
+            "; t=\"$r.guardia-restore\"; rm -rf -- \"$t\" && cp -a -T -- \"$b\" \"$t\" && rm -rf -- \"$r\" "
+            "&& mv -T -- \"$t\" \"$r\"";
+        auto r = co_await run_script("RESTORE", cmd, settings_.backup_timeout, true);
         if (!r) {
             s.failed(r.error());
             step.failed(r.error());
@@ -811,7 +912,8 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
     if (node_.requires_restart) {
         Step s(*this, "ROLLBACK_STARTUP", node_.startup_cmd);
         auto r =
-            co_await run("ROLLBACK_STARTUP", node_.startup_cmd, settings_.startup_timeout, true);
+            co_await run_operator("ROLLBACK_STARTUP", node_.startup_cmd,
+                                  settings_.startup_timeout, true);
         if (!r) {
             s.failed(r.error());
             step.failed(r.error());
@@ -843,7 +945,7 @@ asio::awaitable<void> Pipeline::unlock() {
         shell_quote("rollout=" + settings_.rollout_id) +
         " ] && o=1; done < \"$l/owner\"; } 2>/dev/null"
         "; if [ -n \"$o\" ]; then rm -rf -- \"$l\" && echo RELEASED; else echo NOT_OURS; fi";
-    auto r = co_await run("UNLOCK", cmd, settings_.command_timeout, true);
+    auto r = co_await run_script("UNLOCK", cmd, settings_.command_timeout, true);
     if (r && r->out.rfind("RELEASED", 0) == 0) {
         report_.lock_released = true;
         step.ok();
@@ -857,7 +959,7 @@ asio::awaitable<void> Pipeline::unlock() {
 asio::awaitable<NodeReport> Pipeline::run() {
     const auto started = Clock::now();
     StepChain chain;
-    chain.note("VALIDATE", validate());
+    chain.note("VALIDATE", validate(true));
     try {
         if (chain.ok()) chain.note("CONNECT", co_await connect());
         if (chain.ok()) {
@@ -919,7 +1021,7 @@ asio::awaitable<Result<void>> Pipeline::probe_lock() {
     const std::string cmd = "l=" + shell_quote(lock_path_) +
                             "; if [ -e \"$l\" ]; then echo HELD; cat -- \"$l/owner\" 2>/dev/null; "
                             "else echo FREE; fi";
-    auto r = co_await run("LOCK_PROBE", cmd, settings_.command_timeout, true);
+    auto r = co_await run_script("LOCK_PROBE", cmd, settings_.command_timeout, true);
     if (!r) {
         step.failed(r.error());
         co_return r.error();
@@ -942,7 +1044,7 @@ asio::awaitable<Result<void>> Pipeline::probe_lock() {
 asio::awaitable<NodeReport> Pipeline::run_precheck() {
     const auto started = Clock::now();
     StepChain chain;
-    chain.note("VALIDATE", validate());
+    chain.note("VALIDATE", validate(true));
     try {
         if (chain.ok()) chain.note("CONNECT", co_await connect());
         if (chain.ok()) chain.note("PRECHECK", co_await precheck());
@@ -970,7 +1072,7 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
     const auto started = Clock::now();
     report_.backup_path = backup_path;
     StepChain chain;
-    chain.note("VALIDATE", validate());
+    chain.note("VALIDATE", validate(false));
     if (backup_path.empty())
         chain.note("VALIDATE", node_error(errc::invalid_argument, "VALIDATE",
                                           "no backup recorded to roll back to"));
@@ -1031,11 +1133,14 @@ asio::awaitable<NodeReport> Pipeline::run_recover(const std::string& known_backu
 
     // One read-only command: whose lock, which backup, and what is deployed now.
     std::string sums;
+    // The name is quoted like every value (never spliced into double quotes, where a `$(...)`
+    // in it would run) and printed with printf; the file is hashed from stdin, so sha256sum
+    // never escapes an odd name in its output.
     for (const auto& a : artifacts_)
         if (!a.file_name.empty())
-            sums += "; f=\"$d\"/" + shell_quote(a.file_name) +
-                    "; [ -f \"$f\" ] && sha256sum -- \"$f\" | { read -r h x; echo \"SHA " +
-                    a.file_name + " $h\"; }";
+            sums += "; n=" + shell_quote(a.file_name) +
+                    "; f=\"$d/$n\"; [ -f \"$f\" ] && sha256sum < \"$f\" | { read -r h x; "
+                    "printf 'SHA %s %s\\n' \"$n\" \"$h\"; }";
     const std::string cmd =
         "d=" + d_ + "; l=" + shell_quote(lock_path_) +
         "; if [ -d \"$l\" ]; then o=; b=; while IFS= read -r x; do case \"$x\" in " +
@@ -1045,7 +1150,7 @@ asio::awaitable<NodeReport> Pipeline::run_recover(const std::string& known_backu
         "; else echo FREE; fi" +
         sums + "; true";
     Step inspect(*this, "RECOVER_INSPECT", lock_path_);
-    auto r = co_await run("RECOVER_INSPECT", cmd, settings_.command_timeout, true);
+    auto r = co_await run_script("RECOVER_INSPECT", cmd, settings_.command_timeout, true);
     if (!r) {
         inspect.failed(r.error());
         report_.outcome = NodeOutcome::failed_unchanged;

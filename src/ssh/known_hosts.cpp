@@ -185,10 +185,14 @@ std::shared_ptr<KnownHosts> KnownHosts::from_text(std::string_view text) {
 
 bool KnownHosts::entry_matches(const Entry& e, const std::string& name) const {
     if (!e.hashed_salt.empty()) {
+        // ssh lower-cases the host name before it looks it up or hashes it into known_hosts
+        // (ssh.c: lowercase(host)): hash the same lower-cased name, or an entry written for
+        // "node-a" would never match a node configured as "Node-A".
+        const std::string lower = lowercase(name);
         unsigned char mac[EVP_MAX_MD_SIZE];
         unsigned int len = 0;
         HMAC(EVP_sha1(), e.hashed_salt.data(), static_cast<int>(e.hashed_salt.size()),
-             reinterpret_cast<const unsigned char*>(name.data()), name.size(), mac, &len);
+             reinterpret_cast<const unsigned char*>(lower.data()), lower.size(), mac, &len);
         return len == e.hashed_digest.size() &&
                std::memcmp(mac, e.hashed_digest.data(), len) == 0;
     }

@@ -10,6 +10,7 @@
 
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/json.hpp>
 #include <doctest/doctest.h>
 
@@ -107,6 +108,12 @@ struct Rig {
         return report;
     }
 
+    // The same for a node changed by the test (another deploy_path, key, port...).
+    NodeReport deploy(const Node& n, std::vector<ArtifactSpec> arts, PipelineSettings s) {
+        asio::io_context ioc;
+        return guardia::test::run(ioc, deploy_node(n, arts, s), seconds(120));
+    }
+
     // Audit events of one rollout and node, in order: "STEP:EVENT".
     std::vector<std::string> events(const std::string& rollout, const std::string& node_name) {
         asio::io_context ioc;
@@ -127,6 +134,26 @@ bool has(const std::vector<std::string>& v, const std::string& s) {
 }
 
 std::string bad_content(const char* marker) { return std::string("build 2\n") + marker + "\n"; }
+
+// Runs a clean-up shell command when the test case ends, passed or failed: the fleet's nodes
+// are shared by every test case of this file.
+struct Cleanup {
+    std::string command;
+    ~Cleanup() {
+        try {
+            shell(command);
+        } catch (...) {
+        }
+    }
+};
+
+// Every entry under `dir` (type, mode, path, link target) and every file's sha256, sorted:
+// equal listings = identical trees. Never follows a symlink below `dir`.
+std::string listing(const std::string& dir) {
+    return shell("cd -P -- '" + dir + "' && { find . -printf '%y %m %p -> %l\\n'; find . -type f -exec sha256sum -- {} +; } | LC_ALL=C sort");
+}
+
+bool exists(const std::string& path) { return shell("[ -e '" + path + "' ] || [ -L '" + path + "' ] && echo y || echo n") == "y\n"; }
 
 }  // namespace
 
@@ -533,5 +560,236 @@ TEST_SUITE("pipeline") {
         CHECK(other.failed_step == "LOCK");
         CHECK(locked(check("node-0010")));
         shell("rm -rf '" + n.deploy_path + ".lock'");
+    }
+
+    // --- remote file operations that cannot be fooled -------------------------------------
+
+    TEST_CASE("a symlinked deploy_path (current -> release): rollback restores the real directory, the link stays") {
+        Rig rig;
+        Node n = rig.node("node-0002");
+        const std::string base = std::filesystem::path(n.deploy_path).parent_path().string();
+        const std::string link = base + "/current";
+        // The Capistrano layout: `current` is a relative link to the release the service runs
+        // (here the fleet's own `app`, which its health server and scripts look at).
+        Cleanup guard{"rm -rf -- '" + link + "' '" + link + ".lock' '" + link + ".bak_'* '" + base +
+                      "/app.guardia-restore'"};
+        shell("ln -sfn app '" + link + "' && chown -h " + n.user + ": '" + link + "'");
+        n.deploy_path = link;
+        const auto before = check("node-0002");
+        const auto real_before = listing(base + "/app");
+        auto r = rig.deploy(n, {rig.artifact("app.jar", bad_content("GUARDIA_FAULT=unhealthy"))},
+                            rig.settings("R-link"));
+        CHECK(r.failed_step == "HEALTH");
+        CHECK_MESSAGE(r.outcome == NodeOutcome::rolled_back, r.rollback_error);
+        // The backup holds the real directory's files, not a second link to the live ones.
+        CHECK(shell("[ -d '" + r.backup_path + "' ] && [ ! -L '" + r.backup_path + "' ] && echo dir") == "dir\n");
+        CHECK(listing(r.backup_path) == real_before);
+        // The real directory is v1 again, byte for byte; the link is still a link to `app`.
+        CHECK(listing(base + "/app") == real_before);
+        CHECK(tree(check("node-0002")) == tree(before));
+        CHECK(shell("[ -L '" + link + "' ] && readlink '" + link + "'") == "app\n");
+        CHECK(running(check("node-0002")));
+        CHECK_FALSE(exists(link + ".lock"));
+        CHECK_FALSE(exists(base + "/app.guardia-restore"));
+        CHECK_FALSE(exists(link + ".guardia-restore"));
+    }
+
+    TEST_CASE("a symlinked deploy_path: crash recovery restores the real directory the same way") {
+        Rig rig;
+        Node n = rig.node("node-0002");
+        const std::string base = std::filesystem::path(n.deploy_path).parent_path().string();
+        const std::string link = base + "/current";
+        Cleanup guard{"rm -rf -- '" + link + "' '" + link + ".lock' '" + link + ".bak_'* '" + base +
+                      "/app.guardia-restore'"};
+        shell("ln -sfn app '" + link + "' && chown -h " + n.user + ": '" + link + "'");
+        n.deploy_path = link;
+        const auto real_before = listing(base + "/app");
+        std::vector<ArtifactSpec> arts{rig.artifact("app.jar", "build crash via link\n")};
+        std::string seen_backup;
+        {
+            asio::io_context ioc;  // dies mid-HEALTH: what kill -9 leaves
+            auto s = rig.settings("R-link-crash");
+            s.on_backup = [&](const std::string&, const std::string& b) { seen_backup = b; };
+            s.on_step = [&](const std::string&, const std::string& step) {
+                if (step == "HEALTH") ioc.stop();
+            };
+            asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
+            ioc.run_for(seconds(60));
+        }
+        REQUIRE_FALSE(seen_backup.empty());
+        REQUIRE(listing(base + "/app") != real_before);  // the new build is live
+        asio::io_context ioc;
+        auto r = guardia::test::run(ioc, recover_node(n, arts, "", rig.settings("R-link-crash")), seconds(60));
+        CHECK_MESSAGE(r.outcome == NodeOutcome::rolled_back, r.error.message);
+        CHECK(r.backup_path == seen_backup);
+        CHECK(listing(base + "/app") == real_before);
+        CHECK(shell("[ -L '" + link + "' ] && readlink '" + link + "'") == "app\n");
+        CHECK(running(check("node-0002")));
+        CHECK_FALSE(exists(link + ".lock"));
+    }
+
+    TEST_CASE("pruning removes only Guardia's own backups; look-alike names survive") {
+        Rig rig;
+        const Node& n = rig.node("node-0010");
+        const std::string d = n.deploy_path;
+        const std::string base = std::filesystem::path(d).parent_path().string();
+        // Names a user or another tool may keep beside the deploy path. The glob "$d".bak_*
+        // matches the first four; none is a backup Guardia made.
+        const std::vector<std::string> lookalikes = {
+            d + ".bak_important", d + ".bak_20200101_000000.keep", d + ".bak_20200101_000000_old",
+            d + ".bak_19990101_000000",  // a symlink that happens to carry a backup's name
+            d + ".bak.important", base + "/app.guardia-backup-notes"};
+        // Real old backups (Guardia's exact pattern, with and without the same-second suffix).
+        const std::vector<std::string> old_backups = {d + ".bak_20200101_000000", d + ".bak_20200101_000000_2"};
+        std::string rm = "rm -rf --";
+        for (const auto& p : lookalikes) rm += " '" + p + "'";
+        for (const auto& p : old_backups) rm += " '" + p + "'";
+        Cleanup guard{rm + " '" + base + "/keep-me'"};
+        shell("mkdir -p '" + base + "/keep-me' && echo precious > '" + base + "/keep-me/data'"
+              " && mkdir '" + lookalikes[0] + "' && echo precious > '" + lookalikes[0] + "/data'"
+              " && echo note > '" + lookalikes[1] + "' && mkdir '" + lookalikes[2] + "'"
+              " && ln -s keep-me '" + lookalikes[3] + "' && echo x > '" + lookalikes[4] + "'"
+              " && echo x > '" + lookalikes[5] + "' && mkdir '" + old_backups[0] + "' '" + old_backups[1] + "'"
+              " && chown -hR " + n.user + ": '" + base + "/keep-me'" + rm.substr(9));
+        for (int i = 0; i < 3; ++i) {
+            auto s = rig.settings("R-prune-" + std::to_string(i));
+            s.keep_backups = 2;
+            auto r = rig.deploy("node-0010", {rig.artifact("app.jar", "prune build " + std::to_string(i) + "\n")},
+                                s.rollout_id, &s);
+            REQUIRE_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        }
+        for (const auto& p : lookalikes) {
+            CAPTURE(p);
+            CHECK(exists(p));
+        }
+        CHECK(shell("cat '" + base + "/keep-me/data' '" + lookalikes[0] + "/data'") == "precious\nprecious\n");
+        for (const auto& p : old_backups) {
+            CAPTURE(p);
+            CHECK_FALSE(exists(p));
+        }
+        // Exactly the retention limit of Guardia's own backups (real directories) is left.
+        CHECK(shell("cd '" + base + "' && find . -maxdepth 1 -type d -regextype posix-extended -regex "
+                    "'\\./app\\.bak_[0-9]{8}_[0-9]{6}(_[0-9]+)?' | wc -l") == "2\n");
+    }
+
+    TEST_CASE("an artifact whose name is a directory on the node is refused, never nested inside it") {
+        Rig rig;
+        const Node& n = rig.node("node-0002");
+        const auto before = check("node-0002");
+        // `conf` is a directory in the fleet's app: a plain `mv staged conf` would put the
+        // staged file inside it and report success.
+        auto r = rig.deploy("node-0002", {rig.artifact("conf", "a file named conf\n")}, "R-nest");
+        CHECK(r.outcome != NodeOutcome::deployed);
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "PRECHECK");
+        CHECK(r.error.message.find("is a directory") != std::string::npos);
+        CHECK(shell("find '" + n.deploy_path + "' -name '.guardia-stage.*' | wc -l") == "0\n");
+        CHECK(tree(check("node-0002")) == tree(before));
+    }
+
+    TEST_CASE("a directory appearing at the destination after the pre-check: activation fails, rolled back, nothing nested") {
+        Rig rig;
+        const Node& n = rig.node("node-0002");
+        const auto before = check("node-0002");
+        const std::string dest = n.deploy_path + "/plugins";
+        Cleanup guard{"rm -rf -- '" + dest + "'"};
+        auto s = rig.settings("R-nest-late");
+        // Between the pre-check and the rename, something creates a directory of that name.
+        s.on_step = [&](const std::string&, const std::string& step) {
+            if (step == "SHUTDOWN") shell("mkdir '" + dest + "' && chown " + n.user + ": '" + dest + "'");
+        };
+        auto r = rig.deploy(n, {rig.artifact("plugins", "a file named plugins\n")}, s);
+        CHECK(r.outcome == NodeOutcome::rolled_back);
+        CHECK(r.failed_step == "RESTART");
+        CHECK(r.error.message.find("ACTIVATE") != std::string::npos);
+        CHECK(shell("find '" + n.deploy_path + "' -name '.guardia-stage.*' | wc -l") == "0\n");
+        CHECK(tree(check("node-0002")) == tree(before));
+        CHECK(running(check("node-0002")));
+    }
+
+    TEST_CASE("artifact names with spaces and $(...) are data, never code, in every remote command") {
+        Rig rig;
+        const Node& n = rig.node("node-0010");
+        // A name `guardia deploy --artifact` accepts (any file name). If any command put it
+        // unquoted inside double quotes, the shell would run the substitution and leave `pwned`.
+        const std::string name = "my app$(cd \"$d\";touch pwned).jar";
+        Cleanup guard{"cd '" + n.deploy_path + "' && rm -f -- pwned ./my\\ app*"};
+        auto art = rig.artifact(name, "build with an odd name\n");
+        auto d = rig.deploy("node-0010", {art}, "R-odd-name");
+        REQUIRE_MESSAGE(d.outcome == NodeOutcome::deployed, d.error.message);
+        CHECK(shell("sha256sum < '" + n.deploy_path + "/my app$(cd \"$d\";touch pwned).jar'").substr(0, 64) == art.sha256);
+        CHECK_FALSE(exists(n.deploy_path + "/pwned"));
+        // Crash recovery inspects what is deployed by that name: it must see the new build.
+        asio::io_context ioc;
+        auto r = guardia::test::run(ioc, recover_node(n, {art}, d.backup_path, rig.settings("R-odd-name")),
+                                    seconds(60));
+        CHECK_FALSE(exists(n.deploy_path + "/pwned"));
+        CHECK_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+
+        // Names that are not one file name in the deploy path are refused before anything is sent.
+        for (std::string bad : {"../escape.jar", "sub/dir.jar", "..", ".", "", "two\nlines"}) {
+            CAPTURE(bad);
+            ArtifactSpec a = art;
+            a.file_name = bad;
+            auto v = rig.deploy(n, {a}, rig.settings("R-bad-name"));
+            CHECK(v.outcome == NodeOutcome::failed_unchanged);
+            CHECK(v.failed_step == "VALIDATE");
+            CHECK(v.error.code == errc::invalid_argument);
+        }
+    }
+
+    TEST_CASE("a private key readable by group or others is refused locally; nothing is sent") {
+        Rig rig;
+        Node n = rig.node("node-0001");
+        const std::string key = rig.tmp.path() + "/loose_key";
+        shell("cp '" + fleet().key() + "' '" + key + "' && chmod 0644 '" + key + "'");
+        n.auth.key_file = key;
+        // The node's address is a listener of this test: any connection attempt would show.
+        asio::io_context lioc;
+        asio::ip::tcp::acceptor listener(lioc, {asio::ip::make_address("127.0.0.1"), 0});
+        listener.non_blocking(true);
+        n.ssh_port = listener.local_endpoint().port();
+        rig.credentials = *CredentialStore::open("");
+        auto r = rig.deploy(n, {rig.artifact("app.jar", "x\n")}, rig.settings("R-loose-key"));
+        CHECK(r.outcome == NodeOutcome::failed_unchanged);
+        CHECK(r.failed_step == "CONNECT");
+        CHECK(r.error.code == errc::invalid_argument);
+        CHECK(r.error.message.find("node 'node-0001'") == 0);
+        CHECK(r.error.message.find("UNPROTECTED PRIVATE KEY FILE") != std::string::npos);
+        CHECK(r.error.message.find(key) != std::string::npos);
+        CHECK(r.error.message.find("0644") != std::string::npos);
+        boost::system::error_code ec;
+        asio::ip::tcp::socket peer(lioc);
+        listener.accept(peer, ec);
+        CHECK(ec == asio::error::would_block);  // no TCP connection was even attempted
+
+        // Group-readable is refused too; the owner's own bits are fine, as in OpenSSH.
+        shell("chmod 0640 '" + key + "'");
+        auto g = ssh::PrivateKey::load(key);
+        REQUIRE_FALSE(g.has_value());
+        CHECK(g.error().message.find("0640") != std::string::npos);
+        shell("chmod 0400 '" + key + "'");
+        CHECK(ssh::PrivateKey::load(key).has_value());
+    }
+
+    TEST_CASE("Guardia's own scripts are not run through the sanitizer: a deploy path with a flagged word deploys") {
+        // The sanitizer judges operator text. Guardia's internal scripts hold the deploy path
+        // (quoted); a legitimate directory named like one of its words must not block them.
+        Rig rig;
+        Node n = rig.node("node-0002");
+        const std::string base = std::filesystem::path(n.deploy_path).parent_path().string();
+        Cleanup guard{"rm -rf -- '" + base + "/format'"};
+        shell("mkdir '" + base + "/format' && cp -a '" + n.deploy_path + "' '" + base + "/format/app' && chown -R " +
+              n.user + ": '" + base + "/format'");
+        n.deploy_path = base + "/format/app";
+        auto art = rig.artifact("app.jar", "build in format/app\n");
+        auto r = rig.deploy(n, {art}, rig.settings("R-format"));
+        CHECK_MESSAGE(r.outcome == NodeOutcome::deployed, r.error.message);
+        CHECK(shell("sha256sum < '" + n.deploy_path + "/app.jar'").substr(0, 64) == art.sha256);
+        // Operator text is still judged: by validate() before anything is sent.
+        n.startup_cmd = "sh -c 'rm -rf /'";
+        auto bad = rig.deploy(n, {art}, rig.settings("R-format-evil"));
+        CHECK(bad.error.code == errc::security_violation);
+        CHECK(bad.failed_step == "VALIDATE");
     }
 }

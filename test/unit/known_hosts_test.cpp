@@ -125,6 +125,21 @@ TEST_CASE("patterns: lists, wildcards, negation, hashed hosts, revoked keys") {
     CHECK(kh->check("anything", 22, ed25519_key('r')).verdict == HostKeyVerdict::revoked);
 }
 
+TEST_CASE("hashed entries match the lower-cased host name, as OpenSSH writes them") {
+    // ssh lower-cases the host name before hashing it into known_hosts (HashKnownHosts yes,
+    // ssh-keygen -H): a lookup in another case must hash the same lower-cased name.
+    auto k = ed25519_key('k');
+    auto kh = KnownHosts::from_text(line_for(hashed_host("node-a.example", "salt-0123456789abcd"), k) +
+                                    line_for(hashed_host("[db-2.example]:2200", "salt-abcdefghij0123"), k));
+    CHECK(kh->check("node-a.example", 22, k).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("Node-A.Example", 22, k).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("NODE-A.EXAMPLE", 22, k).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("DB-2.Example", 2200, k).verdict == HostKeyVerdict::known);
+    CHECK(kh->check("Node-A.Example", 22, ed25519_key('x')).verdict == HostKeyVerdict::changed);
+    CHECK(kh->key_types_for("Node-A.Example", 22) == std::vector<std::string>{"ssh-ed25519"});
+    CHECK(kh->check("node-b.example", 22, k).verdict == HostKeyVerdict::unknown);
+}
+
 TEST_CASE("a thousand hosts: exact names, wildcards and negations keep OpenSSH's answers") {
     // Literal names are found through the index, everything else by a scan; the verdict and
     // the entry named as evidence must not depend on which.

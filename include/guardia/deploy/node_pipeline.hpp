@@ -1,8 +1,10 @@
 // What happens to one node during a rollout, over one SSH session:
 //   connect -> pre-check -> lock -> backup -> transfer -> (shutdown -> activate -> startup)
 //   -> health, and on failure after the live files changed: exact rollback from the backup.
-// The lock is released in every outcome. Every remote command passes the sanitizer and every
-// interpolated value is shell-quoted. Every step is audited (start and end) and has a deadline.
+// The lock is released in every outcome. The node's shutdown/startup commands (operator text)
+// pass the sanitizer when validated and again when sent; Guardia's own scripts are not
+// sanitized, and every value interpolated into them is shell-quoted. Every step is audited
+// (start and end) and has a deadline.
 #pragma once
 
 #include "guardia/core/artifact_bytes.hpp"

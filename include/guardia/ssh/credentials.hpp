@@ -26,7 +26,9 @@ struct PrivateKey {
 
     // Reads a private key file. ed25519 and ECDSA keys work everywhere; RSA keys only
     // where the server still accepts ssh-rsa (SHA-1) signatures (libssh2 1.10 cannot sign
-    // with rsa-sha2-*, and OpenSSH >= 8.8 refuses ssh-rsa by default).
+    // with rsa-sha2-*, and OpenSSH >= 8.8 refuses ssh-rsa by default). A file readable by
+    // group or others (mode & 077) is refused: "UNPROTECTED PRIVATE KEY FILE", naming the
+    // path and its mode (errc::invalid_argument).
     static Result<std::shared_ptr<const PrivateKey>> load(const std::string& path,
                                                           Secret passphrase = {});
 };

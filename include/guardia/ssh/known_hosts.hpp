@@ -2,7 +2,7 @@
 //
 // Understands what OpenSSH writes and reads: comma-separated host patterns with `*`/`?`
 // wildcards and `!` negation, `[host]:port` for non-default ports, hashed entries
-// (`|1|salt|hmac`), `@revoked` markers (`@cert-authority` lines are ignored: no certificates).
+// (`|1|salt|hmac` of the lower-cased name, as ssh writes them), `@revoked` markers (`@cert-authority` lines are ignored: no certificates).
 #pragma once
 
 #include "guardia/core/error.hpp"

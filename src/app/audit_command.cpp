@@ -36,9 +36,7 @@ const char* audit_usage =
     "somewhere else and compare them later.\n";
 
 json::object report_json(const std::string& db, const store::ChainReport& r) {
-    json::object o{{"db", db},
-                   {"status", r.first_break ? "broken" : "intact"},
-                   {"rows", r.rows}};
+    json::object o{{"db", db}, {"status", r.first_break ? "broken" : "intact"}, {"rows", r.rows}};
     o["first_id"] = r.first_id ? json::value(*r.first_id) : json::value(nullptr);
     o["last_id"] = r.last_id ? json::value(*r.last_id) : json::value(nullptr);
     o["last_hash"] = r.last_id ? json::value(r.last_hash) : json::value(nullptr);
@@ -56,8 +54,8 @@ void print_text(const std::string& db, const store::ChainReport& r) {
     if (r.first_break) {
         const auto& b = *r.first_break;
         std::printf("audit chain of %s: BROKEN at row %lld (%s)\n  %s\n", db.c_str(),
-                    static_cast<long long>(b.row_id), std::string(store::to_string(b.fault)).c_str(),
-                    b.message.c_str());
+                    static_cast<long long>(b.row_id),
+                    std::string(store::to_string(b.fault)).c_str(), b.message.c_str());
     } else {
         std::printf("audit chain of %s: intact\n", db.c_str());
     }

@@ -51,8 +51,7 @@ class Encoder {
 
   private:
     void put64(std::uint64_t v) {
-        for (int shift = 56; shift >= 0; shift -= 8)
-            out_ += static_cast<char>((v >> shift) & 0xff);
+        for (int shift = 56; shift >= 0; shift -= 8) out_ += static_cast<char>((v >> shift) & 0xff);
     }
     std::string out_;
 };
@@ -159,8 +158,9 @@ Result<ChainTail> read_chain_tail(sqlite3* db, const std::string& path) {
 
 Result<void> chain_existing_rows(sqlite3* db, const std::string& path) {
     const std::string what = "store " + path + ": chaining the existing audit rows";
-    auto select = Statement::prepare(db, "SELECT " + std::string(row_columns) +
-                                             " FROM audit_log WHERE id > ?1 ORDER BY id LIMIT 1000");
+    auto select =
+        Statement::prepare(db, "SELECT " + std::string(row_columns) +
+                                   " FROM audit_log WHERE id > ?1 ORDER BY id LIMIT 1000");
     if (!select) return select.error();
     auto update =
         Statement::prepare(db, "UPDATE audit_log SET prev_hash = ?1, row_hash = ?2 WHERE id = ?3");
@@ -194,11 +194,12 @@ Result<void> chain_existing_rows(sqlite3* db, const std::string& path) {
         after = page.back().id;
     }
 
-    auto meta = Statement::prepare(db, "INSERT OR REPLACE INTO meta (key, value)"
-                                       " VALUES ('audit_chain', ?1)");
+    auto meta = Statement::prepare(db,
+                                   "INSERT OR REPLACE INTO meta (key, value)"
+                                   " VALUES ('audit_chain', ?1)");
     if (!meta) return meta.error();
-    std::string note = "sha256 v1 since " + std::to_string(now_ms()) + " ms: " +
-                       std::to_string(count) + " earlier rows chained at migration";
+    std::string note = "sha256 v1 since " + std::to_string(now_ms()) +
+                       " ms: " + std::to_string(count) + " earlier rows chained at migration";
     if (count > 0) note += " (ids " + std::to_string(first) + ".." + std::to_string(last) + ")";
     meta->bind(1, note);
     if (int rc = meta->step(); rc != SQLITE_DONE) return sqlite_error(db, rc, what);
@@ -260,12 +261,14 @@ Result<ChainReport> verify_audit_chain(const std::string& path) {
                    "row " + id + " was altered: its content no longer matches its row_hash");
         } else if (!hash_ok) {
             broken(ChainFault::inserted, row.id,
-                   "row " + id + " was inserted outside the chain: its row_hash does not match"
-                                 " its content and its prev_hash does not match " + before);
+                   "row " + id +
+                       " was inserted outside the chain: its row_hash does not match"
+                       " its content and its prev_hash does not match " +
+                       before);
         } else if (row.id > expected_id) {
             broken(ChainFault::deleted, row.id,
-                   "rows deleted before row " + id + ": ids " + std::to_string(expected_id) +
-                       ".." + std::to_string(row.id - 1) + " are missing");
+                   "rows deleted before row " + id + ": ids " + std::to_string(expected_id) + ".." +
+                       std::to_string(row.id - 1) + " are missing");
         } else if (!links) {
             broken(ChainFault::inserted, row.id,
                    "row " + id + " does not link to " + before +

@@ -51,8 +51,8 @@ struct ChainReport {
     ChainReport() {}
     std::int64_t rows = 0;  // rows checked (all rows, even after a break)
     std::optional<std::int64_t> first_id;
-    std::optional<std::int64_t> last_id;  // for external anchoring: the chain cannot see
-    std::string last_hash;                // rows deleted after this one
+    std::optional<std::int64_t> last_id;    // for external anchoring: the chain cannot see
+    std::string last_hash;                  // rows deleted after this one
     std::optional<ChainBreak> first_break;  // empty: the chain is intact
 };
 

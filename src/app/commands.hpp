@@ -6,5 +6,6 @@ namespace guardia::cli {
 int deploy_command(int argc, char** argv);
 int exec_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
+int audit_command(int argc, char** argv);
 
 }  // namespace guardia::cli

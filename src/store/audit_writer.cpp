@@ -1,6 +1,8 @@
 #include "guardia/store/audit_writer.hpp"
 
+#include "detail/audit_chain.hpp"
 #include "detail/sqlite.hpp"
+#include "guardia/store/audit_chain.hpp"
 #include "guardia/store/database.hpp"
 
 #include <spdlog/spdlog.h>
@@ -149,7 +151,7 @@ struct AuditWriter::Impl {
         std::optional<Error> rejection;
     };
     Outcome write(std::vector<Item>& batch);
-    int write_item(const Item& item);
+    int write_item(const Item& item, detail::ChainTail& tail);
     Result<void> prepare_statements();
 
     AuditWriterOptions options;
@@ -288,8 +290,9 @@ Result<void> AuditWriter::Impl::prepare_statements() {
     sqlite3* h = db.native_handle();
     auto a = Statement::prepare(h,
                                 "INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step,"
-                                " event, exit_code, duration_ms, detail)"
-                                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                " event, exit_code, duration_ms, detail, id, prev_hash,"
+                                " row_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
+                                " ?11, ?12)",
                                 true);
     if (!a) return a.error();
     auto n = Statement::prepare(h,
@@ -370,9 +373,17 @@ Result<void> AuditWriter::Impl::prepare_statements() {
     return {};
 }
 
-int AuditWriter::Impl::write_item(const Item& item) {
+int AuditWriter::Impl::write_item(const Item& item, detail::ChainTail& tail) {
     Statement* stmt = nullptr;
+    // An audit row's id is chosen here, not by SQLite, because the row's hash covers it.
+    std::optional<detail::ChainTail> appended;
     if (const auto* e = std::get_if<AuditEvent>(&item)) {
+        AuditRow row;
+        static_cast<AuditEvent&>(row) = *e;
+        row.id = tail.id + 1;
+        appended.emplace();
+        appended->id = row.id;
+        appended->hash = audit_row_hash(row, tail.hash);
         stmt = &*insert_audit;
         stmt->bind(1, e->ts_ms);
         stmt->bind(2, e->sr_id);
@@ -383,6 +394,9 @@ int AuditWriter::Impl::write_item(const Item& item) {
         stmt->bind(7, e->exit_code ? std::optional<std::int64_t>(*e->exit_code) : std::nullopt);
         stmt->bind(8, e->duration_ms);
         stmt->bind(9, e->detail);
+        stmt->bind(10, appended->id);
+        stmt->bind(11, tail.hash);
+        stmt->bind(12, appended->hash);
     } else if (const auto* n = std::get_if<NodeResult>(&item)) {
         stmt = &*upsert_node;
         stmt->bind(1, n->rollout_id);
@@ -454,6 +468,7 @@ int AuditWriter::Impl::write_item(const Item& item) {
     }
     int rc = stmt->step();
     stmt->reset();
+    if (rc == SQLITE_DONE && appended) tail = std::move(*appended);
     return rc;
 }
 
@@ -481,8 +496,17 @@ AuditWriter::Impl::Outcome AuditWriter::Impl::write(std::vector<Item>& batch) {
     // SQLITE_BUSY halfway through the batch.
     if (int rc = sqlite3_exec(h, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr); rc != SQLITE_OK)
         return fail(rc);
+    // The chain's end, read under the write lock: no other connection can append before this
+    // transaction commits, so the chain cannot fork. Read at every attempt: a rolled-back
+    // batch leaves no trace to continue from.
+    auto tail = detail::read_chain_tail(h, db.path());
+    if (!tail) {
+        (void)db.exec("ROLLBACK");
+        out.result = tail.error();
+        return out;
+    }
     for (const auto& item : batch) {
-        int rc = write_item(item);
+        int rc = write_item(item, *tail);
         if (rc == SQLITE_DONE) continue;
         if (!item_error(rc)) return fail(rc);
         // Only this statement was undone; the transaction goes on without the item.

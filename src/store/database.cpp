@@ -1,9 +1,16 @@
 #include "guardia/store/database.hpp"
 
+#include "detail/audit_chain.hpp"
 #include "detail/sqlite.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <array>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -16,15 +23,21 @@ using detail::Statement;
 namespace {
 
 // Migration i takes a file from user_version i to i + 1, inside one transaction with the
-// version bump. Append new migrations; never edit one that has shipped.
+// version bump: its SQL, then (when a migration has to compute something for existing rows)
+// its C++ step. Append new migrations; never edit one that has shipped.
 //
 // Choices kept for the service and crash recovery: audit_log has no foreign keys (the log
 // must accept any event, even about a rollout whose row failed to be written); node_results
 // must name an existing rollout, which the single ordered writer guarantees when the rollout
 // is upserted first. STRICT tables refuse values of the wrong type instead of storing them.
-constexpr std::array<const char*, 2> migrations = {
+struct Migration {
+    const char* sql;
+    Result<void> (*then)(sqlite3* db, const std::string& path) = nullptr;
+};
+
+constexpr std::array<Migration, 3> migrations = {{
     // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
-    R"sql(
+    {R"sql(
 CREATE TABLE audit_log (
     id          INTEGER PRIMARY KEY,
     ts_ms       INTEGER NOT NULL,
@@ -100,10 +113,10 @@ CREATE TABLE outbox (
     delivered_ms    INTEGER
 ) STRICT;
 CREATE INDEX outbox_pending ON outbox (next_attempt_ms) WHERE delivered_ms IS NULL;
-)sql",
+)sql"},
     // 2: the service. Tasks get their targeting and outcome columns; the outbox (never written
     // by version 1) is recreated holding fully rendered deliveries; idempotency keys.
-    R"sql(
+    {R"sql(
 ALTER TABLE tasks ADD COLUMN inst_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN system_name TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN rollout_id TEXT NOT NULL DEFAULT '';
@@ -138,10 +151,38 @@ CREATE TABLE idempotency_keys (
     body       TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 ) STRICT;
+)sql"},
+    // 3: the tamper-evident audit chain (guardia/store/audit_chain.hpp). Rows already there
+    // are chained once, in id order, by chain_existing_rows; `meta` records when and how many
+    // (rows written before that moment were not protected when they were written).
+    {R"sql(
+ALTER TABLE audit_log ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit_log ADD COLUMN row_hash TEXT NOT NULL DEFAULT '';
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
 )sql",
-};
+     &detail::chain_existing_rows},
+}};
 
 constexpr int max_page = 10000;
+
+// SQLite would create a new file with 0644 & ~umask: create it first, 0600 whatever the umask
+// (fchmod: a umask such as 0277 would also take the owner's write bit). O_EXCL: only a file
+// created here is changed; an existing file keeps the mode its owner gave it. Failures other
+// than "exists" are left to sqlite3_open_v2, whose error names the file. SQLite gives the
+// -wal, -shm and -journal files the database file's mode, so they are 0600 too.
+void create_private_file(const std::string& path) {
+    if (path.empty() || path == ":memory:" || path.rfind("file:", 0) == 0) return;
+    struct Fd {
+        int fd;
+        ~Fd() {
+            if (fd >= 0) ::close(fd);
+        }
+    } f{::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600)};
+    if (f.fd >= 0) (void)::fchmod(f.fd, 0600);
+}
 
 constexpr std::string_view audit_columns =
     "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail";
@@ -193,6 +234,7 @@ void Database::configure(const DatabaseOptions& options) {
     auto fail = [this](const Error& e) {
         throw std::runtime_error("SQLite store " + path_ + ": " + e.describe());
     };
+    create_private_file(path_);
     sqlite3* raw = nullptr;
     // NOMUTEX: a connection is used by one thread at a time (documented), so SQLite's
     // per-connection mutex would only cost. EXRESCODE: extended codes say which I/O failed.
@@ -259,7 +301,10 @@ void Database::migrate() {
                                     " is not one this build knows (latest " +
                                     std::to_string(latest) + "); refusing to use it"));
     for (auto v = *version; v < latest; ++v) {
-        if (auto r = exec(migrations[static_cast<std::size_t>(v)]); !r)
+        const Migration& m = migrations[static_cast<std::size_t>(v)];
+        auto r = exec(m.sql);
+        if (r && m.then != nullptr) r = m.then(db_.get(), path_);
+        if (!r)
             rollback_and_fail(Error(r.error().code, "migration " + std::to_string(v + 1) +
                                                         " failed: " + r.error().message));
     }
@@ -267,6 +312,47 @@ void Database::migrate() {
     if (auto r = exec("PRAGMA user_version = " + std::to_string(latest)); !r)
         rollback_and_fail(r.error());
     if (auto r = exec("COMMIT"); !r) rollback_and_fail(r.error());
+}
+
+Result<Database> Database::open_read_only(std::string path) {
+    Database db;
+    db.path_ = std::move(path);
+    const std::string& p = db.path_;
+    auto fail = [&](int rc, const std::string& what) -> Error {
+        return detail::sqlite_error(db.db_.get(), rc, "SQLite store " + p + ": " + what);
+    };
+    // SQLite's "unable to open database file" does not say which part failed: stat first.
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0)
+        return Error(errc::invalid_argument,
+                     "SQLite store " + p + ": cannot open: " + std::strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return Error(errc::invalid_argument, "SQLite store " + p + ": not a regular file");
+    sqlite3* raw = nullptr;
+    int rc = sqlite3_open_v2(p.c_str(), &raw,
+                             SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+                             nullptr);
+    db.db_.reset(raw);
+    if (rc != SQLITE_OK) return fail(rc, "cannot open database");
+    sqlite3_busy_timeout(db.db_.get(), 5000);
+    // The first read parses the header: a file that is not SQLite fails here (SQLITE_NOTADB).
+    auto version = db.query_int64("PRAGMA user_version");
+    if (!version)
+        return Error(version.error().code, "SQLite store " + p +
+                                               ": not a readable SQLite database: " +
+                                               version.error().message);
+    auto tables = db.query_int64(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = 'audit_log'");
+    if (!tables) return tables.error();
+    if (*tables != 1 || *version < 1)
+        return Error(errc::invalid_argument,
+                     "SQLite store " + p + ": not a Guardia store (no audit_log table)");
+    if (*version > schema_version())
+        return Error(make_sqlite_error(SQLITE_MISMATCH),
+                     "SQLite store " + p + ": schema version " + std::to_string(*version) +
+                         " is newer than this build knows (" + std::to_string(schema_version()) +
+                         ")");
+    return db;
 }
 
 Result<void> Database::exec(std::string_view sql) {

@@ -801,8 +801,8 @@ class CliTest(unittest.TestCase):
         self.assertIn("--timeout must be between 0 and 86400 s", r.err)
         self.assert_untouched(all_before, self.check())
 
-    # ================================================================== 9. sanitizer, allow-list
-    def test_9_refused_commands_reach_no_node(self):
+    # ================================================================== 10. sanitizer, allow-list
+    def test_10_refused_commands_reach_no_node(self):
         """The bypasses of the old sanitizer's bug report, through `guardia exec`: each is
         refused (exit 2, the rule and the fragment named) before any connection. They are
         aimed at the node that refuses connections, so that even a regression could not run
@@ -844,7 +844,7 @@ class CliTest(unittest.TestCase):
                 self.assertEqual(r.rc, 1, r)
                 self.assertIn("Connection refused", r.json["nodes"][0]["error"])
 
-    def test_10_exec_allow_list(self):
+    def test_11_exec_allow_list(self):
         one = self.inventory({"node-0001": 2}, "one.json")
         conf = self.write_json("allow.json", {"exec": {"allow": ["uptime", "printf ok"]}})
 
@@ -876,6 +876,104 @@ class CliTest(unittest.TestCase):
         self.assertRegex(r.err, "(shutdown|startup)_cmd")
         self.assertIn("not allowed by exec.allow", r.err)
         self.assert_untouched(before, self.check("node-0001"))
+    # ================================================================== 9. audit chain
+    def test_9_audit_verify_detects_tampering(self):
+        """A real rollout's audit DB verifies intact; each edit an attacker with the file can
+        make with the sqlite3 tool (update, delete, insert) is named by `guardia audit verify`
+        (exit 3); bad input exits 2 naming the file."""
+        sqlite_tool = shutil.which("sqlite3")
+        self.assertIsNotNone(sqlite_tool, "the sqlite3 command-line tool is required (tools/install-deps)")
+        tiers = {"node-0005": 2, "node-0006": 3}
+        names = list(tiers)
+        before = self.check(*names)
+        arts = self.artifacts("chain")
+        r = self.deploy(self.inventory(tiers), arts, conf=config(), sr_id=f"CLI-CHAIN-{self.tag}")
+        self.assertEqual(r.rc, 0, r)
+        after = self.check(*names)
+        for n in names:
+            self.assert_deployed(before[n], after[n], arts, self.by_name(r.json)[n])
+        db = self.path("audit.db")
+        self.assertEqual(os.stat(db).st_mode & 0o777, 0o600, "the audit DB is created 0600")
+        rows, _, _ = self.audit()
+        ids = [x["id"] for x in rows]
+        self.assertEqual(ids, list(range(1, len(ids) + 1)))
+        self.assertGreater(len(ids), 20)
+
+        def verify(path, *extra):
+            return self.guardia("audit", "verify", "--db", path, *extra)
+
+        def sql(path, statement):
+            p = subprocess.run([sqlite_tool, path, statement], capture_output=True, text=True, timeout=60)
+            self.assertEqual(p.returncode, 0, p.stderr)
+
+        def copy(name):
+            # .backup: a consistent copy whatever state the WAL is in
+            sql(db, f".backup '{self.path(name)}'")
+            return self.path(name)
+
+        # untouched: exit 0, JSON and text name the last row and its hash (for anchoring)
+        last_hash = rows[-1]["row_hash"]
+        self.assertRegex(last_hash, r"^[0-9a-f]{64}$")
+        v = verify(db, "--json")
+        self.assertEqual(v.rc, 0, v)
+        self.assertEqual(v.json, {"db": db, "status": "intact", "rows": len(ids), "first_id": 1,
+                                  "last_id": ids[-1], "last_hash": last_hash})
+        v = verify(db)
+        self.assertEqual(v.rc, 0, v)
+        self.assertIn(f"audit chain of {db}: intact", v.out)
+        self.assertIn(f"last row: id {ids[-1]} hash {last_hash}", v.out)
+        self.assertIn("rows deleted from the end cannot be detected", v.out)
+
+        # (a) one row's message rewritten
+        target = next(x for x in rows if x["node"] == "node-0005" and x["event"] == "DEPLOY_SUCCESS")
+        altered = copy("altered.db")
+        sql(altered, f"UPDATE audit_log SET detail = 'nothing to see' WHERE id = {target['id']}")
+        v = verify(altered, "--json")
+        self.assertEqual(v.rc, 3, v)
+        self.assertEqual(v.json["status"], "broken")
+        self.assertEqual((v.json["break"]["row_id"], v.json["break"]["fault"]), (target["id"], "altered"), v)
+        v = verify(altered)
+        self.assertEqual(v.rc, 3, v)
+        self.assertIn(f"BROKEN at row {target['id']} (altered)", v.out)
+
+        # (b) a middle row deleted
+        middle = ids[len(ids) // 2]
+        deleted = copy("deleted.db")
+        sql(deleted, f"DELETE FROM audit_log WHERE id = {middle}")
+        v = verify(deleted, "--json")
+        self.assertEqual(v.rc, 3, v)
+        b = v.json["break"]
+        self.assertEqual((b["row_id"], b["fault"], b["previous_id"]), (middle + 1, "deleted", middle - 1), v)
+        self.assertIn(f"ids {middle}..{middle} are missing", b["message"])
+
+        # (c) a forged row inserted, in the style of the real ones
+        forged = copy("forged.db")
+        sql(forged, "INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step, event, detail)"
+                    f" SELECT ts_ms + 1, sr_id, rollout_id, 'node-0006', 'SUMMARY', 'DEPLOY_SUCCESS', 'forged'"
+                    f" FROM audit_log WHERE id = {ids[-1]}")
+        v = verify(forged, "--json")
+        self.assertEqual(v.rc, 3, v)
+        self.assertEqual((v.json["break"]["row_id"], v.json["break"]["fault"]), (ids[-1] + 1, "inserted"), v)
+        self.assertEqual(v.json["last_id"], ids[-1] + 1)
+
+        # the original is still intact (verify opened the copies, and it, read-only)
+        self.assertEqual(verify(db).rc, 0)
+
+        # bad input: exit 2, the message names the file
+        missing = self.path("no-such.db")
+        v = verify(missing)
+        self.assertEqual(v.rc, 2, v)
+        self.assertIn(missing, v.err)
+        self.assertFalse(os.path.exists(missing), "verify must not create the file")
+        other = self.path("other.db")
+        sql(other, "CREATE TABLE t (x INTEGER)")
+        v = verify(other)
+        self.assertEqual(v.rc, 2, v)
+        self.assertIn(other, v.err)
+        self.assertIn("not a Guardia store", v.err)
+        v = self.guardia("audit", "verify")
+        self.assertEqual(v.rc, 2, v)
+        self.assertIn("--db FILE is required", v.err)
 
 
 # ---------------------------------------------------------------------- cleanup (ctest)

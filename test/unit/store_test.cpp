@@ -1,7 +1,10 @@
+#include "guardia/store/audit_chain.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
 
 #include <doctest/doctest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +17,8 @@ using guardia::store::AuditWriter;
 using guardia::store::Database;
 using guardia::store::NodeResult;
 using guardia::store::RolloutRecord;
+using guardia::store::ChainFault;
+using guardia::store::verify_audit_chain;
 
 namespace {
 
@@ -83,7 +88,7 @@ TEST_CASE("store: reopening runs no migration twice and keeps the data") {
         CHECK(db.query_int64("PRAGMA user_version").value() == Database::schema_version());
         CHECK(db.query_int64("SELECT count(*) FROM tasks").value() == 1);
         CHECK(db.query_int64("SELECT count(*) FROM sqlite_schema WHERE type = 'table'").value() ==
-              8);
+              9);
     }
 }
 
@@ -332,6 +337,345 @@ TEST_CASE("store: runtime query failures are values in the sqlite category") {
     auto q = db.query_int64("SELECT x FROM no_such_table");
     REQUIRE_FALSE(q.has_value());
     CHECK(q.error().code.category() == guardia::store::sqlite_category());
+}
+
+namespace {
+
+// Writes `n` audit events through the real writer (the only way rows get their hashes).
+void write_events(const std::string& path, int n, const std::string& tag = "E") {
+    AuditWriter writer(path);
+    for (int i = 0; i < n; ++i) {
+        auto e = event("SR-1", "R-1", "node-" + std::to_string(i % 3), tag + std::to_string(i));
+        if (i % 2 == 0) e.exit_code = i;
+        if (i % 3 == 0) e.duration_ms = i * 10;
+        e.detail = "detail " + std::to_string(i);
+        writer.record(e);
+    }
+    writer.stop();
+    REQUIRE(writer.committed() == static_cast<std::uint64_t>(n));
+}
+
+// Tampering as an attacker with the file would: a plain connection, no Guardia involved.
+void tamper(const std::string& path, const std::string& sql) {
+    sqlite3* raw = nullptr;
+    REQUIRE(sqlite3_open_v2(path.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                            nullptr) == SQLITE_OK);
+    std::unique_ptr<sqlite3, decltype(&sqlite3_close_v2)> db(raw, &sqlite3_close_v2);
+    char* message = nullptr;
+    int rc = sqlite3_exec(db.get(), sql.c_str(), nullptr, nullptr, &message);
+    INFO(sql << ": " << (message ? message : ""));
+    sqlite3_free(message);
+    REQUIRE(rc == SQLITE_OK);
+}
+
+unsigned mode_of(const std::string& path) {
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    return st.st_mode & 07777;
+}
+
+}  // namespace
+
+TEST_CASE("audit chain: every row links to the one before, and an untouched log verifies") {
+    TempDir dir;
+    const auto path = dir.file("guardia.db");
+    write_events(path, 20);
+    write_events(path, 5, "LATER");  // a second writer (a later run) continues the same chain
+
+    Database db(path);
+    auto rows = db.audit_for("SR-1", 0, 100).value();
+    REQUIRE(rows.size() == 25);
+    CHECK(db.query_text("SELECT prev_hash FROM audit_log WHERE id = 1").value() ==
+          guardia::store::audit_chain_genesis());
+    CHECK(db.query_int64("SELECT count(*) FROM audit_log a JOIN audit_log b ON b.id = a.id + 1"
+                         " WHERE b.prev_hash = a.row_hash")
+              .value() == 24);
+    for (const auto& row : rows) {
+        auto prev = db.query_text("SELECT prev_hash FROM audit_log WHERE id = " +
+                                  std::to_string(row.id));
+        auto hash = db.query_text("SELECT row_hash FROM audit_log WHERE id = " +
+                                  std::to_string(row.id));
+        CHECK(guardia::store::audit_row_hash(row, prev.value()) == hash.value());
+    }
+    CHECK(db.query_text("SELECT value FROM meta WHERE key = 'audit_chain'").value().find(
+              "0 earlier rows chained") != std::string::npos);
+
+    auto report = verify_audit_chain(path);
+    REQUIRE(report.has_value());
+    CHECK_FALSE(report->first_break.has_value());
+    CHECK(report->rows == 25);
+    CHECK(report->first_id == 1);
+    CHECK(report->last_id == 25);
+    CHECK(report->last_hash ==
+          db.query_text("SELECT row_hash FROM audit_log WHERE id = 25").value());
+
+    // An empty log is intact too.
+    Database empty(dir.file("empty.db"));
+    auto none = verify_audit_chain(dir.file("empty.db"));
+    REQUIRE(none.has_value());
+    CHECK(none->rows == 0);
+    CHECK_FALSE(none->first_break.has_value());
+}
+
+TEST_CASE("audit chain: the hash covers every column and encodes fields unambiguously") {
+    guardia::store::AuditRow row;
+    row.id = 7;
+    row.ts_ms = 1000;
+    row.sr_id = "SR";
+    row.rollout_id = "R";
+    row.node = "n";
+    row.step = "s";
+    row.event = "e";
+    row.detail = "d";
+    const std::string prev(guardia::store::audit_chain_genesis());
+    const auto base = guardia::store::audit_row_hash(row, prev);
+    CHECK(base.size() == 64);
+    auto differs = [&](auto change) {
+        auto copy = row;
+        change(copy);
+        return guardia::store::audit_row_hash(copy, prev) != base;
+    };
+    CHECK(differs([](auto& r) { r.id = 8; }));
+    CHECK(differs([](auto& r) { r.ts_ms = 1001; }));
+    CHECK(differs([](auto& r) { r.sr_id = "SR2"; }));
+    CHECK(differs([](auto& r) { r.rollout_id = "R2"; }));
+    CHECK(differs([](auto& r) { r.node = "m"; }));
+    CHECK(differs([](auto& r) { r.step = "t"; }));
+    CHECK(differs([](auto& r) { r.event = "f"; }));
+    CHECK(differs([](auto& r) { r.exit_code = 0; }));  // null and 0 differ
+    CHECK(differs([](auto& r) { r.duration_ms = 0; }));
+    CHECK(differs([](auto& r) { r.detail = "d "; }));
+    // Moving bytes from one field to the next changes the hash (length prefixes).
+    CHECK(differs([](auto& r) {
+        r.node = "ns";
+        r.step = "";
+    }));
+    CHECK(guardia::store::audit_row_hash(row, std::string(64, '1')) != base);
+}
+
+TEST_CASE("audit chain: verify names the first altered, deleted or inserted row") {
+    TempDir dir;
+    auto fresh = [&](const std::string& name) {
+        const auto path = dir.file(name);
+        write_events(path, 10);
+        return path;
+    };
+
+    SUBCASE("altered message") {
+        const auto path = fresh("altered.db");
+        tamper(path, "UPDATE audit_log SET detail = 'all good' WHERE id = 4");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::altered);
+        CHECK(r.first_break->row_id == 4);
+        CHECK(r.first_break->message.find("row 4 was altered") != std::string::npos);
+        CHECK(r.rows == 10);
+        CHECK(r.last_id == 10);
+    }
+    SUBCASE("altered number (exit code set to NULL)") {
+        const auto path = fresh("altered-null.db");
+        tamper(path, "UPDATE audit_log SET exit_code = NULL WHERE id = 1");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::altered);
+        CHECK(r.first_break->row_id == 1);
+    }
+    SUBCASE("deleted middle row") {
+        const auto path = fresh("deleted.db");
+        tamper(path, "DELETE FROM audit_log WHERE id = 6");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::deleted);
+        CHECK(r.first_break->row_id == 7);
+        CHECK(r.first_break->previous_id == 5);
+        CHECK(r.first_break->message.find("ids 6..6 are missing") != std::string::npos);
+    }
+    SUBCASE("deleted first rows") {
+        const auto path = fresh("head.db");
+        tamper(path, "DELETE FROM audit_log WHERE id <= 2");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::deleted);
+        CHECK(r.first_break->row_id == 3);
+        CHECK(r.first_break->message.find("ids 1..2 are missing") != std::string::npos);
+    }
+    SUBCASE("deleted and renumbered: the ids close the gap, the links do not") {
+        const auto path = fresh("renumbered.db");
+        tamper(path, "DELETE FROM audit_log WHERE id = 6; UPDATE audit_log SET id = id - 1"
+                     " WHERE id > 6");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->row_id == 6);
+    }
+    SUBCASE("forged row appended by hand") {
+        const auto path = fresh("forged.db");
+        tamper(path,
+               "INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step, event, detail)"
+               " VALUES (1, 'SR-1', 'R-1', 'node-0', 'SUMMARY', 'DEPLOY_SUCCESS', 'forged')");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::inserted);
+        CHECK(r.first_break->row_id == 11);
+        CHECK(r.last_id == 11);
+    }
+    SUBCASE("forged row with a self-consistent hash that does not link") {
+        const auto path = fresh("forged-hash.db");
+        guardia::store::AuditRow row;
+        row.id = 11;
+        row.ts_ms = 1;
+        row.event = "FORGED";
+        const std::string prev(64, 'a');
+        const auto hash = guardia::store::audit_row_hash(row, prev);
+        tamper(path,
+               "INSERT INTO audit_log (id, ts_ms, sr_id, rollout_id, node, step, event, detail,"
+               " prev_hash, row_hash) VALUES (11, 1, '', '', '', '', 'FORGED', '', '" +
+                   prev + "', '" + hash + "')");
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::inserted);
+        CHECK(r.first_break->row_id == 11);
+        CHECK(r.first_break->message.find("does not link to row 10") != std::string::npos);
+    }
+    SUBCASE("the newest rows deleted: NOT detectable by the chain (documented)") {
+        const auto path = fresh("tail.db");
+        tamper(path, "DELETE FROM audit_log WHERE id > 8");
+        auto r = verify_audit_chain(path).value();
+        CHECK_FALSE(r.first_break.has_value());
+        CHECK(r.last_id == 8);  // what an external anchor of id 10 would catch
+    }
+}
+
+TEST_CASE("audit chain: two writers appending at once never fork it") {
+    TempDir dir;
+    const auto path = dir.file("guardia.db");
+    Database create(path);
+    guardia::store::AuditWriterOptions o;
+    o.max_batch = 7;  // many small transactions interleave
+    o.commit_interval = std::chrono::milliseconds(0);
+    AuditWriter a(path, o), b(path, o);
+    a.start();
+    b.start();
+    std::thread ta([&] {
+        for (int i = 0; i < 300; ++i) a.record(event("SR-A", "R-A", "a", std::to_string(i)));
+    });
+    std::thread tb([&] {
+        for (int i = 0; i < 300; ++i) b.record(event("SR-B", "R-B", "b", std::to_string(i)));
+    });
+    ta.join();
+    tb.join();
+    a.stop();
+    b.stop();
+    CHECK(a.committed() + b.committed() == 600);
+    auto r = verify_audit_chain(path).value();
+    CHECK_FALSE(r.first_break.has_value());
+    CHECK(r.rows == 600);
+    CHECK(r.last_id == 600);
+}
+
+TEST_CASE("audit chain: a store from before the chain is migrated and its rows chained once") {
+    TempDir dir;
+    const auto path = dir.file("old.db");
+    // What Guardia wrote before the chain: today's schema minus migration 3, at user_version 2
+    // (DROP COLUMN needs SQLite 3.35; Debian 12 has 3.40), with rows.
+    { Database create(path); }
+    tamper(path, R"sql(
+ALTER TABLE audit_log DROP COLUMN prev_hash;
+ALTER TABLE audit_log DROP COLUMN row_hash;
+DROP TABLE meta;
+INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step, event, exit_code, detail)
+    VALUES (1, 'SR-0', 'R-0', 'n', 'CONNECT', 'STEP_OK', 0, 'old 1'),
+           (2, 'SR-0', 'R-0', 'n', 'SUMMARY', 'DEPLOY_SUCCESS', NULL, 'old 2'),
+           (3, 'SR-0', 'R-0', '', 'ROLLOUT', 'ROLLOUT_SUCCEEDED', NULL, 'old 3');
+PRAGMA user_version = 2;
+)sql");
+    // Not migrated yet: verify refuses (and does not migrate it: that would bless any edit).
+    auto before = verify_audit_chain(path);
+    REQUIRE_FALSE(before.has_value());
+    CHECK(before.error().message.find(path) != std::string::npos);
+    CHECK(before.error().message.find("no audit chain yet") != std::string::npos);
+
+    write_events(path, 4);  // opening migrates; then new rows continue the chain
+    Database db(path);
+    CHECK(db.query_int64("PRAGMA user_version").value() == Database::schema_version());
+    CHECK(db.query_text("SELECT value FROM meta WHERE key = 'audit_chain'").value().find(
+              "3 earlier rows chained at migration (ids 1..3)") != std::string::npos);
+    auto r = verify_audit_chain(path).value();
+    CHECK_FALSE(r.first_break.has_value());
+    CHECK(r.rows == 7);
+
+    // Reopening does not chain again (the hashes stay what they were).
+    const auto last = r.last_hash;
+    Database again(path);
+    CHECK(verify_audit_chain(path).value().last_hash == last);
+
+    tamper(path, "UPDATE audit_log SET detail = 'rewritten' WHERE id = 2");
+    auto broken = verify_audit_chain(path).value();
+    REQUIRE(broken.first_break.has_value());
+    CHECK(broken.first_break->row_id == 2);
+}
+
+TEST_CASE("audit chain: verify refuses bad input with a message naming the file") {
+    TempDir dir;
+    const auto missing = dir.file("missing.db");
+    auto r = verify_audit_chain(missing);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(missing) != std::string::npos);
+    CHECK(r.error().message.find("No such file") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(missing));  // read-only: never created
+
+    const auto junk = dir.file("junk.db");
+    {
+        std::FILE* f = std::fopen(junk.c_str(), "w");
+        REQUIRE(f != nullptr);
+        std::fputs("not an SQLite file, but long enough to have a header...................\n"
+                   "..........................................................................\n",
+                   f);
+        std::fclose(f);
+    }
+    r = verify_audit_chain(junk);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(junk) != std::string::npos);
+    CHECK(r.error().message.find("not a readable SQLite database") != std::string::npos);
+
+    const auto other = dir.file("other.db");
+    tamper(other, "CREATE TABLE t (x INTEGER)");
+    r = verify_audit_chain(other);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(other) != std::string::npos);
+    CHECK(r.error().message.find("not a Guardia store") != std::string::npos);
+
+    r = verify_audit_chain(dir.path.string());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find("not a regular file") != std::string::npos);
+}
+
+TEST_CASE("store: a new database and its -wal and -shm files are 0600 whatever the umask") {
+    TempDir dir;
+    for (mode_t mask : {mode_t{0}, mode_t{022}, mode_t{0277}}) {
+        CAPTURE(mask);
+        const auto path = dir.file("guardia-" + std::to_string(mask) + ".db");
+        const mode_t old = ::umask(mask);
+        {
+            AuditWriter writer(path);
+            writer.record(event("SR-1", "R-1", "n", "E"));
+            writer.stop();
+            Database reader(path);  // -wal and -shm exist while a connection is open
+            CHECK(mode_of(path) == 0600);
+            CHECK(mode_of(path + "-wal") == 0600);
+            CHECK(mode_of(path + "-shm") == 0600);
+        }
+        ::umask(old);
+    }
+    // An existing file keeps the mode its owner chose.
+    const auto existing = dir.file("existing.db");
+    {
+        std::FILE* f = std::fopen(existing.c_str(), "w");
+        REQUIRE(f != nullptr);
+        std::fclose(f);
+    }
+    REQUIRE(::chmod(existing.c_str(), 0640) == 0);
+    Database db(existing);
+    CHECK(mode_of(existing) == 0640);
 }
 
 TEST_SUITE_END();

@@ -1,7 +1,9 @@
 // One SQLite connection to Guardia's store, with the schema brought up to date on open.
 //
 // Opening configures the connection (WAL, busy_timeout, foreign keys) and applies the
-// migrations the file has not seen yet, keyed on PRAGMA user_version. A file that cannot be
+// migrations the file has not seen yet, keyed on PRAGMA user_version. A file this opens for the
+// first time is created mode 0600 whatever the umask (the audit log names hosts, people and
+// errors); SQLite gives its -wal, -shm and -journal files the mode of the database file. A file that cannot be
 // opened or migrated is a start-up failure: the constructor throws std::runtime_error naming
 // the file. Once open, a failed query is a Result error in sqlite_category().
 //
@@ -51,6 +53,10 @@ class Database {
     // Opens or creates the file and migrates it. Throws std::runtime_error naming the file.
     explicit Database(std::string path);
     Database(std::string path, DatabaseOptions options);
+    // Opens an existing file read-only: never creates, configures or migrates it (checks and
+    // audit verification must not change what they look at). A missing file, a file that is
+    // not SQLite, not a Guardia store or of a newer schema is an error naming the file.
+    static Result<Database> open_read_only(std::string path);
     ~Database();
     Database(Database&&) noexcept;
     Database& operator=(Database&&) noexcept;
@@ -102,6 +108,8 @@ class Database {
     sqlite3* native_handle() const noexcept { return db_.get(); }
 
   private:
+    Database() = default;  // for open_read_only()
+
     struct Close {
         void operator()(sqlite3* db) const noexcept;
     };

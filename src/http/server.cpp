@@ -336,9 +336,7 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         first = false;
 
         beast_http::request_parser<beast_http::string_body> parser;
-        parser.header_limit(static_cast<std::uint32_t>(
-            std::min<std::size_t>(o.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
-        parser.body_limit(boost::none);  // decided once the head is known
+        prepare_request_parser(parser, o);
         auto head_read = co_await read_before(
             beast_http::async_read_header(stream, buffer, parser, asio::deferred), timer, deadline);
         if (head_read.ec) {

@@ -15,4 +15,8 @@ void prepare_request_parser(beast_http::request_parser<beast_http::string_body>&
     parser.body_limit(boost::none);  // decided once the head is known
 }
 
+bool head_too_large(std::size_t head_bytes, const ServerOptions& options) {
+    return head_bytes > options.max_header_bytes;
+}
+
 }  // namespace guardia::http

@@ -161,14 +161,8 @@ int serve_command(int argc, char** argv) {
         // Only with a valid token: an anonymous client never gets a large body buffered.
         const std::size_t artifact_limit = scfg->max_artifact_bytes;
         const std::string api_token = *token;
-        so.body_limit_for = [artifact_limit, api_token](const http::Request& head) -> std::size_t {
-            if (head.method() != http::beast_http::verb::put) return 0;
-            if (!http::bearer_token_matches(head, api_token)) return 0;
-            auto seg = http::path_segments(head.target());
-            if (seg && seg->size() == 5 && (*seg)[0] == "api" && (*seg)[1] == "tasks" &&
-                (*seg)[3] == "artifacts")
-                return artifact_limit;
-            return 0;
+        so.body_limit_for = [artifact_limit, api_token](const http::Request& head) {
+            return service::request_body_limit(head, api_token, artifact_limit);
         };
         http::Server server(ioc.get_executor(), std::move(so),
                             [&svc](http::Request r) { return svc.handle(std::move(r)); });

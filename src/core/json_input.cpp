@@ -19,13 +19,55 @@ namespace guardia {
 
 namespace json = boost::json;
 
-std::string printable(std::string_view s) {
-    std::string out;
-    for (char c : s.substr(0, 64)) {
-        const auto u = static_cast<unsigned char>(c);
-        out += (u < 0x20 || u == 0x7f) ? '?' : c;
+namespace {
+
+// Length of the well-formed UTF-8 sequence that starts `s` (Unicode table 3-7: no overlong
+// form, no surrogate, nothing above U+10FFFF), or 0 if none does.
+std::size_t utf8_sequence(std::string_view s) {
+    auto byte = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+    const unsigned char c = byte(0);
+    if (c < 0x80) return 1;
+    std::size_t n = 0;
+    unsigned char lo = 0x80, hi = 0xBF;  // range of the second byte
+    if (c >= 0xC2 && c <= 0xDF) {
+        n = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        n = 3;
+        if (c == 0xE0) lo = 0xA0;
+        if (c == 0xED) hi = 0x9F;
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        n = 4;
+        if (c == 0xF0) lo = 0x90;
+        if (c == 0xF4) hi = 0x8F;
+    } else {
+        return 0;
     }
-    if (s.size() > 64) out += "...";
+    if (s.size() < n || byte(1) < lo || byte(1) > hi) return 0;
+    for (std::size_t i = 2; i < n; ++i)
+        if ((byte(i) & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+}  // namespace
+
+std::string printable(std::string_view s) {
+    constexpr std::size_t max_bytes = 64;
+    std::string out;
+    std::size_t i = 0;
+    while (i < s.size() && i < max_bytes) {
+        const auto u = static_cast<unsigned char>(s[i]);
+        const std::size_t n = utf8_sequence(s.substr(i));
+        if (n == 0 || u < 0x20 || u == 0x7f) {
+            out += '?';
+            ++i;
+        } else if (i + n > max_bytes) {
+            break;  // never cut a character in two
+        } else {
+            out.append(s.substr(i, n));
+            i += n;
+        }
+    }
+    if (i < s.size()) out += "...";
     return out;
 }
 

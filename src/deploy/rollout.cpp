@@ -22,12 +22,6 @@ namespace guardia::deploy {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-RolloutConfig::RolloutConfig() {
-    tiers.emplace_back(1, 1, WindowMode::lockstep, true);
-    tiers.emplace_back(2, 50, WindowMode::sliding, false);
-    tiers.emplace_back(3, 0, WindowMode::sliding, false);
-}
-
 std::string_view to_string(RolloutStatus status) noexcept {
     switch (status) {
         case RolloutStatus::running:

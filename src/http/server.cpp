@@ -247,6 +247,7 @@ asio::awaitable<void> refuse(Impl& impl, ConnState& conn, Stream& stream, unsign
 struct TimedRead {
     TimedRead() {}
     error_code ec;
+    std::size_t bytes = 0;  // consumed by the parser
     bool timed_out = false;
 };
 
@@ -259,9 +260,9 @@ asio::awaitable<TimedRead> read_before(Op op, asio::steady_timer& timer,
     auto [order, e_read, n, e_timer] =
         co_await make_parallel_group(std::move(op), timer.async_wait(asio::deferred))
             .async_wait(wait_for_one(), asio::use_awaitable);
-    (void)n;
     TimedRead out;
     out.ec = e_read;
+    out.bytes = n;
     // The read may have completed in the same turn as the timer: then it counts.
     out.timed_out = e_read && order[0] == 1 && !e_timer;
     co_return out;
@@ -336,9 +337,7 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         first = false;
 
         beast_http::request_parser<beast_http::string_body> parser;
-        parser.header_limit(static_cast<std::uint32_t>(
-            std::min<std::size_t>(o.max_header_bytes, std::numeric_limits<std::uint32_t>::max())));
-        parser.body_limit(boost::none);  // decided once the head is known
+        prepare_request_parser(parser, o);
         auto head_read = co_await read_before(
             beast_http::async_read_header(stream, buffer, parser, asio::deferred), timer, deadline);
         if (head_read.ec) {
@@ -348,6 +347,14 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         }
         const auto& head = parser.get();
         const unsigned version = head.version();
+        if (head_too_large(head_read.bytes, o)) {
+            co_await refuse(impl, conn, stream, version,
+                            Refusal(beast_http::status::request_header_fields_too_large,
+                                    "headers_too_large",
+                                    "the request line and headers exceed " +
+                                        std::to_string(o.max_header_bytes) + " bytes"));
+            co_return;
+        }
 
         std::size_t limit = o.max_body_bytes;
         bool limit_failed = false;

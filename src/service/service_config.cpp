@@ -53,6 +53,17 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     return c;
 }
 
+std::size_t request_body_limit(const http::Request& head, std::string_view api_token,
+                               std::size_t artifact_limit) {
+    if (head.method() != http::beast_http::verb::put) return 0;
+    if (!http::bearer_token_matches(head, api_token)) return 0;
+    auto seg = http::path_segments(head.target());
+    if (seg && seg->size() == 5 && (*seg)[0] == "api" && (*seg)[1] == "tasks" &&
+        (*seg)[3] == "artifacts")
+        return artifact_limit;
+    return 0;
+}
+
 Result<std::string> load_api_token(const std::string& token_file) {
     struct stat st {};
     if (::stat(token_file.c_str(), &st) != 0)

@@ -104,3 +104,29 @@ TEST_CASE("service config: conf/guardia.json's service and notifications section
 }
 
 TEST_SUITE_END();
+
+TEST_CASE("service: the large artifact body limit only for an authenticated artifact PUT") {
+    namespace bh = boost::beast::http;
+    const std::string token = "0123456789abcdef-token";
+    auto head = [&](bh::verb method, const std::string& target, const std::string& auth) {
+        guardia::http::Request req;
+        req.method(method);
+        req.target(target);
+        if (!auth.empty()) req.set(bh::field::authorization, auth);
+        return req;
+    };
+    using guardia::service::request_body_limit;
+    const std::string artifact = "/api/tasks/SR-1/artifacts/app.war";
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer " + token), token, 1 << 30) ==
+          1u << 30);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "bearer  " + token), token, 100) == 100);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, ""), token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer x" + token), token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::post, artifact, "Bearer " + token), token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, "/api/tasks/SR-1/artifacts", "Bearer " + token),
+                             token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, "/api/tasks/%2e%2e/artifacts/x",
+                                  "Bearer " + token),
+                             token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer "), "", 100) == 0);
+}

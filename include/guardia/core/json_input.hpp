@@ -22,7 +22,9 @@ Result<std::string> read_text_file(const std::string& path, std::uintmax_t max_b
 // "<source>:<line>:<column>".
 Result<boost::json::value> parse_json_document(std::string_view text, std::string_view source);
 
-// A value from a document, safe to quote in a message: one line, at most 64 characters.
+// A value from a document, safe to quote in a message: one line, at most 64 bytes (then
+// "..."), valid UTF-8 (messages end up in JSON answers): control characters and bytes that are
+// not part of a well-formed UTF-8 character become '?', and a character is never cut in two.
 std::string printable(std::string_view s);
 
 }  // namespace guardia

@@ -33,6 +33,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/http/parser.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -80,6 +81,18 @@ struct ServerOptions {
 // with a JSON error, logs it, and keeps serving. When shutdown's grace period is over, the
 // handler is cancelled (Asio terminal cancellation) and must then return promptly.
 using Handler = std::function<boost::asio::awaitable<Response>(Request)>;
+
+// How the server sets up the parser of each request before reading its head: header limit
+// max_header_bytes (clamped to 32 bits; over it -> 431), no body limit until the head is known
+// (then body_limit_for or max_body_bytes). Exposed for the fuzz target of the request head
+// (test/fuzz/fuzz_http_request.cpp), which must parse with exactly the server's settings.
+void prepare_request_parser(beast_http::request_parser<beast_http::string_body>& parser,
+                            const ServerOptions& options);
+// Whether a head the parser accepted is still over max_header_bytes (answered 431). Beast 1.81
+// applies header_limit to the request line and to the header fields separately, so a head of
+// up to twice the limit parses; the server checks the whole head (`head_bytes`, as consumed by
+// the parser) once read. Found by test/fuzz/fuzz_http_request.cpp.
+bool head_too_large(std::size_t head_bytes, const ServerOptions& options);
 
 // One listening socket and the connections accepted on it. Single-threaded: every member
 // function must be called on the executor's thread. Destroy the Server before its io_context;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "guardia/core/error.hpp"
+#include "guardia/http/api_util.hpp"
 
 #include <boost/json/value.hpp>
 
@@ -38,6 +39,13 @@ struct ServiceConfig {
 // `section` is the raw "service" value (null when absent: then token_file is missing).
 Result<ServiceConfig> parse_service_config(const boost::json::value& section,
                                            std::string_view source);
+
+// The body limit `guardia serve` gives a request, decided from its head (the server's
+// body_limit_for): an artifact upload, PUT /api/tasks/{sr}/artifacts/{name}, that carries the
+// valid bearer token may be up to `artifact_limit` bytes; anything else gets 0 (the server's
+// max_body_bytes). An anonymous client never gets a large body buffered.
+std::size_t request_body_limit(const http::Request& head, std::string_view api_token,
+                               std::size_t artifact_limit);
 
 // The bearer token: the first line of the token file, which must not be readable by group or
 // others and must hold at least 16 characters. Start-up work (blocking is fine).

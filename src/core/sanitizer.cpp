@@ -136,6 +136,16 @@ std::string fragment_of(std::string_view s) {
     return out;
 }
 
+// A parse error may quote a byte of the input: printable ASCII only in a message.
+std::string ascii_only(std::string_view s) {
+    std::string out;
+    for (char c : s) {
+        auto u = static_cast<unsigned char>(c);
+        out += (u < 0x20 || u >= 0x7f) ? '?' : c;
+    }
+    return out;
+}
+
 // "drop table", "drop database", "drop schema", "truncate table" with any whitespace, any case.
 bool has_sql_destruction(std::string_view text) {
     std::string t = lower(text);
@@ -690,7 +700,7 @@ private:
         if (spend(text.size() + 1, text)) return true;
         auto parsed = shell::parse(text);
         if (!parsed)
-            return refuse("cannot verify a command that does not parse (" + parsed.error().message + ")",
+            return refuse("cannot verify a command that does not parse (" + ascii_only(parsed.error().message) + ")",
                           fragment.empty() ? text : fragment);
         return walk(**parsed, level, cwds, stdin_untrusted);
     }

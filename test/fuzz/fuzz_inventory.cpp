@@ -86,12 +86,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                            e.describe());
         GUARDIA_FUZZ_CHECK(e.message.starts_with(source), e.message);
         GUARDIA_FUZZ_CHECK(!has_control(e.message), e.message);
-        // TODO(sanitizer rewrite): also for security_violation. The sanitizer's refusal quotes
-        // a fragment cut at 77 bytes, which may split a UTF-8 character (src/core/sanitizer.cpp
-        // fragment(); left to the rewrite): "shutdown_cmd": "rm -rf /  " followed by 60 x "é"
-        // gives a message that is not valid UTF-8, hence not valid JSON in an API answer.
-        if (e.code != guardia::errc::security_violation)
-            GUARDIA_FUZZ_CHECK(guardia::fuzz::is_utf8(e.message), e.message);
+        // Valid UTF-8 also for the sanitizer's refusals: its fragment is cut on a character
+        // boundary (the error becomes JSON in the API's answer).
+        GUARDIA_FUZZ_CHECK(guardia::fuzz::is_utf8(e.message), e.message);
         return 0;
     }
     GUARDIA_FUZZ_CHECK(!inventory->nodes.empty(), "an accepted inventory has nodes");

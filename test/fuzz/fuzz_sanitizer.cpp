@@ -1,13 +1,13 @@
 // Fuzz target: the command sanitizer, guardia::sanitize_command (core/sanitizer.hpp).
 //
-// Properties (the implementation is being rewritten; the signature stays):
+// Properties:
 //  1. no crash, no sanitizer report, no leak, for any bytes;
 //  2. bounded time: each input is judged within a CPU-time budget. The requirement is
 //     < 10 ms per command; under ASan/UBSan and coverage instrumentation code runs several
 //     times slower, so the default budget here is 50 ms of thread CPU time
 //     (GUARDIA_FUZZ_SANITIZER_BUDGET_MS overrides it). libFuzzer's -timeout backs this up
 //     for a real hang.
-//  3. (to come) refusal stable under re-quoting of literal words: see REQUOTE below.
+//  3. refusal stable under re-quoting of literal words: see REQUOTE below.
 #include "guardia/core/sanitizer.hpp"
 
 #include "fuzz_common.hpp"
@@ -19,18 +19,11 @@
 #include <string>
 #include <string_view>
 
-// ---- REQUOTE: the second property, "refusal stable under re-quoting of literal words" ----
-// guardia::requote_literal_words(std::string_view) -> std::optional<std::string> rewrites a
-// command with its literal words quoted differently (rm -> 'rm', -rf -> "-rf", ...), nullopt
-// when it cannot. The sanitizer must then refuse the rewritten command exactly when it refuses
-// the original. The property switches itself on once the function's header exists; if the
-// function lands in sanitizer.hpp instead, compile with -DGUARDIA_FUZZ_HAVE_REQUOTE=1.
-#if __has_include("guardia/core/requote.hpp")
-#include "guardia/core/requote.hpp"
-#ifndef GUARDIA_FUZZ_HAVE_REQUOTE
-#define GUARDIA_FUZZ_HAVE_REQUOTE 1
-#endif
-#endif
+// ---- REQUOTE: the third property, "refusal stable under re-quoting of literal words" ----
+// guardia::shell::requote_literal_words rewrites a command with every plain literal word in
+// single quotes (rm -> 'rm'), nullopt when it does not parse. The sanitizer must refuse the
+// rewritten command exactly when it refuses the original.
+#include "guardia/core/shell_syntax.hpp"
 
 namespace {
 
@@ -60,18 +53,14 @@ bool judge(std::string_view command) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const std::string_view command(reinterpret_cast<const char*>(data), size);
-    [[maybe_unused]] const bool accepted = judge(command);
+    const bool accepted = judge(command);
     (void)guardia::is_system_path(command);
 
-#if GUARDIA_FUZZ_HAVE_REQUOTE
-    if (const std::optional<std::string> requoted = guardia::requote_literal_words(command)) {
+    if (const std::optional<std::string> requoted = guardia::shell::requote_literal_words(command)) {
         if (judge(*requoted) != accepted)
             guardia::fuzz::fail("refusal stable under re-quoting of literal words",
                                 std::string(accepted ? "accepted" : "refused") +
                                     " the original but not its re-quoted form: " + *requoted);
     }
-#else
-    // TODO(requote): enable once guardia::requote_literal_words exists (see REQUOTE above).
-#endif
     return 0;
 }

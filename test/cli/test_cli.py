@@ -820,7 +820,7 @@ class CliTest(unittest.TestCase):
         cases = {
             "$'rm' -rf /*": "recursive rm of a system path",
             'echo $(echo ")"); rm -rf /*': "recursive rm of a system path",
-            "rm -rf /{etc,usr}": "cannot verify a brace expansion in an operand of rm",
+            "rm -rf /{etc,usr}": "cannot verify a brace expansion in an argument of rm",
             "D=/etc; rm -rf $D": "cannot verify an expansion in an operand of rm",
             "echo cm0gLXJmIC8q | base64 -d | sh": "cannot verify code reaching sh from a pipe",
             "find / -delete": "find -delete under a system path",
@@ -846,7 +846,10 @@ class CliTest(unittest.TestCase):
 
     def test_11_exec_allow_list(self):
         one = self.inventory({"node-0001": 2}, "one.json")
-        conf = self.write_json("allow.json", {"exec": {"allow": ["uptime", "printf ok"]}})
+        # The inventory's own commands are held against the list too: allow them.
+        node = self.inv["node-0001"]
+        conf = self.write_json("allow.json", {"exec": {"allow": ["uptime", "printf ok", node["shutdown_cmd"],
+                                                                 node["startup_cmd"]]}})
 
         def exec_(command, *extra, config=conf, inventory=one):
             return self.guardia("exec", "--inventory", inventory, "--known-hosts", self.known_hosts,
@@ -862,6 +865,12 @@ class CliTest(unittest.TestCase):
                 self.assertIn("not allowed by exec.allow", r.err)
         # a bad pattern is a configuration error naming the field
         bad = self.write_json("bad-allow.json", {"exec": {"allow": ["uptime", "rm $x"]}})
+        # ... and without them in the list, the inventory itself is refused, naming the field
+        strict = self.write_json("strict-allow.json", {"exec": {"allow": ["printf ok"]}})
+        r = exec_("printf ok", config=strict)
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("node 'node-0001'", r.err)
+        self.assertIn("not allowed by exec.allow", r.err)
         r = exec_("uptime", config=bad)
         self.assertEqual(r.rc, 2, r)
         self.assertIn("exec.allow[1]", r.err)

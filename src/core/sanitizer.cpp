@@ -1599,16 +1599,27 @@ private:
         return judge_argv(inner, inner_ctx);
     }
 
+    // The usual option syntax of the commands judged below: "--" ends the options, a word
+    // starting with '-' before it is an option, the rest are operands.
+    enum class ArgKind { end_of_options, option, operand };
+    static ArgKind classify(const Word& w, bool& end_of_options) {
+        auto lit = w.literal();
+        if (end_of_options || !lit) return ArgKind::operand;
+        if (*lit == "--") {
+            end_of_options = true;
+            return ArgKind::end_of_options;
+        }
+        return lit->size() > 1 && (*lit)[0] == '-' ? ArgKind::option : ArgKind::operand;
+    }
+
     bool judge_rm(const Args& args, const Ctx& ctx) {
         bool recursive = false, end_of_options = false;
         std::vector<const Word*> operands;
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
-            if (!end_of_options && lit && *lit == "--") {
-                end_of_options = true;
-                continue;
-            }
-            if (!end_of_options && lit && lit->size() > 1 && (*lit)[0] == '-') {
+            const ArgKind kind = classify(*args[i], end_of_options);
+            if (kind == ArgKind::end_of_options) continue;
+            if (kind == ArgKind::option) {
                 std::string opt = lower(*lit);
                 if (opt.starts_with("--")) {
                     if (opt.size() >= 5 && std::string_view("--no-preserve-root").starts_with(opt))
@@ -1739,11 +1750,9 @@ private:
         std::vector<const Word*> operands;
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
-            if (!end_of_options && lit && *lit == "--") {
-                end_of_options = true;
-                continue;
-            }
-            if (!end_of_options && lit && lit->size() > 1 && (*lit)[0] == '-') {
+            const ArgKind kind = classify(*args[i], end_of_options);
+            if (kind == ArgKind::end_of_options) continue;
+            if (kind == ArgKind::option) {
                 if ((lit->size() >= 5 && std::string_view("--recursive").starts_with(*lit)) || *lit == "-R" ||
                     (name != "chmod" && lit->find('R') != std::string::npos && (*lit)[1] != '-')) {
                     recursive = true;
@@ -1816,11 +1825,9 @@ private:
         bool end_of_options = false;
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
-            if (!end_of_options && lit && *lit == "--") {
-                end_of_options = true;
-                continue;
-            }
-            if (!end_of_options && lit && lit->size() > 1 && (*lit)[0] == '-') {
+            const ArgKind kind = classify(*args[i], end_of_options);
+            if (kind == ArgKind::end_of_options) continue;
+            if (kind == ArgKind::option) {
                 if (!lit->starts_with("--") && lit->size() == 2 &&
                     short_with_arg.find((*lit)[1]) != std::string_view::npos)
                     ++i;
@@ -1842,11 +1849,9 @@ private:
         bool end_of_options = false;
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
-            if (!end_of_options && lit && *lit == "--") {
-                end_of_options = true;
-                continue;
-            }
-            if (!end_of_options && lit && lit->size() > 1 && (*lit)[0] == '-') {
+            const ArgKind kind = classify(*args[i], end_of_options);
+            if (kind == ArgKind::end_of_options) continue;
+            if (kind == ArgKind::option) {
                 if (lit->starts_with("--target-directory")) {
                     auto eq = lit->find('=');
                     if (eq == std::string::npos && i + 1 < args.size()) target_dir = args[++i];

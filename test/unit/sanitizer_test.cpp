@@ -359,7 +359,9 @@ TEST_CASE("judging stays linear: pathological inputs of 8 KiB each take under 10
         (void)sanitize_command(in);
         double ms = cpu_ms() - start;
 #if defined(__SANITIZE_ADDRESS__) || !defined(NDEBUG)
-        const double limit = 100;  // instrumented builds run several times slower
+        // Debug builds under ASan run 30-50 times slower: the bound there still catches any
+        // blow-up (the red team's inputs took seconds to weeks before their fixes).
+        const double limit = 1000;
 #else
         const double limit = 10;
 #endif

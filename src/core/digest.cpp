@@ -17,6 +17,15 @@ std::string to_hex(const unsigned char* data, std::size_t size) {
     return out;
 }
 
+std::string sha256_hex(std::string_view data) {
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    // Only an allocation failure inside OpenSSL gets here: not a condition to recover from.
+    if (EVP_Digest(data.data(), data.size(), d, &n, EVP_sha256(), nullptr) != 1)
+        throw std::runtime_error("OpenSSL cannot compute SHA-256");
+    return to_hex(d, n);
+}
+
 void StreamDigests::Free::operator()(evp_md_ctx_st* c) const noexcept { EVP_MD_CTX_free(c); }
 
 StreamDigests::StreamDigests() : sha256_(EVP_MD_CTX_new()), md5_(EVP_MD_CTX_new()) {

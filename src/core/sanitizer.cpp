@@ -538,9 +538,7 @@ const std::vector<WrapperSpec>& wrapper_specs() {
         {"eatmydata", "", ""},
         {"dbus-run-session", "", "config-file,dbus-daemon"},
         {"valgrind", "", ""},
-        {"nohup", "", ""},
         {"xvfb-run", "nsfeaw", "server-num,server-args,auth-file,error-file,wait"},
-        {"stdbuf", "ioe", "input,output,error"},
         {"nocorrect", "", ""},
         {"noglob", "", ""},
         {"caffeinate", "", ""},
@@ -740,7 +738,7 @@ private:
             bool in_function = cmd.function_index >= 0;
             if (in_function)
                 function_stack_.push_back(script.functions[static_cast<std::size_t>(cmd.function_index)].name);
-            bool refused = judge_simple(script, cmd, level, effective, stdin_pipe || cmd.stdin_from_pipe, fragment);
+            bool refused = judge_simple(cmd, level, effective, stdin_pipe || cmd.stdin_from_pipe, fragment);
             if (in_function) function_stack_.pop_back();
             if (refused) return true;
             if (auto target = cd_target(cmd, effective)) {
@@ -823,9 +821,8 @@ private:
         return false;
     }
 
-    bool judge_simple(const Script& script, const SimpleCommand& cmd, int level, const Cwds& cwds,
+    bool judge_simple(const SimpleCommand& cmd, int level, const Cwds& cwds,
                       bool stdin_pipe, std::string_view fragment) {
-        (void)script;
         if (spend(cmd.words.size() + cmd.redirects.size() + 1, fragment)) return true;
         Ctx ctx;
         ctx.fragment = fragment;
@@ -1115,8 +1112,8 @@ private:
         if (name == "chmod" || name == "chown" || name == "chgrp" || name == "chattr" || name == "setfacl")
             return judge_chmod(lowered, args, ctx);
         if (name == "dd") return judge_dd(args, ctx);
-        if (name == "tee") return judge_plain_writes(args, ctx, "tee", "", "");
-        if (name == "truncate") return judge_plain_writes(args, ctx, "truncate", "sr", "");
+        if (name == "tee") return judge_plain_writes(args, ctx, "tee", "");
+        if (name == "truncate") return judge_plain_writes(args, ctx, "truncate", "sr");
         if (name == "cp" || name == "mv" || name == "install" || name == "ln")
             return judge_copy(lowered, args, ctx);
         if (name == "rsync") return judge_rsync(args, ctx);
@@ -1284,15 +1281,13 @@ private:
             return false;
         }
         if (name == "fallocate" || name == "scp") {
-            // fallocate FILE; scp ... DEST (a local destination)
-            for (std::size_t i = args.size() - 1; i >= 1; --i) {
-                auto lit = args[i]->literal();
-                if (lit && lit->starts_with("-")) break;
-                if (name == "scp" && lit && lit->find(':') != std::string::npos) break;
-                if (judge_write_target(args[i], ctx, name, name == "scp")) return true;
-                break;
-            }
-            return false;
+            // fallocate ... FILE; scp ... DEST: the last word, unless an option or host:path.
+            if (args.size() < 2) return false;
+            const Word* last = args.back();
+            auto lit = last->literal();
+            if (lit && (lit->starts_with("-") || (name == "scp" && lit->find(':') != std::string::npos)))
+                return false;
+            return judge_write_target(last, ctx, name, name == "scp");
         }
         if (name == "wipe") return refuse("disk formatting, partitioning or wiping (wipe)", ctx.fragment);
         if (name == "dcfldd") return judge_dd(args, ctx);
@@ -1774,7 +1769,6 @@ private:
             }
             if (!have_first && !reference && name != "setfacl") {
                 have_first = true;  // the mode or owner
-                if (name == "chattr") operands.push_back(args[i]), have_first = true;
                 continue;
             }
             operands.push_back(args[i]);
@@ -1821,7 +1815,7 @@ private:
 
     // Commands whose operands are all files they write (tee, truncate).
     bool judge_plain_writes(const Args& args, const Ctx& ctx, std::string_view what,
-                            std::string_view short_with_arg, std::string_view) {
+                            std::string_view short_with_arg) {
         bool end_of_options = false;
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
@@ -2368,9 +2362,7 @@ private:
         for (std::size_t i = 1; i < args.size(); ++i) {
             auto lit = args[i]->literal();
             if (lit && lit->starts_with("-")) {
-                if (*lit == "-t" || *lit == "-o" || *lit == "-L" || *lit == "-U" || *lit == "-O" || *lit == "-B" ||
-                    *lit == "--bind" || *lit == "--rbind" || *lit == "-R" || *lit == "--move" || *lit == "-M")
-                    if (*lit == "-t" || *lit == "-o" || *lit == "-L" || *lit == "-U" || *lit == "-O") ++i;
+                if (*lit == "-t" || *lit == "-o" || *lit == "-L" || *lit == "-U" || *lit == "-O") ++i;
                 continue;
             }
             positional.push_back(args[i]);
@@ -2559,11 +2551,7 @@ private:
             if (text && destructive(*text)) return refuse("SQL DROP TABLE, DROP DATABASE or TRUNCATE TABLE", ctx.fragment);
             if (text && escapes(*text)) return refuse("cannot verify a SQL client's shell escape", ctx.fragment);
         }
-        if (ctx.stdin_pipe) {
-            // SQL arriving through a pipe is not seen here; a client only reading is common
-            // ("echo 'select 1' | psql"): refuse only its shell escapes, which a pipe hides.
-            return false;
-        }
+        // SQL arriving through a pipe is not seen here: "echo 'select 1' | psql" is common.
         return false;
     }
 

@@ -5,8 +5,6 @@
 #include "guardia/core/digest.hpp"
 #include "guardia/store/database.hpp"
 
-#include <openssl/evp.h>
-
 #include <chrono>
 #include <limits>
 #include <memory>
@@ -55,22 +53,6 @@ class Encoder {
     }
     std::string out_;
 };
-
-struct FreeDigest {
-    void operator()(EVP_MD_CTX* c) const noexcept { EVP_MD_CTX_free(c); }
-};
-
-std::string sha256_hex(const std::string& data) {
-    std::unique_ptr<EVP_MD_CTX, FreeDigest> ctx(EVP_MD_CTX_new());
-    unsigned char d[EVP_MAX_MD_SIZE];
-    unsigned n = 0;
-    // Only an allocation failure inside OpenSSL gets here: not a condition to recover from.
-    if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1 ||
-        EVP_DigestUpdate(ctx.get(), data.data(), data.size()) != 1 ||
-        EVP_DigestFinal_ex(ctx.get(), d, &n) != 1)
-        throw std::runtime_error("OpenSSL cannot compute SHA-256");
-    return to_hex(d, n);
-}
 
 constexpr std::string_view row_columns =
     "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail";

@@ -5,12 +5,16 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <string_view>
 
 struct evp_md_ctx_st;
 
 namespace guardia {
 
 std::string to_hex(const unsigned char* data, std::size_t size);
+
+// SHA-256 of bytes held in memory, as lowercase hex (the audit chain's row hashes).
+std::string sha256_hex(std::string_view data);
 
 class StreamDigests {
 public:

@@ -4,7 +4,7 @@
     bench/peers/asyncssh_deploy.py --inventory DIR/inventory.json --artifact FILE
                                    [--known-hosts FILE] [--key FILE]
 
-What a competent Python author would write after reading DESIGN.md: tiers in order
+What a competent Python author would write after reading the specification: tiers in order
 (tier 1 one node at a time with 3 consecutive healthy answers, tier 2 at most 50 nodes in
 flight through a sliding semaphore, tier 3 all at once), one SSH connection per node, one
 remote command per step, SFTP upload to a staging name, remote `sha256sum` against the

@@ -1,7 +1,6 @@
 """Shared plumbing of the peer deploy scripts in bench/peers/ (stdlib only).
 
-Every peer performs the same per-node deployment (DESIGN.md section 1, as far as its tool
-allows): connect with the node's key and known_hosts, `df -P` pre-check of deploy_path,
+Every peer performs the same per-node deployment: connect with the node's key and known_hosts, `df -P` pre-check of deploy_path,
 backup `cp -a deploy_path deploy_path.bak_<stamp>`, upload the artifact to a staging name
 inside deploy_path, verify its digest remotely, shutdown_cmd, rename the artifact into place,
 startup_cmd, HTTP health check; on a failure after the service was touched: shutdown, restore
@@ -16,7 +15,7 @@ import shlex
 import sys
 import time
 
-DISK_THRESHOLD = 90        # percent, as the sketch and DESIGN.md
+DISK_THRESHOLD = 90        # percent, as the sketch and the specification
 SAFETY_GATE = 0.10         # abort the rollout when a tier's failure rate exceeds this,
 GATE_MIN_SAMPLE = 10       # judged once this many of the tier (or all of it) have finished
 TIER_CONCURRENCY = {1: 1, 2: 50}   # tier 3: all at once

@@ -10,7 +10,7 @@ with a remote `md5sum`, a blocking HTTP health loop (urllib in place of requests
 is not installed), nodes strictly one after another, the rollout stops at the first failed
 node (RollingDeployer.deploy).
 
-Fixed, as DESIGN.md requires of any deployment (otherwise the comparison would be with a
+Fixed, as the specification requires of any deployment (otherwise the comparison would be with a
 broken deployment): host keys checked against known_hosts (RejectPolicy, not AutoAddPolicy),
 key auth instead of a password, every path shell-quoted, `df -P` on deploy_path instead of
 `df -h /app`, the node's own shutdown/startup commands, every exit code checked, the

@@ -14,7 +14,7 @@ namespace json = boost::json;
 
 namespace {
 
-// The example of DESIGN.md section 3.
+// The example of the project's specification.
 constexpr std::string_view design_example = R"({ "nodes": [ {
     "name": "web-01", "host": "10.1.2.3", "ssh_port": 22, "user": "deploy",
     "auth": { "key_file": "/etc/guardia/keys/id_ed25519" },
@@ -184,7 +184,7 @@ const RuleCase rule_cases[] = {
 
 }  // namespace
 
-TEST_CASE("inventory: the DESIGN.md example parses to its values") {
+TEST_CASE("inventory: the specification's example parses to its values") {
     auto inv = parse_inventory(design_example, "nodes.json");
     REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
     REQUIRE(inv->nodes.size() == 1);

@@ -1,6 +1,6 @@
 // The engine's configuration file (JSON), shared by `guardia deploy --config` and
 // `guardia serve`: rollout policy, pipeline limits, SSH trust, store. Every section and
-// field is optional and has the DESIGN.md default; unknown fields and bad values are refused
+// field is optional and has the default conf/guardia.json spells out; unknown fields and bad values are refused
 // with a message naming the file and the field ("guardia.json: rollout.tiers[1].mode: ...").
 // conf/guardia.json is the documented example.
 #pragma once

@@ -1,4 +1,4 @@
-// The inventory: which nodes a rollout touches and how (DESIGN.md section 3).
+// The inventory: which nodes a rollout touches and how (docs/OPERATIONS.md; conf/inventory.example.json).
 //
 // Parsing is strict because every value here ends up in a remote command or a connection:
 // unknown fields, duplicate keys and bad values are refused with a message naming the source,

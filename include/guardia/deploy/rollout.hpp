@@ -1,5 +1,5 @@
 // The rollout: the node pipeline driven across a whole inventory from one event loop
-// (DESIGN.md section 1, "Across nodes").
+// (docs/ARCHITECTURE.md, the rollout engine).
 //
 // Tiers run in the configured order. Within a tier nodes start either in lock-step batches
 // (a batch must finish before the next starts) or through a sliding window (a node starts as

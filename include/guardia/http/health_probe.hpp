@@ -1,4 +1,4 @@
-// HTTP health probe: the pipeline's "is the service up" step (DESIGN.md section 1, step 6).
+// HTTP health probe: the pipeline's "is the service up" step (the HEALTH step, docs/ARCHITECTURE.md).
 //
 // Beast HTTP/1.1 client on the caller's executor: no thread, no blocking call. Every attempt
 // is one GET on a fresh TCP connection with `Connection: close`. Not reusing a connection is

@@ -1,4 +1,4 @@
-// Webhook notifications from a durable outbox (DESIGN.md section 3, "Notifications").
+// Webhook notifications from a durable outbox (docs/OPERATIONS.md, notifications).
 //
 // enqueue() renders one delivery per webhook subscribed to the event (URL and JSON body,
 // final from then on) and writes it to the store's outbox through the AuditWriter; it

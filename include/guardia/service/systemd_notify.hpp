@@ -1,4 +1,4 @@
-// systemd integration for `guardia serve` (DESIGN.md section 3, "systemd"): the sd_notify
+// systemd integration for `guardia serve`: the sd_notify
 // protocol spoken directly, without libsystemd.
 //
 // The protocol is one datagram per message on the AF_UNIX socket that systemd names in

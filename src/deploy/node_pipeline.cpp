@@ -161,6 +161,45 @@ struct StepChain {
     }
 };
 
+// Shell text (appended after `d=<deploy path>`) that prints "SHA <name> <sha256>" for each
+// artifact present in the deploy path. The name is quoted like every value (never spliced into
+// double quotes, where a `$(...)` in it would run) and printed with printf; the file is hashed
+// from stdin, so sha256sum never escapes an odd name in its output.
+std::string live_sums_script(const std::vector<ArtifactSpec>& artifacts) {
+    std::string sums;
+    for (const auto& a : artifacts)
+        if (!a.file_name.empty())
+            sums += "; n=" + shell_quote(a.file_name) +
+                    "; f=\"$d/$n\"; [ -f \"$f\" ] && sha256sum < \"$f\" | { read -r h x; "
+                    "printf 'SHA %s %s\\n' \"$n\" \"$h\"; }";
+    return sums;
+}
+
+}  // namespace
+
+std::vector<std::string> live_mismatches(std::string_view out,
+                                         const std::vector<ArtifactSpec>& artifacts) {
+    std::vector<std::string> wrong;
+    for (const auto& a : artifacts) {
+        if (a.file_name.empty()) continue;
+        const std::string prefix = "SHA " + a.file_name + " ";
+        std::string live;
+        for (std::size_t pos = 0; pos < out.size();) {
+            auto end = out.find('\n', pos);
+            if (end == std::string_view::npos) end = out.size();
+            const auto line = out.substr(pos, end - pos);
+            if (line.substr(0, prefix.size()) == prefix) live = std::string(line.substr(prefix.size()));
+            pos = end + 1;
+        }
+        if (live == a.sha256) continue;
+        wrong.push_back(a.file_name + " is " + (live.empty() ? std::string("missing") : "sha256 " + live) +
+                        " (expected " + a.sha256 + ")");
+    }
+    return wrong;
+}
+
+namespace {
+
 class Pipeline {
   public:
     Pipeline(const Node& node, const std::vector<ArtifactSpec>& artifacts,
@@ -173,7 +212,8 @@ class Pipeline {
 
     asio::awaitable<NodeReport> run();
     asio::awaitable<NodeReport> run_precheck();
-    asio::awaitable<NodeReport> run_rollback(const std::string& backup_path);
+    asio::awaitable<NodeReport> run_rollback(const std::string& backup_path,
+                                             const std::vector<ArtifactSpec>& expected_live);
     asio::awaitable<NodeReport> run_recover(const std::string& known_backup_path);
 
   private:
@@ -288,6 +328,7 @@ class Pipeline {
     asio::awaitable<Result<void>> restart();
     asio::awaitable<Result<void>> health(const std::string& step);
     asio::awaitable<Result<void>> rollback();
+    asio::awaitable<Result<void>> verify_live(const std::vector<ArtifactSpec>& expected);
     asio::awaitable<void> discard_staged();
     asio::awaitable<void> unlock();
     asio::awaitable<bool> ensure_session(const std::string& why);
@@ -625,6 +666,31 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         node_error(errc::remote_command_failed, "BACKUP",
                    "backup to " + want + " failed (exit " + std::to_string(code) + "): " + tail),
         code);
+}
+
+// Before a rollback that undoes one release (a PM's rejection): the node must still run that
+// release, else the rollback would overwrite whatever replaced it (another SR's build, a hand
+// fix). Read-only; a mismatch fails the step and nothing is touched.
+asio::awaitable<Result<void>> Pipeline::verify_live(const std::vector<ArtifactSpec>& expected) {
+    Step step(*this, "VERIFY_LIVE");
+    const std::string cmd = "d=" + d_ + live_sums_script(expected) + "; true";
+    auto r = co_await run_script("VERIFY_LIVE", cmd, settings_.command_timeout, true);
+    if (!r) {
+        step.failed(r.error());
+        co_return r.error();
+    }
+    const auto wrong = live_mismatches(r->out, expected);
+    if (wrong.empty()) {
+        step.ok("the release to undo is live", 0);
+        co_return Result<void>{};
+    }
+    std::string what;
+    for (const auto& w : wrong) what += (what.empty() ? "" : "; ") + w;
+    auto e = node_error(errc::precheck_failed, "VERIFY_LIVE",
+                        "no longer runs the release to roll back (" + what +
+                            "): not overwritten");
+    step.failed(e, 0);
+    co_return e;
 }
 
 asio::awaitable<Result<void>> Pipeline::lock() {
@@ -1068,7 +1134,8 @@ asio::awaitable<NodeReport> Pipeline::run_precheck() {
     co_return report_;
 }
 
-asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_path) {
+asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_path,
+                                                   const std::vector<ArtifactSpec>& expected_live) {
     const auto started = Clock::now();
     report_.backup_path = backup_path;
     StepChain chain;
@@ -1079,12 +1146,15 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
     try {
         if (chain.ok()) chain.note("CONNECT", co_await connect());
         if (chain.ok()) chain.note("LOCK", co_await lock());
+        if (chain.ok() && !expected_live.empty())
+            chain.note("VERIFY_LIVE", co_await verify_live(expected_live));
     } catch (const boost::system::system_error&) {
         note_cancelled(chain);
     }
     co_await asio::this_coro::reset_cancellation_state(asio::disable_cancellation());
     if (!chain.ok()) {
-        // Not reached or not ours to touch: the node stays as it is.
+        // Not reached, not ours to touch, or no longer running the build to undo: the node
+        // stays as it is.
         report_.outcome = NodeOutcome::failed_unchanged;
         report_.failed_step = chain.failed_step;
         report_.error = chain.outcome.error();
@@ -1132,15 +1202,7 @@ asio::awaitable<NodeReport> Pipeline::run_recover(const std::string& known_backu
     }
 
     // One read-only command: whose lock, which backup, and what is deployed now.
-    std::string sums;
-    // The name is quoted like every value (never spliced into double quotes, where a `$(...)`
-    // in it would run) and printed with printf; the file is hashed from stdin, so sha256sum
-    // never escapes an odd name in its output.
-    for (const auto& a : artifacts_)
-        if (!a.file_name.empty())
-            sums += "; n=" + shell_quote(a.file_name) +
-                    "; f=\"$d/$n\"; [ -f \"$f\" ] && sha256sum < \"$f\" | { read -r h x; "
-                    "printf 'SHA %s %s\\n' \"$n\" \"$h\"; }";
+    const std::string sums = live_sums_script(artifacts_);
     const std::string cmd =
         "d=" + d_ + "; l=" + shell_quote(lock_path_) +
         "; if [ -d \"$l\" ]; then o=; b=; while IFS= read -r x; do case \"$x\" in " +
@@ -1169,10 +1231,7 @@ asio::awaitable<NodeReport> Pipeline::run_recover(const std::string& known_backu
         const auto end = out.find('\n', pos + 1);
         lock_backup = out.substr(pos + 8, end == std::string::npos ? end : end - pos - 8);
     }
-    bool new_build_live = !artifacts_.empty();
-    for (const auto& a : artifacts_)
-        if (out.find("SHA " + a.file_name + " " + a.sha256 + "\n") == std::string::npos)
-            new_build_live = false;
+    const bool new_build_live = !artifacts_.empty() && live_mismatches(out, artifacts_).empty();
 
     if (ours) {
         stage_ = Stage::locked;  // the lock is this rollout's: unlock() below releases it
@@ -1256,10 +1315,17 @@ asio::awaitable<NodeReport> precheck_node(const Node& node,
 
 asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
                                           const PipelineSettings& settings) {
+    static const std::vector<ArtifactSpec> unchecked;
+    co_return co_await rollback_node(node, backup_path, settings, unchecked);
+}
+
+asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
+                                          const PipelineSettings& settings,
+                                          const std::vector<ArtifactSpec>& expected_live) {
     // The rollback restores files and runs the node's scripts; no artifact is shipped.
     static const std::vector<ArtifactSpec> none_shipped{ArtifactSpec()};
     Pipeline pipeline(node, none_shipped, settings);
-    co_return co_await pipeline.run_rollback(backup_path);
+    co_return co_await pipeline.run_rollback(backup_path, expected_live);
 }
 
 }  // namespace guardia::deploy

@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace spdlog {
@@ -143,6 +144,19 @@ boost::asio::awaitable<NodeReport> precheck_node(const Node& node,
 // could not be reached or locked: it was not touched).
 boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
                                                  const PipelineSettings& settings);
+// The same, refusing to touch a node that no longer runs the release being undone: after LOCK,
+// VERIFY_LIVE hashes each of `expected_live` in the deploy path; any file missing or with
+// another sha256 fails the node there (failed_unchanged, errc::precheck_failed, the message
+// naming each file) and nothing is restored. Empty `expected_live`: no check (as above).
+boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
+                                                 const PipelineSettings& settings,
+                                                 const std::vector<ArtifactSpec>& expected_live);
+
+// The artifacts of `artifacts` whose "SHA <name> <sha256>" line in `out` (the remote hash
+// listing of the deploy path) is missing or differs, each as "<name> is sha256 <x> (expected
+// <y>)" or "<name> is missing (expected <y>)". Pure; exposed for its unit test.
+std::vector<std::string> live_mismatches(std::string_view out,
+                                         const std::vector<ArtifactSpec>& artifacts);
 
 // Crash recovery of one node that a rollout (settings.rollout_id) left RUNNING when its process
 // died. CONNECT, then RECOVER_INSPECT reads the node's lock and the deployed files' sha256:

@@ -8,6 +8,7 @@
 #include "commands.hpp"
 
 #include "guardia/http/server.hpp"
+#include "guardia/service/clients.hpp"
 #include "guardia/service/deploy_service.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/service_config.hpp"
@@ -100,9 +101,9 @@ int serve_command(int argc, char** argv) {
     if (!listen.empty()) scfg->listen_address = listen;
     auto ncfg = service::parse_notifier_config(engine.config.notifications, common.config_path);
     if (!ncfg) throw UsageError(ncfg.error().message);
-    auto token = service::load_api_token(scfg->token_file);
-    if (!token)
-        throw UsageError(common.config_path + ": service.token_file: " + token.error().message);
+    auto clients = service::ClientRegistry::load(*scfg);
+    if (!clients) throw UsageError(common.config_path + ": service: " + clients.error().message);
+    auto registry = std::make_shared<const service::ClientRegistry>(std::move(*clients));
     std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
     if (db.empty()) db = scfg->state_dir + "/guardia.db";
 
@@ -133,7 +134,7 @@ int serve_command(int argc, char** argv) {
         deps.engine = engine.config;
         deps.engine.host_key_policy = engine.host_key_policy;
         deps.service = *scfg;
-        deps.api_token = *token;
+        deps.clients = registry;
         deps.db_path = db;
         deps.audit = audit.get();
         deps.notifier = &notifier;
@@ -160,9 +161,8 @@ int serve_command(int argc, char** argv) {
         // Artifact uploads (PUT /api/tasks/{sr}/artifacts/{name}) may be larger than JSON.
         // Only with a valid token: an anonymous client never gets a large body buffered.
         const std::size_t artifact_limit = scfg->max_artifact_bytes;
-        const std::string api_token = *token;
-        so.body_limit_for = [artifact_limit, api_token](const http::Request& head) {
-            return service::request_body_limit(head, api_token, artifact_limit);
+        so.body_limit_for = [artifact_limit, registry](const http::Request& head) {
+            return service::request_body_limit(head, *registry, artifact_limit);
         };
         http::Server server(ioc.get_executor(), std::move(so),
                             [&svc](http::Request r) { return svc.handle(std::move(r)); });

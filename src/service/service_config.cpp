@@ -1,6 +1,7 @@
 #include "guardia/service/service_config.hpp"
 
 #include "guardia/core/json_section.hpp"
+#include "guardia/service/clients.hpp"
 
 #include <sys/stat.h>
 
@@ -22,7 +23,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     if (auto r =
             s.only({"listen_address", "port", "token_file", "tls", "state_dir", "max_body_bytes",
                     "max_artifact_bytes", "max_header_bytes", "max_json_depth", "max_connections",
-                    "request_timeout_s", "forbid_self_approval", "shutdown_grace_s"});
+                    "request_timeout_s", "forbid_self_approval", "four_eyes", "shutdown_grace_s"});
         !r)
         return r.error();
     Result<void> r;
@@ -40,6 +41,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     if (!(r = s.integer("max_connections", c.max_connections, 1, 100000))) return r.error();
     if (!(r = s.seconds("request_timeout_s", c.request_timeout, 3600))) return r.error();
     if (!(r = s.boolean("forbid_self_approval", c.forbid_self_approval))) return r.error();
+    if (!(r = s.boolean("four_eyes", c.four_eyes))) return r.error();
     if (!(r = s.seconds("shutdown_grace_s", c.shutdown_grace, 24 * 3600))) return r.error();
     if (const auto* tls = s.find("tls")) {
         if (!tls->is_object()) return s.error("tls", "must be an object");
@@ -53,10 +55,11 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     return c;
 }
 
-std::size_t request_body_limit(const http::Request& head, std::string_view api_token,
+std::size_t request_body_limit(const http::Request& head, const ClientRegistry& clients,
                                std::size_t artifact_limit) {
     if (head.method() != http::beast_http::verb::put) return 0;
-    if (!http::bearer_token_matches(head, api_token)) return 0;
+    const Principal* who = clients.authenticate(head);
+    if (!who || !who->roles.has(Role::submit)) return 0;
     auto seg = http::path_segments(head.target());
     if (seg && seg->size() == 5 && (*seg)[0] == "api" && (*seg)[1] == "tasks" &&
         (*seg)[3] == "artifacts")

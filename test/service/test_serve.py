@@ -734,7 +734,8 @@ class ServeTest(unittest.TestCase):
         d = self.ok(self.api("GET", "/healthz", token=None))
         self.assertEqual((d["status"], d["rollouts_running"]), ("ok", 0), d)
         self.assertIn("store_queue", d)
-        r = self.api("GET", "/metrics", token=None)
+        self.assert_error(self.api("GET", "/metrics", token=None), 401, "unauthorized")
+        r = self.api("GET", "/metrics")   # a client with the read role (the single token has every role)
         self.assertEqual(r.status, 200, r)
         self.assertTrue((r.header("content-type") or "").startswith("text/plain"), r.headers)
         for metric in ("guardia_rollouts_running", "guardia_http_requests_total"):
@@ -840,7 +841,7 @@ class ServeTest(unittest.TestCase):
         for n in names:
             self.assertEqual(final[n]["tree_sha256"], after[n]["tree_sha256"], f"{n}: accepting changes no node")
         self.assertEqual(self.all_webhooks_for(sr), ["/pm"], "no failure or rollback notice")
-        m = self.api("GET", "/metrics", token=None).data.decode()
+        m = self.api("GET", "/metrics").data.decode()
         self.assertIn("guardia_rollouts_total", m)
 
     # ================================================================== 2. wait=true, query parameters
@@ -977,7 +978,9 @@ class ServeTest(unittest.TestCase):
                     self.assertTrue((r.header("www-authenticate") or "").startswith("Bearer"), r.headers)
         d = self.ok(self.api("GET", "/healthz", token=None))
         self.assertEqual(d["status"], "ok")
-        self.assertEqual(self.api("GET", "/metrics", token=None).status, 200)
+        # /metrics needs the read role since the trust boundary (issue 12): 401 without a token
+        self.assert_error(self.api("GET", "/metrics", token=None), 401, "unauthorized")
+        self.assertEqual(self.api("GET", "/metrics").status, 200)
         self.assertEqual(self.ok(self.api("GET", "/api/inventory")), {"nodes": []})
         # nothing was created by the refused calls
         self.assertEqual(self.q("SELECT * FROM tasks"), [])
@@ -1342,8 +1345,9 @@ class ServeTest(unittest.TestCase):
             c = http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10)
             try:
                 c.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+                version = c.sock.version()     # before the answer: a 401 closes the connection
                 r = c.getresponse()
-                return r.status, json.loads(r.read() or b"null"), c.sock.version()
+                return r.status, json.loads(r.read() or b"null"), version
             finally:
                 c.close()
 

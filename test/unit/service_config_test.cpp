@@ -1,4 +1,5 @@
 #include "guardia/service/service_config.hpp"
+#include "guardia/service/clients.hpp"
 #include "guardia/deploy/engine_config.hpp"
 #include "guardia/service/notifier.hpp"
 
@@ -115,7 +116,11 @@ TEST_CASE("service: the large artifact body limit only for an authenticated arti
         if (!auth.empty()) req.set(bh::field::authorization, auth);
         return req;
     };
-    using guardia::service::request_body_limit;
+    guardia::service::ClientRegistry clients;
+    clients.by_token_[token] = guardia::service::Principal{"default", guardia::service::RoleSet::all()};
+    auto request_body_limit = [&](const guardia::http::Request& h, const std::string&, std::size_t limit) {
+        return guardia::service::request_body_limit(h, clients, limit);
+    };
     const std::string artifact = "/api/tasks/SR-1/artifacts/app.war";
     CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer " + token), token, 1 << 30) ==
           1u << 30);

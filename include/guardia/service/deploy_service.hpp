@@ -1,61 +1,39 @@
-// The service's core: the HTTP API's handlers, the task lifecycle, rollouts in flight, the PM
-// verdict, crash recovery and the graceful drain (docs/API.md is the contract).
-//
-// Everything runs on the one event loop: handlers, rollouts, rollbacks. Store reads go through
-// a Database connection of its own on the local I/O pool (never on the loop); every write goes
-// through the AuditWriter, and a state the API reports as final is durable first.
-//
-// Task lifecycle (status column of the tasks table):
-//   CREATED -> DEPLOYING -> PENDING_PM_VALIDATION -> COMPLETED
-//                        \-> FAILED_ROLLBACK       \-> ROLLING_BACK -> ROLLED_BACK |
-//                        ROLLBACK_FAILED
+// The service's HTTP API (docs/API.md is the contract): one route table {method, path
+// pattern, role, handler} decides who may call what; each handler turns a request into a call
+// of the Coordinator (coordinator.hpp: tasks, claims, rollouts, recovery, drain) and its
+// ServiceResult into an answer, through one mapping of service errors to HTTP statuses.
+// Everything runs on the one event loop.
 #pragma once
 
-#include "guardia/core/error.hpp"
-#include "guardia/deploy/engine_config.hpp"
 #include "guardia/http/server.hpp"
-#include "guardia/service/service_config.hpp"
+#include "guardia/service/coordinator.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
+#include <cstdint>
+#include <optional>
+#include <vector>
 #include <memory>
 #include <string>
 
-namespace spdlog {
-class logger;
-}
-
-namespace guardia::store {
-class AuditWriter;
-}
-
-namespace guardia::deploy {
-class CredentialStore;
-}
-
-namespace guardia::ssh {
-class KnownHosts;
-}
-
 namespace guardia::service {
 
-class Notifier;
+enum class Role : std::uint8_t;
 
-struct DeployServiceDeps {
-    DeployServiceDeps() {}
-    deploy::EngineConfig engine;  // rollout policy and pipeline limits for every rollout
-    ServiceConfig service;
-    std::string api_token;
-    std::string db_path;
-    store::AuditWriter* audit = nullptr;  // required, started
-    Notifier* notifier = nullptr;         // optional: no webhooks without it
-    std::shared_ptr<deploy::CredentialStore> credentials;
-    std::shared_ptr<ssh::KnownHosts> known_hosts;
-    std::string owner;  // "guardia@<host>:<pid>": written into the node locks
-    std::shared_ptr<spdlog::logger> logger;
+// One row of the route table, for docs and tests: method, path ("{}" for a variable segment)
+// and the role it needs (nullopt: public).
+struct RouteInfo {
+    std::string method;
+    std::string path;
+    std::optional<Role> role;
 };
+
+// The HTTP status each service error is answered with, and the answer itself:
+// {"error": to_string(code), "message": ..., plus the error's details}.
+boost::beast::http::status http_status(ServiceErrc code) noexcept;
+http::Response error_answer(const http::Request& req, const ServiceError& e);
 
 class DeployService {
   public:
@@ -81,6 +59,8 @@ class DeployService {
 
     bool stopping() const;
     std::size_t running() const;  // rollouts and PM rollbacks in flight
+
+    static std::vector<RouteInfo> routes();
 
   private:
     struct Impl;

@@ -31,6 +31,7 @@ struct ServiceConfig {
     std::size_t max_connections = 256;
     std::chrono::milliseconds request_timeout{30000};  // to receive one request
     bool forbid_self_approval = true;  // an approver who is also the requester is refused
+    bool four_eyes = true;  // the PM verdict may come from neither the requester nor the approver
     // On SIGTERM running rollouts start no new node and in-flight nodes finish; after this
     // long they are cancelled instead (rolled back). Keep it below systemd's TimeoutStopSec.
     std::chrono::milliseconds shutdown_grace{std::chrono::minutes(10)};
@@ -44,7 +45,8 @@ Result<ServiceConfig> parse_service_config(const boost::json::value& section,
 // body_limit_for): an artifact upload, PUT /api/tasks/{sr}/artifacts/{name}, that carries the
 // valid bearer token may be up to `artifact_limit` bytes; anything else gets 0 (the server's
 // max_body_bytes). An anonymous client never gets a large body buffered.
-std::size_t request_body_limit(const http::Request& head, std::string_view api_token,
+class ClientRegistry;
+std::size_t request_body_limit(const http::Request& head, const ClientRegistry& clients,
                                std::size_t artifact_limit);
 
 // The bearer token: the first line of the token file, which must not be readable by group or

@@ -26,6 +26,7 @@ struct AuditEvent {
     // Short human text (an stderr tail, a reason). The writer redacts registered secrets and
     // truncates it; callers still must not put secrets in it.
     std::string detail;
+    std::string principal;  // the API client behind the action; empty for engine steps and the CLI
 };
 
 // An audit event as stored: `id` grows with insertion order, so it is also the paging cursor.

@@ -85,13 +85,18 @@ json::object payload_of(const store::TaskRecord& t) {
 }
 
 // Which nodes of `report` ended on the new build.
-std::vector<std::string> deployed_in(const deploy::RolloutReport& report) {
-    std::vector<std::string> out;
+std::vector<deploy::Node> deployed_in(const deploy::RolloutReport& report) {
+    std::vector<deploy::Node> out;
     for (const auto& n : report.nodes)
         if (n.state == deploy::NodeState::done &&
             n.report.outcome == deploy::NodeOutcome::deployed)
-            out.push_back(n.node.name);
+            out.push_back(n.node);
     return out;
+}
+
+// Where a node's release lives: the same directory on the same server, whatever its name.
+std::string target_of(const deploy::Node& n) {
+    return lower(n.host) + ":" + std::to_string(n.ssh_port) + ":" + n.deploy_path;
 }
 
 }  // namespace
@@ -251,6 +256,55 @@ Coordinator::Impl::approved_specs(const store::TaskRecord& task) {
     co_return specs;
 }
 
+// --- Impl: claims ------------------------------------------------------------------------------
+
+void Coordinator::Impl::hold(const std::string& sr_id, ClaimKind kind,
+                             const std::vector<deploy::Node>& nodes) {
+    std::vector<std::string> names, targets;
+    for (const auto& n : nodes) {
+        names.push_back(n.name);
+        if (!n.host.empty()) targets.push_back(target_of(n));  // gone from the inventory: by name
+    }
+    claims.claim(sr_id, kind, names);
+    target_claims.claim(sr_id, kind, targets);
+}
+
+void Coordinator::Impl::hold_again(const std::string& sr_id, ClaimKind kind) {
+    claims.claim(sr_id, kind, claims.nodes_of(sr_id));
+    target_claims.claim(sr_id, kind, target_claims.nodes_of(sr_id));
+}
+
+void Coordinator::Impl::release_claims(const std::string& sr_id) {
+    claims.release(sr_id);
+    target_claims.release(sr_id);
+}
+
+std::vector<ClaimTable::Conflict> Coordinator::Impl::claim_conflicts(
+    const std::string& sr_id, const std::vector<deploy::Node>& nodes) const {
+    std::vector<std::string> names, targets;
+    std::map<std::string, std::vector<std::string>> names_at;  // target -> caller's names
+    for (const auto& n : nodes) {
+        names.push_back(n.name);
+        targets.push_back(target_of(n));
+        names_at[targets.back()].push_back(n.name);
+    }
+    std::map<std::string, ClaimTable::Conflict> by_sr;
+    for (auto& c : claims.conflicts(sr_id, names)) by_sr.emplace(c.sr_id, std::move(c));
+    for (const auto& c : target_claims.conflicts(sr_id, targets)) {
+        auto& merged = by_sr.try_emplace(c.sr_id, ClaimTable::Conflict{c.sr_id, c.kind, {}})
+                           .first->second;
+        for (const auto& t : c.nodes)
+            for (const auto& name : names_at[t]) merged.nodes.push_back(name);
+    }
+    std::vector<ClaimTable::Conflict> out;
+    for (auto& [sr, c] : by_sr) {
+        std::sort(c.nodes.begin(), c.nodes.end());
+        c.nodes.erase(std::unique(c.nodes.begin(), c.nodes.end()), c.nodes.end());
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
 // --- Impl: work -------------------------------------------------------------------------------
 
 // Runs fn(i) for i in [0, n) with at most `limit` at once on the loop; waits for all.
@@ -314,9 +368,9 @@ asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
     // The nodes now on the SR's build stay claimed while the PM decides; a failed rollout's
     // claim ends (its nodes were rolled back or left as the gate found them).
     if (success)
-        claims.claim(w->task.sr_id, ClaimKind::awaiting_verdict, deployed_in(report));
+        hold(w->task.sr_id, ClaimKind::awaiting_verdict, deployed_in(report));
     else
-        claims.release(w->task.sr_id);
+        release_claims(w->task.sr_id);
     std::string reason = report.reason;
     if (reason.empty() && !success)
         reason = std::to_string(report.failed) + " of " + std::to_string(report.nodes.size()) +
@@ -418,7 +472,7 @@ asio::awaitable<void> Coordinator::Impl::run_pm_rollback(std::shared_ptr<Work> w
     e.event = "PM_ROLLBACK_DONE";
     e.detail = std::to_string(ok) + " rolled back, " + std::to_string(failed) + " failed";
     deps.audit->record(e);
-    claims.release(w->task.sr_id);
+    release_claims(w->task.sr_id);
     const bool good = failed == 0;
     std::string reason = w->task.reason;
     if (!good)
@@ -747,9 +801,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
         co_return ServiceError(ServiceErrc::conflict,
                                "SR " + sr_id + " is already " + m.active[sr_id]->task.status);
     if (m.stopping) co_return stopping_error();
-    std::vector<std::string> node_names;
-    for (const auto& n : inventory->nodes) node_names.push_back(n.name);
-    if (auto held = m.claims.conflicts(sr_id, node_names); !held.empty()) {
+    if (auto held = m.claim_conflicts(sr_id, inventory->nodes); !held.empty()) {
         ServiceError e(ServiceErrc::node_claimed,
                        "SR " + sr_id + " would deploy to nodes another SR's release holds: " +
                            describe(held) +
@@ -769,7 +821,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
     w->kind = WorkKind::deploy;
     w->principal = principal;
     m.active[sr_id] = w;
-    m.claims.claim(sr_id, ClaimKind::deploying, node_names);
+    m.hold(sr_id, ClaimKind::deploying, inventory->nodes);
     // Any exit before run_deploy owns `w` (an exception included) releases both claims.
     struct Release {
         Impl& m;
@@ -778,7 +830,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
         bool armed = true;
         ~Release() {
             if (!armed) return;
-            m.claims.release(sr);
+            m.release_claims(sr);
             m.end_work(sr, w);
         }
     } release{m, sr_id, w};
@@ -883,7 +935,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::verdict(Verdict
                                     principal);
         m.end_work(sr_id, claim);
         if (!d) co_return store_error(d.error());
-        m.claims.release(sr_id);  // the release is the nodes' new normal
+        m.release_claims(sr_id);  // the release is the nodes' new normal
         a.status = 200;
         a.body = json::object{{"sr_id", sr_id}, {"status", t.status}};
         co_return a;
@@ -895,7 +947,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::verdict(Verdict
     w->task = t;
     w->principal = principal;
     m.active[sr_id] = w;
-    m.claims.claim(sr_id, ClaimKind::rolling_back, m.claims.nodes_of(sr_id));
+    m.hold_again(sr_id, ClaimKind::rolling_back);
     if (auto d = co_await m.advance(w->task, TaskEvent::reject, request.comment,
                                     "rejected by " + who, principal);
         !d) {

@@ -75,7 +75,10 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     store::Database reader;  // used on the local I/O pool only, one call at a time
     std::mutex reader_mu;
     std::map<std::string, std::shared_ptr<Work>> active;
+    // Node claims by name, and the same claims by target (host, SSH port, deploy path): a
+    // second inventory name for the same directory on the same server is the same node.
     ClaimTable claims;
+    ClaimTable target_claims;
     boost::asio::steady_timer changed;  // cancelled whenever a Work ends: drain() waits on it
     bool stopping = false;
     std::uint64_t rollout_seq = 0;
@@ -118,9 +121,18 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     // store cannot be read.
     boost::asio::awaitable<std::optional<std::map<std::string, DeployedNode>>> deployed_nodes(
         const std::string& sr_id);
+    boost::asio::awaitable<std::optional<std::vector<deploy::Node>>> claimed_nodes(
+        const store::TaskRecord& t);
     // The artifact set the SR's last trigger approved (task payload), else what is staged.
     boost::asio::awaitable<ServiceResult<std::vector<deploy::ArtifactSpec>>> approved_specs(
         const store::TaskRecord& task);
+
+    void hold(const std::string& sr_id, ClaimKind kind, const std::vector<deploy::Node>& nodes);
+    void hold_again(const std::string& sr_id, ClaimKind kind);  // same nodes, new kind
+    void release_claims(const std::string& sr_id);
+    // Other SRs' claims on `nodes`, by name or by target; nodes named as the caller names them.
+    std::vector<ClaimTable::Conflict> claim_conflicts(const std::string& sr_id,
+                                                      const std::vector<deploy::Node>& nodes) const;
 
     // --- work ---------------------------------------------------------------------------------
     boost::asio::awaitable<void> run_bounded(

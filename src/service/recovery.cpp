@@ -155,6 +155,29 @@ asio::awaitable<void> Coordinator::Impl::recover_rollout(const store::RolloutRec
     }
 }
 
+// The nodes an SR deployed (and no PM rollback undid), as its inventory describes them now; a
+// node gone from the inventory is held by name only.
+asio::awaitable<std::optional<std::vector<deploy::Node>>> Coordinator::Impl::claimed_nodes(
+    const store::TaskRecord& t) {
+    const std::string inst = t.inst_id, sys = t.system_name;
+    auto deployed = co_await deployed_nodes(t.sr_id);
+    auto rows = co_await read([&](store::Database& db) { return db.inventory_nodes(inst, sys); });
+    if (!deployed || !rows) co_return std::nullopt;
+    const auto known = nodes_by_name(*rows);
+    std::vector<deploy::Node> out;
+    for (const auto& [name, d] : *deployed) {
+        auto it = known.find(name);
+        if (it != known.end()) {
+            out.push_back(it->second);
+        } else {
+            deploy::Node n;
+            n.name = name;
+            out.push_back(std::move(n));
+        }
+    }
+    co_return out;
+}
+
 asio::awaitable<std::size_t> Coordinator::Impl::recover() {
     std::size_t n = 0;
     auto unfinished = co_await read([](store::Database& db) { return db.unfinished_rollouts(); });
@@ -195,11 +218,9 @@ asio::awaitable<std::size_t> Coordinator::Impl::recover() {
     auto pending = co_await read([&](store::Database& db) { return db.tasks_in_status(pending_s); });
     if (!pending) throw std::runtime_error("recovery: " + pending.error().message);
     for (const auto& t : *pending) {
-        auto deployed = co_await deployed_nodes(t.sr_id);
-        if (!deployed) throw std::runtime_error("recovery: cannot read the nodes of SR " + t.sr_id);
-        std::vector<std::string> names;
-        for (const auto& [name, d] : *deployed) names.push_back(name);
-        claims.claim(t.sr_id, ClaimKind::awaiting_verdict, names);
+        auto held = co_await claimed_nodes(t);
+        if (!held) throw std::runtime_error("recovery: cannot read the nodes of SR " + t.sr_id);
+        hold(t.sr_id, ClaimKind::awaiting_verdict, *held);
     }
     // PM rollbacks the previous process did not finish: run them again (rolled-back nodes
     // were recorded as such and are not touched twice).
@@ -212,11 +233,7 @@ asio::awaitable<std::size_t> Coordinator::Impl::recover() {
         w->task = t;
         w->rollout_id = t.rollout_id;
         active[t.sr_id] = w;
-        auto deployed = co_await deployed_nodes(t.sr_id);
-        std::vector<std::string> names;
-        if (deployed)
-            for (const auto& [name, d] : *deployed) names.push_back(name);
-        claims.claim(t.sr_id, ClaimKind::rolling_back, names);
+        if (auto held = co_await claimed_nodes(t)) hold(t.sr_id, ClaimKind::rolling_back, *held);
         co_await run_pm_rollback(w);
         ++n;
     }

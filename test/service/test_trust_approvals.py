@@ -88,10 +88,11 @@ class ApprovalsTest(TrustBase):
             self.assert_clean(final[n])
         self.ok(self.verdict(sr_b, "accepted", "carol"))
 
-    def test_02_claims_survive_a_restart(self):
-        """The claim of an SR awaiting its PM is rebuilt from the store at start-up."""
+    def test_02_claims_survive_a_restart_and_an_alias_is_the_same_node(self):
+        """The claim of an SR awaiting its PM is rebuilt from the store at start-up; a second
+        inventory name for the same host, port and deploy path is held too."""
         names = ["node-0005"]
-        sr_a, sr_b = f"SR-RA-{self.tag}", f"SR-RB-{self.tag}"
+        sr_a, sr_b, sr_c = f"SR-RA-{self.tag}", f"SR-RB-{self.tag}", f"SR-RC-{self.tag}"
         svc = self.start_service()
         self.fresh(*names)
         self.prepare(sr_a, {"node-0005": 2}, "ra")
@@ -102,6 +103,13 @@ class ApprovalsTest(TrustBase):
         self.create_task(sr_b)
         self.stage(sr_b, self.artifacts("rb"))
         self.assert_error(self.trigger(sr_b), 409, "node_claimed", sr_a, "node-0005")
+        alias = dict(self.nodes_doc({"node-0005": 2})["nodes"][0], name="node-0005-alias",
+                     inst_id=f"ALIAS-{self.tag}")
+        self.ok(self.api("POST", "/api/inventory", {"nodes": [alias]}))
+        self.create_task(sr_c, inst_id=f"ALIAS-{self.tag}")
+        self.stage(sr_c, self.artifacts("rc"))
+        body = self.assert_error(self.trigger(sr_c), 409, "node_claimed", sr_a, "node-0005-alias")
+        self.assertEqual(body["claimed_by"][0]["nodes"], ["node-0005-alias"], body)
         self.ok(self.verdict(sr_a, "accepted", "carol"))
         self.trigger_ok(sr_b)      # accepted: the release is the node's new normal
         self.wait_task(sr_b, "PENDING_PM_VALIDATION")

@@ -453,6 +453,34 @@ TEST_CASE("audit chain: the hash covers every column and encodes fields unambigu
     CHECK(guardia::store::audit_row_hash(row, std::string(64, '1')) != base);
 }
 
+TEST_CASE("audit chain: today's encoding is pinned by test vectors (rows already written)") {
+    // Recorded from the v1 encoding before any column was added, and checked against an
+    // independent computation (Python hashlib over the documented encoding). A change to
+    // these values means every audit row already on disk would no longer verify.
+    guardia::store::AuditRow a;
+    a.id = 1;
+    a.ts_ms = 1733300000000;
+    a.sr_id = "SR-1";
+    a.rollout_id = "R-1";
+    a.node = "node-0";
+    a.step = "transfer";
+    a.event = "STEP_OK";
+    a.exit_code = 0;
+    a.duration_ms = 1234;
+    a.detail = "ok";
+    const std::string ha = guardia::store::audit_row_hash(a, guardia::store::audit_chain_genesis());
+    CHECK(ha == "7e2b0a6716d1d690ed0f14e4a249cc25638ec7bad30bc6ded937b9793e44b6b7");
+
+    guardia::store::AuditRow b;
+    b.id = 2;
+    b.ts_ms = 1733300000001;
+    b.sr_id = "SR-1";
+    b.step = "SUMMARY";
+    b.event = "DEPLOY_SUCCESS";
+    CHECK(guardia::store::audit_row_hash(b, ha) ==
+          "e63c0379addce74911e624b0f1d453225f8928c1af469fd1a3067e6009d8416b");
+}
+
 TEST_CASE("audit chain: verify names the first altered, deleted or inserted row") {
     TempDir dir;
     auto fresh = [&](const std::string& name) {

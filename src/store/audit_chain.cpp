@@ -21,8 +21,12 @@ namespace {
 constexpr std::string_view genesis =
     "0000000000000000000000000000000000000000000000000000000000000000";
 
-// Bumped only with a new encoding (which would need a migration re-chaining every row).
-constexpr std::string_view domain = "guardia.audit_log.v1";
+// One domain string per encoding; an encoding, once rows carry it, never changes (rows
+// already written must keep verifying). v1: the columns of schema 3. v2: v1's columns, then the
+// principal (schema 4), used only for rows whose principal is not empty, so that every row
+// without one, older or newer, keeps v1's bytes exactly.
+constexpr std::string_view domain_v1 = "guardia.audit_log.v1";
+constexpr std::string_view domain_v2 = "guardia.audit_log.v2";
 
 // The row, its hash input encoded so that no two different rows give the same bytes: a type
 // tag per field ('I' integer, 'N' null, 'T' text), integers as 8 bytes big-endian, text
@@ -54,6 +58,8 @@ class Encoder {
     std::string out_;
 };
 
+// The columns read_row() reads, those of schema 3: chain_existing_rows() runs as migration 3,
+// before migration 4 adds `principal` (rows of that time have none), so it must not name it.
 constexpr std::string_view row_columns =
     "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail";
 
@@ -93,7 +99,7 @@ std::string_view audit_chain_genesis() noexcept {
 
 std::string audit_row_hash(const AuditRow& row, std::string_view prev_hash_hex) {
     Encoder e;
-    e.text(domain);
+    e.text(row.principal.empty() ? domain_v1 : domain_v2);
     e.integer(row.id);
     e.integer(row.ts_ms);
     e.text(row.sr_id);
@@ -104,6 +110,7 @@ std::string audit_row_hash(const AuditRow& row, std::string_view prev_hash_hex) 
     e.optional(row.exit_code ? std::optional<std::int64_t>(*row.exit_code) : std::nullopt);
     e.optional(row.duration_ms);
     e.text(row.detail);
+    if (!row.principal.empty()) e.text(row.principal);
     e.text(prev_hash_hex);
     return sha256_hex(e.bytes());
 }
@@ -203,8 +210,11 @@ Result<ChainReport> verify_audit_chain(const std::string& path) {
 
     sqlite3* h = db->native_handle();
     const std::string what = "store " + path + ": reading the audit chain";
+    // A file still at schema 3 (verify never migrates) has no principal column: its rows
+    // have none, so '' is what they hash with.
+    const std::string principal = *version >= 4 ? "principal" : "''";
     // One statement: one consistent snapshot even while a writer appends (WAL).
-    auto stmt = Statement::prepare(h, "SELECT " + std::string(row_columns) +
+    auto stmt = Statement::prepare(h, "SELECT " + std::string(row_columns) + ", " + principal +
                                           ", prev_hash, row_hash FROM audit_log ORDER BY id");
     if (!stmt) return stmt.error();
 
@@ -222,8 +232,9 @@ Result<ChainReport> verify_audit_chain(const std::string& path) {
     int rc;
     while ((rc = stmt->step()) == SQLITE_ROW) {
         AuditRow row = read_row(*stmt);
-        std::string prev_hash = stmt->text(10);
-        std::string row_hash = stmt->text(11);
+        row.principal = stmt->text(10);
+        std::string prev_hash = stmt->text(11);
+        std::string row_hash = stmt->text(12);
         ++report.rows;
         if (!report.first_id) report.first_id = row.id;
         report.last_id = row.id;

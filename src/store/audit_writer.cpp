@@ -291,8 +291,8 @@ Result<void> AuditWriter::Impl::prepare_statements() {
     auto a = Statement::prepare(h,
                                 "INSERT INTO audit_log (ts_ms, sr_id, rollout_id, node, step,"
                                 " event, exit_code, duration_ms, detail, id, prev_hash,"
-                                " row_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,"
-                                " ?11, ?12)",
+                                " row_hash, principal) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8,"
+                                " ?9, ?10, ?11, ?12, ?13)",
                                 true);
     if (!a) return a.error();
     auto n = Statement::prepare(h,
@@ -397,6 +397,7 @@ int AuditWriter::Impl::write_item(const Item& item, detail::ChainTail& tail) {
         stmt->bind(10, appended->id);
         stmt->bind(11, tail.hash);
         stmt->bind(12, appended->hash);
+        stmt->bind(13, e->principal);
     } else if (const auto* n = std::get_if<NodeResult>(&item)) {
         stmt = &*upsert_node;
         stmt->bind(1, n->rollout_id);

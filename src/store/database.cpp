@@ -35,7 +35,7 @@ struct Migration {
     Result<void> (*then)(sqlite3* db, const std::string& path) = nullptr;
 };
 
-constexpr std::array<Migration, 3> migrations = {{
+constexpr std::array<Migration, 4> migrations = {{
     // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
     {R"sql(
 CREATE TABLE audit_log (
@@ -164,6 +164,11 @@ CREATE TABLE meta (
 ) STRICT;
 )sql",
      &detail::chain_existing_rows},
+    // 4: who asked, for rows written on behalf of an API client (AuditEvent::principal).
+    // Existing rows get '' and hash exactly as before (audit_row_hash), so the chain holds.
+    {R"sql(
+ALTER TABLE audit_log ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+)sql"},
 }};
 
 constexpr int max_page = 10000;
@@ -185,7 +190,7 @@ void create_private_file(const std::string& path) {
 }
 
 constexpr std::string_view audit_columns =
-    "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail";
+    "id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms, detail, principal";
 
 Result<std::vector<AuditRow>> read_audit_rows(sqlite3* db, Statement& stmt,
                                               const std::string& what) {
@@ -203,6 +208,7 @@ Result<std::vector<AuditRow>> read_audit_rows(sqlite3* db, Statement& stmt,
         if (auto code = stmt.optional_int64(7)) row.exit_code = static_cast<int>(*code);
         row.duration_ms = stmt.optional_int64(8);
         row.detail = stmt.text(9);
+        row.principal = stmt.text(10);
     }
     if (rc != SQLITE_DONE) return sqlite_error(db, rc, what);
     return rows;

@@ -445,12 +445,195 @@ TEST_CASE("audit chain: the hash covers every column and encodes fields unambigu
     CHECK(differs([](auto& r) { r.exit_code = 0; }));  // null and 0 differ
     CHECK(differs([](auto& r) { r.duration_ms = 0; }));
     CHECK(differs([](auto& r) { r.detail = "d "; }));
+    CHECK(differs([](auto& r) { r.principal = "ci-approvals"; }));
     // Moving bytes from one field to the next changes the hash (length prefixes).
     CHECK(differs([](auto& r) {
         r.node = "ns";
         r.step = "";
     }));
+    CHECK(differs([](auto& r) {  // detail's tail moved into the principal
+        r.detail = "";
+        r.principal = "d";
+    }));
     CHECK(guardia::store::audit_row_hash(row, std::string(64, '1')) != base);
+}
+
+TEST_CASE("audit chain: today's encoding is pinned by test vectors (rows already written)") {
+    // Recorded from the v1 encoding before any column was added, and checked against an
+    // independent computation (Python hashlib over the documented encoding). A change to
+    // these values means every audit row already on disk would no longer verify.
+    guardia::store::AuditRow a;
+    a.id = 1;
+    a.ts_ms = 1733300000000;
+    a.sr_id = "SR-1";
+    a.rollout_id = "R-1";
+    a.node = "node-0";
+    a.step = "transfer";
+    a.event = "STEP_OK";
+    a.exit_code = 0;
+    a.duration_ms = 1234;
+    a.detail = "ok";
+    const std::string ha = guardia::store::audit_row_hash(a, guardia::store::audit_chain_genesis());
+    CHECK(ha == "7e2b0a6716d1d690ed0f14e4a249cc25638ec7bad30bc6ded937b9793e44b6b7");
+
+    guardia::store::AuditRow b;
+    b.id = 2;
+    b.ts_ms = 1733300000001;
+    b.sr_id = "SR-1";
+    b.step = "SUMMARY";
+    b.event = "DEPLOY_SUCCESS";
+    CHECK(guardia::store::audit_row_hash(b, ha) ==
+          "e63c0379addce74911e624b0f1d453225f8928c1af469fd1a3067e6009d8416b");
+
+    // A row with a principal: domain v2, the principal after detail (also checked against
+    // Python). An empty principal is the v1 encoding above, byte for byte.
+    a.principal = "ci-approvals";
+    CHECK(guardia::store::audit_row_hash(a, guardia::store::audit_chain_genesis()) ==
+          "7b904fa4831ceae6a721065fc2aebe6a78427cb3b92d41f7dae547112698c607");
+    a.principal.clear();
+    CHECK(guardia::store::audit_row_hash(a, guardia::store::audit_chain_genesis()) == ha);
+}
+
+namespace {
+
+// Rows 1..n; the even ones carry a principal, as the service's API actions will.
+void write_events_with_principals(const std::string& path, int n) {
+    AuditWriter writer(path);
+    for (int i = 1; i <= n; ++i) {
+        auto e = event("SR-P", "R-P", "", "E" + std::to_string(i));
+        e.detail = "detail " + std::to_string(i);
+        if (i % 2 == 0) e.principal = i % 4 == 0 ? "ci-approvals" : "pm-portal";
+        writer.record(e);
+    }
+    writer.stop();
+    REQUIRE(writer.committed() == static_cast<std::uint64_t>(n));
+}
+
+}  // namespace
+
+TEST_CASE("audit chain: the principal round-trips through every reader and the chain") {
+    TempDir dir;
+    const auto path = dir.file("guardia.db");
+    write_events_with_principals(path, 8);
+
+    Database db(path);
+    auto by_sr = db.audit_for("SR-P", 0, 100).value();
+    auto by_rollout = db.audit_for_rollout("R-P").value();
+    REQUIRE(by_sr.size() == 8);
+    REQUIRE(by_rollout.size() == 8);
+    for (const auto* rows : {&by_sr, &by_rollout}) {
+        for (const auto& row : *rows) {
+            CAPTURE(row.id);
+            const std::string want =
+                row.id % 2 == 1 ? "" : (row.id % 4 == 0 ? "ci-approvals" : "pm-portal");
+            CHECK(row.principal == want);
+            // The stored hash is the one audit_row_hash gives the row as read back.
+            auto prev = db.query_text("SELECT prev_hash FROM audit_log WHERE id = " +
+                                      std::to_string(row.id));
+            auto hash = db.query_text("SELECT row_hash FROM audit_log WHERE id = " +
+                                      std::to_string(row.id));
+            CHECK(guardia::store::audit_row_hash(row, prev.value()) == hash.value());
+        }
+    }
+    CHECK(
+        db.query_int64("SELECT count(*) FROM audit_log WHERE principal = 'ci-approvals'").value() ==
+        2);
+
+    auto report = verify_audit_chain(path).value();
+    CHECK_FALSE(report.first_break.has_value());
+    CHECK(report.rows == 8);
+}
+
+TEST_CASE("audit chain: verify detects a principal changed, cleared or added") {
+    TempDir dir;
+    auto fresh = [&](const std::string& name) {
+        const auto path = dir.file(name);
+        write_events_with_principals(path, 8);
+        return path;
+    };
+    auto altered_at = [](const std::string& path, std::int64_t id) {
+        auto r = verify_audit_chain(path).value();
+        REQUIRE(r.first_break.has_value());
+        CHECK(r.first_break->fault == ChainFault::altered);
+        CHECK(r.first_break->row_id == id);
+        CHECK(r.rows == 8);
+    };
+    SUBCASE("changed") {
+        const auto path = fresh("changed.db");
+        tamper(path, "UPDATE audit_log SET principal = 'mallory' WHERE id = 4");
+        altered_at(path, 4);
+    }
+    SUBCASE("changed on every row") {
+        const auto path = fresh("all.db");
+        tamper(path, "UPDATE audit_log SET principal = 'mallory'");
+        altered_at(path, 1);
+    }
+    SUBCASE("cleared") {
+        const auto path = fresh("cleared.db");
+        tamper(path, "UPDATE audit_log SET principal = '' WHERE id = 6");
+        altered_at(path, 6);
+    }
+    SUBCASE("added to a row that had none") {
+        const auto path = fresh("added.db");
+        tamper(path, "UPDATE audit_log SET principal = 'ci-approvals' WHERE id = 3");
+        altered_at(path, 3);
+    }
+}
+
+TEST_CASE("audit chain: a schema-3 store (before the principal) verifies before and after") {
+    TempDir dir;
+    const auto path = dir.file("schema3.db");
+    // What Guardia wrote at schema 3: today's schema minus migration 4, with two rows whose
+    // hashes are the pinned test vectors (computed by the code of that time).
+    { Database create(path); }
+    tamper(path, R"sql(
+ALTER TABLE audit_log DROP COLUMN principal;
+INSERT INTO audit_log (id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms,
+                       detail, prev_hash, row_hash)
+    VALUES (1, 1733300000000, 'SR-1', 'R-1', 'node-0', 'transfer', 'STEP_OK', 0, 1234, 'ok',
+            '0000000000000000000000000000000000000000000000000000000000000000',
+            '7e2b0a6716d1d690ed0f14e4a249cc25638ec7bad30bc6ded937b9793e44b6b7'),
+           (2, 1733300000001, 'SR-1', '', '', 'SUMMARY', 'DEPLOY_SUCCESS', NULL, NULL, '',
+            '7e2b0a6716d1d690ed0f14e4a249cc25638ec7bad30bc6ded937b9793e44b6b7',
+            'e63c0379addce74911e624b0f1d453225f8928c1af469fd1a3067e6009d8416b');
+PRAGMA user_version = 3;
+)sql");
+    // Not migrated (verify never migrates): it verifies without the column.
+    auto before = verify_audit_chain(path);
+    REQUIRE(before.has_value());
+    CHECK_FALSE(before->first_break.has_value());
+    CHECK(before->rows == 2);
+    CHECK(before->last_hash == "e63c0379addce74911e624b0f1d453225f8928c1af469fd1a3067e6009d8416b");
+
+    // Opening migrates (migration 4 only: no re-chaining); the old rows still verify, read
+    // back with an empty principal, and new rows with principals continue the chain.
+    {
+        Database db(path);
+        CHECK(db.query_int64("PRAGMA user_version").value() == Database::schema_version());
+        auto rows = db.audit_for("SR-1", 0, 10).value();
+        REQUIRE(rows.size() == 2);
+        CHECK(rows[0].principal == "");
+        CHECK(db.query_text("SELECT row_hash FROM audit_log WHERE id = 2").value() ==
+              "e63c0379addce74911e624b0f1d453225f8928c1af469fd1a3067e6009d8416b");
+    }
+    auto after = verify_audit_chain(path).value();
+    CHECK_FALSE(after.first_break.has_value());
+    CHECK(after.rows == 2);
+    CHECK(after.last_hash == before->last_hash);
+
+    write_events_with_principals(path, 4);
+    auto more = verify_audit_chain(path).value();
+    CHECK_FALSE(more.first_break.has_value());
+    CHECK(more.rows == 6);
+    CHECK(Database(path).query_text("SELECT principal FROM audit_log WHERE id = 4").value() ==
+          "pm-portal");  // the writer's 2nd event
+
+    // A principal given to an old row is an alteration.
+    tamper(path, "UPDATE audit_log SET principal = 'mallory' WHERE id = 1");
+    auto broken = verify_audit_chain(path).value();
+    REQUIRE(broken.first_break.has_value());
+    CHECK(broken.first_break->fault == ChainFault::altered);
+    CHECK(broken.first_break->row_id == 1);
 }
 
 TEST_CASE("audit chain: verify names the first altered, deleted or inserted row") {
@@ -575,10 +758,12 @@ TEST_CASE("audit chain: two writers appending at once never fork it") {
 TEST_CASE("audit chain: a store from before the chain is migrated and its rows chained once") {
     TempDir dir;
     const auto path = dir.file("old.db");
-    // What Guardia wrote before the chain: today's schema minus migration 3, at user_version 2
-    // (DROP COLUMN needs SQLite 3.35; Debian 12 has 3.40), with rows.
+    // What Guardia wrote before the chain: today's schema minus migrations 3 and 4, at
+    // user_version 2 (DROP COLUMN needs SQLite 3.35; Debian 12 has 3.40), with rows. Migration
+    // 3 then chains them before migration 4 adds the principal column.
     { Database create(path); }
     tamper(path, R"sql(
+ALTER TABLE audit_log DROP COLUMN principal;
 ALTER TABLE audit_log DROP COLUMN prev_hash;
 ALTER TABLE audit_log DROP COLUMN row_hash;
 DROP TABLE meta;

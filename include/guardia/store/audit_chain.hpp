@@ -25,8 +25,12 @@ namespace guardia::store {
 std::string_view audit_chain_genesis() noexcept;
 
 // Hex SHA-256 of the row's columns (id, ts_ms, sr_id, rollout_id, node, step, event,
-// exit_code, duration_ms, detail, in that order) and `prev_hash_hex`. Each field is encoded
-// with a type tag and, for text, a length prefix: no two different rows encode alike.
+// exit_code, duration_ms, detail, in that order), then principal when it is not empty, and
+// `prev_hash_hex`. Each field is encoded with a type tag and, for text, a length prefix: no two
+// different rows encode alike. A row with an empty principal hashes exactly as before the
+// principal existed (domain "guardia.audit_log.v1"), so rows already written still verify; a
+// row with one uses the domain "guardia.audit_log.v2" and its principal follows detail, so
+// setting, changing or clearing a row's principal changes its hash.
 std::string audit_row_hash(const AuditRow& row, std::string_view prev_hash_hex);
 
 // What is wrong with the first row that breaks the chain.

@@ -26,7 +26,10 @@ struct AuditEvent {
     // Short human text (an stderr tail, a reason). The writer redacts registered secrets and
     // truncates it; callers still must not put secrets in it.
     std::string detail;
-    std::string principal;  // the API client behind the action; empty for engine steps and the CLI
+    // Who asked, for an action taken through the API: the authenticated client's name (e.g.
+    // "ci-approvals"). Empty for everything else (engine steps, the CLI). Covered by the
+    // audit chain's hash when not empty.
+    std::string principal;
 };
 
 // An audit event as stored: `id` grows with insertion order, so it is also the paging cursor.

@@ -8,6 +8,7 @@
 #include "commands.hpp"
 
 #include "guardia/http/server.hpp"
+#include "guardia/service/clients.hpp"
 #include "guardia/service/deploy_service.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/service_config.hpp"
@@ -93,16 +94,29 @@ int serve_command(int argc, char** argv) {
     if (common.config_path.empty())
         throw UsageError(std::string("--config FILE is required\n") + serve_usage);
 
+    harden_process();  // before any token or key is read
     Engine engine = load_engine(common, false);
     auto scfg = service::parse_service_config(engine.config.service, common.config_path);
     if (!scfg) throw UsageError(scfg.error().message);
     if (port) scfg->port = static_cast<std::uint16_t>(*port);
     if (!listen.empty()) scfg->listen_address = listen;
+    // Plain HTTP off loopback (--listen included) is refused here, before anything binds.
+    if (auto ok = service::check_transport(*scfg); !ok) throw UsageError(ok.error().message);
     auto ncfg = service::parse_notifier_config(engine.config.notifications, common.config_path);
     if (!ncfg) throw UsageError(ncfg.error().message);
-    auto token = service::load_api_token(scfg->token_file);
-    if (!token)
-        throw UsageError(common.config_path + ": service.token_file: " + token.error().message);
+    auto loaded = service::ClientRegistry::load(*scfg);
+    if (!loaded) throw UsageError(loaded.error().message);
+    auto clients = std::make_shared<const service::ClientRegistry>(std::move(*loaded));
+    // The legacy single token, for the service's own check (deploy_service) until it uses
+    // the registry alone.
+    std::string api_token;
+    if (!scfg->token_file.empty()) {
+        auto token = service::load_api_token(scfg->token_file);
+        if (!token)
+            throw UsageError(common.config_path + ": service.token_file: " +
+                             token.error().message);
+        api_token = *token;
+    }
     std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
     if (db.empty()) db = scfg->state_dir + "/guardia.db";
 
@@ -133,7 +147,8 @@ int serve_command(int argc, char** argv) {
         deps.engine = engine.config;
         deps.engine.host_key_policy = engine.host_key_policy;
         deps.service = *scfg;
-        deps.api_token = *token;
+        deps.api_token = api_token;
+        deps.clients = clients;
         deps.db_path = db;
         deps.audit = audit.get();
         deps.notifier = &notifier;
@@ -149,7 +164,9 @@ int serve_command(int argc, char** argv) {
         so.max_body_bytes = scfg->max_body_bytes;
         so.max_header_bytes = scfg->max_header_bytes;
         so.max_connections = scfg->max_connections;
+        so.max_connections_per_address = scfg->max_connections_per_address;
         so.read_timeout = scfg->request_timeout;
+        so.idle_timeout = scfg->idle_timeout;
         so.logger = logger;
         if (!scfg->tls_cert_file.empty()) {
             http::TlsFiles tls;
@@ -158,11 +175,20 @@ int serve_command(int argc, char** argv) {
             so.tls = tls;
         }
         // Artifact uploads (PUT /api/tasks/{sr}/artifacts/{name}) may be larger than JSON.
-        // Only with a valid token: an anonymous client never gets a large body buffered.
+        // Only for a client holding the submit role: an anonymous client never gets a large
+        // body buffered.
         const std::size_t artifact_limit = scfg->max_artifact_bytes;
-        const std::string api_token = *token;
-        so.body_limit_for = [artifact_limit, api_token](const http::Request& head) {
-            return service::request_body_limit(head, api_token, artifact_limit);
+        so.body_limit_for = [artifact_limit, clients](const http::Request& head) {
+            return service::request_body_limit(head, *clients, artifact_limit);
+        };
+        // Authentication from the head alone: an unknown token on /api/* is answered 401 and
+        // the connection closed before a body byte is read (the role is the handler's business).
+        so.admit = [clients](const http::Request& head) -> std::optional<http::Response> {
+            // The same test as the router's: a path whose first decoded segment is "api".
+            const auto seg = http::path_segments(head.target());
+            if (!seg || seg->empty() || (*seg)[0] != "api") return std::nullopt;
+            if (clients->authenticate(head)) return std::nullopt;
+            return service::unauthorized_response(head);
         };
         http::Server server(ioc.get_executor(), std::move(so),
                             [&svc](http::Request r) { return svc.handle(std::move(r)); });

@@ -485,7 +485,8 @@ asio::awaitable<http::Response> DeployService::Impl::route(const http::Request& 
     if (seg.empty() || seg[0] != "api")
         co_return http::error_response(req, bh::status::not_found, "not_found",
                                        "no such path: " + printable(req.target()));
-    if (!http::bearer_token_matches(req, deps.api_token)) {
+    if (!(deps.clients ? deps.clients->authenticate(req) != nullptr
+                       : http::bearer_token_matches(req, deps.api_token))) {
         auto r = http::error_response(req, bh::status::unauthorized, "unauthorized",
                                       "a valid 'Authorization: Bearer <token>' header is required");
         r.set(bh::field::www_authenticate, "Bearer realm=\"guardia\"");

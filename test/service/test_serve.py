@@ -1342,8 +1342,9 @@ class ServeTest(unittest.TestCase):
             c = http.client.HTTPSConnection("127.0.0.1", s.port, context=ctx, timeout=10)
             try:
                 c.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
+                version = c.sock.version()     # a 401 closes the connection: c.sock goes with it
                 r = c.getresponse()
-                return r.status, json.loads(r.read() or b"null"), c.sock.version()
+                return r.status, json.loads(r.read() or b"null"), version
             finally:
                 c.close()
 

@@ -48,6 +48,7 @@ struct DeployServiceDeps {
     deploy::EngineConfig engine;  // rollout policy and pipeline limits for every rollout
     ServiceConfig service;
     std::string api_token;
+    std::shared_ptr<const ClientRegistry> clients;  // set: authenticates instead of api_token
     std::string db_path;
     store::AuditWriter* audit = nullptr;  // required, started
     Notifier* notifier = nullptr;         // optional: no webhooks without it

@@ -32,6 +32,10 @@ from test_serve import MARK, sha256
 
 ANSWER_WITHIN_S = 2.0
 FLOOD = 300
+# Slots of the service in the flood test: fewer than the flood's lasting connections (the idle
+# and trickling two thirds; bad tokens are answered 401 and closed), so every slot is held by
+# an unauthenticated connection and the authenticated client's connections need eviction.
+FLOOD_SLOTS = 160
 FLOOD_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 61)]
 
 
@@ -140,7 +144,7 @@ class TrustHttpTest(TrustBase):
     def test_01_unauthenticated_flood_does_not_starve_an_authenticated_client(self):
         node = "node-0017"
         sr = f"SR-FLOOD-{self.tag}"
-        self.start_service()
+        self.start_service(self.config(service={"max_connections": FLOOD_SLOTS}))
         self.fresh(node)
         self.import_inventory({node: 1})
 
@@ -186,14 +190,26 @@ class TrustHttpTest(TrustBase):
         d = self.ok(self.timed_api("POST", "/api/deploy/trigger", {"sr_id": sr, "approver_id": "bob"}), 202)
         self.assertEqual((d["sr_id"], d["status"]), (sr, "DEPLOYING"), d)
         took = time.monotonic() - t0
-        # the flood was really there while we were served: the idle ones never said a word, and
-        # none of them was answered anything but a refusal
-        still_open = 0
-        for s in idle:
+        # the flood was really there while we were served: idle ones still open, and at least
+        # as many of the lasting ones closed (evicted) as they outnumbered the slots
+        still_open, closed = 0, 0
+        for s in idle + trickle:
             r, _, _ = select.select([s], [], [], 0)
             if not r:
                 still_open += 1
-        self.assertGreater(still_open, 0, "no idle flood connection was still open: the test proved nothing")
+                continue
+            try:
+                data = s.recv(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except ConnectionResetError:
+                data = b""
+            except BlockingIOError:
+                data = b"?"
+            # evicted: closed without a word (a 408 only if the 10 s first-head deadline passed)
+            self.assertTrue(data == b"" or data.startswith(b"HTTP/1.1 408 "), data[:200])
+            closed += 1
+        self.assertGreater(still_open, 0, "no flood connection was still open: the test proved nothing")
+        self.assertGreaterEqual(closed, len(idle) + len(trickle) - FLOOD_SLOTS,
+                                "fewer flood connections closed than the slots they outnumbered")
         # the bad tokens got 401 without the server waiting for their terabyte (or, evicted
         # before their head was read, were closed without a word): none is still open
         refused = 0

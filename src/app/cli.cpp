@@ -1,5 +1,7 @@
 #include "cli.hpp"
 
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -63,7 +65,14 @@ bool common_flag(const std::string& flag, Args& args, Common& c) {
     return true;
 }
 
+void harden_process() {
+    (void)::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    const struct rlimit none {0, 0};
+    (void)::setrlimit(RLIMIT_CORE, &none);
+}
+
 Engine load_engine(const Common& c, bool with_inventory) {
+    harden_process();
     Engine e;
     if (!c.config_path.empty()) {
         auto cfg = deploy::load_engine_config(c.config_path);

@@ -60,6 +60,12 @@ struct Engine {
 // known_hosts and credentials; throws UsageError naming the culprit.
 Engine load_engine(const Common& c, bool with_inventory = true);
 
+// No core dumps and no ptrace/proc access by other processes of the same user: credentials
+// (SSH keys, passwords, API tokens) are in this process's memory. prctl(PR_SET_DUMPABLE, 0)
+// and RLIMIT_CORE {0, 0}; a refusal (e.g. systemd's SystemCallFilter, which sets LimitCORE=0
+// itself) is not an error. Called before any credential is loaded.
+void harden_process();
+
 std::string utc_stamp_compact();  // 20261127T101500Z
 std::string owner_id();           // guardia@<host>:<pid>
 

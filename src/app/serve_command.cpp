@@ -94,16 +94,19 @@ int serve_command(int argc, char** argv) {
     if (common.config_path.empty())
         throw UsageError(std::string("--config FILE is required\n") + serve_usage);
 
+    harden_process();  // before any token or key is read
     Engine engine = load_engine(common, false);
     auto scfg = service::parse_service_config(engine.config.service, common.config_path);
     if (!scfg) throw UsageError(scfg.error().message);
     if (port) scfg->port = static_cast<std::uint16_t>(*port);
     if (!listen.empty()) scfg->listen_address = listen;
+    // Plain HTTP off loopback (--listen included) is refused here, before anything binds.
+    if (auto ok = service::check_transport(*scfg); !ok) throw UsageError(ok.error().message);
     auto ncfg = service::parse_notifier_config(engine.config.notifications, common.config_path);
     if (!ncfg) throw UsageError(ncfg.error().message);
-    auto clients = service::ClientRegistry::load(*scfg);
-    if (!clients) throw UsageError(common.config_path + ": service: " + clients.error().message);
-    auto registry = std::make_shared<const service::ClientRegistry>(std::move(*clients));
+    auto loaded = service::ClientRegistry::load(*scfg);
+    if (!loaded) throw UsageError(loaded.error().message);
+    auto clients = std::make_shared<const service::ClientRegistry>(std::move(*loaded));
     std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
     if (db.empty()) db = scfg->state_dir + "/guardia.db";
 
@@ -134,7 +137,7 @@ int serve_command(int argc, char** argv) {
         deps.engine = engine.config;
         deps.engine.host_key_policy = engine.host_key_policy;
         deps.service = *scfg;
-        deps.clients = registry;
+        deps.clients = clients;
         deps.db_path = db;
         deps.audit = audit.get();
         deps.notifier = &notifier;
@@ -150,7 +153,9 @@ int serve_command(int argc, char** argv) {
         so.max_body_bytes = scfg->max_body_bytes;
         so.max_header_bytes = scfg->max_header_bytes;
         so.max_connections = scfg->max_connections;
+        so.max_connections_per_address = scfg->max_connections_per_address;
         so.read_timeout = scfg->request_timeout;
+        so.idle_timeout = scfg->idle_timeout;
         so.logger = logger;
         if (!scfg->tls_cert_file.empty()) {
             http::TlsFiles tls;
@@ -159,10 +164,22 @@ int serve_command(int argc, char** argv) {
             so.tls = tls;
         }
         // Artifact uploads (PUT /api/tasks/{sr}/artifacts/{name}) may be larger than JSON.
-        // Only with a valid token: an anonymous client never gets a large body buffered.
+        // Only for a client holding the submit role: an anonymous client never gets a large
+        // body buffered.
         const std::size_t artifact_limit = scfg->max_artifact_bytes;
-        so.body_limit_for = [artifact_limit, registry](const http::Request& head) {
-            return service::request_body_limit(head, *registry, artifact_limit);
+        so.body_limit_for = [artifact_limit, clients](const http::Request& head) {
+            return service::request_body_limit(head, *clients, artifact_limit);
+        };
+        // Authentication from the head alone: an unknown token on /api/* is answered 401 and
+        // the connection closed before a body byte is read (the role is the handler's business).
+        so.admit = [clients](const http::Request& head) -> std::optional<http::Response> {
+            // The same test as the router's: everything under /api, and /metrics.
+            const auto seg = http::path_segments(head.target());
+            if (!seg || seg->empty()) return std::nullopt;
+            if ((*seg)[0] != "api" && !(seg->size() == 1 && (*seg)[0] == "metrics"))
+                return std::nullopt;
+            if (clients->authenticate(head)) return std::nullopt;
+            return service::unauthorized_response(head);
         };
         http::Server server(ioc.get_executor(), std::move(so),
                             [&svc](http::Request r) { return svc.handle(std::move(r)); });

@@ -31,6 +31,7 @@
 #include <exception>
 #include <limits>
 #include <list>
+#include <map>
 #include <stdexcept>
 #include <type_traits>
 #include <vector>
@@ -109,7 +110,8 @@ struct ConnState {
     enum class Phase {
         starting,  // accepted, coroutine not yet running or in the TLS handshake
         idle,      // waiting for the first byte of a request
-        reading,   // a request has begun
+        reading,   // a request has begun, its head not yet admitted
+        body,      // its head was admitted; reading the body
         handling,  // the handler runs
         writing,   // the answer is being written
         closing,   // answered with Connection: close, draining
@@ -118,6 +120,16 @@ struct ConnState {
     beast::tcp_stream* tcp = nullptr;  // the coroutine's lowest layer; null outside it
     asio::cancellation_signal cancel;  // bound to the coroutine: shutdown's last resort
     std::string peer;                  // "address:port", for logs
+    asio::ip::address address;         // the client's, counted in Impl::per_address
+    bool counted = false;              // holds one count of per_address[address]
+    bool ever_admitted = false;        // a request of this connection was admitted
+    bool evicted = false;              // closed to make room; the slot is already reused
+
+    // May be closed to make room for a new connection: nothing admitted is in progress.
+    bool evictable() const {
+        return !evicted && (phase == Phase::starting || phase == Phase::idle ||
+                            phase == Phase::reading || phase == Phase::closing);
+    }
 };
 using ConnList = std::list<ConnState>;
 
@@ -132,6 +144,11 @@ struct Server::Impl {
           acceptor(executor) {}
 
     bool all_gone() const { return !accepting && sessions.empty() && turning_away.empty(); }
+    // Connections holding a slot (evicted ones are on their way out).
+    std::size_t live() const { return sessions.size() - evicting; }
+    milliseconds first_head_timeout() const {
+        return std::min(options.read_timeout, options.first_head_timeout);
+    }
     // A connection or the accept loop ended: wake every shutdown() waiting for that.
     void notify() {
         for (auto* t : waiters) t->cancel();
@@ -154,6 +171,9 @@ struct Server::Impl {
     std::vector<asio::steady_timer*> waiters;  // one per running shutdown()
     std::uint64_t served = 0;
     std::uint64_t rejected = 0;
+    std::uint64_t evicted = 0;
+    std::size_t evicting = 0;                           // sessions marked evicted, not yet gone
+    std::map<asio::ip::address, std::size_t> per_address;  // sessions per client address
 };
 
 namespace {
@@ -270,12 +290,13 @@ asio::awaitable<TimedRead> read_before(Op op, asio::steady_timer& timer,
 
 // Why reading a request failed, as an answer; nullopt when there is nobody to answer (the
 // client left, or shutdown closed the socket).
-std::optional<Refusal> refusal_for(const Impl& impl, const TimedRead& r, std::size_t body_limit) {
+std::optional<Refusal> refusal_for(const Impl& impl, const TimedRead& r, std::size_t body_limit,
+                                   milliseconds allowed) {
     using beast_http::status;
     if (r.timed_out)
         return Refusal(status::request_timeout, "request_timeout",
                        "the request did not arrive whole within " +
-                           std::to_string(impl.options.read_timeout.count()) + " ms");
+                           std::to_string(allowed.count()) + " ms");
     if (r.ec == beast_http::error::header_limit || r.ec == beast_http::error::buffer_overflow)
         return Refusal(status::request_header_fields_too_large, "headers_too_large",
                        "the request line and headers exceed " +
@@ -311,7 +332,7 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         if (buffer.size() == 0) {
             conn.phase = Phase::idle;
             if (first)
-                tcp.expires_at(accepted + o.read_timeout);
+                tcp.expires_at(accepted + impl.first_head_timeout());
             else
                 tcp.expires_after(o.idle_timeout);
             auto [ec, n] =
@@ -334,14 +355,20 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         }
         conn.phase = Phase::reading;
         const auto deadline = first ? accepted + o.read_timeout : Clock::now() + o.read_timeout;
+        // A connection that never had a request admitted gets little time for its head.
+        const milliseconds head_allowed =
+            conn.ever_admitted ? o.read_timeout : impl.first_head_timeout();
+        const auto head_deadline =
+            conn.ever_admitted ? deadline : std::min(deadline, accepted + head_allowed);
         first = false;
 
         beast_http::request_parser<beast_http::string_body> parser;
         prepare_request_parser(parser, o);
         auto head_read = co_await read_before(
-            beast_http::async_read_header(stream, buffer, parser, asio::deferred), timer, deadline);
+            beast_http::async_read_header(stream, buffer, parser, asio::deferred), timer,
+            head_deadline);
         if (head_read.ec) {
-            if (auto r = refusal_for(impl, head_read, o.max_body_bytes))
+            if (auto r = refusal_for(impl, head_read, o.max_body_bytes, head_allowed))
                 co_await refuse(impl, conn, stream, 11, std::move(*r));
             co_return;
         }
@@ -355,6 +382,48 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
                                         std::to_string(o.max_header_bytes) + " bytes"));
             co_return;
         }
+
+        // Admission (authentication) from the head alone: no body byte read, no 100-continue.
+        std::optional<Response> refused;
+        bool admit_failed = false;
+        if (o.admit) {
+            try {
+                refused = o.admit(head);
+            } catch (const std::exception& e) {
+                impl.log->error("http: admit threw for {} {} from {}: {}",
+                                std::string(head.method_string()),
+                                std::string(path_only(head.target())), conn.peer, e.what());
+                admit_failed = true;
+            } catch (...) {
+                impl.log->error("http: admit threw for {} {} from {}",
+                                std::string(head.method_string()),
+                                std::string(path_only(head.target())), conn.peer);
+                admit_failed = true;
+            }
+        }
+        if (admit_failed) {
+            co_await refuse(impl, conn, stream, version,
+                            Refusal(beast_http::status::internal_server_error, "internal_error",
+                                    "internal error; see the server log"));
+            co_return;
+        }
+        if (refused) {
+            impl.log->debug("http: {} {} from {} not admitted: {}",
+                            std::string(head.method_string()),
+                            std::string(path_only(head.target())), conn.peer,
+                            refused->result_int());
+            ++impl.rejected;
+            conn.phase = Phase::writing;
+            refused->version(version == 10 ? 10 : 11);
+            refused->keep_alive(false);
+            refused->prepare_payload();
+            if (head.method() == beast_http::verb::head) refused->body().clear();
+            if (auto ec = co_await write_answer(stream, *refused, o.write_timeout)) co_return;
+            co_await close_gracefully(impl, conn, stream);
+            co_return;
+        }
+        conn.ever_admitted = true;
+        conn.phase = Phase::body;
 
         std::size_t limit = o.max_body_bytes;
         bool limit_failed = false;
@@ -402,7 +471,7 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
             auto body_read = co_await read_before(
                 beast_http::async_read(stream, buffer, parser, asio::deferred), timer, deadline);
             if (body_read.ec) {
-                if (auto r = refusal_for(impl, body_read, limit))
+                if (auto r = refusal_for(impl, body_read, limit, o.read_timeout))
                     co_await refuse(impl, conn, stream, version, std::move(*r));
                 co_return;
             }
@@ -434,7 +503,10 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
             res = error_response(shape, beast_http::status::internal_server_error, "internal_error",
                                  "internal error; see the server log");
         }
-        const bool keep = client_keeps_alive && res->keep_alive() && !impl.stopping;
+        // Refusals of who or what the client is end the connection, as the server's own do.
+        const unsigned status_code = res->result_int();
+        const bool refusal = status_code == 401 || status_code == 413 || status_code == 431;
+        const bool keep = client_keeps_alive && res->keep_alive() && !impl.stopping && !refusal;
         res->keep_alive(keep);
         if (is_head) {
             // The length a GET would have, and no body: Beast writes whatever the body holds.
@@ -464,29 +536,24 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
 
 template <class Stream>
 asio::awaitable<void> serve(Impl& impl, ConnState& conn, Stream& stream, Clock::time_point accepted,
-                            bool turn_away) {
+                            const std::optional<Refusal>& turn_away) {
     if (turn_away) {
-        co_await refuse(
-            impl, conn, stream, 11,
-            Refusal(beast_http::status::service_unavailable, "too_many_connections",
-                    "the server already has " + std::to_string(impl.options.max_connections) +
-                        " connections open; retry later"));
+        co_await refuse(impl, conn, stream, 11, *turn_away);
     } else {
         co_await serve_requests(impl, conn, stream, accepted);
     }
 }
 
 asio::awaitable<void> run_connection(std::shared_ptr<Impl> impl, ConnList::iterator it,
-                                     tcp::socket socket, bool turn_away) {
-    const auto accepted = Clock::now();
+                                     tcp::socket socket, Clock::time_point accepted,
+                                     std::optional<Refusal> turn_away) {
     ConnState& conn = *it;
-    error_code ec;
-    conn.peer = format_endpoint(socket.remote_endpoint(ec));
-    if (impl->stopping) co_return;  // shutdown began before this coroutine ran
+    // shutdown began, or the connection was evicted, before this coroutine ran
+    if (impl->stopping || conn.evicted) co_return;
     if (impl->tls) {
         TlsStream stream(std::move(socket), *impl->tls);
         Registration registered(conn, beast::get_lowest_layer(stream));
-        beast::get_lowest_layer(stream).expires_at(accepted + impl->options.read_timeout);
+        beast::get_lowest_layer(stream).expires_at(accepted + impl->first_head_timeout());
         auto [e] = co_await stream.async_handshake(ssl::stream_base::server, tuple_awaitable);
         beast::get_lowest_layer(stream).expires_never();
         if (e) {
@@ -504,19 +571,55 @@ asio::awaitable<void> run_connection(std::shared_ptr<Impl> impl, ConnList::itera
 // Every connection coroutine is owned: listed in `list`, cancellable through its entry, and
 // removed from the list when it ends (which wakes shutdown()).
 void spawn_connection(const std::shared_ptr<Impl>& impl, ConnList& list, tcp::socket socket,
-                      bool turn_away) {
+                      const tcp::endpoint& peer, std::optional<Refusal> turn_away) {
     auto it = list.emplace(list.end());
+    it->peer = format_endpoint(peer);
+    it->address = peer.address();
+    if (!turn_away) {
+        ++impl->per_address[it->address];
+        it->counted = true;
+    }
     asio::co_spawn(
-        impl->executor, run_connection(impl, it, std::move(socket), turn_away),
+        impl->executor,
+        run_connection(impl, it, std::move(socket), Clock::now(), std::move(turn_away)),
         asio::bind_cancellation_slot(it->cancel.slot(), [impl, &list, it](std::exception_ptr e) {
             if (e && is_cancellation(e))
                 impl->log->debug("http: connection {} cancelled", it->peer);
             else if (e)
                 impl->log->error("http: connection {} ended by an exception: {}", it->peer,
                                  describe(e));
+            if (it->counted) {
+                auto a = impl->per_address.find(it->address);
+                if (a != impl->per_address.end() && --a->second == 0) impl->per_address.erase(a);
+            }
+            if (it->evicted) --impl->evicting;
             list.erase(it);
             impl->notify();
         }));
+}
+
+// Makes room for a new connection when every slot is taken (see server.hpp): closes the oldest
+// connection that never had a request admitted, else the oldest other evictable one. False if
+// every slot holds an admitted request.
+bool evict_one(Impl& impl) {
+    ConnState* victim = nullptr;
+    for (ConnState& c : impl.sessions) {
+        if (!c.evictable()) continue;
+        if (!c.ever_admitted) {
+            victim = &c;
+            break;
+        }
+        if (!victim) victim = &c;
+    }
+    if (!victim) return false;
+    victim->evicted = true;
+    ++impl.evicting;
+    ++impl.evicted;
+    impl.log->debug("http: at {} connections: closing {} ({}) to make room",
+                    impl.options.max_connections, victim->peer,
+                    victim->ever_admitted ? "idle" : "never admitted");
+    if (victim->tcp) victim->tcp->close();  // else its coroutine has not run: it ends at once
+    return true;
 }
 
 asio::awaitable<void> accept_loop(std::shared_ptr<Impl> impl) {
@@ -533,10 +636,25 @@ asio::awaitable<void> accept_loop(std::shared_ptr<Impl> impl) {
         }
         error_code ignored;
         socket.set_option(tcp::no_delay(true), ignored);  // small answers, sent at once
-        if (impl->sessions.size() < impl->options.max_connections) {
-            spawn_connection(impl, impl->sessions, std::move(socket), false);
+        const tcp::endpoint peer = socket.remote_endpoint(ignored);
+        const ServerOptions& o = impl->options;
+        std::optional<Refusal> refusal;
+        if (const auto a = impl->per_address.find(peer.address());
+            o.max_connections_per_address > 0 && a != impl->per_address.end() &&
+            a->second >= o.max_connections_per_address) {
+            refusal = Refusal(beast_http::status::service_unavailable, "too_many_connections",
+                              "too many connections from " + peer.address().to_string() +
+                                  " (at most " + std::to_string(o.max_connections_per_address) +
+                                  " per client address); retry later");
+        } else if (impl->live() >= o.max_connections && !evict_one(*impl)) {
+            refusal = Refusal(beast_http::status::service_unavailable, "too_many_connections",
+                              "the server already has " + std::to_string(o.max_connections) +
+                                  " connections busy with requests; retry later");
+        }
+        if (!refusal) {
+            spawn_connection(impl, impl->sessions, std::move(socket), peer, std::nullopt);
         } else if (impl->turning_away.size() < max_turning_away) {
-            spawn_connection(impl, impl->turning_away, std::move(socket), true);
+            spawn_connection(impl, impl->turning_away, std::move(socket), peer, std::move(refusal));
         } else {
             impl->log->debug("http: too many connections, closing one without an answer");
             ++impl->rejected;
@@ -704,7 +822,7 @@ asio::awaitable<void> Server::shutdown(milliseconds grace) {
 }
 
 std::size_t Server::open_connections() const {
-    return impl_->sessions.size();
+    return impl_->live();
 }
 
 std::uint64_t Server::requests_served() const {
@@ -713,6 +831,10 @@ std::uint64_t Server::requests_served() const {
 
 std::uint64_t Server::requests_rejected() const {
     return impl_->rejected;
+}
+
+std::uint64_t Server::connections_evicted() const {
+    return impl_->evicted;
 }
 
 }  // namespace guardia::http

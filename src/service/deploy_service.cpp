@@ -298,14 +298,7 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
     // an anonymous client learns nothing about the API beyond /healthz.
     if (needs_token) {
         who = clients->authenticate(req);
-        if (!who) {
-            auto r = http::error_response(
-                req, bh::status::unauthorized, "unauthorized",
-                "a valid 'Authorization: Bearer <token>' header is required");
-            r.set(bh::field::www_authenticate, "Bearer realm=\"guardia\"");
-            r.keep_alive(false);
-            co_return r;
-        }
+        if (!who) co_return unauthorized_response(req);  // the same answer as the server's admit
     }
     if (!path_known)
         co_return http::error_response(req, bh::status::not_found, "not_found",

@@ -16,6 +16,7 @@
 // PUT of an artifact; path segments are never empty, ".", ".." and never hold '/' or NUL;
 // bearer_token_matches agrees with a plain reading of the header; every JSON answer (the
 // server's own refusals, the handlers' errors quoting the target) is valid JSON.
+#include "guardia/core/digest.hpp"
 #include "guardia/core/json_input.hpp"
 #include "guardia/http/api_util.hpp"
 #include "guardia/http/server.hpp"
@@ -47,6 +48,20 @@ struct Limits {
     std::size_t max_json_depth = 0;
 };
 
+// The clients `guardia serve` would load: one holding every role, with the fuzzer's token.
+const guardia::service::ClientRegistry& fuzz_clients() {
+    static const guardia::service::ClientRegistry reg = [] {
+        guardia::service::ServiceConfig sc;
+        guardia::service::ClientSpec c;
+        c.name = "fuzz";
+        c.token_sha256 = guardia::sha256_hex(token);
+        c.roles = guardia::service::RoleSet::all();
+        sc.clients.push_back(c);
+        return guardia::service::ClientRegistry::load(sc).value();
+    }();
+    return reg;
+}
+
 Limits limits_of(const guardia::service::ServiceConfig& sc) {
     // As `guardia serve` (src/app/serve_command.cpp) builds its ServerOptions.
     Limits l;
@@ -56,7 +71,7 @@ Limits limits_of(const guardia::service::ServiceConfig& sc) {
     l.max_json_depth = sc.max_json_depth;
     const std::size_t artifact_limit = sc.max_artifact_bytes;
     l.server.body_limit_for = [artifact_limit](const http::Request& head) {
-        return guardia::service::request_body_limit(head, token, artifact_limit);
+        return guardia::service::request_body_limit(head, fuzz_clients(), artifact_limit);
     };
     return l;
 }

@@ -100,6 +100,7 @@ Handler test_handler(Seen& seen) {
         }
         if (first == "size")
             co_return json_response(req, Status::ok, {{"bytes", req.body().size()}});
+        if (first == "deny") co_return error_response(req, Status::unauthorized, "unauthorized", "no");
         json::object out;
         out["method"] = std::string(req.method_string());
         out["target"] = std::string(req.target());
@@ -514,7 +515,7 @@ TEST_CASE("http server: garbage is answered 400 bad_request and the server keeps
     });
 }
 
-TEST_CASE("http server: beyond max_connections, 503 too_many_connections") {
+TEST_CASE("http server: at max_connections a new connection evicts an idle one; 503 only when all are busy") {
     CapturedLog log;
     auto o = fast_options(log);
     o.max_connections = 2;
@@ -522,12 +523,13 @@ TEST_CASE("http server: beyond max_connections, 503 too_many_connections") {
     h.run([&]() -> asio::awaitable<void> {
         auto ex = h.ioc.get_executor();
         Client a(ex), b(ex), c(ex), d(ex);
+        // Both slots hold a request whose handler runs: nothing may be evicted.
         co_await a.connect(h.endpoint());
-        const auto ra = co_await a.round_trip(make_request(beast_http::verb::get, "/a"));
-        CHECK(ra.result() == Status::ok);
+        co_await a.send(make_request(beast_http::verb::get, "/slow"));
         co_await b.connect(h.endpoint());
-        const auto rb = co_await b.round_trip(make_request(beast_http::verb::get, "/b"));
-        CHECK(rb.result() == Status::ok);
+        co_await b.send(make_request(beast_http::verb::get, "/slow"));
+        for (int i = 0; i < 200 && h.seen.calls < 2; ++i) co_await sleep_for(5ms);
+        REQUIRE(h.seen.calls == 2);
         CHECK(h.server.open_connections() == 2);
 
         co_await c.connect(h.endpoint());
@@ -538,16 +540,178 @@ TEST_CASE("http server: beyond max_connections, 503 too_many_connections") {
         const bool c_closed = co_await c.sees_close(1s);
         CHECK(c_closed);
         CHECK(h.seen.calls == 2);
+        CHECK((co_await a.receive()).result() == Status::ok);
+        CHECK((co_await b.receive()).result() == Status::ok);
 
-        // A slot frees up: a new connection is served.
-        a.stream.close();
-        for (int i = 0; i < 100 && h.server.open_connections() > 1; ++i) co_await sleep_for(5ms);
-        CHECK(h.server.open_connections() == 1);
+        // a and b are now idle keep-alive connections: the oldest, a, makes room for d.
         co_await d.connect(h.endpoint());
         const auto rd = co_await d.round_trip(make_request(beast_http::verb::get, "/d"));
         CHECK(rd.result() == Status::ok);
+        const bool a_closed = co_await a.sees_close(1s);
+        CHECK(a_closed);
+        CHECK(h.server.connections_evicted() == 1);
         CHECK(h.server.requests_rejected() == 1);
+        CHECK(h.server.open_connections() == 2);
     });
+}
+
+TEST_CASE("http server: connections that never had a request admitted are evicted first") {
+    CapturedLog log;
+    auto o = fast_options(log);
+    o.max_connections = 3;
+    o.read_timeout = 2s;  // the silent ones would otherwise be dropped by the deadline
+    Harness h(o);
+    h.run([&]() -> asio::awaitable<void> {
+        auto ex = h.ioc.get_executor();
+        Client served(ex), silent1(ex), silent2(ex), late(ex);
+        co_await served.connect(h.endpoint());
+        CHECK((co_await served.round_trip(make_request(beast_http::verb::get, "/a"))).result() ==
+              Status::ok);
+        co_await silent1.connect(h.endpoint());
+        co_await silent2.connect(h.endpoint());
+        for (int i = 0; i < 200 && h.server.open_connections() < 3; ++i) co_await sleep_for(5ms);
+        REQUIRE(h.server.open_connections() == 3);
+        // At capacity: the oldest silent one goes, not the older but admitted keep-alive one.
+        co_await late.connect(h.endpoint());
+        CHECK((co_await late.round_trip(make_request(beast_http::verb::get, "/late"))).result() ==
+              Status::ok);
+        const bool silent1_closed = co_await silent1.sees_close(1s);
+        CHECK(silent1_closed);
+        CHECK((co_await served.round_trip(make_request(beast_http::verb::get, "/again")))
+                  .result() == Status::ok);
+        CHECK(h.server.connections_evicted() == 1);
+        silent2.stream.close();
+    });
+}
+
+TEST_CASE("http server: admit refuses from the head alone, before 100-continue and the body") {
+    CapturedLog log;
+    auto o = fast_options(log);
+    o.read_timeout = 2s;
+    int admits = 0;
+    o.admit = [&admits](const Request& head) -> std::optional<Response> {
+        ++admits;
+        const std::string_view target(head.target().data(), head.target().size());
+        if (target.starts_with("/throw")) throw std::runtime_error("admit-bug");
+        if (!target.starts_with("/secret") || head[beast_http::field::authorization] == "ok")
+            return std::nullopt;
+        auto r = error_response(head, Status::unauthorized, "unauthorized", "who are you");
+        r.set(beast_http::field::www_authenticate, "Bearer");
+        return r;
+    };
+    Harness h(o);
+    h.run([&]() -> asio::awaitable<void> {
+        // A head announcing a large body, none of which is ever sent: answered at once, closed.
+        const auto start = Clock::now();
+        auto out = co_await raw_exchange(h.endpoint(),
+                                         "POST /secret HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                         "Content-Type: application/json\r\n"
+                                         "Content-Length: 100000000\r\n\r\n");
+        CHECK(out.answer.starts_with("HTTP/1.1 401 "));
+        CHECK(out.answer.find("100 Continue") == std::string::npos);
+        CHECK(out.answer.find("WWW-Authenticate: Bearer") != std::string::npos);
+        CHECK(out.answer.find("Connection: close") != std::string::npos);
+        CHECK(raw_error_code(out.answer) == "unauthorized");
+        CHECK(out.closed);
+        CHECK(since(start) < 1500ms);  // not the 2 s read deadline: nothing was waited for
+        CHECK(h.seen.calls == 0);
+
+        // Admitted: the handler gets the request as usual.
+        Client c(h.ioc.get_executor());
+        co_await c.connect(h.endpoint());
+        auto req = make_request(beast_http::verb::post, "/secret/x", R"({"k": 1})");
+        req.set(beast_http::field::authorization, "ok");
+        auto res = co_await c.round_trip(req);
+        CHECK(res.result() == Status::ok);
+        CHECK(h.seen.calls == 1);
+
+        // admit throwing is a 500, closed, logged
+        auto boom = co_await raw_exchange(h.endpoint(), "GET /throw HTTP/1.1\r\nHost: x\r\n\r\n");
+        CHECK(boom.answer.starts_with("HTTP/1.1 500 "));
+        CHECK(boom.closed);
+        CHECK(log.text().find("admit-bug") != std::string::npos);
+        CHECK(admits == 3);
+        CHECK(h.seen.calls == 1);
+    });
+}
+
+TEST_CASE("http server: a handler's 401 closes the connection") {
+    CapturedLog log;
+    Harness h(fast_options(log));
+    h.run([&]() -> asio::awaitable<void> {
+        Client c(h.ioc.get_executor());
+        co_await c.connect(h.endpoint());
+        auto res = co_await c.round_trip(make_request(beast_http::verb::get, "/deny"));
+        CHECK(res.result() == Status::unauthorized);
+        CHECK_FALSE(res.keep_alive());
+        const bool closed = co_await c.sees_close(1s);
+        CHECK(closed);
+    });
+}
+
+TEST_CASE("http server: connections per client address are capped") {
+    CapturedLog log;
+    auto o = fast_options(log);
+    o.read_timeout = 2s;
+    o.max_connections_per_address = 2;
+    Harness h(o);
+    h.run([&]() -> asio::awaitable<void> {
+        auto ex = h.ioc.get_executor();
+        Client a(ex), b(ex), other(ex);
+        co_await a.connect(h.endpoint());
+        co_await b.connect(h.endpoint());
+        for (int i = 0; i < 200 && h.server.open_connections() < 2; ++i) co_await sleep_for(5ms);
+        REQUIRE(h.server.open_connections() == 2);
+        auto third = co_await raw_exchange(h.endpoint(), "");
+        CHECK(third.answer.starts_with("HTTP/1.1 503 "));
+        CHECK(raw_error_code(third.answer) == "too_many_connections");
+        CHECK(third.answer.find("127.0.0.1") != std::string::npos);
+        CHECK(third.closed);
+        // Another address is not affected.
+        other.stream.socket().open(tcp::v4());
+        other.stream.socket().bind(tcp::endpoint(asio::ip::make_address("127.0.0.2"), 0));
+        co_await other.connect(h.endpoint());
+        CHECK((co_await other.round_trip(make_request(beast_http::verb::get, "/o"))).result() ==
+              Status::ok);
+        // A freed slot can be used again.
+        a.stream.close();
+        for (int i = 0; i < 200 && h.server.open_connections() > 2; ++i) co_await sleep_for(5ms);
+        Client again(ex);
+        co_await again.connect(h.endpoint());
+        CHECK((co_await again.round_trip(make_request(beast_http::verb::get, "/x"))).result() ==
+              Status::ok);
+        b.stream.close();
+    });
+}
+
+TEST_CASE("http server: the first head has first_head_timeout, later ones read_timeout") {
+    CapturedLog log;
+    auto o = fast_options(log);
+    o.read_timeout = 3s;
+    o.first_head_timeout = 150ms;
+    Harness h(o);
+    h.run([&]() -> asio::awaitable<void> {
+        auto half = co_await raw_exchange(h.endpoint(), "GET /echo HTTP/1.1\r\nHost: x\r\n");
+        CHECK(half.answer.starts_with("HTTP/1.1 408 "));
+        CHECK(half.closed);
+        CHECK(half.elapsed >= 140ms);
+        CHECK(half.elapsed < 1s);
+        auto silent = co_await raw_exchange(h.endpoint(), "");
+        CHECK(silent.closed);
+        CHECK(silent.elapsed < 1s);
+        // An admitted connection's next head is not held to the short deadline.
+        Client c(h.ioc.get_executor());
+        co_await c.connect(h.endpoint());
+        CHECK((co_await c.round_trip(make_request(beast_http::verb::get, "/a"))).result() ==
+              Status::ok);
+        co_await sleep_for(50ms);
+        co_await asio::async_write(c.stream, asio::buffer(std::string_view("GET /b HTTP/1.1\r\n")),
+                                   asio::use_awaitable);
+        co_await sleep_for(300ms);  // past first_head_timeout, within read_timeout
+        co_await asio::async_write(c.stream, asio::buffer(std::string_view("Host: x\r\n\r\n")),
+                                   asio::use_awaitable);
+        CHECK((co_await c.receive()).result() == Status::ok);
+    }, 8s);
 }
 
 TEST_CASE("http server: body_limit_for raises the limit for one path only") {

@@ -1,5 +1,5 @@
 #include "guardia/service/service_config.hpp"
-#include "guardia/service/clients.hpp"
+#include "guardia/core/digest.hpp"
 #include "guardia/deploy/engine_config.hpp"
 #include "guardia/service/notifier.hpp"
 
@@ -12,6 +12,8 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <string_view>
+#include <vector>
 
 using guardia::service::load_api_token;
 using guardia::service::parse_service_config;
@@ -106,9 +108,26 @@ TEST_CASE("service config: conf/guardia.json's service and notifications section
 
 TEST_SUITE_END();
 
-TEST_CASE("service: the large artifact body limit only for an authenticated artifact PUT") {
+TEST_CASE("service: the large artifact body limit only for an artifact PUT by a submitter") {
     namespace bh = boost::beast::http;
+    using guardia::service::ClientRegistry;
+    using guardia::service::ClientSpec;
+    using guardia::service::Role;
     const std::string token = "0123456789abcdef-token";
+    const std::string reader = "0123456789abcdef-reader";
+    guardia::service::ServiceConfig sc;
+    ClientSpec ci;
+    ci.name = "ci";
+    ci.token_sha256 = guardia::sha256_hex(token);
+    ci.roles.add(Role::submit);
+    ClientSpec ro;
+    ro.name = "ro";
+    ro.token_sha256 = guardia::sha256_hex(reader);
+    ro.roles.add(Role::read);
+    ro.roles.add(Role::operate);
+    sc.clients = {ci, ro};
+    auto reg = ClientRegistry::load(sc);
+    REQUIRE(reg.has_value());
     auto head = [&](bh::verb method, const std::string& target, const std::string& auth) {
         guardia::http::Request req;
         req.method(method);
@@ -116,22 +135,95 @@ TEST_CASE("service: the large artifact body limit only for an authenticated arti
         if (!auth.empty()) req.set(bh::field::authorization, auth);
         return req;
     };
-    guardia::service::ClientRegistry clients;
-    clients.by_token_[token] = guardia::service::Principal{"default", guardia::service::RoleSet::all()};
-    auto request_body_limit = [&](const guardia::http::Request& h, const std::string&, std::size_t limit) {
-        return guardia::service::request_body_limit(h, clients, limit);
-    };
+    using guardia::service::request_body_limit;
     const std::string artifact = "/api/tasks/SR-1/artifacts/app.war";
-    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer " + token), token, 1 << 30) ==
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer " + token), *reg, 1 << 30) ==
           1u << 30);
-    CHECK(request_body_limit(head(bh::verb::put, artifact, "bearer  " + token), token, 100) == 100);
-    CHECK(request_body_limit(head(bh::verb::put, artifact, ""), token, 100) == 0);
-    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer x" + token), token, 100) == 0);
-    CHECK(request_body_limit(head(bh::verb::post, artifact, "Bearer " + token), token, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "bearer  " + token), *reg, 100) == 100);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer " + reader), *reg, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, ""), *reg, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer x" + token), *reg, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::post, artifact, "Bearer " + token), *reg, 100) == 0);
     CHECK(request_body_limit(head(bh::verb::put, "/api/tasks/SR-1/artifacts", "Bearer " + token),
-                             token, 100) == 0);
+                             *reg, 100) == 0);
     CHECK(request_body_limit(head(bh::verb::put, "/api/tasks/%2e%2e/artifacts/x",
                                   "Bearer " + token),
-                             token, 100) == 0);
-    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer "), "", 100) == 0);
+                             *reg, 100) == 0);
+    CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer "), *reg, 100) == 0);
+}
+
+TEST_CASE("service config: clients, transport and connection settings") {
+    auto c = parse(R"({"clients": [
+        {"name": "ci", "token_sha256": "0000000000000000000000000000000000000000000000000000000000000000",
+         "roles": ["submit", "read"]},
+        {"name": "pm.portal_1", "token_file": "/etc/guardia/pm-token", "roles": ["validate"]}],
+        "idle_timeout_s": 2.5, "max_connections_per_address": 8, "four_eyes": false,
+        "drop_dir": "/srv/drop", "allow_plaintext": false})");
+    REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().message));
+    CHECK(c->token_file.empty());
+    REQUIRE(c->clients.size() == 2);
+    CHECK(c->clients[0].name == "ci");
+    CHECK(c->clients[0].roles.names() == std::vector<std::string_view>{"submit", "read"});
+    CHECK(c->clients[1].token_file == "/etc/guardia/pm-token");
+    CHECK(c->clients[1].roles.has(guardia::service::Role::validate));
+    CHECK(c->idle_timeout.count() == 2500);
+    CHECK(c->max_connections_per_address == 8);
+    CHECK_FALSE(c->four_eyes);
+    CHECK(c->drop_dir == "/srv/drop");
+
+    auto d = parse(R"({"token_file": "/t"})");
+    REQUIRE(d.has_value());
+    CHECK(d->clients.empty());
+    CHECK(d->four_eyes);
+    CHECK_FALSE(d->allow_plaintext);
+    CHECK(d->idle_timeout.count() == 5000);
+    CHECK(d->max_connections_per_address == 32);
+    CHECK(d->drop_dir.empty());
+
+    const std::string h = R"("token_sha256": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa")";
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(, "roles": ["read"]},
+                                  {"name": "b", )" + h + R"(, "roles": ["read"]},
+                                  {"name": "c", )" + h + R"(, "roles": ["deploy"]}]})") ==
+          "guardia.json: service.clients[2].roles[0]: unknown role \"deploy\" (submit, validate, "
+          "operate, admin, read)");
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(, "roles": ["read"]},
+                                  {"name": "a", )" + h + R"(, "roles": ["read"]}]})") ==
+          "guardia.json: service.clients[1].name: duplicate client name \"a\"");
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(, "token_file": "/t", "roles": ["read"]}]})") ==
+          "guardia.json: service.clients[0]: needs exactly one of token_sha256 and token_file");
+    CHECK(error_of(R"({"clients": [{"name": "a", "roles": ["read"]}]})") ==
+          "guardia.json: service.clients[0]: needs exactly one of token_sha256 and token_file");
+    CHECK(error_of(R"({"clients": [{"name": "a", "token_sha256": "ABC", "roles": ["read"]}]})")
+              .find("service.clients[0].token_sha256: must be 64 lower-case hex") != std::string::npos);
+    CHECK(error_of(R"({"clients": [{"name": "a/b", )" + h + R"(, "roles": ["read"]}]})")
+              .find("service.clients[0].name: must be 1-64") != std::string::npos);
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(, "roles": []}]})")
+              .find("service.clients[0].roles: must be a non-empty") != std::string::npos);
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(}]})")
+              .find("service.clients[0].roles: is required") != std::string::npos);
+    CHECK(error_of(R"({"clients": [{"name": "a", )" + h + R"(, "roles": ["read"], "x": 1}]})") ==
+          "guardia.json: service.clients[0].x: unknown field");
+    CHECK(error_of(R"({"clients": {}})").find("service.clients: must be an array") != std::string::npos);
+    CHECK(error_of(R"({"clients": []})").find("service.token_file: is required") != std::string::npos);
+    CHECK(error_of(R"({"token_file": "/t", "drop_dir": "srv"})") ==
+          "guardia.json: service.drop_dir: must be an absolute path");
+
+    // plain HTTP off loopback needs allow_plaintext (or TLS)
+    for (const char* addr : {"0.0.0.0", "10.0.0.1", "::", "fe80::1", "192.168.1.1"}) {
+        const std::string text = std::string(R"({"token_file": "/t", "listen_address": ")") + addr + "\"}";
+        CAPTURE(addr);
+        CHECK(error_of(text).find("guardia.json: service.listen_address: plain HTTP") == 0);
+        CHECK(error_of(text).find("allow_plaintext") != std::string::npos);
+        auto ok = parse(std::string(R"({"token_file": "/t", "allow_plaintext": true, "listen_address": ")") +
+                        addr + "\"}");
+        CHECK(ok.has_value());
+        auto tls = parse(std::string(R"({"token_file": "/t", "tls": {"cert_file": "/c", "key_file": "/k"},
+                                         "listen_address": ")") + addr + "\"}");
+        CHECK(tls.has_value());
+    }
+    for (const char* addr : {"127.0.0.1", "127.1.2.3", "::1", "::ffff:127.0.0.1"}) {
+        CAPTURE(addr);
+        CHECK(parse(std::string(R"({"token_file": "/t", "listen_address": ")") + addr + "\"}").has_value());
+    }
+    CHECK_FALSE(guardia::service::is_loopback_address("localhost"));  // numeric only
 }

@@ -1,12 +1,13 @@
-// The embedded HTTP/1.1 server behind `guardia serve` (issue 6): connections, limits, TLS and
-// graceful shutdown. What a request means is the handler's business; the server owns what a
-// handler should never see: malformed or oversized requests, slow clients, too many
-// connections, a handler that throws.
+// The embedded HTTP/1.1 server behind `guardia serve` (issue 6, hardened in issue 12):
+// connections, limits, TLS and graceful shutdown. What a request means is the handler's
+// business; the server owns what a handler should never see: malformed or oversized requests,
+// slow clients, too many connections, unauthenticated floods, a handler that throws.
 //
 // Everything runs on the caller's executor (one single-threaded io_context): no thread, no
 // blocking call. Every wait on a client has a deadline:
-//   - a new connection must deliver its first request whole (TLS handshake included) within
-//     read_timeout of being accepted;
+//   - a new connection must deliver the head of its first request whole (TLS handshake
+//     included) within min(read_timeout, first_head_timeout) of being accepted, and the whole
+//     first request within read_timeout;
 //   - between requests a kept-alive connection may stay silent for idle_timeout; once the first
 //     byte of the next request arrives, the whole request must follow within read_timeout;
 //   - writing an answer is bounded by write_timeout.
@@ -14,17 +15,35 @@
 // nothing is closed without an answer. While the handler runs no read deadline applies: a long
 // poll may take as long as it needs.
 //
+// Admission. Once a head is parsed and within the header limit, `admit` (if set) sees it before
+// any body byte is read and before "100-continue" is sent: it authenticates (the service
+// answers 401 for an unknown token on /api/*). A refused head is answered and the connection
+// closed; the body is never read.
+//
+// Connection slots. At most max_connections connections hold a slot, and at most
+// max_connections_per_address of them come from one client address (beyond: 503 and close).
+// Unauthenticated clients must not starve authenticated ones, so when every slot is taken a
+// new connection EVICTS one instead of being refused: the oldest connection whose current
+// request has not been admitted (still in the TLS handshake, silent, or sending a head) and
+// that never had a request admitted; failing that, the oldest such connection that had (an
+// idle keep-alive connection, which HTTP allows a server to close at any time). A connection
+// whose request was admitted (its body being read, its handler running, its answer being
+// written) is never evicted; only when every slot holds one is the new connection answered 503.
+// An attacker can thus hold at most the slots that no one else needs, and only until the next
+// connection arrives; each of its connections is also bounded by the first-head deadline.
+//
 // Errors the server produces itself are JSON bodies {"error": code, "message": text}:
 //   400 bad_request          malformed request line or headers
-//   408 request_timeout      a request began but did not arrive whole within read_timeout
+//   408 request_timeout      a request began but did not arrive whole within its deadline
 //   413 payload_too_large    body over the limit (with Content-Length: before reading it)
 //   431 headers_too_large    header block over max_header_bytes
-//   500 internal_error       the handler threw (details only in the log)
-//   503 too_many_connections max_connections already open
-// After 400, 408, 413, 431 and 503 the connection is closed (after a short drain, so that the
-// answer is not lost to a TCP reset); after a handler's 500 keep-alive continues.
-// "Expect: 100-continue" is answered once the head passed the limits; for HEAD the handler's
-// answer goes out without its body.
+//   500 internal_error       the handler (or body_limit_for, admit) threw (details only in the log)
+//   503 too_many_connections every slot holds an admitted request, or the client address
+//                            already has max_connections_per_address connections
+// After 400, 408, 413, 431, 503 and an admit refusal the connection is closed (after a short
+// drain, so that the answer is not lost to a TCP reset); so it is after a handler's 401, 413 or
+// 431. After a handler's 500 keep-alive continues. "Expect: 100-continue" is answered once the
+// head passed the limits and admission; for HEAD the handler's answer goes out without its body.
 #pragma once
 
 #include "guardia/core/error.hpp"
@@ -63,15 +82,23 @@ struct ServerOptions {
     unsigned short port = 0;                  // 0: the kernel picks; read local_endpoint()
     std::size_t max_body_bytes = 1 << 20;     // default body limit -> 413
     std::size_t max_header_bytes = 16 << 10;  // request line + headers -> 431
-    std::size_t max_connections = 128;        // beyond: 503 too_many_connections, close
+    std::size_t max_connections = 128;        // beyond: evict an unadmitted one, or 503
+    std::size_t max_connections_per_address = 0;  // 0: no cap; beyond: 503, close
     std::chrono::milliseconds read_timeout{30000};   // a whole request (slowloris) -> 408/close
     std::chrono::milliseconds idle_timeout{60000};   // kept-alive, between requests -> close
+    // The head of a connection's first request (TLS handshake included), capped by
+    // read_timeout: a client that has not authenticated gets little time to hold a slot.
+    std::chrono::milliseconds first_head_timeout{10000};
     std::chrono::milliseconds write_timeout{30000};  // writing one answer -> close
     std::optional<TlsFiles> tls;  // set: HTTPS only (TLS 1.2+), cert/key loaded in listen()
     // Optional per-request body limit, decided from the request head (method + target), e.g.
     // a larger limit for artifact uploads. Returns 0 to use max_body_bytes. If it throws, the
     // request is answered 500.
     std::function<std::size_t(const Request& head)> body_limit_for;
+    // Optional admission of a request from its head alone (before any body byte is read and
+    // before "100-continue"): nullopt admits; a Response is written as it is (Connection: close)
+    // and the connection closed. If it throws, the request is answered 500 and closed.
+    std::function<std::optional<Response>(const Request& head)> admit;
     std::shared_ptr<spdlog::logger> logger;  // null: spdlog default; never sees bodies or queries
 };
 
@@ -127,6 +154,8 @@ class Server {
     // 4xx/5xx the server itself produced (limits, malformed, timeouts, 503, handler threw),
     // plus connections closed unanswered because too many were already being turned away.
     std::uint64_t requests_rejected() const;
+    // Connections closed to make room for a new one (see "Connection slots" above).
+    std::uint64_t connections_evicted() const;
 
     struct Impl;  // in server.cpp; shared with the connection coroutines, which may outlive us
 

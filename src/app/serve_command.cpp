@@ -7,6 +7,7 @@
 #include "cli.hpp"
 #include "commands.hpp"
 
+#include "guardia/deploy/credential_store.hpp"
 #include "guardia/http/server.hpp"
 #include "guardia/service/deploy_service.hpp"
 #include "guardia/service/notifier.hpp"
@@ -94,6 +95,9 @@ int serve_command(int argc, char** argv) {
         throw UsageError(std::string("--config FILE is required\n") + serve_usage);
 
     Engine engine = load_engine(common, false);
+    // An API caller writes the inventory: keys only from ssh.key_dirs (default
+    // /etc/guardia/keys), passwords only to the hosts they are bound to.
+    engine.credentials->set_policy(deploy::service_credential_policy(engine.config.key_dirs));
     auto scfg = service::parse_service_config(engine.config.service, common.config_path);
     if (!scfg) throw UsageError(scfg.error().message);
     if (port) scfg->port = static_cast<std::uint16_t>(*port);

@@ -6,7 +6,9 @@
 #include "guardia/deploy/inventory.hpp"
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/deploy/rollout.hpp"
+#include "guardia/service/inventory_policy.hpp"
 #include "guardia/service/notifier.hpp"
+#include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
@@ -330,8 +332,12 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
             auto v = json::parse(r.payload);
             nodes.push_back(std::move(v));
         }
-        return deploy::parse_inventory(json::serialize(json::object{{"nodes", std::move(nodes)}}),
-                                       what, policy);
+        auto inv = deploy::parse_inventory(
+            json::serialize(json::object{{"nodes", std::move(nodes)}}), what, policy);
+        if (!inv) return inv;
+        if (auto ok = admit_inventory(*inv, deps.engine, deps.credentials.get(), what); !ok)
+            return ok.error();
+        return inv;
     }
 
     deploy::PipelineSettings pipeline_settings(const std::string& sr_id,
@@ -554,7 +560,12 @@ asio::awaitable<http::Response> DeployService::Impl::import_inventory(const http
     auto inv = deploy::parse_inventory(json::serialize(body), "request body",
                                        deps.engine.command_policy);
     if (!inv) co_return bad(req, inv.error());
+    if (auto ok = admit_inventory(*inv, deps.engine, deps.credentials.get(), "request body"); !ok)
+        co_return bad(req, ok.error());
     const auto& nodes = body.at("nodes").as_array();
+    auto stored = co_await read([](store::Database& db) { return db.inventory_nodes("", ""); });
+    if (!stored) co_return store_failed(req, stored.error());
+    const InventoryChanges changes = diff_inventory(*stored, nodes);
     json::array names;
     for (std::size_t i = 0; i < nodes.size(); ++i) {
         store::InventoryNodeRecord r;
@@ -568,11 +579,13 @@ asio::awaitable<http::Response> DeployService::Impl::import_inventory(const http
     store::AuditEvent e;
     e.step = "INVENTORY";
     e.event = "INVENTORY_IMPORTED";
-    e.detail = std::to_string(nodes.size()) + " node(s)";
+    e.detail = std::to_string(nodes.size()) + " node(s): " + changes_summary(changes);
     deps.audit->record(std::move(e));
     if (auto d = co_await durable(); !d) co_return store_failed(req, d.error());
     co_return http::json_response(
-        req, bh::status::ok, json::object{{"imported", nodes.size()}, {"nodes", std::move(names)}});
+        req, bh::status::ok, json::object{{"imported", nodes.size()},
+                                          {"nodes", std::move(names)},
+                                          {"changes", changes_json(changes)}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::list_inventory(const http::Request& req) {
@@ -672,15 +685,12 @@ asio::awaitable<http::Response> DeployService::Impl::stage_from_path(const http:
     auto sha = required_string(body, "sha256", 64);
     if (!sha) co_return bad(req, sha.error());
     const std::string src = *path;
+    const std::string expected = lower(*sha);
+    const std::string drop_dir = deps.service.drop_dir;
+    const std::uint64_t max_bytes = deps.service.max_artifact_bytes;
     const std::function<Result<std::int64_t>(const std::string&)> copy =
-        [src](const std::string& tmp) -> Result<std::int64_t> {
-        std::error_code ec;
-        std::filesystem::copy_file(src, tmp, std::filesystem::copy_options::overwrite_existing, ec);
-        if (ec)
-            return Error(errc::local_io_failed, "path: cannot copy " + src + ": " + ec.message());
-        auto size = std::filesystem::file_size(tmp, ec);
-        if (ec) return Error(errc::local_io_failed, "cannot stat " + tmp);
-        return static_cast<std::int64_t>(size);
+        [src, expected, drop_dir, max_bytes](const std::string& tmp) -> Result<std::int64_t> {
+        return copy_from_drop_dir(drop_dir, src, max_bytes, expected, tmp);
     };
     co_return co_await stage(req, sr_id, *name, lower(*sha), copy);
 }
@@ -747,9 +757,9 @@ asio::awaitable<http::Response> DeployService::Impl::stage(
         return s;
     });
     if (!st.size) {
-        if (st.size.error().message.rfind("path:", 0) == 0) co_return bad(req, st.size.error());
-        co_return http::error_response(req, bh::status::internal_server_error, "local_io_failed",
-                                       st.size.error().message);
+        const StagingAnswer answer = staging_failure_answer(st.size.error());
+        co_return http::error_response(req, static_cast<bh::status>(answer.status), answer.code,
+                                       answer.message);
     }
     if (st.actual != sha256)
         co_return http::error_response(req, bh::status::unprocessable_entity, "checksum_mismatch",

@@ -22,7 +22,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     if (auto r =
             s.only({"listen_address", "port", "token_file", "tls", "state_dir", "max_body_bytes",
                     "max_artifact_bytes", "max_header_bytes", "max_json_depth", "max_connections",
-                    "request_timeout_s", "forbid_self_approval", "shutdown_grace_s"});
+                    "request_timeout_s", "forbid_self_approval", "shutdown_grace_s", "drop_dir"});
         !r)
         return r.error();
     Result<void> r;
@@ -32,6 +32,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     if (!(r = s.path("token_file", c.token_file))) return r.error();
     if (c.token_file.empty()) return s.error("token_file", "is required (an absolute path)");
     if (!(r = s.path("state_dir", c.state_dir))) return r.error();
+    if (!(r = s.path("drop_dir", c.drop_dir))) return r.error();
     if (!(r = s.integer("max_body_bytes", c.max_body_bytes, 1024, 1ll << 30))) return r.error();
     if (!(r = s.integer("max_artifact_bytes", c.max_artifact_bytes, 1024, 1ll << 40)))
         return r.error();

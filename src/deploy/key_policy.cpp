@@ -91,6 +91,17 @@ Result<std::string> resolve_key_file(const std::string& key_file, const KeyDirs&
     if (!dirs.restricted) return key_file;
     if (key_file.empty() || key_file[0] != '/')
         return Error(errc::invalid_argument, "'" + key_file + "' must be an absolute path");
+    // First on the text alone: a path that does not even name a key directory is refused
+    // without touching the file system, so refusals tell nothing about files elsewhere.
+    bool named_inside = false;
+    for (const auto& dir : dirs.dirs) {
+        int derr = 0;
+        const std::string rdir = real(dir, derr);
+        named_inside = named_inside || inside(key_file, dir) || (!rdir.empty() && inside(key_file, rdir));
+    }
+    if (!named_inside)
+        return Error(errc::invalid_argument,
+                     "'" + key_file + "' outside ssh.key_dirs " + list(dirs) + ": " + how_to());
     int err = 0;
     std::string resolved = real(key_file, err);
     if (resolved.empty() && err == ENOENT) {

@@ -87,8 +87,10 @@ TEST_SUITE("key_dirs") {
         KeyDirs d = key_dirs_for_cli(std::vector<std::string>{t.file("keys")});
         CHECK(resolve_key_file(t.file("keys/id"), d).value() == t.file("keys/id"));
         CHECK(resolve_key_file(t.file("keys/sub/id"), d).value() == t.file("keys/sub/id"));
-        // a link from outside into the key dir resolves inside: what is opened is inside
-        CHECK(resolve_key_file(t.file("outside/back"), d).value() == t.file("keys/id"));
+        // a link from outside into the key dir: refused on its text, before the file system is
+        // looked at (the key must be named inside a key dir and resolve inside one)
+        CHECK_FALSE(resolve_key_file(t.file("outside/back"), d).has_value());
+        CHECK(resolve_key_file(t.file("outside/back"), d).error().message.find("resolves") == std::string::npos);
         // not there yet: judged by its directory
         CHECK(resolve_key_file(t.file("keys/new"), d).value() == t.file("keys/new"));
         for (const auto& bad : {t.file("outside/id"), t.file("keys/link"), t.file("keys/dirlink/id"),

@@ -34,7 +34,9 @@ KeyDirs key_dirs_for_cli(const std::optional<std::vector<std::string>>& configur
 KeyDirs key_dirs_for_service(const std::optional<std::vector<std::string>>& configured);
 
 // The path `key_file` names once every symbolic link in it is followed (realpath), checked to lie
-// inside one of `dirs` (each resolved the same way). A file that does not exist yet resolves
+// inside one of `dirs` (each resolved the same way). A path that does not name a key directory
+// on its text is refused first, without looking at the file system (no oracle for files
+// elsewhere). A file that does not exist yet resolves
 // through its directory; it is resolved and checked again when the key is loaded. Returns the
 // resolved path: that is the file to open. Errors (errc::invalid_argument) read
 //   "'/srv/k' resolves to '/root/.ssh/id_ed25519', outside ssh.key_dirs [/etc/guardia/keys]: ..."

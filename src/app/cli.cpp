@@ -104,6 +104,13 @@ Engine load_engine(const Common& c, bool with_inventory) {
     auto creds = deploy::CredentialStore::open(e.config.credentials_file);
     if (!creds) throw UsageError(creds.error().message);
     e.credentials = *creds;
+    // ssh.key_dirs when set; bound passwords only to their hosts. Checked up front for the
+    // command line's inventory (nothing starts), and again whenever credentials are handed out.
+    // `guardia serve` replaces this with the service's policy.
+    e.credentials->set_policy(deploy::cli_credential_policy(e.config.key_dirs));
+    for (const auto& node : e.inventory.nodes)
+        if (auto ok = e.credentials->admit(node, e.credentials->policy()); !ok)
+            throw UsageError(c.inventory_path + ": " + ok.error().message);
     return e;
 }
 

@@ -7,6 +7,7 @@
 #include "cli.hpp"
 #include "commands.hpp"
 
+#include "guardia/deploy/credential_store.hpp"
 #include "guardia/http/server.hpp"
 #include "guardia/service/clients.hpp"
 #include "guardia/service/deploy_service.hpp"
@@ -96,6 +97,9 @@ int serve_command(int argc, char** argv) {
 
     harden_process();  // before any token or key is read
     Engine engine = load_engine(common, false);
+    // An API caller writes the inventory: keys only from ssh.key_dirs (default
+    // /etc/guardia/keys), passwords only to the hosts they are bound to.
+    engine.credentials->set_policy(deploy::service_credential_policy(engine.config.key_dirs));
     auto scfg = service::parse_service_config(engine.config.service, common.config_path);
     if (!scfg) throw UsageError(scfg.error().message);
     if (port) scfg->port = static_cast<std::uint16_t>(*port);

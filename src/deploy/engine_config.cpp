@@ -132,9 +132,27 @@ Result<EngineConfig> parse_engine_config(std::string_view text, std::string_view
     if (!sshs) return sshs.error();
     if (*sshs) {
         Section s(**sshs, src, "ssh");
-        GUARDIA_TRY(s.only({"known_hosts", "host_key_policy", "credentials_file"}));
+        GUARDIA_TRY(s.only({"known_hosts", "host_key_policy", "credentials_file", "key_dirs"}));
         GUARDIA_TRY(s.path("known_hosts", c.known_hosts));
         GUARDIA_TRY(s.path("credentials_file", c.credentials_file));
+        if (const auto* dirs = s.find("key_dirs")) {
+            if (!dirs->is_array())
+                return s.error("key_dirs", "must be an array of absolute directory paths");
+            std::vector<std::string> out;
+            for (std::size_t i = 0; i < dirs->get_array().size(); ++i) {
+                const auto& d = dirs->get_array()[i];
+                const std::string at = "key_dirs[" + std::to_string(i) + "]";
+                if (!d.is_string()) return s.error(at, "must be a string");
+                std::string dir(d.get_string());
+                if (dir.empty() || dir[0] != '/') return s.error(at, "must be an absolute path");
+                for (char ch : dir)
+                    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f)
+                        return s.error(at, "must not contain control characters");
+                while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+                out.push_back(std::move(dir));
+            }
+            c.key_dirs = std::move(out);
+        }
         std::string policy;
         GUARDIA_TRY(s.string("host_key_policy", policy));
         if (policy == "strict")

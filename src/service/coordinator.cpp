@@ -5,7 +5,9 @@
 #include "guardia/core/json_input.hpp"
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/credential_store.hpp"
+#include "guardia/service/inventory_policy.hpp"
 #include "guardia/service/notifier.hpp"
+#include "guardia/service/staging_policy.hpp"
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
@@ -163,13 +165,19 @@ asio::awaitable<void> Coordinator::Impl::notify(std::string_view event, const st
 
 // --- Impl: inventory, artifacts ---------------------------------------------------------------
 
-// Stored nodes are judged again: exec.allow may be stricter than when they were imported.
+// Stored nodes are judged again, credentials too: the configuration (exec.allow, key_dirs,
+// password bindings) may be stricter than when they were imported.
 Result<deploy::Inventory> Coordinator::Impl::inventory_from(
     const std::vector<store::InventoryNodeRecord>& rows, const std::string& what) const {
     json::array nodes;
     for (const auto& r : rows) nodes.push_back(json::parse(r.payload));
-    return deploy::parse_inventory(json::serialize(json::object{{"nodes", std::move(nodes)}}),
-                                   what, deps.engine.command_policy);
+    auto inv =
+        deploy::parse_inventory(json::serialize(json::object{{"nodes", std::move(nodes)}}), what,
+                                deps.engine.command_policy);
+    if (!inv) return inv;
+    if (auto ok = admit_inventory(*inv, deps.engine, deps.credentials.get(), what); !ok)
+        return ok.error();
+    return inv;
 }
 
 std::map<std::string, deploy::Node> Coordinator::Impl::nodes_by_name(
@@ -581,15 +589,23 @@ asio::awaitable<ServiceResult<Coordinator::TaskView>> Coordinator::task(std::str
     co_return v;
 }
 
-asio::awaitable<ServiceResult<std::vector<std::string>>> Coordinator::import_inventory(
+asio::awaitable<ServiceResult<Coordinator::Imported>> Coordinator::import_inventory(
     json::object body, std::string principal) {
     Impl& m = *impl_;
-    // The engine's own strict parser judges the document: the same errors as `guardia deploy`.
+    // The engine's own strict parser judges the document: the same errors as `guardia deploy`;
+    // then the service's rules for credentials (key_dirs, passwords bound to hosts).
     auto inv = deploy::parse_inventory(json::serialize(body), "request body",
                                        m.deps.engine.command_policy);
     if (!inv) co_return ServiceError(ServiceErrc::bad_request, inv.error().message);
+    if (auto ok = admit_inventory(*inv, m.deps.engine, m.deps.credentials.get(), "request body");
+        !ok)
+        co_return ServiceError(ServiceErrc::bad_request, ok.error().message);
     const auto& nodes = body.at("nodes").as_array();
-    std::vector<std::string> names;
+    auto stored = co_await m.read([](store::Database& db) { return db.inventory_nodes("", ""); });
+    if (!stored) co_return store_error(stored.error());
+    const InventoryChanges changes = diff_inventory(*stored, nodes);
+    Imported out;
+    std::vector<std::string>& names = out.names;
     for (std::size_t i = 0; i < nodes.size(); ++i) {
         store::InventoryNodeRecord r;
         r.name = inv->nodes[i].name;
@@ -602,11 +618,12 @@ asio::awaitable<ServiceResult<std::vector<std::string>>> Coordinator::import_inv
     store::AuditEvent e;
     e.step = "INVENTORY";
     e.event = "INVENTORY_IMPORTED";
-    e.detail = std::to_string(nodes.size()) + " node(s)";
+    e.detail = std::to_string(nodes.size()) + " node(s): " + changes_summary(changes);
     e.principal = principal;
     m.deps.audit->record(std::move(e));
     if (auto d = co_await m.durable(); !d) co_return store_error(d.error());
-    co_return names;
+    out.changes = changes_json(changes);
+    co_return out;
 }
 
 asio::awaitable<ServiceResult<std::vector<std::string>>> Coordinator::list_inventory(
@@ -682,10 +699,32 @@ asio::awaitable<ServiceResult<store::ArtifactRecord>> Coordinator::stage(StageRe
         return s;
     });
     if (!st.size) {
-        const auto& msg = st.size.error().message;
-        if (!request.caller_error_prefix.empty() && msg.rfind(request.caller_error_prefix, 0) == 0)
-            co_return ServiceError(request.caller_error, msg);
-        co_return ServiceError(ServiceErrc::local_io_failed, msg);
+        const auto& err = st.size.error();
+        if (err.code.category() == staging_category()) {
+            ServiceErrc code = ServiceErrc::path_refused;
+            switch (static_cast<staging_errc>(err.code.value())) {
+                case staging_errc::disabled:
+                    code = ServiceErrc::path_form_disabled;
+                    break;
+                case staging_errc::refused:
+                    code = ServiceErrc::path_refused;
+                    break;
+                case staging_errc::not_found:
+                    code = ServiceErrc::bad_request;
+                    break;
+                case staging_errc::too_large:
+                    code = ServiceErrc::payload_too_large;
+                    break;
+                case staging_errc::mismatch:
+                    code = ServiceErrc::checksum_mismatch;
+                    break;
+            }
+            co_return ServiceError(code, err.message);
+        }
+        if (!request.caller_error_prefix.empty() &&
+            err.message.rfind(request.caller_error_prefix, 0) == 0)
+            co_return ServiceError(request.caller_error, err.message);
+        co_return ServiceError(ServiceErrc::local_io_failed, err.message);
     }
     if (st.actual != sha256) {
         // The digest of bytes the caller did not send (the path form) is never told: it would

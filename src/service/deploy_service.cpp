@@ -3,6 +3,7 @@
 #include "guardia/core/json_input.hpp"
 #include "guardia/service/clients.hpp"
 #include "guardia/service/notifier.hpp"
+#include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
@@ -32,7 +33,10 @@ bh::status http_status(ServiceErrc code) noexcept {
         case ServiceErrc::self_approval:
         case ServiceErrc::four_eyes:
         case ServiceErrc::path_refused:
+        case ServiceErrc::path_form_disabled:
             return bh::status::forbidden;
+        case ServiceErrc::payload_too_large:
+            return bh::status::payload_too_large;
         case ServiceErrc::not_found:
             return bh::status::not_found;
         case ServiceErrc::conflict:
@@ -345,9 +349,11 @@ asio::awaitable<http::Response> DeployService::Impl::import_inventory(const Call
                                                    c.principal());
     if (!r) co_return error_answer(c.req, r.error());
     json::array names;
-    for (const auto& n : *r) names.push_back(json::string(n));
-    co_return http::json_response(
-        c.req, bh::status::ok, json::object{{"imported", r->size()}, {"nodes", std::move(names)}});
+    for (const auto& n : r->names) names.push_back(json::string(n));
+    co_return http::json_response(c.req, bh::status::ok,
+                                  json::object{{"imported", r->names.size()},
+                                               {"nodes", std::move(names)},
+                                               {"changes", std::move(r->changes)}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::list_inventory(const Call& c) {
@@ -449,15 +455,12 @@ asio::awaitable<http::Response> DeployService::Impl::stage_from_path(const Call&
     s.sr_id = c.seg[2];
     s.name = *name;
     s.sha256 = *sha;
-    const std::string src = *path;
-    s.write = [src](const std::string& tmp) -> Result<std::int64_t> {
-        std::error_code ec;
-        std::filesystem::copy_file(src, tmp, std::filesystem::copy_options::overwrite_existing, ec);
-        if (ec)
-            return Error(errc::local_io_failed, "path: cannot copy " + src + ": " + ec.message());
-        auto size = std::filesystem::file_size(tmp, ec);
-        if (ec) return Error(errc::local_io_failed, "cannot stat " + tmp);
-        return static_cast<std::int64_t>(size);
+    // Only a regular file inside service.drop_dir, opened without following any link below
+    // it, hashed while copied (staging_policy.hpp).
+    const std::string src = *path, expected = lower(*sha), drop_dir = coordinator.deps().service.drop_dir;
+    const std::uint64_t max_bytes = coordinator.deps().service.max_artifact_bytes;
+    s.write = [src, expected, drop_dir, max_bytes](const std::string& tmp) -> Result<std::int64_t> {
+        return copy_from_drop_dir(drop_dir, src, max_bytes, expected, tmp);
     };
     s.caller_sent_bytes = false;
     s.caller_error_prefix = "path:";

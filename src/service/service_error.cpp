@@ -26,8 +26,12 @@ std::string_view to_string(ServiceErrc code) noexcept {
             return "checksum_mismatch";
         case ServiceErrc::idempotency_key_reused:
             return "idempotency_key_reused";
+        case ServiceErrc::path_form_disabled:
+            return "path_form_disabled";
         case ServiceErrc::path_refused:
             return "path_refused";
+        case ServiceErrc::payload_too_large:
+            return "payload_too_large";
         case ServiceErrc::local_io_failed:
             return "local_io_failed";
         case ServiceErrc::store_unavailable:

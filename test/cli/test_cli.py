@@ -885,6 +885,44 @@ class CliTest(unittest.TestCase):
         self.assertRegex(r.err, "(shutdown|startup)_cmd")
         self.assertIn("not allowed by exec.allow", r.err)
         self.assert_untouched(before, self.check("node-0001"))
+    def test_12_key_dirs_and_bound_passwords(self):
+        """ssh.key_dirs is enforced by the CLI when set (exit 2, nothing runs), and a password
+        bound to hosts is never handed out for another host; without key_dirs any key works."""
+        one = self.inventory({"node-0001": 2}, "one-keys.json")
+        keys = self.path("keys")
+        os.makedirs(keys, mode=0o700)
+
+        def exec_(config, inventory=one):
+            return self.guardia("exec", "--inventory", inventory, "--known-hosts", self.known_hosts,
+                                "--config", config, "--", "printf ok")
+
+        r = exec_(self.write_json("open.json", {}))
+        self.assertEqual(r.rc, 0, r)
+        r = exec_(self.write_json("fleet-keys.json", {"ssh": {"key_dirs": [FLEET_DIR]}}))
+        self.assertEqual(r.rc, 0, r)
+        r = exec_(self.write_json("other-keys.json", {"ssh": {"key_dirs": [keys]}}))
+        self.assertEqual(r.rc, 2, r)
+        for part in ("node 'node-0001'", "auth.key_file", os.path.join(FLEET_DIR, "client_key"), "ssh.key_dirs", keys):
+            self.assertIn(part, r.err)
+        # a symlink inside key_dirs that points out of it is judged by where it leads
+        os.symlink(os.path.join(FLEET_DIR, "client_key"), os.path.join(keys, "link"))
+        linked = self.inventory({"node-0001": 2}, "linked.json",
+                                node_0001={"auth": {"key_file": os.path.join(keys, "link")}})
+        r = exec_(self.path("other-keys.json"), inventory=linked)
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("resolves to", r.err)
+        # a password bound to another host is refused before anything connects
+        creds = self.path("creds.json")
+        fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"pw": {"password": "canary-CLI-pw", "hosts": ["127.0.0.9"]}}, f)
+        pw = self.inventory({"node-0001": 2}, "pw.json", node_0001={"auth": {"password_ref": "pw"}})
+        r = exec_(self.write_json("creds-conf.json", {"ssh": {"credentials_file": creds}}), inventory=pw)
+        self.assertEqual(r.rc, 2, r)
+        for part in ("node 'node-0001'", "auth.password_ref", "'pw'", "127.0.0.1", "127.0.0.9"):
+            self.assertIn(part, r.err)
+        self.assertNotIn("canary-CLI-pw", r.err + r.out)
+
     # ================================================================== 9. audit chain
     def test_9_audit_verify_detects_tampering(self):
         """A real rollout's audit DB verifies intact; each edit an attacker with the file can

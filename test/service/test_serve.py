@@ -352,6 +352,13 @@ class ServeTest(unittest.TestCase):
     def state_dir(self):
         return self.path("state")
 
+    @property
+    def drop_dir(self):
+        """service.drop_dir: the only place the path form of staging reads from."""
+        d = self.path("drop")
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        return d
+
     def write_json(self, name, obj):
         with open(self.path(name), "w") as f:
             json.dump(obj, f, indent=1)
@@ -364,7 +371,7 @@ class ServeTest(unittest.TestCase):
         svc = {"listen_address": "127.0.0.1", "port": 0, "token_file": self.path("token"),
                "state_dir": self.state_dir, "max_body_bytes": 65536, "max_artifact_bytes": 16 * 1024 * 1024,
                "max_header_bytes": 8192, "max_json_depth": 16, "forbid_self_approval": True,
-               "shutdown_grace_s": 120}
+               "shutdown_grace_s": 120, "drop_dir": self.drop_dir}
         svc.update(service or {})
         notif = {"webhooks": [
                     {"name": "pm", "event": "pm_review_needed", "url": self.receiver.url("/pm"),
@@ -375,7 +382,8 @@ class ServeTest(unittest.TestCase):
         if notifications is not None:
             notif = notifications
         return {"rollout": r, "pipeline": {"keep_backups": 50},
-                "ssh": {"known_hosts": self.known_hosts, "host_key_policy": "strict"},
+                "ssh": {"known_hosts": self.known_hosts, "host_key_policy": "strict",
+                        "key_dirs": [FLEET_DIR]},        # the fleet's client key lives there
                 "store": {"db": self.db}, "service": svc, "notifications": notif}
 
     def start_service(self, conf=None, receiver=True, label="serve"):
@@ -577,7 +585,7 @@ class ServeTest(unittest.TestCase):
         host (POST {"name", "path", "sha256"}), which the service copies."""
         for name, data in arts.items():
             if name in by_path:
-                src = self.path(f"drop-{sr}-{name}")
+                src = os.path.join(self.drop_dir, f"drop-{sr}-{name}")
                 with open(src, "wb") as f:
                     f.write(data)
                 r = self.api("POST", f"/api/tasks/{sr}/artifacts", {"name": name, "path": src, "sha256": sha256(data)})
@@ -761,7 +769,7 @@ class ServeTest(unittest.TestCase):
         self.create_task(sr, title="happy path")
         arts = self.artifacts("happy")
         self.stage(sr, arts, by_path=["VERSION"])
-        os.unlink(self.path(f"drop-{sr}-VERSION"))        # copied: the drop file may go
+        os.unlink(os.path.join(self.drop_dir, f"drop-{sr}-VERSION"))        # copied: the drop file may go
         t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
         self.assertLessEqual({"sr_id", "status", "inst_id", "system_name", "requester", "approver", "rollout_id",
                               "reason", "created_ms", "updated_ms", "artifacts"}, set(t), t)
@@ -1075,14 +1083,14 @@ class ServeTest(unittest.TestCase):
                              b"Host: t\r\n" + auth_h + b"Content-Type: application/octet-stream\r\n" +
                              b"Content-Length: %d\r\n\r\n" % len(huge) + huge)
         case(r, 413, "payload_too_large")
-        src = self.path("drop.jar")
+        src = os.path.join(self.drop_dir, "drop.jar")
         with open(src, "wb") as f:
             f.write(data)
         case(self.api("POST", f"/api/tasks/{sr}/artifacts",
                                    {"name": "app.jar", "path": src, "sha256": sha256(b"other")}),
                           422, "checksum_mismatch")
         case(self.api("POST", f"/api/tasks/{sr}/artifacts",
-                                   {"name": "app.jar", "path": self.path("missing.jar"), "sha256": sha256(data)}),
+                                   {"name": "app.jar", "path": os.path.join(self.drop_dir, "missing.jar"), "sha256": sha256(data)}),
                           400, "bad_request", "path")
         t = self.ok(self.api("GET", f"/api/tasks/{sr}"))
         self.assertEqual(t["artifacts"], [], "nothing staged")

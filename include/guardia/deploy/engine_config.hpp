@@ -13,8 +13,10 @@
 
 #include <boost/json/value.hpp>
 
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace guardia::deploy {
 
@@ -27,6 +29,10 @@ struct EngineConfig {
     std::string known_hosts;  // "ssh.known_hosts"; empty: the caller's default
     ssh::HostKeyPolicy host_key_policy = ssh::HostKeyPolicy::strict;
     std::string credentials_file;  // "ssh.credentials_file": passwords by reference (0600)
+    // "ssh.key_dirs": absolute directories an inventory's auth.key_file must resolve into.
+    // nullopt (absent): guardia deploy/exec accept any key file, guardia serve only
+    // /etc/guardia/keys (key_policy.hpp).
+    std::optional<std::vector<std::string>> key_dirs;
     std::string db;                // "store.db"; empty: the caller's default
     // "exec.allow": when set, `guardia exec` and the inventory's shutdown/startup commands
     // must match one of these argv-prefix patterns (on top of the sanitizer).

@@ -87,9 +87,14 @@ class Coordinator {
                                                                 std::string principal);
     boost::asio::awaitable<ServiceResult<TaskView>> task(std::string sr_id);
 
-    // The import's body as the engine's strict parser judges it; returns the node names.
-    boost::asio::awaitable<ServiceResult<std::vector<std::string>>> import_inventory(
-        boost::json::object body, std::string principal);
+    // The import's body as the engine's strict parser and the service's credential rules
+    // (inventory_policy.hpp) judge it; returns the node names and what changed.
+    struct Imported {
+        std::vector<std::string> names;
+        boost::json::object changes;  // changes_json(): added / changed (fields) / unchanged
+    };
+    boost::asio::awaitable<ServiceResult<Imported>> import_inventory(boost::json::object body,
+                                                                     std::string principal);
     // Stored node documents (JSON text) of inst_id/system_name (empty: any).
     boost::asio::awaitable<ServiceResult<std::vector<std::string>>> list_inventory(
         std::string inst_id, std::string system_name);

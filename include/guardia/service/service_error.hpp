@@ -22,7 +22,9 @@ enum class ServiceErrc {
     approval_mismatch,       // the approved artifact set is not what is staged
     checksum_mismatch,       // staged bytes do not have the announced sha256
     idempotency_key_reused,  // the key was used for another request
+    path_form_disabled,      // the path form is off (service.drop_dir not set)
     path_refused,            // the path form names a file the service may not read
+    payload_too_large,       // the path form's file is over service.max_artifact_bytes
     local_io_failed,         // the deploy host's own files could not be written
     store_unavailable,       // the store could not be read or written
     stopping,                // the service is draining: no new work

@@ -29,9 +29,6 @@ struct ServiceConfig {
     std::string tls_cert_file;  // both set: HTTPS only
     std::string tls_key_file;
     std::string state_dir = "/var/lib/guardia";   // staged artifacts live below it
-    // The only directory the path form of staging (POST /api/tasks/{sr}/artifacts with "path")
-    // reads from; empty: the path form is disabled (docs/SECURITY.md).
-    std::string drop_dir;
     std::size_t max_body_bytes = 4u << 20;        // JSON requests (an inventory of 1000s of nodes)
     std::size_t max_artifact_bytes = 1ull << 30;  // one staged artifact, uploaded in the body
     std::size_t max_header_bytes = 16u << 10;
@@ -49,8 +46,8 @@ struct ServiceConfig {
     std::size_t max_connections_per_address = 32;  // beyond: 503 too_many_connections
     // Whether the PM verdict may not come from the task's requester or approver.
     bool four_eyes = true;
-    // "drop_dir": the only directory path-form staging may copy from (absolute); empty: the
-    // path form is disabled.
+    // "drop_dir": the only directory the path form of staging (POST /api/tasks/{sr}/artifacts
+    // with "path") reads from (absolute); empty: the path form is disabled (docs/SECURITY.md).
     std::string drop_dir;
     std::string source;  // the configuration file's name, for errors found after parsing
 };

@@ -294,13 +294,20 @@ def parse_raw_response(raw):
 
 class ServeTest(unittest.TestCase):
     maxDiff = None
+    FIXTURE = "serve_fleet"
+
+    @classmethod
+    def expected_faults(cls):
+        """{node: [fault kinds]} of the fixture (test/service/CMakeLists.txt)."""
+        return {**{n: [] for n in HEALTHY}, **{n: ["rejects_new_build"] for n in REJECT},
+                **{n: ["health_slow"] for n in SLOW}}
 
     @classmethod
     def setUpClass(cls):
         if os.geteuid() != 0:
             raise AssertionError("the service tests need root (the fleet's client key and node files are root-only)")
         if not FLEET_DIR or not os.path.exists(os.path.join(FLEET_DIR, "fleet.json")):
-            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_SERVE={FLEET_DIR!r} (fixture serve_fleet)")
+            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_SERVE={FLEET_DIR!r} (fixture {cls.FIXTURE})")
         if not os.access(GUARDIA, os.X_OK):
             raise AssertionError(f"guardia binary not found: {GUARDIA}")
         with open(os.path.join(FLEET_DIR, "fleet.json")) as f:
@@ -310,11 +317,10 @@ class ServeTest(unittest.TestCase):
         cls.fnodes = {n["name"]: n for n in cls.info["nodes"]}
         cls.known_hosts = os.path.join(FLEET_DIR, "known_hosts")
         kinds = {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
-        want = {**{n: [] for n in HEALTHY}, **{n: ["rejects_new_build"] for n in REJECT},
-                **{n: ["health_slow"] for n in SLOW}}
-        if kinds != want:
-            raise AssertionError(f"the serve_fleet fixture is not what the tests expect: {kinds}")
-        cls.slow_s = min(x["seconds"] for n in SLOW for x in cls.fnodes[n]["faults"])
+        if kinds != cls.expected_faults():
+            raise AssertionError(f"the {cls.FIXTURE} fixture is not what the tests expect: {kinds}")
+        slow = [x["seconds"] for n in cls.fnodes.values() for x in n["faults"] if x["kind"] == "health_slow"]
+        cls.slow_s = min(slow) if slow else 0
         if cls.slow_s + 5 > SLOW_HEALTH_TIMEOUT_S:
             raise AssertionError("SLOW_HEALTH_TIMEOUT_S must exceed the fixture's health_slow seconds")
         os.makedirs(WORK_ROOT, exist_ok=True)

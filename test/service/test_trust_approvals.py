@@ -236,6 +236,7 @@ class ApprovalsTest(TrustBase):
         self.assertEqual(by_event.get("ARTIFACT_STAGED"), {"approvals"}, rows)
         self.assertEqual(by_event.get("TASK_DEPLOYING"), {"approvals"}, rows)
         self.assertEqual(by_event.get("TASK_COMPLETED"), {"pm"}, rows)
+        self.token = tokens["viewer"]     # api_audit() pages with self.token
         events = self.api_audit(sr)
         self.assertIn("principal", events[0])
         self.assertEqual({e["principal"] for e in events if e["event"] == "TASK_COMPLETED"}, {"pm"})

@@ -383,8 +383,10 @@ class TrustHttpTest(TrustBase):
         conf = self.config(service={"clients": clients})
         del conf["service"]["token_file"]
         self.start_service(conf)
-        for tok in (ci_token, ops_token):
-            self.assertEqual(self.api("GET", "/api/tasks/SR-NONE", token=f"Bearer {tok}").status, 404)
+        # both tokens are known; the route's role decides (GET /api/tasks/{sr} needs read)
+        self.assertEqual(self.api("GET", "/api/tasks/SR-NONE", token=f"Bearer {ops_token}").status, 404)
+        self.assert_error(self.api("GET", "/api/tasks/SR-NONE", token=f"Bearer {ci_token}"), 403, "forbidden",
+                          "'ci'", "'read'")
         self.assert_error(self.api("GET", "/api/tasks/SR-NONE"), 401, "unauthorized")   # the legacy token is not set
         self.assert_error(self.api("GET", "/api/tasks/SR-NONE", token=f"Bearer {sha256(ci_token.encode())}"),
                           401, "unauthorized")

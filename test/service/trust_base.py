@@ -12,7 +12,6 @@ Each suite owns its nodes, so the suites can run in parallel:
   test_trust_http.py       node-0017..0020, node-0022, node-0024
 """
 
-import json
 import os
 import sys
 import unittest
@@ -21,7 +20,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import test_serve  # noqa: E402  (reads GUARDIA_TEST_FLEET_SERVE / GUARDIA_SERVE_WORK)
-from test_serve import ServeTest, FLEET_DIR, GUARDIA, WORK_ROOT  # noqa: E402,F401
+from test_serve import ServeTest, FLEET_DIR, GUARDIA, WORK_ROOT  # noqa: E402,F401  (re-exported to the suites)
 
 TRUST_HEALTHY = [f"node-{i:04d}" for i in range(1, 21)]
 TRUST_SLOW = ["node-0021", "node-0022"]
@@ -29,29 +28,14 @@ TRUST_REJECT = ["node-0023", "node-0024"]
 
 
 class TrustBase(ServeTest):
-    """ServeTest's plumbing; only the tests a subclass defines itself are run (load_tests)."""
+    """ServeTest's plumbing on the trust_fleet; only the tests a subclass defines itself are run
+    (load_tests)."""
+    FIXTURE = "trust_fleet"
 
     @classmethod
-    def setUpClass(cls):
-        if os.geteuid() != 0:
-            raise AssertionError("the trust tests need root (the fleet's client key and node files are root-only)")
-        if not FLEET_DIR or not os.path.exists(os.path.join(FLEET_DIR, "fleet.json")):
-            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_SERVE={FLEET_DIR!r} (fixture trust_fleet)")
-        if not os.access(GUARDIA, os.X_OK):
-            raise AssertionError(f"guardia binary not found: {GUARDIA}")
-        with open(os.path.join(FLEET_DIR, "fleet.json")) as f:
-            cls.info = json.load(f)
-        with open(os.path.join(FLEET_DIR, "inventory.json")) as f:
-            cls.inv = {n["name"]: n for n in json.load(f)["nodes"]}
-        cls.fnodes = {n["name"]: n for n in cls.info["nodes"]}
-        cls.known_hosts = os.path.join(FLEET_DIR, "known_hosts")
-        kinds = {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
-        want = {**{n: [] for n in TRUST_HEALTHY}, **{n: ["health_slow"] for n in TRUST_SLOW},
+    def expected_faults(cls):
+        return {**{n: [] for n in TRUST_HEALTHY}, **{n: ["health_slow"] for n in TRUST_SLOW},
                 **{n: ["rejects_new_build"] for n in TRUST_REJECT}}
-        if kinds != want:
-            raise AssertionError(f"the trust_fleet fixture is not what the tests expect: {kinds}")
-        os.makedirs(WORK_ROOT, exist_ok=True)
-        os.chmod(WORK_ROOT, 0o711)
 
 
 def own_tests(cls):

@@ -414,8 +414,13 @@ asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
 // after checking on each node that the SR's approved release is still the live one: a node
 // running anything else is refused by name and left as it is. Nodes whose latest row says
 // ROLLED_BACK_BY_PM are done already (a re-run after a restart). Returns (rolled back, failed).
+//
+// A rollback resumed after a crash does not verify: a node it was restoring when the process
+// died may hold the old build already (the restore is one rename) or be mid-step under its own
+// lock, and refusing it would leave it so; the SR's claim kept every other SR off these nodes
+// all along (recovery runs before the listener opens).
 asio::awaitable<std::pair<std::size_t, std::size_t>> Coordinator::Impl::pm_rollback_nodes(
-    const store::TaskRecord& task) {
+    const store::TaskRecord& task, bool verify_live) {
     const std::string inst = task.inst_id, sys = task.system_name;
     auto deployed = co_await deployed_nodes(task.sr_id);
     auto rows = co_await read([&](store::Database& db) { return db.inventory_nodes(inst, sys); });
@@ -436,7 +441,8 @@ asio::awaitable<std::pair<std::size_t, std::size_t>> Coordinator::Impl::pm_rollb
     auto settings =
         std::make_shared<deploy::PipelineSettings>(pipeline_settings(task.sr_id, task.rollout_id));
     settings->reclaim_own_lock = true;  // a restart may find this rollback's own locks
-    auto live = std::make_shared<std::vector<deploy::ArtifactSpec>>(std::move(*expected));
+    auto live = std::make_shared<std::vector<deploy::ArtifactSpec>>();
+    if (verify_live) *live = std::move(*expected);
     const std::function<asio::awaitable<void>(std::size_t)> one =
         [this, &todo, &nodes, settings, live, ok, failed](std::size_t i) -> asio::awaitable<void> {
         store::NodeResult r = todo[i];
@@ -476,7 +482,7 @@ asio::awaitable<void> Coordinator::Impl::run_pm_rollback(std::shared_ptr<Work> w
     e.event = "PM_ROLLBACK_START";
     e.principal = w->principal;
     deps.audit->record(e);
-    auto [ok, failed] = co_await pm_rollback_nodes(w->task);
+    auto [ok, failed] = co_await pm_rollback_nodes(w->task, !w->resumed);
     e.event = "PM_ROLLBACK_DONE";
     e.detail = std::to_string(ok) + " rolled back, " + std::to_string(failed) + " failed";
     deps.audit->record(e);

@@ -55,6 +55,7 @@ struct Coordinator::Work {
     std::int64_t created_ms = 0;
     std::unique_ptr<deploy::Rollout> rollout;
     std::unique_ptr<StepTimer> step_timer;
+    bool resumed = false;  // a PM rollback the previous process left unfinished
     bool done = false;
     boost::json::object final_body;  // the ?wait=true answer
     boost::asio::steady_timer done_signal;
@@ -142,8 +143,10 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     static boost::asio::awaitable<void> wait_done(std::shared_ptr<Work> w);
     boost::asio::awaitable<void> run_deploy(std::shared_ptr<Work> w);
     boost::asio::awaitable<void> run_pm_rollback(std::shared_ptr<Work> w);
+    // verify_live: check each node still runs the approved release before restoring it (off
+    // when a rollback interrupted by a crash is resumed: see pm_rollback_nodes).
     boost::asio::awaitable<std::pair<std::size_t, std::size_t>> pm_rollback_nodes(
-        const store::TaskRecord& task);
+        const store::TaskRecord& task, bool verify_live);
     boost::asio::awaitable<void> recover_rollout(const store::RolloutRecord& r);
     boost::asio::awaitable<std::size_t> recover();
     boost::asio::awaitable<void> drain(std::chrono::milliseconds grace);

@@ -232,6 +232,7 @@ asio::awaitable<std::size_t> Coordinator::Impl::recover() {
         w->kind = WorkKind::rollback;
         w->task = t;
         w->rollout_id = t.rollout_id;
+        w->resumed = true;
         active[t.sr_id] = w;
         if (auto held = co_await claimed_nodes(t)) hold(t.sr_id, ClaimKind::rolling_back, *held);
         co_await run_pm_rollback(w);

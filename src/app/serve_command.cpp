@@ -174,14 +174,13 @@ int serve_command(int argc, char** argv) {
         so.body_limit_for = [artifact_limit, clients](const http::Request& head) {
             return service::request_body_limit(head, *clients, artifact_limit);
         };
-        // Authentication from the head alone: an unknown token on /api/* is answered 401 and
-        // the connection closed before a body byte is read (the role is the handler's business).
+        // Authentication from the head alone, before a body byte is read: the only request an
+        // anonymous client may make is a body-less GET (or HEAD) of /healthz; anything else,
+        // an undecodable path or an unknown path included, without a known token is answered
+        // 401 and the connection closed (the role is the route table's business). An admitted
+        // anonymous request is thus tiny and cannot hold a slot while it trickles a body.
         so.admit = [clients](const http::Request& head) -> std::optional<http::Response> {
-            // The same test as the router's: everything under /api, and /metrics.
-            const auto seg = http::path_segments(head.target());
-            if (!seg || seg->empty()) return std::nullopt;
-            if ((*seg)[0] != "api" && !(seg->size() == 1 && (*seg)[0] == "metrics"))
-                return std::nullopt;
+            if (service::anonymous_request_allowed(head)) return std::nullopt;
             if (clients->authenticate(head)) return std::nullopt;
             return service::unauthorized_response(head);
         };

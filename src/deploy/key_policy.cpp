@@ -127,8 +127,38 @@ Result<std::string> resolve_key_file(const std::string& key_file, const KeyDirs&
                  what + " outside ssh.key_dirs " + list(dirs) + ": " + how_to());
 }
 
+// Four dot-separated labels of 1-3 digits: an IPv4 literal.
+bool ipv4_literal(std::string_view h) {
+    int labels = 0;
+    std::size_t run = 0;
+    for (char c : h) {
+        if (c == '.') {
+            if (run == 0) return false;
+            ++labels;
+            run = 0;
+        } else if (c >= '0' && c <= '9' && run < 3) {
+            ++run;
+        } else {
+            return false;
+        }
+    }
+    return run > 0 && labels == 3;
+}
+
+// A pattern whose labels are all digits or wildcards ("10.1.2.*") names IPv4 addresses: it must
+// never match a DNS name such as "10.1.2.com", which whoever owns "2.com" controls.
+bool numeric_pattern(std::string_view p) {
+    bool digit = false;
+    for (char c : p) {
+        if (c >= '0' && c <= '9') digit = true;
+        else if (c != '.' && c != '*' && c != '?') return false;
+    }
+    return digit;
+}
+
 bool host_matches(std::string_view pattern, std::string_view host) {
     if (pattern.empty() || host.empty()) return false;
+    if (numeric_pattern(pattern) && !ipv4_literal(host)) return false;
     return glob(pattern, host);
 }
 

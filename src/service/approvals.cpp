@@ -23,10 +23,25 @@ bool same_identity(std::string_view a, std::string_view b) {
     return !na.empty() && na == nb;
 }
 
+// Control characters make two identities look alike ("alice\0" shows as "alice"): refused
+// inside the name (surrounding whitespace is dropped by the normalisation anyway).
+ServiceResult<void> check_identity(std::string_view field, std::string_view id) {
+    const std::string f(field);
+    const auto trimmed = normalize_identity(id);
+    if (trimmed.empty()) return ServiceError(ServiceErrc::bad_request, f + ": must not be blank");
+    if (id.size() > 256) return ServiceError(ServiceErrc::bad_request, f + ": longer than 256");
+    for (char c : trimmed) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f)
+            return ServiceError(ServiceErrc::bad_request,
+                                f + ": must not hold control characters");
+    }
+    return {};
+}
+
 ServiceResult<void> check_approver(std::string_view requester, std::string_view approver,
                                    bool forbid_self_approval) {
-    if (normalize_identity(approver).empty())
-        return ServiceError(ServiceErrc::bad_request, "approver_id: must not be blank");
+    if (auto ok = check_identity("approver_id", approver); !ok) return ok;
     if (forbid_self_approval && same_identity(requester, approver))
         return ServiceError(ServiceErrc::self_approval,
                             "approver " + printable(approver) +
@@ -35,20 +50,21 @@ ServiceResult<void> check_approver(std::string_view requester, std::string_view 
 }
 
 ServiceResult<void> check_verdict_author(std::string_view pm, std::string_view requester,
-                                         std::string_view approver, bool four_eyes) {
-    if (normalize_identity(pm).empty())
-        return ServiceError(ServiceErrc::bad_request, "pm_id: must not be blank");
+                                         const std::vector<std::string>& approvers,
+                                         bool four_eyes) {
+    if (auto ok = check_identity("pm_id", pm); !ok) return ok;
     if (!four_eyes) return {};
     if (same_identity(pm, requester))
         return ServiceError(ServiceErrc::four_eyes,
                             "PM " + printable(pm) +
                                 " requested this change; the verdict must come from someone "
                                 "other than the requester and the approver");
-    if (same_identity(pm, approver))
-        return ServiceError(ServiceErrc::four_eyes,
-                            "PM " + printable(pm) +
-                                " approved this deployment; the verdict must come from someone "
-                                "other than the requester and the approver");
+    for (const auto& approver : approvers)
+        if (same_identity(pm, approver))
+            return ServiceError(ServiceErrc::four_eyes,
+                                "PM " + printable(pm) +
+                                    " approved this deployment; the verdict must come from "
+                                    "someone other than the requester and the approver");
     return {};
 }
 

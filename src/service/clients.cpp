@@ -133,6 +133,17 @@ Result<ClientRegistry> ClientRegistry::load(const ServiceConfig& config) {
     return reg;
 }
 
+bool anonymous_request_allowed(const http::Request& head) {
+    namespace bh = http::beast_http;
+    if (head.method() != bh::verb::get && head.method() != bh::verb::head) return false;
+    const auto seg = http::path_segments(head.target());
+    if (!seg || seg->size() != 1 || (*seg)[0] != "healthz") return false;
+    if (head.count(bh::field::transfer_encoding)) return false;
+    if (auto it = head.find(bh::field::content_length); it != head.end() && it->value() != "0")
+        return false;
+    return true;
+}
+
 http::Response unauthorized_response(const http::Request& req) {
     auto r = http::error_response(req, http::beast_http::status::unauthorized, "unauthorized",
                                   "a valid 'Authorization: Bearer <token>' header is required");

@@ -11,17 +11,21 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <set>
+#include <tuple>
 
 namespace guardia::service {
 
@@ -96,9 +100,29 @@ std::vector<deploy::Node> deployed_in(const deploy::RolloutReport& report) {
     return out;
 }
 
+// A host as the resolver will read it, for the literal forms: "127.1", "0x7f.1" and
+// "127.000.000.001" (inet_aton) are 127.0.0.1, "::ffff:127.0.0.1" too, IPv6 in its canonical
+// text. Names stay names (lower-cased): "localhost" is not resolved (docs/SECURITY.md).
+std::string canonical_host(const std::string& host) {
+    in_addr v4{};
+    if (::inet_aton(host.c_str(), &v4) != 0) {
+        char buf[INET_ADDRSTRLEN] = {};
+        if (::inet_ntop(AF_INET, &v4, buf, sizeof buf)) return buf;
+    }
+    boost::system::error_code ec;
+    auto a = boost::asio::ip::make_address(host, ec);
+    if (!ec) {
+        if (a.is_v6() && a.to_v6().is_v4_mapped())
+            return boost::asio::ip::make_address_v4(boost::asio::ip::v4_mapped, a.to_v6())
+                .to_string();
+        return a.to_string();
+    }
+    return lower(host);
+}
+
 // Where a node's release lives: the same directory on the same server, whatever its name.
 std::string target_of(const deploy::Node& n) {
-    return lower(n.host) + ":" + std::to_string(n.ssh_port) + ":" + n.deploy_path;
+    return canonical_host(n.host) + ":" + std::to_string(n.ssh_port) + ":" + n.deploy_path;
 }
 
 }  // namespace
@@ -204,35 +228,45 @@ deploy::PipelineSettings Coordinator::Impl::pipeline_settings(const std::string&
     return s;
 }
 
-// The FIRST backup the SR took of each node: after a failed attempt and a retry, the retry's
-// backup holds the first attempt's build, so only the first backup is the node as it was
-// before the change.
+// The nodes the SR's release is on, each with the backup that holds the node as it was before
+// that release (deployed_restore_points: pure, unit-tested).
+// A node may have a second inventory name (another inst_id/system_name, same host, port and
+// deploy path): what was deployed through that name is part of the node's history too.
 asio::awaitable<std::optional<std::map<std::string, DeployedNode>>>
 Coordinator::Impl::deployed_nodes(const std::string& sr_id) {
     const std::string sr = sr_id;
-    auto rollouts = co_await read([&](store::Database& db) { return db.rollouts_for(sr); });
-    if (!rollouts) co_return std::nullopt;
-    struct Seen {
-        DeployedNode node;
-        bool deployed = false;
-    };
-    std::map<std::string, Seen> seen;
-    for (auto r = rollouts->rbegin(); r != rollouts->rend(); ++r) {  // oldest first
-        const std::string rid = r->id;
-        auto res = co_await read([&](store::Database& db) { return db.node_results(rid); });
-        if (!res) co_return std::nullopt;
-        for (auto& n : *res) {
-            Seen& s = seen[n.node];
-            if (s.node.first_backup.empty()) s.node.first_backup = n.backup_path;
-            s.deployed = s.deployed || n.status == "DEPLOYED";
-            s.node.latest = std::move(n);
-        }
+    auto rows = co_await read([&](store::Database& db) { return db.node_histories(sr); });
+    auto inventory =
+        co_await read([](store::Database& db) { return db.inventory_nodes("", ""); });
+    if (!rows || !inventory) co_return std::nullopt;
+    std::map<std::string, std::string> target_of_name;
+    std::multimap<std::string, std::string> names_at;
+    for (const auto& [name, node] : nodes_by_name(*inventory)) {
+        target_of_name[name] = target_of(node);
+        names_at.emplace(target_of(node), name);
     }
-    std::map<std::string, DeployedNode> out;
-    for (auto& [name, s] : seen)
-        if (s.deployed && s.node.latest.status != "ROLLED_BACK_BY_PM")
-            out.emplace(name, std::move(s.node));
-    co_return out;
+    std::set<std::string> ours;
+    for (const auto& r : *rows)
+        if (r.sr_id == sr) ours.insert(r.result.node);
+    std::map<std::string, std::string> alias_of;  // another name -> the SR's name for it
+    for (const auto& name : ours) {
+        auto t = target_of_name.find(name);
+        if (t == target_of_name.end()) continue;
+        for (auto [it, end] = names_at.equal_range(t->second); it != end; ++it)
+            if (!ours.count(it->second)) alias_of.emplace(it->second, name);
+    }
+    if (alias_of.empty()) co_return deployed_restore_points(sr, *rows);
+    std::vector<std::string> also;
+    for (const auto& [alias, name] : alias_of) also.push_back(alias);
+    auto all = co_await read([&](store::Database& db) { return db.node_histories(sr, also); });
+    if (!all) co_return std::nullopt;
+    for (auto& r : *all)
+        if (auto a = alias_of.find(r.result.node); a != alias_of.end()) r.result.node = a->second;
+    std::stable_sort(all->begin(), all->end(), [](const auto& x, const auto& y) {
+        return std::tie(x.result.node, x.rollout_created_ms, x.result.rollout_id) <
+               std::tie(y.result.node, y.rollout_created_ms, y.result.rollout_id);
+    });
+    co_return deployed_restore_points(sr, *all);
 }
 
 asio::awaitable<ServiceResult<std::vector<deploy::ArtifactSpec>>>
@@ -262,6 +296,39 @@ Coordinator::Impl::approved_specs(const store::TaskRecord& task) {
         specs.push_back(std::move(s));
     }
     co_return specs;
+}
+
+// After a failed attempt and a retry, the retry's backup holds the first attempt's build, so the
+// node as it was before the SR is the FIRST backup the SR took of it -- unless another SR
+// changed the node in between (deployed over a build a failed attempt left, or rolled its own
+// back): then the node before this SR's release is the first backup taken after that change.
+// Only what the SR deployed after the last foreign change counts as its release on the node.
+std::map<std::string, DeployedNode> deployed_restore_points(
+    const std::string& sr_id, const std::vector<store::NodeHistoryRow>& rows) {
+    std::map<std::string, std::vector<const store::NodeHistoryRow*>> by_node;
+    for (const auto& r : rows) by_node[r.result.node].push_back(&r);
+    std::map<std::string, DeployedNode> out;
+    for (const auto& [name, history] : by_node) {
+        std::size_t start = 0;
+        for (std::size_t i = 0; i < history.size(); ++i) {
+            const auto& h = *history[i];
+            const auto& st = h.result.status;
+            if (h.sr_id != sr_id && (st == "DEPLOYED" || st == "ROLLED_BACK_BY_PM"))
+                start = i + 1;
+        }
+        DeployedNode d;
+        bool deployed = false, ours = false;
+        for (std::size_t i = start; i < history.size(); ++i) {
+            const auto& h = *history[i];
+            if (h.sr_id != sr_id) continue;
+            ours = true;
+            if (d.first_backup.empty()) d.first_backup = h.result.backup_path;
+            deployed = deployed || h.result.status == "DEPLOYED";
+            d.latest = h.result;
+        }
+        if (ours && deployed && d.latest.status != "ROLLED_BACK_BY_PM") out.emplace(name, d);
+    }
+    return out;
 }
 
 // --- Impl: claims ------------------------------------------------------------------------------
@@ -559,6 +626,8 @@ asio::awaitable<ServiceResult<Coordinator::TaskView>> Coordinator::create_task(
     NewTask request, std::string principal) {
     Impl& m = *impl_;
     const std::string sr_id = request.sr_id;
+    if (!request.requester.empty())
+        if (auto ok = check_identity("requester", request.requester); !ok) co_return ok.error();
     auto existing = co_await m.read([&](store::Database& db) { return db.task(sr_id); });
     if (!existing) co_return store_error(existing.error());
     if (*existing || m.active.count(sr_id))
@@ -779,10 +848,15 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
                                                                          std::string principal) {
     Impl& m = *impl_;
     const std::string sr_id = request.sr_id, approver = request.approver;
-    const std::string& key = request.idempotency_key;
     if (!valid_sr_id(sr_id)) co_return no_task(sr_id);
     // Idempotency: the same key for the same request gets the first answer again.
-    const std::string request_id = "POST /api/deploy/trigger " + sr_id + " " + approver;
+    // The key is the client's own (another client's keys are not visible to it), and the
+    // request it names includes the approved set when the request names one.
+    std::string request_id = "POST /api/deploy/trigger " + sr_id + " " + approver;
+    if (request.expected) request_id += " " + json::serialize(to_json(*request.expected));
+    const std::string key = request.idempotency_key.empty()
+                                ? std::string()
+                                : principal + "\x1f" + request.idempotency_key;
     if (!key.empty()) {
         std::optional<Impl::IdemAnswer> seen;
         if (auto it = m.idempotent.find(key); it != m.idempotent.end()) seen = it->second;
@@ -905,6 +979,11 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
     auto payload = payload_of(t);
     payload["approved_artifacts"] = to_json(staged_set);
     payload["approved_by_principal"] = principal;
+    // Everyone who ever approved this SR: none of them may give its PM verdict (four eyes).
+    json::array approvers;
+    if (const auto* a = payload.if_contains("approvers"); a && a->is_array()) approvers = a->get_array();
+    approvers.push_back(json::string(approver));
+    payload["approvers"] = std::move(approvers);
     t.payload = json::serialize(payload);
     w->task = t;
     std::string approved;
@@ -963,8 +1042,13 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::verdict(Verdict
         co_return ServiceError(ServiceErrc::conflict,
                                "task " + sr_id + " is " + t.status +
                                    ": a verdict is taken in PENDING_PM_VALIDATION only");
-    if (auto ok =
-            check_verdict_author(request.pm_id, t.requester, t.approver, m.deps.service.four_eyes);
+    std::vector<std::string> approvers{t.approver};
+    const json::object payload = payload_of(t);
+    if (const auto* a = payload.if_contains("approvers"); a && a->is_array())
+        for (const auto& v : a->get_array())
+            if (v.is_string()) approvers.emplace_back(v.get_string());
+    if (auto ok = check_verdict_author(request.pm_id, t.requester, approvers,
+                                       m.deps.service.four_eyes);
         !ok)
         co_return ok.error();
     const std::string who =

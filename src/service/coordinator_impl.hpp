@@ -61,12 +61,6 @@ struct Coordinator::Work {
     boost::asio::steady_timer done_signal;
 };
 
-// A node an SR deployed, with the backup that SR took first (the node before the SR).
-struct DeployedNode {
-    store::NodeResult latest;  // the node's latest row among the SR's rollouts
-    std::string first_backup;
-};
-
 struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     Impl(boost::asio::any_io_executor ex, DeployServiceDeps d);
 

@@ -196,12 +196,6 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> dispatch(const http::Request& req,
                                              const std::vector<std::string>& seg);
 
-    template <class T>
-    http::Response answer(const http::Request& req, const ServiceResult<T>& r, bh::status ok,
-                          const std::function<json::value(const T&)>& view) {
-        if (!r) return error_answer(req, r.error());
-        return http::json_response(req, ok, view(*r));
-    }
     asio::awaitable<http::Response> work_answer(const Call& c,
                                                 ServiceResult<Coordinator::Answer> r,
                                                 bool wait);
@@ -298,9 +292,9 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         if (r.method == req.method()) route = &r;
     }
     const Principal* who = nullptr;
-    // Everything under /api (known path or not) and every route with a role needs a token:
-    // an anonymous client learns nothing about the API beyond /healthz.
-    if (needs_token) {
+    // Everything but a body-less GET of /healthz needs a token (the same rule as the server's
+    // admit hook): an anonymous client learns nothing about the API beyond /healthz.
+    if (needs_token || !anonymous_request_allowed(req)) {
         who = clients->authenticate(req);
         if (!who) co_return unauthorized_response(req);  // the same answer as the server's admit
     }

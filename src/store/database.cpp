@@ -35,7 +35,7 @@ struct Migration {
     Result<void> (*then)(sqlite3* db, const std::string& path) = nullptr;
 };
 
-constexpr std::array<Migration, 4> migrations = {{
+constexpr std::array<Migration, 5> migrations = {{
     // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
     {R"sql(
 CREATE TABLE audit_log (
@@ -168,6 +168,10 @@ CREATE TABLE meta (
     // Existing rows get '' and hash exactly as before (audit_row_hash), so the chain holds.
     {R"sql(
 ALTER TABLE audit_log ADD COLUMN principal TEXT NOT NULL DEFAULT '';
+)sql"},
+    // 5: a node's history across SRs (Database::node_histories), read before a PM rollback.
+    {R"sql(
+CREATE INDEX IF NOT EXISTS node_results_by_node ON node_results (node);
 )sql"},
 }};
 
@@ -667,6 +671,56 @@ Result<std::vector<RolloutRecord>> Database::rollouts_for(std::string_view sr_id
         read_rollout);
 }
 
+namespace {
+NodeResult read_node_result(const Statement& s, int first) {
+    NodeResult r;
+    r.rollout_id = s.text(first + 0);
+    r.node = s.text(first + 1);
+    r.status = s.text(first + 2);
+    r.step = s.text(first + 3);
+    r.error = s.text(first + 4);
+    r.started_ms = s.optional_int64(first + 5);
+    r.finished_ms = s.optional_int64(first + 6);
+    r.backup_path = s.text(first + 7);
+    return r;
+}
+}  // namespace
+
+Result<std::vector<NodeHistoryRow>> Database::node_histories(std::string_view sr_id,
+                                                              const std::vector<std::string>& also) {
+    std::string names = "[";
+    for (std::size_t i = 0; i < also.size(); ++i) {
+        names += i ? "," : "";
+        names += "\"";
+        for (char c : also[i]) {  // inventory names: no quote or backslash, but be exact anyway
+            if (c == '"' || c == '\\') names += '\\';
+            names += c;
+        }
+        names += "\"";
+    }
+    names += "]";
+    auto stmt = Statement::prepare(
+        db_.get(),
+        "SELECT r.sr_id, r.created_ms, n.rollout_id, n.node, n.status, n.step, n.error,"
+        " n.started_ms, n.finished_ms, n.backup_path FROM node_results n JOIN rollouts r ON"
+        " r.id = n.rollout_id WHERE n.node IN (SELECT m.node FROM node_results m JOIN rollouts q"
+        " ON q.id = m.rollout_id WHERE q.sr_id = ?1) OR n.node IN (SELECT value FROM"
+        " json_each(?2)) ORDER BY n.node, r.created_ms, r.id");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, sr_id);
+    stmt->bind(2, std::string_view(names));
+    return read_all<NodeHistoryRow>(
+        db_.get(), *stmt,
+        "store " + path_ + ": reading the node histories of SR " + std::string(sr_id),
+        [](const Statement& s) {
+            NodeHistoryRow h;
+            h.sr_id = s.text(0);
+            h.rollout_created_ms = s.int64(1);
+            h.result = read_node_result(s, 2);
+            return h;
+        });
+}
+
 Result<std::vector<NodeResult>> Database::node_results(std::string_view rollout_id) {
     auto stmt = Statement::prepare(db_.get(),
                                    "SELECT rollout_id, node, status, step, error, started_ms,"
@@ -677,18 +731,7 @@ Result<std::vector<NodeResult>> Database::node_results(std::string_view rollout_
     return read_all<NodeResult>(
         db_.get(), *stmt,
         "store " + path_ + ": reading node results of rollout " + std::string(rollout_id),
-        [](const Statement& s) {
-            NodeResult r;
-            r.rollout_id = s.text(0);
-            r.node = s.text(1);
-            r.status = s.text(2);
-            r.step = s.text(3);
-            r.error = s.text(4);
-            r.started_ms = s.optional_int64(5);
-            r.finished_ms = s.optional_int64(6);
-            r.backup_path = s.text(7);
-            return r;
-        });
+        [](const Statement& s) { return read_node_result(s, 0); });
 }
 
 }  // namespace guardia::store

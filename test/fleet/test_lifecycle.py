@@ -132,7 +132,12 @@ class Lifecycle(unittest.TestCase):
         d = self.new_dir()
         p = subprocess.Popen([FLEET, "up", "--dir", d, "--nodes", "300", "--fault", "5:disk_full"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(0.4)
+        # DIR/run/ appears once `up` handles SIGTERM (signals are held pending until then): a
+        # fixed sleep raced Python's start-up under load and killed it before it could clean up
+        deadline = time.monotonic() + 60
+        while not os.path.isdir(os.path.join(d, "run")) and p.poll() is None:
+            self.assertLess(time.monotonic(), deadline, "fleet up never created DIR/run")
+            time.sleep(0.01)
         p.send_signal(signal.SIGTERM)
         out, err = p.communicate(timeout=60)
         if p.returncode == 0:         # it was already done: then it must be a working fleet

@@ -1045,7 +1045,8 @@ class ServeTest(unittest.TestCase):
 
         # routes and methods
         case(self.api("GET", "/api/nope"), 404, "not_found")
-        case(self.api("GET", "/nope", token=None), 404, "not_found")
+        case(self.api("GET", "/nope", token=None), 401, "unauthorized")   # only /healthz is public
+        case(self.api("GET", "/nope"), 404, "not_found")
         case(self.api("DELETE", "/api/tasks"), 405, "method_not_allowed")
         case(self.api("GET", "/api/deploy/trigger"), 405, "method_not_allowed")
 

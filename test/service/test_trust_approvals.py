@@ -242,6 +242,51 @@ class ApprovalsTest(TrustBase):
         self.assertEqual({e["principal"] for e in events if e["event"] == "TASK_COMPLETED"}, {"pm"})
 
 
+    # ------------------------------------------------------------------ 3. restore points
+    def test_06_a_rejection_never_reverts_a_build_another_sr_put_there_since(self):
+        """Found by a review: SR-A's first attempt fails but leaves node-0010 on A's build
+        (keep_deployed); SR-B (through a second inventory name for the same node) deploys over
+        it and is accepted; A's retry deploys again; rejecting A then restored A's FIRST backup
+        (the node before A and B) and silently reverted B's accepted build. Now the restore
+        point is the first backup A took after B's change: the node ends on B's build."""
+        sr_a, sr_b = f"SR-RA6-{self.tag}", f"SR-RB6-{self.tag}"
+        self.start_service()
+        before = self.fresh("node-0010", "node-0023")
+        tiers = {"node-0010": 2, "node-0023": 2}        # node-0023 rejects every new build
+        arts_a = self.prepare(sr_a, tiers, "a6")
+        self.trigger_ok(sr_a)
+        self.wait_task(sr_a, "FAILED_ROLLBACK")
+        mid = self.check("node-0010", "node-0023")
+        self.assertEqual(mid["node-0010"]["files"]["app.jar"]["sha256"], sha256(arts_a["app.jar"]),
+                         "node-0010 stays on A's build (keep_deployed)")
+        self.assertEqual(mid["node-0023"]["tree_sha256"], before["node-0023"]["tree_sha256"])
+
+        alias = dict(self.nodes_doc({"node-0010": 2})["nodes"][0], name="node-0010-b",
+                     inst_id=f"B6-{self.tag}")
+        self.ok(self.api("POST", "/api/inventory", {"nodes": [alias]}))
+        self.create_task(sr_b, inst_id=f"B6-{self.tag}")
+        arts_b = self.artifacts("b6")
+        self.stage(sr_b, arts_b)
+        self.trigger_ok(sr_b)
+        self.wait_task(sr_b, "PENDING_PM_VALIDATION")
+        self.ok(self.verdict(sr_b, "accepted", "carol"))
+        on_b = self.check("node-0010")["node-0010"]
+        self.assertEqual(on_b["files"]["app.jar"]["sha256"], sha256(arts_b["app.jar"]))
+
+        # A's retry without the failing node: node-0010 deploys A again (its backup holds B)
+        moved = dict(self.nodes_doc({"node-0023": 2})["nodes"][0], inst_id=f"ELSEWHERE-{self.tag}")
+        self.ok(self.api("POST", "/api/inventory", {"nodes": [moved]}))
+        self.trigger_ok(sr_a, approver="dave")
+        self.wait_task(sr_a, "PENDING_PM_VALIDATION", passing=("DEPLOYING",))
+        r = self.verdict(sr_a, "rejected", "carol", wait=True)
+        self.assertEqual(self.ok(r), {"sr_id": sr_a, "status": "ROLLED_BACK", "rolled_back": 1, "failed": 0})
+        after = self.check("node-0010")["node-0010"]
+        self.assertEqual(after["tree_sha256"], on_b["tree_sha256"],
+                         "node-0010 must be back on B's accepted build, not on the build before A")
+        self.assertEqual(after["files"]["app.jar"]["sha256"], sha256(arts_b["app.jar"]))
+        self.assert_clean(after)
+        self.assertEqual(self.ok(self.api("GET", f"/api/tasks/{sr_b}"))["status"], "COMPLETED")
+
 load_tests = own_tests(ApprovalsTest)
 
 if __name__ == "__main__":

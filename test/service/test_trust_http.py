@@ -246,6 +246,13 @@ class TrustHttpTest(TrustBase):
                                     b"Content-Length: 5000000\r\n\r\n"),
             ("chunked body", b"POST /api/deploy/trigger HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
                              b"Content-Type: application/json\r\n\r\n"),
+            # found by a review: public or unknown paths and undecodable /api paths were admitted
+            # without a token, their bodies read: a trickled body held a slot that is never evicted
+            ("body to /healthz", b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
+            ("body with GET /healthz", b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
+            ("body to an unknown path", b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
+            ("undecodable /api path", b"POST /api/%zz HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
+            ("NUL in an /api path", b"POST /api/a%00b HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"),
         ]
         for what, head in cases:
             with self.subTest(what):

@@ -4,6 +4,7 @@
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/service/approvals.hpp"
 #include "guardia/service/claims.hpp"
+#include "guardia/service/coordinator.hpp"
 #include "guardia/service/clients.hpp"
 #include "guardia/service/deploy_service.hpp"
 #include "guardia/service/task_status.hpp"
@@ -107,15 +108,27 @@ TEST_CASE("approvals: identities compare normalised; self-approval and four eyes
     CHECK(check_approver("", "bob", true).has_value());           // no requester recorded
     CHECK(check_approver("alice", "  ", true).error().code == ServiceErrc::bad_request);
 
-    CHECK(check_verdict_author("carol", "alice", "bob", true).has_value());
-    CHECK(check_verdict_author("Alice ", "alice", "bob", true).error().code ==
+    using V = std::vector<std::string>;
+    CHECK(check_verdict_author("carol", "alice", V{"bob"}, true).has_value());
+    CHECK(check_verdict_author("Alice ", "alice", V{"bob"}, true).error().code ==
           ServiceErrc::four_eyes);
-    auto e = check_verdict_author("BOB", "alice", "bob", true);
+    // every approver of the SR so far, not only the latest (found by a review)
+    CHECK(check_verdict_author("bob", "alice", V{"bob", "carol"}, true).error().code ==
+          ServiceErrc::four_eyes);
+    // control characters would make "alice\0" look like "alice"
+    CHECK(check_approver("alice", std::string("alice\0", 6), true).error().code ==
+          ServiceErrc::bad_request);
+    CHECK(check_approver("alice", "al\x01ice", true).error().code == ServiceErrc::bad_request);
+    CHECK(check_approver("alice", "alice\x7f", true).error().code == ServiceErrc::bad_request);
+    CHECK(check_verdict_author(std::string("\0carol", 6), "alice", V{"bob"}, true).error().code ==
+          ServiceErrc::bad_request);
+    auto e = check_verdict_author("BOB", "alice", V{"bob"}, true);
     REQUIRE_FALSE(e.has_value());
     CHECK(e.error().code == ServiceErrc::four_eyes);
     CHECK(e.error().message.find("approved this deployment") != std::string::npos);
-    CHECK(check_verdict_author("bob", "alice", "bob", false).has_value());
-    CHECK(check_verdict_author("", "alice", "bob", false).error().code == ServiceErrc::bad_request);
+    CHECK(check_verdict_author("bob", "alice", V{"bob"}, false).has_value());
+    CHECK(check_verdict_author("", "alice", V{"bob"}, false).error().code ==
+          ServiceErrc::bad_request);
 }
 
 TEST_CASE("approvals: the approved set must be exactly what is staged") {
@@ -209,3 +222,44 @@ TEST_CASE("live files: mismatches against the release to roll back, by name") {
 }
 
 TEST_SUITE_END();
+
+namespace {
+guardia::store::NodeHistoryRow row(std::string sr, std::string rollout, std::string node,
+                                   std::string status, std::string backup) {
+    guardia::store::NodeHistoryRow h;
+    h.sr_id = std::move(sr);
+    h.result.rollout_id = std::move(rollout);
+    h.result.node = std::move(node);
+    h.result.status = std::move(status);
+    h.result.backup_path = std::move(backup);
+    return h;
+}
+}  // namespace
+
+TEST_CASE("PM rollback: restore points from the nodes' histories across SRs") {
+    // n1: A's first attempt failed elsewhere but deployed n1 (backup v0); A's retry redeployed it
+    //     (backup = A's first build): restore v0, the node before A.
+    // n2: A deployed (backup v0), B deployed over it and was accepted (backup = A1), A's retry
+    //     deployed again (backup = B): restore B's build, never v0 (a review found this).
+    // n3: A deployed, then B deployed over it and A never came back: not A's any more.
+    // n4: A's attempt failed there (rolled back in-rollout): nothing of A's is on it.
+    // n5: A deployed, then its PM rollback restored it: done.
+    std::vector<guardia::store::NodeHistoryRow> rows{
+        row("A", "A1", "n1", "DEPLOYED", "/d.bak_v0"), row("A", "A2", "n1", "DEPLOYED", "/d.bak_a1"),
+        row("A", "A1", "n2", "DEPLOYED", "/d.bak_v0"), row("B", "B1", "n2", "DEPLOYED", "/d.bak_a1"),
+        row("A", "A2", "n2", "DEPLOYED", "/d.bak_b1"), row("A", "A1", "n3", "DEPLOYED", "/d.bak_v0"),
+        row("B", "B1", "n3", "DEPLOYED", "/d.bak_a1"), row("A", "A1", "n4", "ROLLED_BACK", "/d.bak_v0"),
+        row("A", "A1", "n5", "ROLLED_BACK_BY_PM", "/d.bak_v0")};
+    auto points = deployed_restore_points("A", rows);
+    REQUIRE(points.size() == 2);
+    CHECK(points.at("n1").first_backup == "/d.bak_v0");
+    CHECK(points.at("n1").latest.rollout_id == "A2");
+    CHECK(points.at("n2").first_backup == "/d.bak_b1");
+    CHECK(points.count("n3") == 0);
+    CHECK(points.count("n4") == 0);
+    CHECK(points.count("n5") == 0);
+    // B's view of n3: its own release, restored to A1's build
+    auto b = deployed_restore_points("B", rows);
+    CHECK(b.at("n3").first_backup == "/d.bak_a1");
+    CHECK(b.count("n2") == 0);  // A redeployed n2 after B
+}

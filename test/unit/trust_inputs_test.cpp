@@ -137,6 +137,12 @@ TEST_SUITE("credentials bound to hosts") {
         CHECK_FALSE(host_matches("10.1.2.3", "10.1.2.30"));
         CHECK(host_matches("10.1.2.*", "10.1.2.30"));
         CHECK_FALSE(host_matches("10.1.*", "10.1.2.30"));  // '*' stays within one label
+        // a numeric pattern names addresses, never DNS names (found by a review: whoever owns
+        // "2.com" would have received the password)
+        CHECK_FALSE(host_matches("10.1.2.*", "10.1.2.com"));
+        CHECK_FALSE(host_matches("10.1.2.*", "10.1.2.attacker-example"));
+        CHECK_FALSE(host_matches("10.1.2.?", "10.1.2.a"));
+        CHECK(host_matches("10.1.2.?", "10.1.2.7"));
         CHECK(host_matches("*.web.example.com", "a1.web.example.com"));
         CHECK(host_matches("*.WEB.example.com", "A1.web.EXAMPLE.com"));
         CHECK_FALSE(host_matches("*.web.example.com", "web.example.com"));

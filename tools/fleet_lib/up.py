@@ -601,6 +601,12 @@ class Up:
         machine's PID 1 may not reap, and `down` would otherwise leave zombies behind.
         It reports {"ok", "summary"|"error"} through a pipe; this process prints it.
         """
+        # SIGTERM/SIGINT/SIGHUP stay pending (blocked) from here until a handler is in place in
+        # this process (forward) and in the supervisor (on_term), both inheriting the mask: a
+        # signal that arrives in between is handled, never the default death that would leave
+        # a half-made fleet. DIR/run/ appearing tells a caller that a signal is handled now.
+        stop_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
         self.validate()
         self.prepare_dir()
         rfd, wfd = os.pipe()
@@ -627,6 +633,7 @@ class Up:
         signal.signal(signal.SIGTERM, forward)
         signal.signal(signal.SIGINT, forward)
         signal.signal(signal.SIGHUP, forward)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
         data = b""
         while True:
             try:
@@ -683,6 +690,7 @@ class Up:
             signal.signal(signal.SIGINT, on_term)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             try:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
                 server.raise_nofile(4 * self.count + 4096)
                 for step in (self.setup_user_and_keys, self.plan_nodes, self.build_trees, self.group_sshds,
                              self.start_everything, self.write_outputs, self.verify_login):

@@ -45,7 +45,8 @@ Result<std::string> resolve_key_file(const std::string& key_file, const KeyDirs&
 
 // Does `host` match one binding pattern? ASCII case-insensitive, whole string; '*' stands for
 // any run of characters other than '.', '?' for one such character ("*.web.example.com",
-// "10.1.2.*"). Nothing else is special: no ranges, no CIDR.
+// "10.1.2.*"). Nothing else is special: no ranges, no CIDR. A pattern made of digits, dots and
+// wildcards only matches IPv4 literals ("10.1.2.*" never matches the DNS name "10.1.2.com").
 bool host_matches(std::string_view pattern, std::string_view host);
 // ... any of `patterns`.
 bool host_matches_any(const std::vector<std::string>& patterns, std::string_view host);

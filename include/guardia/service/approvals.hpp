@@ -14,6 +14,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace guardia::service {
 
@@ -21,10 +22,16 @@ std::string normalize_identity(std::string_view id);
 // Both non-empty once normalised, and equal.
 bool same_identity(std::string_view a, std::string_view b);
 
+// An identity field (requester, approver_id, pm_id): not blank, at most 256 bytes, no control
+// character inside it. bad_request naming `field`.
+ServiceResult<void> check_identity(std::string_view field, std::string_view id);
+
 ServiceResult<void> check_approver(std::string_view requester, std::string_view approver,
                                    bool forbid_self_approval);
+// `approvers`: everyone who approved (triggered) this SR so far; the PM may be none of them.
 ServiceResult<void> check_verdict_author(std::string_view pm, std::string_view requester,
-                                         std::string_view approver, bool four_eyes);
+                                         const std::vector<std::string>& approvers,
+                                         bool four_eyes);
 
 using ArtifactSet = std::map<std::string, std::string>;  // name -> sha256 (lower-case hex)
 

@@ -185,6 +185,17 @@ class Coordinator {
     std::shared_ptr<Impl> impl_;
 };
 
+// A node an SR's release is on, with the backup that holds the node as it was before it.
+struct DeployedNode {
+    store::NodeResult latest;  // the node's latest row among the SR's rollouts
+    std::string first_backup;  // the first backup the SR took after any other SR's change
+};
+// From the history of every node the SR touched (store::Database::node_histories: all SRs'
+// rows, oldest first per node): the nodes the SR's release is on now, by name, and the backup
+// to restore each from. Pure; used by the PM rollback and to rebuild claims.
+std::map<std::string, DeployedNode> deployed_restore_points(
+    const std::string& sr_id, const std::vector<store::NodeHistoryRow>& rows);
+
 // Identifiers that become directory names, rollout ids and file names: a closed alphabet, never
 // "." or "..". SR ids: 1-128 of A-Z a-z 0-9 . _ : -; artifact names the same without ':'.
 bool valid_sr_id(std::string_view s);

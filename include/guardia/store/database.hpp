@@ -96,6 +96,11 @@ class Database {
     Result<std::vector<RolloutRecord>> unfinished_rollouts();
     Result<std::vector<RolloutRecord>> rollouts_for(std::string_view sr_id);  // newest first
     Result<std::vector<NodeResult>> node_results(std::string_view rollout_id);
+    // Every row of every node that any rollout of `sr_id` touched, and of the nodes named in
+    // `also`, from all SRs' rollouts: by node, then oldest rollout first (who changed the node,
+    // and in which order).
+    Result<std::vector<NodeHistoryRow>> node_histories(std::string_view sr_id,
+                                                       const std::vector<std::string>& also = {});
 
     // Constant SQL only (schema, pragmas, checks in tests): values from outside go through
     // bound parameters in a dedicated helper, never into these strings.

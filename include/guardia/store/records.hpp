@@ -51,6 +51,14 @@ struct NodeResult {
     std::string backup_path;  // remote backup, needed to roll back after a crash
 };
 
+// A node's row in one rollout, with the SR that rollout belonged to.
+struct NodeHistoryRow {
+    NodeHistoryRow() {}
+    std::string sr_id;
+    std::int64_t rollout_created_ms = 0;
+    NodeResult result;
+};
+
 // One rollout of one SR. An upsert replaces the whole row.
 struct RolloutRecord {
     RolloutRecord() {}

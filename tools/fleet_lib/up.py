@@ -187,7 +187,11 @@ class Up:
         if os.path.isdir(d):
             if os.lstat(d).st_uid != 0:
                 raise FleetError(f"{d} is not owned by root: give a new directory (up creates it) or chown it")
-            if not os.path.lexists(self.path(STATE_FILE)) and set(os.listdir(d)) - {LOCK_FILE}:
+            # Checked again under the lock below; here, unlocked, another `up` may be writing its
+            # state file (".guardia-fleet.tmp.<pid>" renamed to ".guardia-fleet"): its files are
+            # not a foreign directory's (they made a racing `up` fail with this message).
+            theirs = {x for x in os.listdir(d) if not x.startswith(STATE_FILE)}
+            if not os.path.lexists(self.path(STATE_FILE)) and theirs - {LOCK_FILE}:
                 raise FleetError(f"{d} is not empty and holds no fleet: give an empty or new directory")
         # the fleet user must be able to reach DIR (sshd reads authorized_keys as that user)
         a = os.path.dirname(d)

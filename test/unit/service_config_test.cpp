@@ -34,6 +34,14 @@ std::string error_of(const std::string& text) {
 
 TEST_SUITE_BEGIN("service config");
 
+TEST_CASE("config paths: a control character is refused, naming the field") {
+    // found by test/fuzz/fuzz_config.cpp (a DEL inside ssh.known_hosts reached an error raw)
+    CHECK(error_of(R"({"token_file": "/etc/guardia/api\u007ftoken"})") ==
+          "guardia.json: service.token_file: must not hold control characters");
+    CHECK(error_of(R"({"token_file": "/etc/guardia/t", "state_dir": "/var/lib/\u0001x"})")
+              .find("service.state_dir: must not hold control characters") != std::string::npos);
+}
+
 TEST_CASE("service config: defaults, overrides and errors naming the field") {
     auto d = parse(R"({"token_file": "/etc/guardia/api-token"})");
     REQUIRE(d.has_value());

@@ -113,6 +113,11 @@ class Section {
         if (auto r = string(field, into); !r) return r;
         if (find(field) && (into.empty() || into[0] != '/'))
             return error(field, "must be an absolute path");
+        // A control character (DEL included) in a path is never meant, and would reach logs
+        // and error messages raw (found by test/fuzz/fuzz_config.cpp: "/etc/guardia/known\x7fhosts").
+        for (char c : into)
+            if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) == 0x7f)
+                return error(field, "must not hold control characters");
         return {};
     }
 

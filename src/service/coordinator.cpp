@@ -773,34 +773,7 @@ asio::awaitable<ServiceResult<store::ArtifactRecord>> Coordinator::stage(StageRe
         }
         return s;
     });
-    if (!st.size) {
-        const auto& err = st.size.error();
-        if (err.code.category() == staging_category()) {
-            ServiceErrc code = ServiceErrc::path_refused;
-            switch (static_cast<staging_errc>(err.code.value())) {
-                case staging_errc::disabled:
-                    code = ServiceErrc::path_form_disabled;
-                    break;
-                case staging_errc::refused:
-                    code = ServiceErrc::path_refused;
-                    break;
-                case staging_errc::not_found:
-                    code = ServiceErrc::bad_request;
-                    break;
-                case staging_errc::too_large:
-                    code = ServiceErrc::payload_too_large;
-                    break;
-                case staging_errc::mismatch:
-                    code = ServiceErrc::checksum_mismatch;
-                    break;
-            }
-            co_return ServiceError(code, err.message);
-        }
-        if (!request.caller_error_prefix.empty() &&
-            err.message.rfind(request.caller_error_prefix, 0) == 0)
-            co_return ServiceError(request.caller_error, err.message);
-        co_return ServiceError(ServiceErrc::local_io_failed, err.message);
-    }
+    if (!st.size) co_return staging_failure(st.size.error());
     if (st.actual != sha256) {
         // The digest of bytes the caller did not send (the path form) is never told: it would
         // let a caller learn the hash of any file the service can read, and retry with it.

@@ -457,8 +457,6 @@ asio::awaitable<http::Response> DeployService::Impl::stage_from_path(const Call&
         return copy_from_drop_dir(drop_dir, src, max_bytes, expected, tmp);
     };
     s.caller_sent_bytes = false;
-    s.caller_error_prefix = "path:";
-    s.caller_error = ServiceErrc::bad_request;
     co_return staged_answer(c.req, co_await coordinator.stage(std::move(s), c.principal()));
 }
 

@@ -167,23 +167,23 @@ Result<std::int64_t> copy_from_drop_dir(const std::string& drop_dir, const std::
     return static_cast<std::int64_t>(total);
 }
 
-StagingAnswer staging_failure_answer(const Error& e) {
-    StagingAnswer a;
-    a.message = e.message;
+ServiceError staging_failure(const Error& e) {
     if (e.code.category() == staging_category()) {
         switch (static_cast<staging_errc>(e.code.value())) {
-            case staging_errc::disabled: a.status = 403; a.code = "path_form_disabled"; return a;
-            case staging_errc::refused: a.status = 403; a.code = "path_refused"; return a;
-            case staging_errc::not_found: a.status = 400; a.code = "bad_request"; return a;
-            case staging_errc::too_large: a.status = 413; a.code = "payload_too_large"; return a;
-            case staging_errc::mismatch: a.status = 422; a.code = "checksum_mismatch"; return a;
+            case staging_errc::disabled:
+                return ServiceError(ServiceErrc::path_form_disabled, e.message);
+            case staging_errc::refused:
+                return ServiceError(ServiceErrc::path_refused, e.message);
+            case staging_errc::not_found:
+                return ServiceError(ServiceErrc::bad_request, e.message);
+            case staging_errc::too_large:
+                return ServiceError(ServiceErrc::payload_too_large, e.message);
+            case staging_errc::mismatch:
+                return ServiceError(ServiceErrc::checksum_mismatch, e.message);
         }
     }
-    if (e.message.rfind("path:", 0) == 0) {
-        a.status = 400;
-        a.code = "bad_request";
-    }
-    return a;
+    if (e.message.rfind("path:", 0) == 0) return ServiceError(ServiceErrc::bad_request, e.message);
+    return ServiceError(ServiceErrc::local_io_failed, e.message);
 }
 
 }  // namespace guardia::service

@@ -8,6 +8,7 @@
 #include "guardia/service/inventory_policy.hpp"
 #include "guardia/service/service_config.hpp"
 #include "guardia/service/staging_policy.hpp"
+#include "guardia/service/deploy_service.hpp"
 
 #include "../support/fleet.hpp"
 #include "guardia/core/digest.hpp"
@@ -388,19 +389,29 @@ TEST_SUITE("path form: drop_dir") {
         REQUIRE_FALSE(r.has_value());
         CHECK_FALSE(has_digest_other_than(r.error().message, claimed));
         CHECK(r.error().message.find("does not match") != std::string::npos);
-        auto a = service::staging_failure_answer(r.error());
+        // the HTTP answer a staging failure gets: its service error through the one mapping
+        auto answer = [](const Error& e) {
+            const auto se = service::staging_failure(e);
+            struct {
+                unsigned status;
+                std::string code;
+            } out{static_cast<unsigned>(service::http_status(se.code)),
+                  std::string(service::to_string(se.code))};
+            return out;
+        };
+        auto a = answer(r.error());
         CHECK(a.status == 422);
         CHECK(a.code == "checksum_mismatch");
         using service::staging_errc;
-        CHECK(service::staging_failure_answer(service::staging_error(staging_errc::disabled, "x")).status == 403);
-        CHECK(service::staging_failure_answer(service::staging_error(staging_errc::disabled, "x")).code ==
+        CHECK(answer(service::staging_error(staging_errc::disabled, "x")).status == 403);
+        CHECK(answer(service::staging_error(staging_errc::disabled, "x")).code ==
               "path_form_disabled");
-        CHECK(service::staging_failure_answer(service::staging_error(staging_errc::refused, "x")).code ==
+        CHECK(answer(service::staging_error(staging_errc::refused, "x")).code ==
               "path_refused");
-        CHECK(service::staging_failure_answer(service::staging_error(staging_errc::not_found, "x")).status == 400);
-        CHECK(service::staging_failure_answer(service::staging_error(staging_errc::too_large, "x")).status == 413);
-        CHECK(service::staging_failure_answer(Error(errc::local_io_failed, "disk full")).status == 500);
-        CHECK(service::staging_failure_answer(Error(errc::local_io_failed, "path: x")).status == 400);
+        CHECK(answer(service::staging_error(staging_errc::not_found, "x")).status == 400);
+        CHECK(answer(service::staging_error(staging_errc::too_large, "x")).status == 413);
+        CHECK(answer(Error(errc::local_io_failed, "disk full")).status == 500);
+        CHECK(answer(Error(errc::local_io_failed, "path: x")).status == 400);
     }
 
     TEST_CASE("service.drop_dir in the configuration") {

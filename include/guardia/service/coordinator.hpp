@@ -105,14 +105,10 @@ class Coordinator {
     struct StageRequest {
         StageRequest() {}
         std::string sr_id, name, sha256;
-        ArtifactWriter write;
+        ArtifactWriter write;  // its errors are judged by staging_failure() (staging_policy.hpp)
         // The caller sent these bytes: a checksum mismatch may tell it their digest. False for
         // the path form, whose file the caller may not otherwise read.
         bool caller_sent_bytes = true;
-        // A writer error whose message starts with this prefix is the caller's (bad_request /
-        // path_refused), not the deploy host's.
-        std::string caller_error_prefix;
-        ServiceErrc caller_error = ServiceErrc::bad_request;
     };
     boost::asio::awaitable<ServiceResult<store::ArtifactRecord>> stage(StageRequest request,
                                                                        std::string principal);

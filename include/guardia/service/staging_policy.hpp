@@ -6,6 +6,7 @@
 #pragma once
 
 #include "guardia/core/error.hpp"
+#include "guardia/service/service_error.hpp"
 
 #include <cstdint>
 #include <string>
@@ -13,7 +14,7 @@
 
 namespace guardia::service {
 
-// Why the path form failed; staging_failure_answer() turns each into its HTTP answer.
+// Why the path form failed; staging_failure() turns each into a service error.
 enum class staging_errc {
     disabled = 1,  // service.drop_dir is not set: 403 path_form_disabled
     refused,       // outside drop_dir, a symbolic link, not a regular file, hard-linked: 403
@@ -42,16 +43,11 @@ Result<std::int64_t> copy_from_drop_dir(const std::string& drop_dir, const std::
                                         const std::string& expected_sha256,
                                         const std::string& dest);
 
-struct StagingAnswer {
-    StagingAnswer() {}
-    unsigned status = 500;
-    std::string code = "local_io_failed";
-    std::string message;
-};
-
-// The HTTP answer to a staging that failed before the checksum comparison of stage(): errors of
-// staging_category by kind; other errors whose message starts "path:" 400 bad_request; the rest
-// 500 local_io_failed.
-StagingAnswer staging_failure_answer(const Error& e);
+// What a failed write of a staged artifact is, as a service error (the API maps it to HTTP with
+// every other one): errors of staging_category by kind (disabled -> path_form_disabled,
+// refused -> path_refused, not_found -> bad_request, too_large -> payload_too_large, mismatch ->
+// checksum_mismatch); other errors whose message starts "path:" bad_request (the caller's
+// path); the rest local_io_failed (the deploy host's own files).
+ServiceError staging_failure(const Error& e);
 
 }  // namespace guardia::service

@@ -288,6 +288,26 @@ asio::awaitable<TimedRead> read_before(Op op, asio::steady_timer& timer,
     co_return out;
 }
 
+// Calls one of the options' hooks (admit, body_limit_for) on a request head. A hook that throws
+// is logged, naming it and the request, and gives nullopt: the request is answered 500.
+template <class Fn>
+std::optional<std::invoke_result_t<Fn&>> call_hook(const Impl& impl, const char* hook,
+                                                   const Request& head, const std::string& peer,
+                                                   Fn fn) {
+    std::string why;
+    try {
+        return fn();
+    } catch (const std::exception& e) {
+        why = e.what();
+    } catch (...) {
+        why = "unknown exception";
+    }
+    impl.log->error("http: {} threw for {} {} from {}: {}", hook,
+                    std::string(head.method_string()), std::string(path_only(head.target())), peer,
+                    why);
+    return std::nullopt;
+}
+
 // Why reading a request failed, as an answer; nullopt when there is nobody to answer (the
 // client left, or shutdown closed the socket).
 std::optional<Refusal> refusal_for(const Impl& impl, const TimedRead& r, std::size_t body_limit,
@@ -387,19 +407,9 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         std::optional<Response> refused;
         bool admit_failed = false;
         if (o.admit) {
-            try {
-                refused = o.admit(head);
-            } catch (const std::exception& e) {
-                impl.log->error("http: admit threw for {} {} from {}: {}",
-                                std::string(head.method_string()),
-                                std::string(path_only(head.target())), conn.peer, e.what());
-                admit_failed = true;
-            } catch (...) {
-                impl.log->error("http: admit threw for {} {} from {}",
-                                std::string(head.method_string()),
-                                std::string(path_only(head.target())), conn.peer);
-                admit_failed = true;
-            }
+            auto r = call_hook(impl, "admit", head, conn.peer, [&] { return o.admit(head); });
+            admit_failed = !r;
+            if (r) refused = std::move(*r);
         }
         if (admit_failed) {
             co_await refuse(impl, conn, stream, version,
@@ -428,19 +438,10 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         std::size_t limit = o.max_body_bytes;
         bool limit_failed = false;
         if (o.body_limit_for) {
-            try {
-                if (const std::size_t l = o.body_limit_for(head)) limit = l;
-            } catch (const std::exception& e) {
-                impl.log->error("http: body_limit_for threw for {} {} from {}: {}",
-                                std::string(head.method_string()),
-                                std::string(path_only(head.target())), conn.peer, e.what());
-                limit_failed = true;
-            } catch (...) {
-                impl.log->error("http: body_limit_for threw for {} {} from {}",
-                                std::string(head.method_string()),
-                                std::string(path_only(head.target())), conn.peer);
-                limit_failed = true;
-            }
+            auto l = call_hook(impl, "body_limit_for", head, conn.peer,
+                               [&] { return o.body_limit_for(head); });
+            limit_failed = !l;
+            if (l && *l) limit = *l;
         }
         if (limit_failed) {
             co_await refuse(impl, conn, stream, version,

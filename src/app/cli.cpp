@@ -1,5 +1,7 @@
 #include "cli.hpp"
 
+#include "guardia/deploy/owner.hpp"
+
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -124,9 +126,7 @@ std::string utc_stamp_compact() {
 }
 
 std::string owner_id() {
-    char host[256] = {};
-    if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "unknown");
-    return "guardia@" + std::string(host) + ":" + std::to_string(::getpid());
+    return deploy::local_owner_id();
 }
 
 }  // namespace guardia::cli

@@ -7,5 +7,6 @@ int deploy_command(int argc, char** argv);
 int exec_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
 int audit_command(int argc, char** argv);
+int recover_command(int argc, char** argv);
 
 }  // namespace guardia::cli

@@ -2,14 +2,21 @@
 //
 // Exit codes (a contract for scripts): 0 every node deployed (dry run: every node ready);
 // 1 the rollout ran and some node did not deploy (FAILED or ABORTED); 2 bad usage or input
-// (nothing was started); 130 cancelled by SIGINT/SIGTERM (in-flight nodes rolled back).
+// (nothing was started); 3 the audit log could not be written (the rollout stopped: no node
+// started after that; what could not be written is in the spill journal beside the database);
+// 130 cancelled by SIGINT/SIGTERM (in-flight nodes rolled back).
+//
+// Before it starts, rollouts a killed guardia left unfinished in the same database are
+// recovered (cli_recovery.hpp), and it says so.
 #include "cli.hpp"
+#include "cli_recovery.hpp"
 #include "commands.hpp"
 #include "progress.hpp"
 
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/rollout.hpp"
 #include "guardia/store/audit_writer.hpp"
+#include "guardia/store/database.hpp"
 
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -19,6 +26,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <set>
@@ -195,6 +203,41 @@ int deploy_command(int argc, char** argv) {
     audit->start();
     settings.audit = audit.get();
 
+    // What a killed guardia left in flight on this database is made safe first (a dry run
+    // changes nothing, so it only says so).
+    {
+        CliRecoveryOutcome rec;
+        if (!dry_run)
+            rec = recover_database(db, engine, *audit, "at the start of guardia deploy", false);
+        else if (auto ro = store::Database::open_read_only(db); ro) {
+            if (auto u = ro->unfinished_rollouts(); u && !u->empty())
+                rec.lines.push_back(std::to_string(u->size()) +
+                                    " unfinished rollout(s) in this database: a real run (or "
+                                    "guardia recover) recovers them first");
+        }
+        if (!quiet)
+            for (const auto& l : rec.lines) std::fprintf(stderr, "guardia: recovery: %s\n", l.c_str());
+        if (rec.rollouts > 0 && !quiet)
+            std::fprintf(stderr, "guardia: recovered %zu unfinished rollout(s) left by a guardia "
+                                 "process that ended; now deploying\n",
+                         rec.rollouts);
+    }
+    if (!dry_run) {
+        record_inventory(common.inventory_path, *audit);
+        for (const auto& a : artifacts) {
+            store::ArtifactRecord r;
+            r.sr_id = sr_id;
+            r.name = a.file_name;
+            r.path = a.local_path;
+            r.sha256 = a.sha256;
+            r.size = static_cast<std::int64_t>(a.size);
+            r.created_ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+            audit->upsert_artifact(std::move(r));
+        }
+    }
+
     asio::io_context ioc(1);
     const std::size_t node_count = engine.inventory.nodes.size();
     Rollout rollout(ioc.get_executor(), std::move(engine.inventory), std::move(artifacts),
@@ -240,14 +283,16 @@ int deploy_command(int argc, char** argv) {
         asio::detached);
     ioc.run();
     audit->stop();
+    const bool audit_failed = !flushed || report.audit_failed;
     if (!flushed)
-        std::fprintf(stderr, "guardia: WARNING: audit log not fully written: %s\n",
+        std::fprintf(stderr, "guardia: ERROR: audit log not fully written: %s\n",
                      flushed.error().message.c_str());
 
     if (common.json)
         std::cout << json::serialize(report_json(report)) << std::endl;
     else
         print_text_report(report, stdout);
+    if (audit_failed) return 3;
     switch (report.status) {
         case RolloutStatus::succeeded:
             return 0;

@@ -23,6 +23,7 @@ int usage(std::FILE* out) {
         "  exec        one sanitized command on every node (guardia exec --help)\n"
         "  serve       the always-on service: HTTP API, rollouts, webhooks (guardia serve --help)\n"
         "  audit       audit verify --db FILE: check the audit log's hash chain\n"
+        "  recover     finish what a killed guardia left in flight (guardia recover --help)\n"
         "  version     print the version\n"
         "  help        show this help\n"
         "\n"
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
         if (command == "exec") rc = guardia::cli::exec_command(argc, argv);
         if (command == "serve") rc = guardia::cli::serve_command(argc, argv);
         if (command == "audit") rc = guardia::cli::audit_command(argc, argv);
+        if (command == "recover") rc = guardia::cli::recover_command(argc, argv);
         if (rc >= 0) {
             guardia::stop_local_io_pool();
             return rc;

@@ -34,6 +34,7 @@ public:
             case errc::security_violation: return "security violation";
             case errc::precheck_failed: return "pre-check failed";
             case errc::node_locked: return "node locked by another rollout";
+            case errc::audit_unavailable: return "audit log unavailable";
         }
         return "unknown guardia error";
     }

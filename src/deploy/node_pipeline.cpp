@@ -1,9 +1,11 @@
 #include "guardia/deploy/node_pipeline.hpp"
 
 #include "guardia/core/digest.hpp"
+#include "guardia/core/failpoint.hpp"
 #include "guardia/core/sanitizer.hpp"
 #include "guardia/core/shell.hpp"
 #include "guardia/deploy/credential_store.hpp"
+#include "guardia/deploy/owner.hpp"
 #include "guardia/http/health_probe.hpp"
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
@@ -177,6 +179,13 @@ std::string live_sums_script(const std::vector<ArtifactSpec>& artifacts) {
 
 }  // namespace
 
+bool step_runs_without_audit(std::string_view step) noexcept {
+    for (std::string_view safety : {"ROLLBACK", "ROLLBACK_SHUTDOWN", "RESTORE", "ROLLBACK_STARTUP",
+                                    "ROLLBACK_HEALTH", "DISCARD_STAGED", "UNLOCK"})
+        if (step == safety) return true;
+    return false;
+}
+
 std::vector<std::string> live_mismatches(std::string_view out,
                                          const std::vector<ArtifactSpec>& artifacts) {
     std::vector<std::string> wrong;
@@ -298,9 +307,16 @@ class Pipeline {
     // rightly refuses in operator text; judging them would block Guardia's own safety steps
     // (a rollback refused by the sanitizer restores nothing) or a deploy path merely containing
     // one of its words. A script that embeds operator text must judge() that text first.
-    asio::awaitable<Result<ssh::ExecResult>> run_script(const std::string& step,
-                                                        const std::string& command,
-                                                        milliseconds timeout, bool checked) {
+    //
+    // Every remote command passes here: its step's intent row is committed first (write-ahead,
+    // see intent_committed), and the crash tests' failpoints sit right before the command is
+    // sent and right after the node answered. `also`: the other steps one composed command
+    // carries (PRECHECK with LOCK and BACKUP, ACTIVATE with STARTUP): their points coincide.
+    asio::awaitable<Result<ssh::ExecResult>> run_script(
+        const std::string& step, const std::string& command, milliseconds timeout, bool checked,
+        std::string_view also = {}, std::string_view also2 = {}) {
+        if (auto ok = co_await intent_committed(step); !ok) co_return ok.error();
+        failpoints(failpoint::When::before, step, also, also2);
         ssh::ExecOptions eo;
         eo.timeout = timeout;
         // Plain if/else: GCC 12 mishandles co_await inside a conditional expression.
@@ -309,10 +325,36 @@ class Pipeline {
             r = co_await session_->exec_checked(command, eo);
         else
             r = co_await session_->exec(command, eo);
+        failpoints(failpoint::When::after, step, also, also2);
         if (!r)
             co_return Error(r.error().code,
                             "node '" + node_.name + "': " + step + ": " + r.error().message);
         co_return r;
+    }
+
+    void failpoints(failpoint::When when, std::string_view step, std::string_view also = {},
+                    std::string_view also2 = {}) const {
+        if constexpr (failpoint::enabled) {
+            for (auto name : {step, also, also2})
+                if (!name.empty()) failpoint::hit(when, name, node_.name);
+        }
+    }
+
+    // Write-ahead, the audit log's promise: a forward step's intent row (its STEP_START) is
+    // committed before anything of the step reaches the node. A store that cannot commit stops
+    // the node right there (errc::audit_unavailable) and it is cleaned up as after any failure.
+    // Safety steps (step_runs_without_audit) run whatever the store says: a node left
+    // half-changed to keep the log complete would be the worse failure. Their rows stay
+    // queued: written when the store recovers, or spilled to the journal at exit.
+    asio::awaitable<Result<void>> intent_committed(const std::string& step) {
+        if (settings_.audit == nullptr) co_return Result<void>{};
+        const bool safety = step_runs_without_audit(step);
+        if (safety && settings_.audit->last_error()) co_return Result<void>{};  // no waiting
+        auto d = co_await settings_.audit->durable();
+        if (d || safety) co_return Result<void>{};
+        co_return node_error(errc::audit_unavailable, step,
+                             "the audit log cannot be written (" + d.error().message +
+                                 "): the step was not started");
     }
 
     Result<void> validate(bool names_shipped);
@@ -323,6 +365,13 @@ class Pipeline {
     asio::awaitable<Result<void>> prepare();
     std::string precheck_script() const;
     Error lock_busy_error(const std::string& out) const;
+    void note_busy_lock(const std::string& out) {
+        std::istringstream lines(out);
+        for (std::string line; std::getline(lines, line);) {
+            if (line.rfind("owner=", 0) == 0) report_.busy_lock_owner = line.substr(6);
+            if (line.rfind("rollout=", 0) == 0) report_.busy_lock_rollout = line.substr(8);
+        }
+    }
     asio::awaitable<Result<void>> lock();
     asio::awaitable<Result<void>> transfer();
     asio::awaitable<Result<void>> restart();
@@ -405,6 +454,10 @@ asio::awaitable<Result<void>> Pipeline::connect() {
         Error e = node_error(o.error().code, "CONNECT", o.error().message);
         step.failed(e);
         co_return e;
+    }
+    if (auto ok = co_await intent_committed("CONNECT"); !ok) {
+        step.failed(ok.error());
+        co_return ok.error();
     }
     auto ex = co_await asio::this_coro::executor;
     auto s = co_await ssh::Session::connect(ex, std::move(*o));
@@ -570,7 +623,7 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "done; echo \"BACKUP=$c\"";
     auto r =
         co_await run_script("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout,
-                          false);
+                            false, "LOCK", "BACKUP");
     const auto took = ms(Clock::now() - started);
     auto fail = [&](const std::string& step, Error e, std::optional<int> code) {
         prepare_failed_step_ = step;
@@ -644,6 +697,7 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
             code);
     ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
     if (code == 15) {
+        note_busy_lock(out);
         started_step("LOCK");
         co_return fail("LOCK", lock_busy_error(out), code);
     }
@@ -724,6 +778,7 @@ asio::awaitable<Result<void>> Pipeline::lock() {
                     : std::string());
         co_return Result<void>{};
     }
+    note_busy_lock(r->out);
     Error e = lock_busy_error(r->out);
     step.failed(e);
     co_return e;
@@ -738,12 +793,22 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         uo.rename_into_place = false;   // activated after the service is stopped
         uo.expected_sha256 = a.sha256;  // hashed once for the whole rollout
         uo.timeout = settings_.transfer_timeout;
+        if constexpr (failpoint::enabled)
+            uo.on_progress = [this](std::uint64_t acked, std::uint64_t total) {
+                if (acked * 2 >= total) failpoint::hit(failpoint::When::mid, "TRANSFER", node_.name);
+            };
+        if (auto ok = co_await intent_committed("TRANSFER"); !ok) {
+            step.failed(ok.error());
+            co_return ok.error();
+        }
+        failpoints(failpoint::When::before, "TRANSFER");
         // Plain if/else: GCC 12 mishandles co_await inside a conditional expression.
         Result<ssh::UploadResult> up = Error(errc::invalid_argument, "not run");
         if (a.bytes)
             up = co_await session_->upload(a.bytes, target, uo);  // the rollout's shared copy
         else
             up = co_await session_->upload(a.local_path, target, uo);
+        failpoints(failpoint::When::after, "TRANSFER");
         if (!up) {
             Error e(up.error().code, "node '" + node_.name + "': TRANSFER: " + up.error().message);
             step.failed(e);
@@ -810,7 +875,8 @@ asio::awaitable<Result<void>> Pipeline::restart() {
     }
     const std::string cmd = "{ " + moves + "; } || exit 42; echo ACTIVATED; " + node_.startup_cmd;
     auto r = co_await run_script("ACTIVATE", cmd,
-                                 settings_.command_timeout + settings_.startup_timeout, false);
+                                 settings_.command_timeout + settings_.startup_timeout, false,
+                                 "STARTUP");
     if (!r) {
         // Lost on the way: whether the rename happened is unknown, so the rollback decides.
         activate->failed(r.error());
@@ -860,7 +926,13 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
             (hc.required_consecutive > 1
                  ? " (strict: " + std::to_string(hc.required_consecutive) + " consecutive 200s)"
                  : std::string()));
+    if (auto ok = co_await intent_committed(step_name); !ok) {
+        step.failed(ok.error());
+        co_return ok.error();
+    }
+    failpoints(failpoint::When::before, step_name);
     auto r = co_await http::wait_healthy(hc);
+    failpoints(failpoint::When::after, step_name);
     if (!r) {
         Error e(r.error().code,
                 "node '" + node_.name + "': " + step_name + ": " + r.error().message);
@@ -926,6 +998,8 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
         step.failed(e);
         co_return e;
     }
+    (void)co_await intent_committed("ROLLBACK");  // a safety step: never refused
+    failpoints(failpoint::When::before, "ROLLBACK");
     std::vector<std::string> notes;
     if (node_.requires_restart) {
         // Stop whatever runs now. A shutdown that fails again is noted, not fatal: the restore
@@ -991,6 +1065,7 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
         step.failed(h.error());
         co_return h.error();
     }
+    failpoints(failpoint::When::after, "ROLLBACK");
     std::string detail = "restored from " + report_.backup_path;
     for (const auto& n : notes) detail += "; " + n;
     step.ok(detail);
@@ -1302,8 +1377,52 @@ asio::awaitable<NodeReport> recover_node(const Node& node,
 asio::awaitable<NodeReport> deploy_node(const Node& node,
                                         const std::vector<ArtifactSpec>& artifacts,
                                         const PipelineSettings& settings) {
-    Pipeline pipeline(node, artifacts, settings);
-    co_return co_await pipeline.run();
+    NodeReport report;
+    {
+        Pipeline pipeline(node, artifacts, settings);
+        report = co_await pipeline.run();
+    }
+    // Locked by a rollout whose guardia process on this host no longer exists: nobody else
+    // will ever release it. The node is recovered for that rollout exactly as its own crash
+    // recovery would (restored from the backup its lock names, staging files removed, lock
+    // released; audited under that rollout's id), then deployed once more.
+    if (report.error.code != errc::node_locked || report.busy_lock_rollout.empty() ||
+        report.busy_lock_rollout == settings.rollout_id ||
+        owner_liveness(report.busy_lock_owner) != OwnerLiveness::gone)
+        co_return report;
+    PipelineSettings dead = settings;
+    dead.rollout_id = report.busy_lock_rollout;
+    dead.sr_id.clear();
+    dead.reclaim_own_lock = true;
+    dead.on_step = nullptr;
+    dead.on_backup = nullptr;
+    if (settings.audit) {
+        store::AuditEvent e;
+        e.sr_id = settings.sr_id;
+        e.rollout_id = settings.rollout_id;
+        e.node = node.name;
+        e.step = "LOCK";
+        e.event = "LOCK_STALE";
+        e.detail = "held by " + report.busy_lock_owner + " (rollout " + report.busy_lock_rollout +
+                   "), a guardia process on this host that no longer exists: recovering the "
+                   "node for that rollout, then deploying again";
+        settings.audit->record(std::move(e));
+    }
+    const std::vector<ArtifactSpec> unknown_build;  // only the lock and its backup matter here
+    NodeReport recovered = co_await recover_node(node, unknown_build, "", dead);
+    const std::string what = "stale lock of " + report.busy_lock_owner + " (rollout " +
+                             report.busy_lock_rollout + "): " +
+                             std::string(to_string(recovered.outcome)) +
+                             (recovered.error.message.empty() ? std::string()
+                                                              : " (" + recovered.error.message + ")");
+    if (!recovered.lock_released) {
+        report.error.message += "; " + what;
+        co_return report;
+    }
+    Pipeline again(node, artifacts, settings);
+    NodeReport second = co_await again.run();
+    second.stale_lock_recovery = what;
+    co_return second;
 }
 
 asio::awaitable<NodeReport> precheck_node(const Node& node,

@@ -145,6 +145,7 @@ struct Rollout::Impl {
     void node_finished(std::size_t i, NodeReport r);
     void check_gate(std::size_t t, bool batch_boundary);
     void abort(std::string reason);
+    void stop_for_audit(const std::string& why);
     void request_stop(std::size_t i);
     void cancel(std::string reason);
 
@@ -181,6 +182,7 @@ struct Rollout::Impl {
         r.status = std::string(to_string(report.status));
         r.reason = report.reason;
         r.created_ms = created_ms;
+        r.owner = settings.owner;
         if (report.status != RolloutStatus::running) r.finished_ms = unix_ms();
         settings.audit->upsert_rollout(std::move(r));
     }
@@ -241,9 +243,9 @@ asio::awaitable<RolloutReport> Rollout::Impl::run() {
               " artifact(s)");
     // The rollout and its nodes are on disk before any node is touched: a process that dies
     // from here on leaves a row that crash recovery finds.
+    // Audit or stop: a store that cannot commit them means no node starts at all.
     if (settings.audit && !dry_run) {
-        if (auto d = co_await settings.audit->durable(); !d)
-            audit("ROLLOUT", "STORE_LAGGING", "rollout row not yet durable: " + d.error().message);
+        if (auto d = co_await settings.audit->durable(); !d) stop_for_audit(d.error().message);
     }
 
     for (std::size_t t = 0; t < config.tiers.size(); ++t) co_await run_tier(t);
@@ -436,6 +438,10 @@ void Rollout::Impl::node_finished(std::size_t i, NodeReport r) {
     ++tier.finished;
     const bool ok = progress.report.outcome == NodeOutcome::deployed;
     if (!ok) ++tier.failed;
+    // A step refused for want of its intent row: the store cannot commit, so nothing new may
+    // start. Judged before the gate, so the reason says why.
+    if (progress.report.error.code == errc::audit_unavailable)
+        stop_for_audit(progress.report.error.message);
     store_node(i, dry_run ? (ok ? "DRY_RUN_OK" : "DRY_RUN_FAILED")
                           : std::string(to_string(progress.report.outcome)));
     if (observer) observer->node_finished(progress, tier);
@@ -482,6 +488,17 @@ void Rollout::Impl::abort(std::string reason) {
     audit("GATE", "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts");
     pace.cancel();
     notify();
+}
+
+// Like a drain: no node starts any more, nodes in flight finish (deployed, or cleaned up and
+// rolled back: their safety steps run without waiting on the store), and roll_back_all does
+// not apply (a store failure is no verdict on the release; rolling every node back would be
+// the largest unaudited change of all).
+void Rollout::Impl::stop_for_audit(const std::string& why) {
+    report.audit_failed = true;
+    if (stopping()) return;
+    draining = true;
+    abort("audit or stop: the audit log cannot be written (" + why + ")");
 }
 
 void Rollout::Impl::request_stop(std::size_t i) {

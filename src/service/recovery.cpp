@@ -3,6 +3,8 @@
 #include "coordinator_impl.hpp"
 
 #include "guardia/core/json_input.hpp"
+#include "guardia/deploy/owner.hpp"
+#include "guardia/deploy/recovery.hpp"
 
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
@@ -22,126 +24,43 @@ json::object recovered_flag() {
 
 }  // namespace
 
-// A rollout the store says is in flight, found at start-up: its process died. Every node it
-// left RUNNING is inspected and made safe (recover_node), PENDING nodes are recorded as never
-// started, and the rollout and its task end in a truthful state.
+// A rollout the store says is in flight, found at start-up: its process died. Its nodes are
+// made safe and recorded by deploy::recover_rollout (shared with the CLI); the task follows.
 asio::awaitable<void> Coordinator::Impl::recover_rollout(const store::RolloutRecord& r) {
     const std::string rid = r.id, sr = r.sr_id;
     logger->warn("recovering rollout {} of SR {}: the previous process ended during it", rid, sr);
     auto results = co_await read([&](store::Database& db) { return db.node_results(rid); });
     auto task = co_await read([&](store::Database& db) { return db.task(sr); });
     auto arts = co_await read([&](store::Database& db) { return db.artifacts_for(sr); });
+    auto audit_rows = co_await read([&](store::Database& db) { return db.audit_for_rollout(rid); });
     std::string inst, sys;
     if (task && *task) {
         inst = (*task)->inst_id;
         sys = (*task)->system_name;
     }
     auto rows = co_await read([&](store::Database& db) { return db.inventory_nodes(inst, sys); });
-    if (!results || !task || !arts || !rows) {
+    if (!results || !task || !arts || !rows || !audit_rows) {
         logger->error("rollout {}: cannot read the store to recover it; left as it is", rid);
         co_return;
     }
-    const auto nodes = nodes_by_name(*rows);
-    auto specs = std::make_shared<std::vector<deploy::ArtifactSpec>>();
+    deploy::RecoveryInput in;
+    in.rollout = r;
+    in.results = std::move(*results);
+    in.nodes = nodes_by_name(*rows);
+    in.audit = std::move(*audit_rows);
+    in.origin = "at start-up";
     for (const auto& a : *arts) {
         deploy::ArtifactSpec s;
         s.file_name = a.name;
         s.sha256 = a.sha256;
         s.local_path = a.path;
-        specs->push_back(std::move(s));
+        in.artifacts.push_back(std::move(s));
     }
-    // PENDING nodes are inspected too: the write that marked a node RUNNING may have died
-    // with the process (commits are batched), while the node already holds our lock.
-    std::vector<store::NodeResult> running;
-    std::size_t pending = 0;
-    for (const auto& n : *results)
-        if (n.status == "RUNNING" || n.status == "PENDING" || n.status == "RECOVERY_FAILED") {
-            running.push_back(n);
-            pending += n.status == "PENDING" ? 1 : 0;
-        }
-    store::AuditEvent e;
-    e.sr_id = sr;
-    e.rollout_id = rid;
-    e.step = "RECOVERY";
-    e.event = "RECOVERY_START";
-    e.detail = "found in flight at start-up (the previous process ended during it): " +
-               std::to_string(running.size() - pending) + " node(s) running, " +
-               std::to_string(pending) + " not started (checked too)";
-    deps.audit->record(e);
-
-    auto settings = std::make_shared<deploy::PipelineSettings>(pipeline_settings(sr, rid));
-    settings->reclaim_own_lock = true;
-    std::map<std::string, std::size_t> outcomes;
-    const std::function<asio::awaitable<void>(std::size_t)> one =
-        [this, &running, &nodes, specs, settings,
-         &outcomes](std::size_t i) -> asio::awaitable<void> {
-        store::NodeResult n = running[i];
-        deploy::NodeReport rep;
-        auto it = nodes.find(n.node);
-        if (it == nodes.end()) {
-            rep.outcome = deploy::NodeOutcome::failed_unchanged;
-            rep.error =
-                Error(errc::invalid_argument,
-                      "node '" + n.node + "' is no longer in the inventory: recover it by hand");
-        } else {
-            rep = co_await deploy::recover_node(it->second, *specs, n.backup_path, *settings);
-        }
-        // Not inspected (unreachable, gone from the inventory): the node may still be mid-step
-        // under our lock. It stays to be recovered at the next start, and the rollout with it.
-        const bool inspected = it != nodes.end() && rep.failed_step != "CONNECT" &&
-                               rep.failed_step != "RECOVER_INSPECT";
-        if (n.status == "PENDING" && !rep.lock_released &&
-            (rep.outcome == deploy::NodeOutcome::failed_unchanged || !inspected)) {
-            n.status = "SKIPPED";  // never started (a node we cannot reach was never reached)
-            n.step = "";
-            n.error = inspected
-                          ? "not started: the rollout was interrupted"
-                          : "not started: the rollout was interrupted (" + rep.error.message + ")";
-        } else if (!inspected) {
-            n.status = "RECOVERY_FAILED";
-            n.step = "RECOVERY";
-            n.error = rep.error.message + "; retried at the next start";
-        } else {
-            n.status = std::string(deploy::to_string(rep.outcome));
-            n.step = rep.failed_step.empty() ? "RECOVERY" : rep.failed_step;
-            n.error = rep.error.message;
-        }
-        if (!rep.backup_path.empty()) n.backup_path = rep.backup_path;
-        n.finished_ms = now_ms();
-        ++outcomes[n.status];
-        node_outcome_metric(n.status);
-        store::AuditEvent ev;
-        ev.sr_id = settings->sr_id;
-        ev.rollout_id = settings->rollout_id;
-        ev.node = n.node;
-        ev.step = "RECOVERY";
-        ev.event = "NODE_RECOVERED";
-        ev.detail = n.status + (n.error.empty() ? std::string() : ": " + n.error);
-        deps.audit->record(std::move(ev));
-        deps.audit->upsert_node_result(std::move(n));
-    };
-    co_await run_bounded(running.size(), deps.engine.rollout.max_sessions, one);
-
-    std::string summary;
-    for (const auto& [k, v] : outcomes)
-        summary += (summary.empty() ? "" : ", ") + std::to_string(v) + " " + lower(k);
-    std::string reason =
-        "interrupted: the previous guardia process ended during the rollout "
-        "(crash or kill); recovered at start-up" +
-        (summary.empty() ? std::string() : ": " + summary);
-    store::RolloutRecord done = r;
-    done.status = "ABORTED";
-    done.reason = reason;
-    // finished_ms stays empty while a node could not be recovered: the next start retries it.
-    if (outcomes.count("RECOVERY_FAILED") == 0)
-        done.finished_ms = now_ms();
-    else
-        done.reason += "; not finished: node(s) left to recover at the next start";
-    deps.audit->upsert_rollout(done);
+    auto report = co_await deploy::recover_rollout(std::move(in), pipeline_settings(sr, rid),
+                                                   deps.engine.rollout.max_sessions);
+    for (const auto& n : report.nodes) node_outcome_metric(n.status);
     ++stats.rollouts_by_status["ABORTED"];
-    e.event = "ROLLOUT_ABORTED";
-    e.detail = reason;
-    deps.audit->record(e);
+    const std::string reason = report.reason;
     (void)co_await durable();
 
     if (*task && (*task)->rollout_id == rid &&
@@ -183,6 +102,12 @@ asio::awaitable<std::size_t> Coordinator::Impl::recover() {
     auto unfinished = co_await read([](store::Database& db) { return db.unfinished_rollouts(); });
     if (!unfinished) throw std::runtime_error("recovery: " + unfinished.error().message);
     for (const auto& r : *unfinished) {
+        // Another guardia process on this host runs it still (a `guardia deploy` on the
+        // service's database): not ours to recover.
+        if (deploy::owner_liveness(r.owner) == deploy::OwnerLiveness::alive) {
+            logger->warn("rollout {} is run by {}, which is alive: not recovered", r.id, r.owner);
+            continue;
+        }
         co_await recover_rollout(r);
         ++n;
     }

@@ -191,6 +191,7 @@ asio::awaitable<Result<void>> write_from_memory(Session::Impl& impl, LIBSSH2_SFT
             co_return write_failure(impl, interrupted, step_deadline < deadline, n, staging,
                                     opts.stall_timeout, opts.timeout);
         acked += static_cast<std::uint64_t>(n);
+        if (opts.on_progress) opts.on_progress(acked, bytes.size());
     }
     co_return Result<void>{};
 }
@@ -354,6 +355,7 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
                     } else {
                         window.append(incoming.data(), *read_result);
                         more = *read_result == kChunk;
+                        if (opts.on_progress) opts.on_progress(src.read - window.pending(), src.size);
                     }
                 } else if (auto w = co_await write_job(std::move(job)); !w) {
                     failure = w.error();

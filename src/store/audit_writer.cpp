@@ -308,11 +308,11 @@ Result<void> AuditWriter::Impl::prepare_statements() {
     if (!n) return n.error();
     auto r = Statement::prepare(h,
                                 "INSERT INTO rollouts (id, sr_id, status, reason, created_ms,"
-                                " finished_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                                " finished_ms, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
                                 " ON CONFLICT (id) DO UPDATE SET sr_id = excluded.sr_id,"
                                 " status = excluded.status, reason = excluded.reason,"
                                 " created_ms = excluded.created_ms,"
-                                " finished_ms = excluded.finished_ms",
+                                " finished_ms = excluded.finished_ms, owner = excluded.owner",
                                 true);
     if (!r) return r.error();
     auto t = Statement::prepare(h,
@@ -416,6 +416,7 @@ int AuditWriter::Impl::write_item(const Item& item, detail::ChainTail& tail) {
         stmt->bind(4, r->reason);
         stmt->bind(5, r->created_ms);
         stmt->bind(6, r->finished_ms);
+        stmt->bind(7, r->owner);
     } else if (const auto* t = std::get_if<TaskRecord>(&item)) {
         stmt = &*upsert_task;
         stmt->bind(1, t->sr_id);

@@ -35,7 +35,7 @@ struct Migration {
     Result<void> (*then)(sqlite3* db, const std::string& path) = nullptr;
 };
 
-constexpr std::array<Migration, 5> migrations = {{
+constexpr std::array<Migration, 6> migrations = {{
     // 1: audit log, rollouts, node results; room for tasks, artifacts, inventory, outbox.
     {R"sql(
 CREATE TABLE audit_log (
@@ -172,6 +172,11 @@ ALTER TABLE audit_log ADD COLUMN principal TEXT NOT NULL DEFAULT '';
     // 5: a node's history across SRs (Database::node_histories), read before a PM rollback.
     {R"sql(
 CREATE INDEX IF NOT EXISTS node_results_by_node ON node_results (node);
+)sql"},
+    // 6: the process running a rollout (RolloutRecord::owner), so that recovery never takes
+    // over a rollout that is still running in another process on the same database.
+    {R"sql(
+ALTER TABLE rollouts ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 )sql"},
 }};
 
@@ -452,8 +457,8 @@ Result<std::optional<NodeResult>> Database::node_result(std::string_view rollout
 
 Result<std::optional<RolloutRecord>> Database::rollout(std::string_view rollout_id) {
     auto stmt = Statement::prepare(db_.get(),
-                                   "SELECT sr_id, status, reason, created_ms, finished_ms"
-                                   " FROM rollouts WHERE id = ?1");
+                                   "SELECT sr_id, status, reason, created_ms, finished_ms,"
+                                   " owner FROM rollouts WHERE id = ?1");
     if (!stmt) return stmt.error();
     stmt->bind(1, rollout_id);
     int rc = stmt->step();
@@ -468,6 +473,7 @@ Result<std::optional<RolloutRecord>> Database::rollout(std::string_view rollout_
     r.reason = stmt->text(2);
     r.created_ms = stmt->int64(3);
     r.finished_ms = stmt->optional_int64(4);
+    r.owner = stmt->text(5);
     return std::optional<RolloutRecord>(std::move(r));
 }
 
@@ -522,6 +528,7 @@ RolloutRecord read_rollout(const Statement& stmt) {
     r.reason = stmt.text(3);
     r.created_ms = stmt.int64(4);
     r.finished_ms = stmt.optional_int64(5);
+    r.owner = stmt.text(6);
     return r;
 }
 
@@ -653,8 +660,9 @@ Result<std::optional<IdempotencyRecord>> Database::idempotency(std::string_view 
 
 Result<std::vector<RolloutRecord>> Database::unfinished_rollouts() {
     auto stmt = Statement::prepare(db_.get(),
-                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms"
-                                   " FROM rollouts WHERE finished_ms IS NULL ORDER BY created_ms");
+                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms,"
+                                   " owner FROM rollouts WHERE finished_ms IS NULL"
+                                   " ORDER BY created_ms");
     if (!stmt) return stmt.error();
     return read_all<RolloutRecord>(
         db_.get(), *stmt, "store " + path_ + ": reading unfinished rollouts", read_rollout);
@@ -662,8 +670,9 @@ Result<std::vector<RolloutRecord>> Database::unfinished_rollouts() {
 
 Result<std::vector<RolloutRecord>> Database::rollouts_for(std::string_view sr_id) {
     auto stmt = Statement::prepare(db_.get(),
-                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms"
-                                   " FROM rollouts WHERE sr_id = ?1 ORDER BY created_ms DESC, id");
+                                   "SELECT id, sr_id, status, reason, created_ms, finished_ms,"
+                                   " owner FROM rollouts WHERE sr_id = ?1"
+                                   " ORDER BY created_ms DESC, id");
     if (!stmt) return stmt.error();
     stmt->bind(1, sr_id);
     return read_all<RolloutRecord>(

@@ -587,6 +587,7 @@ TEST_CASE("audit chain: a schema-3 store (before the principal) verifies before 
     // hashes are the pinned test vectors (computed by the code of that time).
     { Database create(path); }
     tamper(path, R"sql(
+ALTER TABLE rollouts DROP COLUMN owner;
 ALTER TABLE audit_log DROP COLUMN principal;
 INSERT INTO audit_log (id, ts_ms, sr_id, rollout_id, node, step, event, exit_code, duration_ms,
                        detail, prev_hash, row_hash)
@@ -763,6 +764,7 @@ TEST_CASE("audit chain: a store from before the chain is migrated and its rows c
     // 3 then chains them before migration 4 adds the principal column.
     { Database create(path); }
     tamper(path, R"sql(
+ALTER TABLE rollouts DROP COLUMN owner;
 ALTER TABLE audit_log DROP COLUMN principal;
 ALTER TABLE audit_log DROP COLUMN prev_hash;
 ALTER TABLE audit_log DROP COLUMN row_hash;
@@ -864,3 +866,31 @@ TEST_CASE("store: a new database and its -wal and -shm files are 0600 whatever t
 }
 
 TEST_SUITE_END();
+
+TEST_CASE("store: a rollout's owner is written and read back (schema 6)") {
+    TempDir dir;
+    const auto path = dir.file("owner.db");
+    {
+        AuditWriter writer(path);
+        RolloutRecord r;
+        r.id = "R-1";
+        r.sr_id = "SR-1";
+        r.status = "RUNNING";
+        r.created_ms = 1000;
+        r.owner = "guardia@deploy-1:4242";
+        writer.upsert_rollout(r);
+        writer.stop();
+    }
+    Database db(path);
+    auto one = db.rollout("R-1");
+    REQUIRE(one.has_value());
+    REQUIRE(one->has_value());
+    CHECK((*one)->owner == "guardia@deploy-1:4242");
+    auto open = db.unfinished_rollouts();
+    REQUIRE(open.has_value());
+    REQUIRE(open->size() == 1);
+    CHECK(open->front().owner == "guardia@deploy-1:4242");
+    auto by_sr = db.rollouts_for("SR-1");
+    REQUIRE(by_sr.has_value());
+    CHECK(by_sr->front().owner == "guardia@deploy-1:4242");
+}

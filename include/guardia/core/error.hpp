@@ -36,6 +36,7 @@ enum class errc {
     security_violation,       // a command was refused by the command sanitizer
     precheck_failed,          // a node failed its pre-check (disk, paths, scripts)
     node_locked,              // another rollout holds the node's deploy lock
+    audit_unavailable,        // the audit log cannot be written: the step was not started
 };
 
 const boost::system::error_category& guardia_category() noexcept;

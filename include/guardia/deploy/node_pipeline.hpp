@@ -116,6 +116,12 @@ struct NodeReport {
     std::string backup_path;     // the backup taken for this rollout, if any
     bool lock_released = false;
     std::chrono::milliseconds duration{0};
+    // LOCK found the node locked by someone else: the owner and rollout its owner file names.
+    std::string busy_lock_owner, busy_lock_rollout;
+    // deploy_node found the lock of a dead guardia process on this host, recovered the node
+    // for that rollout (restored from its backup, lock released) and then deployed: what the
+    // recovery did, for the report. Empty otherwise.
+    std::string stale_lock_recovery;
 };
 
 // Runs the whole pipeline for one node. Never throws for node failures: they are the report.
@@ -151,6 +157,12 @@ boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::st
 boost::asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
                                                  const PipelineSettings& settings,
                                                  const std::vector<ArtifactSpec>& expected_live);
+
+// The safety steps: the rollback and its parts, discarding staged files, releasing the lock.
+// They run even when the audit log cannot be written (their rows stay queued), while every
+// other remote step starts only once its intent row is committed (errc::audit_unavailable
+// otherwise: the node is then cleaned up by these steps). Pure.
+bool step_runs_without_audit(std::string_view step) noexcept;
 
 // The artifacts of `artifacts` whose "SHA <name> <sha256>" line in `out` (the remote hash
 // listing of the deploy path) is missing or differs, each as "<name> is sha256 <x> (expected

@@ -96,6 +96,9 @@ struct RolloutReport {
     std::vector<TierProgress> tiers;  // run order
     std::chrono::milliseconds duration{0};
     std::size_t deployed = 0, failed = 0, skipped = 0;
+    // Stopped because the audit log could not be written (see PipelineSettings::audit): no
+    // node started after that, and no forward step began without its intent row.
+    bool audit_failed = false;
 };
 
 // Receives live progress on the loop's thread. Keep the calls cheap.

@@ -91,6 +91,9 @@ struct UploadOptions {
     // Called after the staging file is written and closed, before remote verification.
     // Lets tests tamper with the staging file; production code leaves it empty.
     std::function<boost::asio::awaitable<void>(const std::string& staging_path)> before_verify;
+    // Called on the loop as the server acknowledges bytes (acknowledged so far, total size).
+    // For the crash tests' "mid-transfer" failpoint; production code leaves it empty.
+    std::function<void(std::uint64_t acked, std::uint64_t total)> on_progress;
 };
 
 struct UploadResult {

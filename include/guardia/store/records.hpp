@@ -68,6 +68,9 @@ struct RolloutRecord {
     std::string reason;  // redacted and truncated like AuditEvent::detail
     std::int64_t created_ms = 0;
     std::optional<std::int64_t> finished_ms;  // empty while the rollout is in flight
+    // The process running it, "guardia@<host>:<pid>" (deploy/owner.hpp): crash recovery
+    // leaves alone a rollout whose process still lives. Empty in rows from before schema 6.
+    std::string owner;
 };
 
 // A change request (SR) as the service tracks it. Status vocabulary is owned by the service

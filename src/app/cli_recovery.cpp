@@ -1,0 +1,154 @@
+#include "cli_recovery.hpp"
+
+#include "guardia/deploy/owner.hpp"
+#include "guardia/deploy/recovery.hpp"
+#include "guardia/store/audit_writer.hpp"
+#include "guardia/store/database.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/json.hpp>
+
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace guardia::cli {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+namespace {
+
+// The nodes the database recorded (record_inventory, or the service's imports), each parsed
+// and admitted on its own: one bad row does not hide the others.
+std::map<std::string, deploy::Node> stored_nodes(store::Database& db, const Engine& engine) {
+    std::map<std::string, deploy::Node> out;
+    auto rows = db.inventory_nodes("", "");
+    if (!rows) return out;
+    for (const auto& row : *rows) {
+        json::error_code ec;
+        auto node = json::parse(row.payload, ec);
+        if (ec) continue;
+        auto inv = deploy::parse_inventory(
+            json::serialize(json::object{{"nodes", json::array{std::move(node)}}}),
+            "stored inventory node " + row.name, engine.config.command_policy);
+        if (!inv || inv->nodes.empty()) continue;
+        if (!engine.credentials->admit(inv->nodes.front(), engine.credentials->policy())) continue;
+        out[row.name] = inv->nodes.front();
+    }
+    return out;
+}
+
+}  // namespace
+
+void record_inventory(const std::string& inventory_path, store::AuditWriter& audit) {
+    std::ifstream in(inventory_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    json::error_code ec;
+    auto doc = json::parse(text.str(), ec);
+    if (ec || !doc.is_object()) return;  // load_inventory accepted it: cannot happen
+    const auto* nodes = doc.as_object().if_contains("nodes");
+    if (!nodes || !nodes->is_array()) return;
+    for (const auto& n : nodes->as_array()) {
+        if (!n.is_object()) continue;
+        const auto& o = n.as_object();
+        auto text_of = [&](const char* key) {
+            const auto* v = o.if_contains(key);
+            return v && v->is_string() ? std::string(v->as_string()) : std::string();
+        };
+        store::InventoryNodeRecord r;
+        r.name = text_of("name");
+        if (r.name.empty()) continue;
+        r.inst_id = text_of("inst_id");
+        r.system_name = text_of("system_name");
+        r.payload = json::serialize(n);
+        audit.upsert_inventory_node(std::move(r));
+    }
+}
+
+CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& engine,
+                                    store::AuditWriter& audit, const std::string& origin,
+                                    bool force) {
+    CliRecoveryOutcome out;
+    auto db = store::Database::open_read_only(db_path);
+    if (!db) throw UsageError(db.error().message);
+    auto unfinished = db->unfinished_rollouts();
+    if (!unfinished) throw UsageError(unfinished.error().message);
+    if (unfinished->empty()) return out;
+
+    std::map<std::string, deploy::Node> nodes = stored_nodes(*db, engine);
+    for (const auto& n : engine.inventory.nodes) nodes[n.name] = n;  // the file given wins
+
+    std::vector<deploy::RecoveryInput> todo;
+    for (const auto& r : *unfinished) {
+        const auto live = deploy::owner_liveness(r.owner);
+        if (live == deploy::OwnerLiveness::alive ||
+            (live == deploy::OwnerLiveness::unknown && !r.owner.empty() && !force)) {
+            ++out.still_running;
+            out.lines.push_back(
+                "rollout " + r.id + " is unfinished but run by " + r.owner +
+                (live == deploy::OwnerLiveness::alive
+                     ? ", which is alive: left alone"
+                     : ", on another host: left alone (--force if that process is gone)"));
+            continue;
+        }
+        auto results = db->node_results(r.id);
+        auto arts = db->artifacts_for(r.sr_id);
+        auto rows = db->audit_for_rollout(r.id);
+        if (!results) throw UsageError(results.error().message);
+        if (!arts) throw UsageError(arts.error().message);
+        if (!rows) throw UsageError(rows.error().message);
+        deploy::RecoveryInput in;
+        in.rollout = r;
+        in.results = std::move(*results);
+        in.nodes = nodes;
+        in.audit = std::move(*rows);
+        in.origin = origin;
+        for (const auto& a : *arts) {
+            deploy::ArtifactSpec s;
+            s.file_name = a.name;
+            s.sha256 = a.sha256;
+            s.local_path = a.path;
+            in.artifacts.push_back(std::move(s));
+        }
+        todo.push_back(std::move(in));
+    }
+    if (todo.empty()) return out;
+
+    deploy::PipelineSettings settings = engine.config.pipeline;
+    settings.owner = deploy::local_owner_id();
+    settings.known_hosts = engine.known_hosts;
+    settings.host_key_policy = engine.host_key_policy;
+    settings.credentials = engine.credentials;
+    settings.audit = &audit;
+
+    asio::io_context ioc(1);
+    asio::co_spawn(
+        ioc,
+        [&]() -> asio::awaitable<void> {
+            for (auto& in : todo) {
+                const std::string rid = in.rollout.id, owner = in.rollout.owner;
+                auto rep = co_await deploy::recover_rollout(std::move(in), settings,
+                                                            engine.config.rollout.max_sessions);
+                ++out.rollouts;
+                out.lines.push_back("rollout " + rid + " (left by " +
+                                    (owner.empty() ? std::string("an earlier guardia") : owner) +
+                                    "): " + rep.reason);
+                for (const auto& n : rep.nodes) {
+                    if (n.status == "SKIPPED") continue;
+                    if (n.status == "RECOVERY_FAILED") ++out.nodes_left;
+                    out.lines.push_back("  " + n.node + "  " + n.status +
+                                        (n.error.empty() ? std::string() : "  " + n.error));
+                }
+            }
+            (void)co_await audit.durable();
+        },
+        asio::detached);
+    ioc.run();
+    return out;
+}
+
+}  // namespace guardia::cli

@@ -661,3 +661,99 @@ class CutProxy(unittest.TestCase):
         rec = stats["unit"]["recent"][-1]
         self.assertEqual((rec["c2s"], rec["cut"]), (self.K, True))
 
+
+
+class StallingProxy(unittest.TestCase):
+    """The fleet's stalling_link proxy (tools/fleet_lib/server.py) alone, in front of an echo
+    server the test owns: the latency is added each way, stalls hold a direction, and the
+    stall draws are a pure function of (seed, node, connection, direction)."""
+
+    def setUp(self):
+        sys.path.insert(0, os.path.dirname(os.path.realpath(FLEET)))
+        from fleet_lib import faults, server
+        self.faults, self.server = faults, server
+
+    def fault(self, **args):
+        return self.faults.normalize("stalling_link", args)
+
+    def test_parsing_and_defaults(self):
+        node, f = self.faults.parse_flag("7:stalling_link", 10)
+        self.assertEqual((node, f), ("node-0007", {"kind": "stalling_link", "delay_ms": 150, "stall_pct": 3.0,
+                                                   "stall_min_ms": 1000, "stall_max_ms": 3000, "seed": 0}))
+        _, f = self.faults.parse_flag("7:stalling_link:seed=5,stall_pct=0.5", 10)
+        self.assertEqual((f["seed"], f["stall_pct"], f["delay_ms"]), (5, 0.5, 150))
+        for bad in ({"stall_pct": 101}, {"stall_min_ms": 2000, "stall_max_ms": 1000}, {"delay_ms": -1},
+                    {"stall_pct": "nan"}):
+            with self.subTest(bad=bad), self.assertRaises(self.faults.FleetError):
+                self.fault(**bad)
+
+    def test_draws_are_reproducible(self):
+        def draws(seed, name="node-0001", conn=1, key="c2s", n=2000):
+            stats = self.server.Stats(os.devnull)
+            p = self.server.Proxy({"name": name, "stalling_link": self.fault(seed=seed)}, stats)
+            it = p.stall_draws(conn, key)
+            return [next(it) for _ in range(n)]
+        a = draws(1)
+        self.assertEqual(a, draws(1), "same seed, node, connection and direction: same stalls")
+        for other in (draws(2), draws(1, name="node-0002"), draws(1, conn=2), draws(1, key="s2c")):
+            self.assertNotEqual(a, other)
+        stalls = [x for x in a if x > 0]
+        self.assertTrue(all(1.0 <= x <= 3.0 for x in stalls), stalls)
+        self.assertTrue(20 <= len(stalls) <= 120, f"about 3 % of 2000 chunks stall: {len(stalls)}")
+
+    def test_latency_and_stalls_on_the_wire(self):
+        upstream = socket.socket()
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(4)
+        self.addCleanup(upstream.close)
+
+        def echo():
+            conn, _ = upstream.accept()
+            conn.settimeout(30)
+            try:
+                while chunk := conn.recv(65536):
+                    conn.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                conn.close()
+        threading.Thread(target=echo, daemon=True).start()
+        work = work_dir("stall-")
+        self.addCleanup(shutil.rmtree, work, ignore_errors=True)
+        loop = asyncio.new_event_loop()
+        runner = threading.Thread(target=loop.run_forever, daemon=True)
+        runner.start()
+
+        def stop_loop():
+            loop.call_soon_threadsafe(loop.stop)
+            runner.join(10)
+            loop.close()
+        self.addCleanup(stop_loop)
+        stats = self.server.Stats(os.path.join(work, "stats.json"))
+        # every chunk stalls exactly 0.2 s, plus 0.1 s latency each way
+        f = self.fault(delay_ms=100, stall_pct=100, stall_min_ms=200, stall_max_ms=200, seed=3)
+        proxy = self.server.Proxy({"name": "unit", "stalling_link": f}, stats)
+        proxy.upstream = upstream.getsockname()[1]
+        lsock = socket.socket()
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen(4)
+        lsock.setblocking(False)
+        srv = asyncio.run_coroutine_threadsafe(asyncio.start_server(proxy.handle, sock=lsock), loop).result(10)
+        self.addCleanup(lambda: loop.call_soon_threadsafe(srv.close))
+        client = socket.create_connection(lsock.getsockname(), timeout=30)
+        self.addCleanup(client.close)
+        t = time.monotonic()
+        client.sendall(b"ping")
+        self.assertEqual(client.recv(16), b"ping")
+        rtt = time.monotonic() - t
+        # a lower bound only: 2 x (latency + stall), one chunk each way
+        self.assertGreaterEqual(rtt, 2 * (0.1 + 0.2) - 0.01)
+        rec = stats["unit"]["recent"][-1]
+        self.assertEqual(rec["stalls"], [["c2s", 0.2], ["s2c", 0.2]])
+        self.assertEqual(stats["unit"]["stalls"], 2)
+        # let the proxy finish the connection before its loop stops (no task left pending)
+        client.close()
+        deadline = time.monotonic() + 30
+        while rec["end"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertIsNotNone(rec["end"])

@@ -35,13 +35,21 @@ KINDS = {
     # a TCP proxy in front of sshd limits each direction to `rate` bytes/s (0 = no limit)
     # and adds `delay_ms` one-way latency to every chunk in each direction.
     "slow_link": [("rate", int, 262144), ("delay_ms", int, 50)],
+    # a TCP proxy in front of sshd that adds `delay_ms` one-way latency in each direction and
+    # now and then stalls a direction as a lost segment would (retransmission timeout): each
+    # forwarded chunk is, with probability `stall_pct` %, held for a random stall_min_ms..
+    # stall_max_ms before it goes, and everything behind it waits (head-of-line blocking).
+    # The draws come from a PRNG seeded with (`seed`, node, connection number, direction):
+    # the same seed and traffic give the same stalls.
+    "stalling_link": [("delay_ms", int, 150), ("stall_pct", float, 3.0), ("stall_min_ms", int, 1000),
+                      ("stall_max_ms", int, 3000), ("seed", int, 0)],
     # shutdown.sh sleeps `seconds` before stopping the service.
     "shutdown_hangs": [("seconds", int, 3600)],
     # an extra sshd_config line for this node only (Match LocalPort block), e.g. "RekeyLimit 1M".
     "sshd_option": [("option", str, None)],
 }
 
-PROXY_KINDS = ("cut_after_bytes", "slow_link")
+PROXY_KINDS = ("cut_after_bytes", "slow_link", "stalling_link")
 
 
 def node_name(n, width):
@@ -103,6 +111,9 @@ def _check(f):
         bad = "rate and delay_ms must be >= 0, not both 0"
     elif k == "slow_link" and 0 < f["rate"] < 1024:
         bad = "rate must be 0 (unlimited) or >= 1024 bytes/s"
+    elif k == "stalling_link" and not (0 <= f["delay_ms"] <= 60000 and 0 <= f["stall_pct"] <= 100
+                                       and 0 <= f["stall_min_ms"] <= f["stall_max_ms"] <= 600000):
+        bad = "need 0 <= delay_ms <= 60000, 0 <= stall_pct <= 100, 0 <= stall_min_ms <= stall_max_ms <= 600000"
     elif k == "shutdown_hangs" and f["seconds"] < 1:
         bad = "seconds must be >= 1"
     elif k == "sshd_option":

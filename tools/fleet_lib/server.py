@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -281,23 +282,43 @@ async def respond(writer, status, body, head_only, keep):
 
 
 class Proxy:
-    """TCP proxy in front of a node's sshd: cut after K bytes and/or a slow link."""
+    """TCP proxy in front of a node's sshd: cut after K bytes, a slow link and/or a stalling link."""
 
     def __init__(self, cfg, stats):
         self.name = cfg["name"]
         self.upstream = None
         self.cut = cfg.get("cut_after_bytes")       # {"bytes", "connections"} or None
         link = cfg.get("slow_link") or {}
+        self.stalling = cfg.get("stalling_link")    # {"delay_ms", "stall_pct", ...} or None
         self.rate = link.get("rate", 0)
-        self.delay = link.get("delay_ms", 0) / 1000.0
+        # one-way latency: a slow_link's and a stalling_link's add up
+        self.delay = (link.get("delay_ms", 0) + (self.stalling or {}).get("delay_ms", 0)) / 1000.0
         self.chunk = 65536 if not self.rate else max(1024, min(65536, self.rate // 20))
         self.stats = stats
         self.st = stats.setdefault(self.name, {"connections": 0, "cut": 0, "recent": []})
+        if self.stalling:
+            self.st.setdefault("stalls", 0)
+            self.st.setdefault("stalled_s", 0.0)
+
+    def stall_draws(self, number, key):
+        """The stalling_link's decisions for connection `number`, direction `key`: an endless
+        iterator of stall lengths in seconds, one per forwarded chunk (0.0 = no stall). A PRNG
+        seeded from (seed, node, connection, direction) alone: reproducible run to run, and
+        independent of how the two directions and other connections interleave."""
+        f = self.stalling
+        rng = random.Random(f"{f['seed']}:{self.name}:{number}:{key}")
+        p = f["stall_pct"] / 100.0
+        lo, hi = f["stall_min_ms"] / 1000.0, f["stall_max_ms"] / 1000.0
+        while True:
+            hit, length = rng.random(), rng.uniform(lo, hi)    # always two draws: a fixed stream
+            yield length if hit < p else 0.0
 
     async def handle(self, creader, cwriter):
         self.st["connections"] += 1
         number = self.st["connections"]
         rec = {"n": number, "c2s": 0, "s2c": 0, "cut": False, "start": time.time(), "end": None}
+        if self.stalling:
+            rec["stalls"] = []       # [direction, seconds] of each stall, in order
         self.st["recent"] = (self.st["recent"] + [rec])[-20:]
         limit = None
         if self.cut and (self.cut["connections"] == 0 or number <= self.cut["connections"]):
@@ -310,8 +331,8 @@ class Proxy:
                 sock = w.get_extra_info("socket")
                 if sock is not None:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            c2s = asyncio.create_task(self.pump(creader, uwriter, limit, rec, "c2s"))
-            s2c = asyncio.create_task(self.pump(ureader, cwriter, None, rec, "s2c"))
+            c2s = asyncio.create_task(self.pump(creader, uwriter, limit, rec, "c2s", number))
+            s2c = asyncio.create_task(self.pump(ureader, cwriter, None, rec, "s2c", number))
             done, pending = await asyncio.wait({c2s, s2c}, return_when=asyncio.FIRST_COMPLETED)
             first = done.pop().result()
             if first == "eof" and pending:
@@ -356,9 +377,10 @@ class Proxy:
                 return
             await asyncio.sleep(0.005)
 
-    async def pump(self, src, dst, limit, rec, key):
-        """Copy src -> dst with the link's delay and rate; 'eof', 'cut' or 'error'."""
+    async def pump(self, src, dst, limit, rec, key, number=0):
+        """Copy src -> dst with the link's delay, rate and stalls; 'eof', 'cut' or 'error'."""
         loop = asyncio.get_running_loop()
+        stalls = self.stall_draws(number, key) if self.stalling else None
         queue = asyncio.Queue(maxsize=16)
 
         async def reader():
@@ -390,6 +412,15 @@ class Proxy:
                         except (OSError, RuntimeError):
                             pass
                     return kind
+                if stalls is not None:
+                    stall = next(stalls)
+                    if stall > 0:
+                        # as a lost segment: this chunk and all behind it wait for the
+                        # "retransmission"; the reader keeps filling the bounded queue meanwhile
+                        rec["stalls"].append([key, round(stall, 3)])
+                        self.st["stalls"] += 1
+                        self.st["stalled_s"] = round(self.st["stalled_s"] + stall, 3)
+                        due += stall      # on top of the latency: the "retransmission" still travels
                 now = loop.time()
                 wait = max(due - now, next_send - now)
                 if wait > 0:

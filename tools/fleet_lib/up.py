@@ -568,7 +568,8 @@ class Up:
             return
         if any(re.search("auth|pubkey|users|groups", k, re.I) for k, _ in self.user_opts):
             return      # the caller changed authentication on purpose
-        ssh_faults = {"unreachable", "wrong_host_key", "auth_refused", "cut_after_bytes", "slow_link", "sshd_option"}
+        ssh_faults = {"unreachable", "wrong_host_key", "auth_refused", "cut_after_bytes", "slow_link",
+                      "stalling_link", "sshd_option"}
         for n in self.nodes:
             if not ssh_faults & set(n["by_kind"]):
                 break

@@ -5,9 +5,11 @@
 #include "guardia/core/local_io.hpp"
 #include "guardia/version.hpp"
 
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <memory>
 #include <cstring>
 #include <string_view>
 
@@ -41,6 +43,10 @@ int main(int argc, char** argv) {
         return 0;
     }
     if (command == "help" || command == "--help" || command == "-h") return usage(stdout);
+    // Log lines go to stderr: stdout carries the report (--json documents must stay parseable
+    // when the store warns, e.g. on a full disk).
+    spdlog::set_default_logger(std::make_shared<spdlog::logger>(
+        "", std::make_shared<spdlog::sinks::stderr_color_sink_mt>()));
     spdlog::set_level(spdlog::level::warn);
     try {
         int rc = -1;

@@ -52,8 +52,16 @@ constexpr const char* serve_usage =
 asio::awaitable<void> watchdog_loop(service::SystemdNotifier& sd, std::chrono::microseconds every,
                                     std::shared_ptr<asio::steady_timer> timer,
                                     std::shared_ptr<bool> stop) {
+    bool failing = false;  // log a failing ping once, and its recovery, not every interval
     while (!*stop) {
-        (void)sd.watchdog();
+        auto ping = sd.watchdog();
+        if (!ping && !failing)
+            spdlog::error("watchdog ping failed: {} (systemd will restart the service if this "
+                          "lasts WatchdogSec)",
+                          ping.error().message);
+        else if (ping && failing)
+            spdlog::warn("watchdog pings work again");
+        failing = !ping;
         timer->expires_after(every);
         boost::system::error_code ec;
         co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));

@@ -73,19 +73,39 @@ asio::awaitable<void> Fanout::Impl::one(std::size_t i) {
             if (!s) {
                 fail(s.error());
             } else {
-                ssh::ExecOptions eo;
-                eo.timeout = options.command_timeout;
-                eo.max_stdout = options.max_output;
-                eo.max_stderr = options.max_output;
-                auto x = co_await (*s)->exec(command, eo);
-                if (!x) {
-                    fail(x.error());
+                // Audit or stop: the command is sent only once its intent row is committed;
+                // a store that cannot commit stops the fan-out (no further node starts).
+                Result<void> intent;
+                if (options.audit) {
+                    store::AuditEvent e;
+                    e.sr_id = options.sr_id;
+                    e.rollout_id = options.run_id;
+                    e.node = node.name;
+                    e.step = "EXEC";
+                    e.event = "STEP_START";
+                    options.audit->record(std::move(e));
+                    intent = co_await options.audit->durable();
+                }
+                if (!intent) {
+                    fail(Error(errc::audit_unavailable,
+                               "EXEC: the audit log cannot be written (" + intent.error().message +
+                                   "): the command was not sent"));
+                    cancelled = true;
                 } else {
-                    r.ran = true;
-                    r.exit_code = x->exit_code;
-                    r.exit_signal = x->exit_signal;
-                    r.out = std::move(x->out);
-                    r.err = std::move(x->err);
+                    ssh::ExecOptions eo;
+                    eo.timeout = options.command_timeout;
+                    eo.max_stdout = options.max_output;
+                    eo.max_stderr = options.max_output;
+                    auto x = co_await (*s)->exec(command, eo);
+                    if (!x) {
+                        fail(x.error());
+                    } else {
+                        r.ran = true;
+                        r.exit_code = x->exit_code;
+                        r.exit_signal = x->exit_signal;
+                        r.out = std::move(x->out);
+                        r.err = std::move(x->err);
+                    }
                 }
                 if ((*s)->usable()) co_await (*s)->disconnect();
             }

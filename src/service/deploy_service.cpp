@@ -320,6 +320,19 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         co_return error_answer(
             req, ServiceError(ServiceErrc::stopping,
                               "the service is stopping: no new work is accepted"));
+    // Audit or stop: while the store cannot commit, nothing new is accepted (it could not be
+    // recorded). Reads go on; the writer keeps retrying and the first commit ends this.
+    if (mutating) {
+        if (auto e = coordinator.deps().audit->last_error()) {
+            auto r = error_answer(
+                req, ServiceError(ServiceErrc::store_unavailable,
+                                  "the audit store cannot be written (" + e->message +
+                                      "): no new work is accepted until it writes again "
+                                      "(GET /healthz says when)"));
+            r.set(bh::field::retry_after, "10");
+            co_return r;
+        }
+    }
     const Call call{req, who, seg};
     co_return co_await (this->*(route->handler))(call);
 }
@@ -710,9 +723,12 @@ asio::awaitable<http::Response> DeployService::Impl::healthz(const Call& c) {
     json::object o{{"status", "ok"},
                    {"rollouts_running", coordinator.running()},
                    {"store_queue", deps.audit->queue_depth()}};
+    // Degraded: the store cannot commit, so no new work is accepted (503 to monitors and load
+    // balancers too) until the writer's retry commits.
     if (auto e = deps.audit->last_error()) {
         o["status"] = "degraded";
         o["store_error"] = e->message;
+        co_return http::json_response(c.req, bh::status::service_unavailable, o);
     }
     co_return http::json_response(c.req, bh::status::ok, o);
 }
@@ -746,6 +762,11 @@ asio::awaitable<http::Response> DeployService::Impl::metrics(const Call& c) {
     m << "guardia_ssh_sessions_open " << ssh::open_session_count() << '\n';
     head("guardia_audit_queue_depth", "gauge", "Store writes queued, not yet committed.");
     m << "guardia_audit_queue_depth " << deps.audit->queue_depth() << '\n';
+    head("guardia_store_degraded", "gauge",
+         "1 while the store cannot commit (audit or stop: no new work is accepted).");
+    m << "guardia_store_degraded " << (deps.audit->last_error() ? 1 : 0) << '\n';
+    head("guardia_audit_committed_total", "counter", "Store writes committed.");
+    m << "guardia_audit_committed_total " << deps.audit->committed() << '\n';
     head("guardia_audit_rejected_total", "counter", "Store writes refused by SQLite.");
     m << "guardia_audit_rejected_total " << deps.audit->rejected() << '\n';
     head("guardia_http_requests_total", "counter", "API requests answered, by status code.");

@@ -6,10 +6,12 @@ Layout (checked in setUpClass; change both together):
   node-0001..0020  healthy
   node-0021..0022  health_slow:10 (503 STARTING for 10 s after each start: keeps a rollout running)
   node-0023..0024  rejects_new_build (every new build fails health; an exact rollback heals them)
+  node-0025        health_slow:10; node-0026 healthy
 Each suite owns its nodes, so the suites can run in parallel:
   test_trust_approvals.py  node-0001..0010, node-0021, node-0023
   test_trust_inputs.py     node-0011..0016
   test_trust_http.py       node-0017..0020, node-0022, node-0024
+  test_trust_store.py      node-0025, node-0026
 """
 
 import os
@@ -23,8 +25,9 @@ import test_serve  # noqa: E402  (reads GUARDIA_TEST_FLEET_SERVE / GUARDIA_SERVE
 from test_serve import ServeTest, FLEET_DIR, GUARDIA, WORK_ROOT  # noqa: E402,F401  (re-exported to the suites)
 
 TRUST_HEALTHY = [f"node-{i:04d}" for i in range(1, 21)]
-TRUST_SLOW = ["node-0021", "node-0022"]
+TRUST_SLOW = ["node-0021", "node-0022", "node-0025"]
 TRUST_REJECT = ["node-0023", "node-0024"]
+TRUST_STORE_HEALTHY = ["node-0026"]
 
 
 class TrustBase(ServeTest):
@@ -34,7 +37,8 @@ class TrustBase(ServeTest):
 
     @classmethod
     def expected_faults(cls):
-        return {**{n: [] for n in TRUST_HEALTHY}, **{n: ["health_slow"] for n in TRUST_SLOW},
+        return {**{n: [] for n in TRUST_HEALTHY + TRUST_STORE_HEALTHY},
+                **{n: ["health_slow"] for n in TRUST_SLOW},
                 **{n: ["rejects_new_build"] for n in TRUST_REJECT}}
 
 

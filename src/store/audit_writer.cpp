@@ -727,6 +727,9 @@ void AuditWriter::Impl::spill_unwritten(std::vector<Item>& batch, const Error& e
     std::size_t from_queue = items.size();
     {
         std::lock_guard lock(mu);
+        // From now on enqueue() refuses data items (logged): nothing can slip in behind the
+        // spill and stay in memory, unwritten and unreported.
+        finished = true;
         std::deque<Item> waiting;
         for (auto& item : queue) {
             if (std::holds_alternative<std::unique_ptr<Waiter>>(item))
@@ -823,8 +826,12 @@ void AuditWriter::Impl::run() {
                  options.max_batch > batch.size() ? options.max_batch - batch.size() : 0);
             stop_requested = stopping;
             if (stop_requested && batch.empty() && incoming.empty() && waiters.empty() &&
-                queue.empty())
+                queue.empty()) {
+                // In the same critical section as the check: an item recorded from now on is
+                // refused loudly by enqueue() instead of staying queued, unwritten, unlogged.
+                finished = true;
                 break;
+            }
             secrets = redactions;
         }
         for (auto& item : incoming) {

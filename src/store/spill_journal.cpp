@@ -285,9 +285,13 @@ std::variant<SpillItem, std::string> parse_item(std::string_view line) {
     return item;
 }
 
+// "<message>: <strerror>": Error::describe() shows only the code's number, and an operator
+// needs the reason (No space left on device) in the log line.
 Error errno_error(int e, std::string message) {
-    return Error(boost::system::error_code(e, boost::system::system_category()),
-                 std::move(message));
+    boost::system::error_code code(e, boost::system::system_category());
+    message += ": ";
+    message += code.message();
+    return Error(code, std::move(message));
 }
 
 // Full pwrite at `offset`: retries short writes and EINTR. Returns the bytes written before

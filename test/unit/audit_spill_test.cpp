@@ -783,4 +783,27 @@ TEST_CASE("audit writer spill: beyond the reserve on a full disk, the loss is co
     check_chain(db, static_cast<std::int64_t>(rows.size()));
 }
 
+TEST_CASE("audit writer spill: a reserve the disk cannot hold is a warning naming the file") {
+    REQUIRE_MESSAGE(::geteuid() == 0,
+                    "this test mounts a tmpfs and must run as root (it is not skipped)");
+    TempDir dir;
+    TmpfsMount mount(dir.path(), "1m");
+    REQUIRE_MESSAGE(mount.mounted(), "mount -t tmpfs on " << dir.path() << ": " << mount.error());
+    const auto db = dir.file("audit.db");
+    CapturedLog log;
+    {
+        AuditWriterOptions options = quick_options(log);
+        options.spill_reserve_bytes = std::size_t{4} << 20;  // more than the filesystem holds
+        AuditWriter writer(db, options);
+        writer.start();
+        writer.record(event_no(1));
+        CHECK(await_durable(writer).has_value());  // the writer goes on
+    }
+    const auto text = log.text();
+    CHECK(text.find("spill journal " + db + ".spill: cannot reserve 4194304 bytes") !=
+          std::string::npos);
+    CHECK(text.find("No space left on device") != std::string::npos);
+    CHECK(all_rows(db, "SR-9").size() == 1);
+}
+
 TEST_SUITE_END();

@@ -139,8 +139,7 @@ std::optional<SpillItem> to_spill_item(Item&& item) {
 }
 
 Item from_spill_item(SpillItem&& item) {
-    return std::visit([](auto&& value) -> Item { return Item(std::move(value)); },
-                      std::move(item));
+    return std::visit([](auto&& value) -> Item { return Item(std::move(value)); }, std::move(item));
 }
 
 // A journal's id: unique per spill, so the store's replay marker can never match a newer one.
@@ -162,9 +161,9 @@ std::string utc_stamp() {
     std::tm tm{};
     gmtime_r(&t, &tm);
     char buf[96];  // room for any int year: -Wformat-truncation
-    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch())
-                        .count() %
-                    1000;
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
     std::snprintf(buf, sizeof buf, "%04d%02d%02dT%02d%02d%02d.%03dZ", tm.tm_year + 1900,
                   tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                   static_cast<int>(ms));
@@ -621,9 +620,10 @@ void AuditWriter::Impl::open_spill() {
     }
     auto file = detail::SpillFile::open(path);
     if (!file) {
-        logger->warn("{}; this writer cannot spill: items it cannot write when it stops will be "
-                     "counted in the log and lost",
-                     file.error().describe());
+        logger->warn(
+            "{}; this writer cannot spill: items it cannot write when it stops will be "
+            "counted in the log and lost",
+            file.error().describe());
         return;
     }
     spill = std::move(*file);
@@ -645,9 +645,10 @@ void AuditWriter::Impl::open_spill() {
         const std::uint64_t skip =
             std::min<std::uint64_t>(already_replayed(contents.id), contents.items.size());
         if (skip > 0)
-            logger->warn("spill journal {}: its first {} item(s) are already in the store (an "
-                         "earlier replay was interrupted); not replaying them again",
-                         path, skip);
+            logger->warn(
+                "spill journal {}: its first {} item(s) are already in the store (an "
+                "earlier replay was interrupted); not replaying them again",
+                path, skip);
         const std::size_t n = contents.items.size() - skip;
         if (n > 0) {
             logger->warn("store {}: replaying {} item(s) from {}", db.path(), n, path);
@@ -685,7 +686,7 @@ void AuditWriter::Impl::reserve_spill() {
     if (!spill) return;
     if (auto r = spill->reserve(options.spill_reserve_bytes); !r)
         logger->warn("{}; spilling at stop still works while the disk has room",
-                      r.error().describe());
+                     r.error().describe());
 }
 
 // The journal's items are all in the store (or it had none): clear it, keeping its room, or
@@ -703,9 +704,10 @@ void AuditWriter::Impl::finish_replay() {
             if (!spill->is_open()) spill.reset();  // renamed, but no fresh one: none from now
             return;
         }
-        logger->error("spill journal {}: kept as {} for inspection; its readable items are in "
-                      "the store",
-                      spill->path(), to);
+        logger->error(
+            "spill journal {}: kept as {} for inspection; its readable items are in "
+            "the store",
+            spill->path(), to);
         spill_set_aside = false;
         spill_used = 0;
         reserve_spill();
@@ -775,19 +777,21 @@ void AuditWriter::Impl::spill_unwritten(std::vector<Item>& batch, const Error& e
         spilled += saved;
     }
     if (!written.error) {
-        logger->warn("store {}: {} item(s) could not be written ({}); spilled them to {}: the "
-                     "next start replays them",
-                     db.path(), saved, error.describe(), spill->path());
+        logger->warn(
+            "store {}: {} item(s) could not be written ({}); spilled them to {}: the "
+            "next start replays them",
+            db.path(), saved, error.describe(), spill->path());
     } else if (written.lines == lines.size()) {
-        logger->error("store {}: spilled {} item(s) to {} but {}: they may not survive a power "
-                      "loss; store error: {}",
-                      db.path(), saved, spill->path(), written.error->describe(),
-                      error.describe());
+        logger->error(
+            "store {}: spilled {} item(s) to {} but {}: they may not survive a power "
+            "loss; store error: {}",
+            db.path(), saved, spill->path(), written.error->describe(), error.describe());
     } else {
-        logger->error("store {}: stopping with {} audit items NOT written: {} spilled to {}, {} "
-                      "LOST ({}); store error: {}",
-                      db.path(), total - saved, saved, spill->path(), total - saved,
-                      written.error->describe(), error.describe());
+        logger->error(
+            "store {}: stopping with {} audit items NOT written: {} spilled to {}, {} "
+            "LOST ({}); store error: {}",
+            db.path(), total - saved, saved, spill->path(), total - saved,
+            written.error->describe(), error.describe());
     }
 }
 

@@ -165,7 +165,8 @@ class Fields {
     }
     static std::optional<std::int64_t> as_int64(const json::value& v) {
         if (v.is_int64()) return v.get_int64();
-        if (v.is_uint64() && v.get_uint64() <= std::uint64_t{std::numeric_limits<std::int64_t>::max()})
+        if (v.is_uint64() &&
+            v.get_uint64() <= std::uint64_t{std::numeric_limits<std::int64_t>::max()})
             return static_cast<std::int64_t>(v.get_uint64());
         return std::nullopt;
     }
@@ -316,7 +317,9 @@ std::size_t pwrite_all(int fd, const char* data, std::size_t size, std::size_t o
 // A new or renamed file survives a power loss only once its directory entry is synced.
 void sync_parent(const std::string& path) {
     const auto slash = path.rfind('/');
-    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    const std::string dir = slash == std::string::npos ? "."
+                            : slash == 0               ? "/"
+                                                       : path.substr(0, slash);
     int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return;
     (void)::fsync(fd);
@@ -373,7 +376,8 @@ SpillContents parse_spill(std::string_view bytes) {
                 problem("not a spill journal header ({\"guardia_spill\":1,...} expected)");
                 return out;
             }
-            out.version = static_cast<int>(std::clamp<std::int64_t>(version->get_int64(), -1, 1000));
+            out.version =
+                static_cast<int>(std::clamp<std::int64_t>(version->get_int64(), -1, 1000));
             if (out.version != spill_format_version) {
                 problem("journal format version " + std::to_string(version->get_int64()) +
                         " is not known to this Guardia (it reads version " +
@@ -450,8 +454,8 @@ Result<void> SpillFile::reserve(std::size_t bytes) {
     if (bytes == 0) return {};
     // posix_fallocate returns the error instead of setting errno.
     if (int e = ::posix_fallocate(fd_, 0, static_cast<off_t>(bytes)); e != 0)
-        return errno_error(e, "spill journal " + path_ + ": cannot reserve " +
-                                  std::to_string(bytes) + " bytes");
+        return errno_error(
+            e, "spill journal " + path_ + ": cannot reserve " + std::to_string(bytes) + " bytes");
     if (::fsync(fd_) != 0)
         return errno_error(errno, "spill journal " + path_ + ": cannot sync the reserve");
     sync_parent(path_);
@@ -498,7 +502,7 @@ SpillFile::Written SpillFile::write(const std::vector<std::string>& lines, std::
 
 Result<void> SpillFile::clear(std::size_t used, std::size_t reserve_bytes) {
     if (auto r = zero(0, used); !r) return r;
-    struct stat st{};
+    struct stat st {};
     if (::fstat(fd_, &st) == 0 && static_cast<std::size_t>(st.st_size) > reserve_bytes &&
         ::ftruncate(fd_, static_cast<off_t>(reserve_bytes)) != 0)
         return errno_error(errno, "spill journal " + path_ + ": cannot shrink");

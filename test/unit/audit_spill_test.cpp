@@ -1,12 +1,12 @@
 // The spill journal (guardia/store/spill_journal.hpp): its line format and parser, and the
 // AuditWriter spilling what a failing store could not take and replaying it at the next start,
 // on a real full filesystem too.
+#include "../support/captured_log.hpp"
+#include "../support/fleet.hpp"
 #include "guardia/store/audit_chain.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
 #include "guardia/store/spill_journal.hpp"
-#include "../support/captured_log.hpp"
-#include "../support/fleet.hpp"
 
 #include <doctest/doctest.h>
 #include <sqlite3.h>
@@ -229,11 +229,11 @@ bool same(const SpillItem& a, const SpillItem& b) {
                 return x.sr_id == y.sr_id && x.name == y.name && x.path == y.path &&
                        x.sha256 == y.sha256 && x.size == y.size && x.created_ms == y.created_ms;
             else if constexpr (std::is_same_v<T, OutboxRecord>)
-                return x.id == y.id && x.event == y.event && x.sr_id == y.sr_id &&
-                       x.url == y.url && x.headers == y.headers && x.body == y.body &&
-                       x.attempts == y.attempts && x.next_attempt_ms == y.next_attempt_ms &&
-                       x.created_ms == y.created_ms && x.delivered_ms == y.delivered_ms &&
-                       x.gave_up_ms == y.gave_up_ms && x.last_error == y.last_error;
+                return x.id == y.id && x.event == y.event && x.sr_id == y.sr_id && x.url == y.url &&
+                       x.headers == y.headers && x.body == y.body && x.attempts == y.attempts &&
+                       x.next_attempt_ms == y.next_attempt_ms && x.created_ms == y.created_ms &&
+                       x.delivered_ms == y.delivered_ms && x.gave_up_ms == y.gave_up_ms &&
+                       x.last_error == y.last_error;
             else
                 return x.key == y.key && x.request == y.request && x.status == y.status &&
                        x.body == y.body && x.created_ms == y.created_ms;
@@ -297,7 +297,7 @@ TEST_CASE("spill journal: every record kind round-trips through its line") {
     for (const auto& item : items) {
         const auto line = spill_line(item);
         CHECK(line.back() == '\n');
-        CHECK(line.find('\n') == line.size() - 1);  // JSON escaped the newline in the text
+        CHECK(line.find('\n') == line.size() - 1);    // JSON escaped the newline in the text
         CHECK(line.find('\0') == std::string::npos);  // and the NUL
         file += line;
     }
@@ -354,13 +354,15 @@ TEST_CASE("spill journal parser: NUL tail, incomplete last line, malformed lines
     }
     SUBCASE("malformed lines are reported by number; the good ones around them are read") {
         std::string bytes = spill_header("id1");
-        bytes += spill_line(SpillItem(event_no(1)));                   // line 2
-        bytes += "not json at all\n";                                  // line 3
-        bytes += "[1,2]\n";                                            // line 4
-        bytes += R"({"kind":"teleport","x":1})" "\n";                  // line 5
-        bytes += R"({"kind":"rollout","id":"R","sr_id":7})" "\n";      // line 6
-        bytes += "\n";                                                 // line 7
-        bytes += spill_line(SpillItem(event_no(3)));                   // line 8
+        bytes += spill_line(SpillItem(event_no(1)));  // line 2
+        bytes += "not json at all\n";                 // line 3
+        bytes += "[1,2]\n";                           // line 4
+        bytes += R"({"kind":"teleport","x":1})"
+                 "\n";  // line 5
+        bytes += R"({"kind":"rollout","id":"R","sr_id":7})"
+                 "\n";                                // line 6
+        bytes += "\n";                                // line 7
+        bytes += spill_line(SpillItem(event_no(3)));  // line 8
         auto parsed = parse_spill(bytes);
         REQUIRE(parsed.items.size() == 2);
         CHECK(std::get<AuditEvent>(parsed.items[1]).detail == "event 3;");
@@ -503,7 +505,8 @@ TEST_CASE("audit writer spill: a failing store spills at stop, the next writer r
     CHECK(all_rows(db, "SR-9").size() == n + 1);
 }
 
-TEST_CASE("audit writer spill: a malformed line is logged, the journal kept aside, the rest replayed") {
+TEST_CASE(
+    "audit writer spill: a malformed line is logged, the journal kept aside, the rest replayed") {
     TempDir dir;
     const auto db = dir.file("audit.db");
     const auto spill = dir.file("custom.spill");
@@ -676,8 +679,8 @@ TEST_CASE("audit writer spill: a really full filesystem, the journal's reserve, 
         writer.stop();
         spilled = writer.spilled();
         MESSAGE("full filesystem: " << recorded << " items recorded, " << committed
-                                    << " committed, " << spilled << " spilled; the store said: "
-                                    << failure->describe());
+                                    << " committed, " << spilled
+                                    << " spilled; the store said: " << failure->describe());
         CHECK(spilled > 0);
         CHECK(committed + spilled == static_cast<std::uint64_t>(recorded));
         CHECK(writer.queue_depth() == 0);
@@ -722,7 +725,7 @@ TEST_CASE("audit writer spill: beyond the reserve on a full disk, the loss is co
     const auto filler = dir.file("filler");
     constexpr std::size_t reserve = 4096;  // one page: room for a few lines only
     constexpr std::size_t detail = 1000;
-    constexpr int outage_items = 12;       // ~13 KB of lines: cannot all fit
+    constexpr int outage_items = 12;  // ~13 KB of lines: cannot all fit
 
     int recorded = 0;
     std::uint64_t spilled = 0;
@@ -753,8 +756,8 @@ TEST_CASE("audit writer spill: beyond the reserve on a full disk, the loss is co
         CHECK(writer.queue_depth() == unwritten - spilled);  // the lost ones, counted
         const auto text = log.text();
         CHECK(text.find("stopping with " + std::to_string(unwritten - spilled) +
-                        " audit items NOT written: " + std::to_string(spilled) +
-                        " spilled to " + spill) != std::string::npos);
+                        " audit items NOT written: " + std::to_string(spilled) + " spilled to " +
+                        spill) != std::string::npos);
         CHECK(text.find("LOST") != std::string::npos);
     }
     // Only complete lines precede the first NUL: the torn one was taken back.

@@ -39,9 +39,9 @@
 namespace guardia::store {
 
 // One data item the AuditWriter queues (records.hpp), as the journal holds it.
-using SpillItem = std::variant<AuditEvent, NodeResult, RolloutRecord, TaskRecord,
-                               InventoryNodeRecord, ArtifactRecord, OutboxRecord,
-                               IdempotencyRecord>;
+using SpillItem =
+    std::variant<AuditEvent, NodeResult, RolloutRecord, TaskRecord, InventoryNodeRecord,
+                 ArtifactRecord, OutboxRecord, IdempotencyRecord>;
 
 inline constexpr int spill_format_version = 1;
 
@@ -59,12 +59,12 @@ struct SpillProblem {
 
 struct SpillContents {
     SpillContents() {}
-    bool empty = true;   // nothing before the first NUL byte (a fresh or cleared journal)
-    int version = 0;     // from the header; 0 when there is no usable header
-    std::string id;      // from the header
-    std::vector<SpillItem> items;         // every complete, well-formed item line, in order
-    std::vector<SpillProblem> problems;   // malformed lines, an incomplete last line, a bad header
-    std::size_t used_bytes = 0;           // bytes before the first NUL byte
+    bool empty = true;             // nothing before the first NUL byte (a fresh or cleared journal)
+    int version = 0;               // from the header; 0 when there is no usable header
+    std::string id;                // from the header
+    std::vector<SpillItem> items;  // every complete, well-formed item line, in order
+    std::vector<SpillProblem> problems;  // malformed lines, an incomplete last line, a bad header
+    std::size_t used_bytes = 0;          // bytes before the first NUL byte
 };
 
 // Reads a journal's bytes (the whole file). Never throws on bad input: what it cannot use is

@@ -1,9 +1,11 @@
 #include "guardia/store/audit_writer.hpp"
 
 #include "detail/audit_chain.hpp"
+#include "detail/spill_file.hpp"
 #include "detail/sqlite.hpp"
 #include "guardia/store/audit_chain.hpp"
 #include "guardia/store/database.hpp"
+#include "guardia/store/spill_journal.hpp"
 
 #include <spdlog/spdlog.h>
 #include <boost/asio/associated_executor.hpp>
@@ -16,8 +18,12 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
+#include <ctime>
 #include <deque>
+#include <filesystem>
 #include <mutex>
+#include <random>
 #include <thread>
 #include <type_traits>
 #include <variant>
@@ -119,6 +125,54 @@ std::string describe_item(const Item& item) {
     return "durable() waiter";
 }
 
+// The data items travel to and from the journal as SpillItem (same alternatives, same order).
+std::optional<SpillItem> to_spill_item(Item&& item) {
+    return std::visit(
+        [](auto&& value) -> std::optional<SpillItem> {
+            using T = std::decay_t<decltype(value)>;
+            if constexpr (std::is_same_v<T, std::unique_ptr<Waiter>>)
+                return std::nullopt;
+            else
+                return SpillItem(std::move(value));
+        },
+        std::move(item));
+}
+
+Item from_spill_item(SpillItem&& item) {
+    return std::visit([](auto&& value) -> Item { return Item(std::move(value)); }, std::move(item));
+}
+
+// A journal's id: unique per spill, so the store's replay marker can never match a newer one.
+std::string new_spill_id() {
+    std::random_device random;
+    std::string id;
+    constexpr char hex[] = "0123456789abcdef";
+    for (int i = 0; i < 4; ++i) {
+        auto word = random();
+        for (int b = 0; b < 8; ++b, word >>= 4) id += hex[word & 0xf];
+    }
+    return id;
+}
+
+// "20261204T213140.123Z": when a journal was kept aside, for its name.
+std::string utc_stamp() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    gmtime_r(&t, &tm);
+    char buf[96];  // room for any int year: -Wformat-truncation
+    const auto ms =
+        std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() %
+        1000;
+    std::snprintf(buf, sizeof buf, "%04d%02d%02dT%02d%02d%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(ms));
+    return buf;
+}
+
+// The meta row recording how far a journal's replay got (see spill_journal.hpp).
+constexpr std::string_view replay_marker_key = "spill_replay";
+
 constexpr std::chrono::milliseconds first_retry_delay{50};
 constexpr std::chrono::milliseconds stop_retry_delay{100};
 
@@ -129,6 +183,7 @@ struct AuditWriter::Impl {
         : options(std::move(opts)), db(std::move(path), database_options(options)) {
         if (options.max_batch == 0) options.max_batch = 1;
         logger = options.logger ? options.logger : spdlog::default_logger();
+        open_spill();
     }
 
     static DatabaseOptions database_options(const AuditWriterOptions& o) {
@@ -153,6 +208,13 @@ struct AuditWriter::Impl {
     Outcome write(std::vector<Item>& batch);
     int write_item(const Item& item, detail::ChainTail& tail);
     Result<void> prepare_statements();
+    // The spill journal (writer thread, or the constructor / a never-started stop()).
+    void open_spill();
+    std::string spill_path_name;  // set once, in the constructor
+    std::uint64_t already_replayed(const std::string& id);
+    void finish_replay();
+    void reserve_spill();
+    void spill_unwritten(std::vector<Item>& batch, const Error& error);
 
     AuditWriterOptions options;
     Database db;  // used by the writer thread only (or by stop() if never started)
@@ -168,6 +230,12 @@ struct AuditWriter::Impl {
     std::optional<Statement> upsert_outbox;
     std::optional<Statement> insert_idempotency;
     std::atomic<int> query_only_request{-1};  // test hook: -1 none, else 0/1
+    std::optional<detail::SpillFile> spill;   // none: this writer cannot spill
+    std::size_t spill_used = 0;               // bytes of content in the journal (before NULs)
+    bool spill_set_aside = false;             // it has unreadable lines: rename it when replayed
+    std::string replay_id;                    // the journal being replayed
+    std::uint64_t replay_done = 0;            // its items already in the store
+    std::uint64_t replay_left = 0;            // its items at the head of the queue / batch
 
     // Shared state, guarded by mu.
     mutable std::mutex mu;
@@ -179,8 +247,11 @@ struct AuditWriter::Impl {
     bool stopping = false;
     bool finished = false;  // the drain loop has returned; nothing will be written any more
     std::optional<Error> last_error;
+    bool attempt_failed = false;  // degraded()
     std::uint64_t committed = 0;
     std::uint64_t rejected = 0;
+    std::uint64_t replayed = 0;
+    std::uint64_t spilled = 0;
     std::shared_ptr<const Redactions> redactions = std::make_shared<const Redactions>();
 
     std::mutex stop_mu;  // serializes stop() callers
@@ -229,10 +300,11 @@ void AuditWriter::Impl::enqueue(Item item) {
 }
 
 std::optional<Error> AuditWriter::Impl::stopped_error() const {
-    if (depth == 0) return std::nullopt;
+    // Spilled items are safe but not in the store: durable() promises the store.
+    if (depth == 0 && spilled == 0) return std::nullopt;
     if (last_error) return last_error;
     return Error(errc::cancelled, "store " + db.path() + ": audit writer stopped with " +
-                                      std::to_string(depth) + " items unwritten");
+                                      std::to_string(depth + spilled) + " items unwritten");
 }
 
 std::vector<std::unique_ptr<Waiter>> AuditWriter::Impl::take_all_waiters() {
@@ -517,9 +589,211 @@ AuditWriter::Impl::Outcome AuditWriter::Impl::write(std::vector<Item>& batch) {
         ++out.rejected;
         out.rejection = std::move(e);
     }
+    if (replay_left > 0) {
+        // The batch starts with the journal's next items (they were queued first): record,
+        // in the same transaction, how many of them the store holds once it commits, so a
+        // crash before the journal is cleared cannot replay them twice.
+        const auto in_batch = std::min<std::uint64_t>(replay_left, batch.size());
+        auto mark = Statement::prepare(h,
+                                       "INSERT INTO meta (key, value) VALUES (?1, ?2)"
+                                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+        if (!mark) {
+            (void)db.exec("ROLLBACK");
+            out.result = mark.error();
+            return out;
+        }
+        const std::string value = replay_id + " " + std::to_string(replay_done + in_batch);
+        mark->bind(1, replay_marker_key);
+        mark->bind(2, value);
+        if (int rc = mark->step(); rc != SQLITE_DONE) return fail(rc);
+    }
     if (int rc = sqlite3_exec(h, "COMMIT", nullptr, nullptr, nullptr); rc != SQLITE_OK)
         return fail(rc);
     return out;
+}
+
+void AuditWriter::Impl::open_spill() {
+    std::string path = options.spill_path;
+    if (path.empty()) {
+        const std::string& db_path = db.path();
+        if (db_path.empty() || db_path == ":memory:" || db_path.rfind("file:", 0) == 0) return;
+        path = db_path + ".spill";
+    }
+    auto file = detail::SpillFile::open(path);
+    if (!file) {
+        logger->warn(
+            "{}; this writer cannot spill: items it cannot write when it stops will be "
+            "counted in the log and lost",
+            file.error().describe());
+        return;
+    }
+    spill = std::move(*file);
+    spill_path_name = path;
+    auto bytes = spill->read_all();
+    if (!bytes) {
+        // Unreadable: keep it for an operator, start a fresh one.
+        logger->error("{}", bytes.error().describe());
+        spill_set_aside = true;
+        finish_replay();
+        return;
+    }
+    SpillContents contents = parse_spill(*bytes);
+    spill_used = contents.used_bytes;
+    for (const auto& p : contents.problems)
+        logger->error("spill journal {}: line {}: {}", path, p.line, p.reason);
+    spill_set_aside = !contents.problems.empty();
+    if (!contents.items.empty()) {
+        const std::uint64_t skip =
+            std::min<std::uint64_t>(already_replayed(contents.id), contents.items.size());
+        if (skip > 0)
+            logger->warn(
+                "spill journal {}: its first {} item(s) are already in the store (an "
+                "earlier replay was interrupted); not replaying them again",
+                path, skip);
+        const std::size_t n = contents.items.size() - skip;
+        if (n > 0) {
+            logger->warn("store {}: replaying {} item(s) from {}", db.path(), n, path);
+            // Nobody else can see the queue yet: the writer is being constructed.
+            for (std::size_t i = skip; i < contents.items.size(); ++i)
+                queue.push_back(from_spill_item(std::move(contents.items[i])));
+            depth += n;
+            replayed = n;
+            replay_id = contents.id;
+            replay_done = skip;
+            replay_left = n;
+        }
+    }
+    if (replay_left == 0 && (!contents.empty || spill_set_aside)) finish_replay();
+    reserve_spill();
+}
+
+std::uint64_t AuditWriter::Impl::already_replayed(const std::string& id) {
+    if (id.empty()) return 0;
+    auto q = Statement::prepare(db.native_handle(), "SELECT value FROM meta WHERE key = ?1");
+    if (!q) return 0;
+    q->bind(1, replay_marker_key);
+    if (q->step() != SQLITE_ROW) return 0;
+    const std::string value = q->text(0);
+    const auto space = value.find(' ');
+    if (space == std::string::npos || value.substr(0, space) != id) return 0;
+    try {
+        return std::stoull(value.substr(space + 1));
+    } catch (const std::exception&) {
+        return 0;  // not ours to interpret: replay everything rather than skip
+    }
+}
+
+void AuditWriter::Impl::reserve_spill() {
+    if (!spill) return;
+    if (auto r = spill->reserve(options.spill_reserve_bytes); !r)
+        logger->warn("{}; spilling at stop still works while the disk has room",
+                     r.error().describe());
+}
+
+// The journal's items are all in the store (or it had none): clear it, keeping its room, or
+// keep a journal with unreadable lines aside under a new name.
+void AuditWriter::Impl::finish_replay() {
+    if (!spill) return;
+    if (spill_set_aside) {
+        std::string to = spill->path() + ".bad-" + utc_stamp();
+        for (int i = 1; std::filesystem::exists(to); ++i)
+            to = spill->path() + ".bad-" + utc_stamp() + "-" + std::to_string(i);
+        if (auto r = spill->set_aside(to); !r) {
+            // The file stays; the replay marker in the store keeps its items from being
+            // written twice.
+            logger->error("{}", r.error().describe());
+            if (!spill->is_open()) spill.reset();  // renamed, but no fresh one: none from now
+            return;
+        }
+        logger->error(
+            "spill journal {}: kept as {} for inspection; its readable items are in "
+            "the store",
+            spill->path(), to);
+        spill_set_aside = false;
+        spill_used = 0;
+        reserve_spill();
+        return;
+    }
+    if (auto r = spill->clear(spill_used, options.spill_reserve_bytes); !r) {
+        logger->error("{}", r.error().describe());
+        return;
+    }
+    spill_used = 0;
+}
+
+void AuditWriter::Impl::spill_unwritten(std::vector<Item>& batch, const Error& error) {
+    // Everything not yet committed, oldest first: the failed batch, then the queue's data
+    // items (waiters stay queued: the caller answers them).
+    std::vector<Item> items = std::move(batch);
+    batch.clear();
+    std::shared_ptr<const Redactions> secrets;
+    std::size_t from_queue = items.size();
+    {
+        std::lock_guard lock(mu);
+        // From now on enqueue() refuses data items (logged): nothing can slip in behind the
+        // spill and stay in memory, unwritten and unreported.
+        finished = true;
+        std::deque<Item> waiting;
+        for (auto& item : queue) {
+            if (std::holds_alternative<std::unique_ptr<Waiter>>(item))
+                waiting.push_back(std::move(item));
+            else
+                items.push_back(std::move(item));
+        }
+        queue = std::move(waiting);
+        secrets = redactions;
+    }
+    // Redacted and truncated like everything the store gets: a secret must not reach the
+    // journal either.
+    for (std::size_t i = from_queue; i < items.size(); ++i) sanitize(items[i], *secrets);
+    const std::size_t total = items.size();
+    if (total == 0) return;
+    if (!spill) {
+        logger->error("store {}: stopping with {} audit items NOT written (no spill journal): {}",
+                      db.path(), total, error.describe());
+        return;
+    }
+    if (spill_set_aside) finish_replay();  // keep the unreadable journal, spill into a fresh one
+    if (!spill) {
+        logger->error("store {}: stopping with {} audit items NOT written (no spill journal): {}",
+                      db.path(), total, error.describe());
+        return;
+    }
+    std::vector<std::string> lines;
+    lines.reserve(total + 1);
+    lines.push_back(spill_header(new_spill_id()));
+    for (auto& item : items) {
+        if (auto s = to_spill_item(std::move(item))) lines.push_back(spill_line(*s));
+    }
+    auto written = spill->write(lines, spill_used);
+    const std::size_t saved = written.lines > 0 ? written.lines - 1 : 0;
+    std::size_t bytes = 0;
+    for (std::size_t i = 0; i < written.lines; ++i) bytes += lines[i].size();
+    // After a failure the torn line and older content were zeroed, unless zeroing failed too:
+    // remember the larger extent so that a later write still covers it.
+    spill_used = written.error ? std::max(bytes, spill_used) : bytes;
+    {
+        std::lock_guard lock(mu);
+        depth -= std::min(depth, saved);
+        spilled += saved;
+    }
+    if (!written.error) {
+        logger->warn(
+            "store {}: {} item(s) could not be written ({}); spilled them to {}: the "
+            "next start replays them",
+            db.path(), saved, error.describe(), spill->path());
+    } else if (written.lines == lines.size()) {
+        logger->error(
+            "store {}: spilled {} item(s) to {} but {}: they may not survive a power "
+            "loss; store error: {}",
+            db.path(), saved, spill->path(), written.error->describe(), error.describe());
+    } else {
+        logger->error(
+            "store {}: stopping with {} audit items NOT written: {} spilled to {}, {} "
+            "LOST ({}); store error: {}",
+            db.path(), total - saved, saved, spill->path(), total - saved,
+            written.error->describe(), error.describe());
+    }
 }
 
 void AuditWriter::Impl::run() {
@@ -557,8 +831,12 @@ void AuditWriter::Impl::run() {
                  options.max_batch > batch.size() ? options.max_batch - batch.size() : 0);
             stop_requested = stopping;
             if (stop_requested && batch.empty() && incoming.empty() && waiters.empty() &&
-                queue.empty())
+                queue.empty()) {
+                // In the same critical section as the check: an item recorded from now on is
+                // refused loudly by enqueue() instead of staying queued, unwritten, unlogged.
+                finished = true;
                 break;
+            }
             secrets = redactions;
         }
         for (auto& item : incoming) {
@@ -578,6 +856,13 @@ void AuditWriter::Impl::run() {
                 committed += done - out.rejected;
                 rejected += out.rejected;
                 last_error = out.rejection;
+                attempt_failed = false;
+            }
+            if (replay_left > 0) {
+                const auto replayed_now = std::min<std::uint64_t>(replay_left, done);
+                replay_left -= replayed_now;
+                replay_done += replayed_now;
+                if (replay_left == 0) finish_replay();
             }
             if (failing)
                 logger->info("store {}: audit writes recovered after {} failed attempts", db.path(),
@@ -601,6 +886,7 @@ void AuditWriter::Impl::run() {
             // than wait out an outage of unknown length.
             std::lock_guard lock(mu);
             last_error = error;
+            attempt_failed = true;
             for (auto& w : take_all_waiters()) waiters.push_back(std::move(w));
         }
         // The first failure and every tenth after it: a long outage must not flood the log.
@@ -612,13 +898,7 @@ void AuditWriter::Impl::run() {
         for (auto& w : waiters) w->complete(error);
         waiters.clear();
         if (stop_requested && ++stop_failures >= options.stop_attempts) {
-            std::size_t left;
-            {
-                std::lock_guard lock(mu);
-                left = depth;
-            }
-            logger->error("store {}: stopping with {} audit items NOT written: {}", db.path(), left,
-                          error.describe());
+            spill_unwritten(batch, error);
             break;
         }
     }
@@ -744,6 +1024,27 @@ std::uint64_t AuditWriter::committed() const {
 std::uint64_t AuditWriter::rejected() const {
     std::lock_guard lock(impl_->mu);
     return impl_->rejected;
+}
+
+bool AuditWriter::degraded() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->attempt_failed;
+}
+
+std::uint64_t AuditWriter::replayed() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->replayed;
+}
+
+std::uint64_t AuditWriter::spilled() const {
+    std::lock_guard lock(impl_->mu);
+    return impl_->spilled;
+}
+
+std::string AuditWriter::spill_path() const {
+    // Set once in the constructor, never changed after (a journal renamed aside is replaced
+    // by a fresh one under the same name): no lock needed.
+    return impl_->spill_path_name;
 }
 
 void AuditWriter::set_query_only_for_test(bool on) {

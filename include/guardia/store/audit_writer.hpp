@@ -22,6 +22,20 @@
 // rollout) can never succeed: they are logged, counted in rejected() and skipped, and their
 // error goes to the next durable() waiters.
 //
+// Nothing queued is lost at a clean stop: when stop() gives up on a failing store, every item
+// still unwritten (sanitized: redacted and truncated) is written to the spill journal beside
+// the database (guardia/store/spill_journal.hpp), whose room is reserved when the writer opens
+// so a full disk cannot take it. The next writer on the same database replays the journal
+// first, before anything recorded after it, exactly once. Only what the journal itself cannot
+// take (beyond its reserve on a full disk) is lost, and the log says how many items. Items
+// queued but not committed when the process is killed (kill -9, power loss) are lost: at
+// most what arrived within one commit interval plus the batch in flight, or everything queued
+// since the store started failing.
+//
+// degraded() tells the layers above that the latest write attempt failed (locked beyond
+// busy_timeout, disk full, I/O error, read-only file), so they can stop work that must be
+// recorded (and answer 503) until a later batch commits.
+//
 // Lifetime: stop() (or the destructor) drains the queue, commits and joins the thread, so it
 // blocks its caller until then: call it at shutdown, after the loop has stopped producing,
 // and before destroying the io_contexts of coroutines awaiting durable() (their completions
@@ -58,7 +72,13 @@ struct AuditWriterOptions {
     std::size_t max_detail_bytes = 4096;  // bound on detail / error / reason, after redaction
     std::chrono::milliseconds busy_timeout = 5s;
     std::chrono::milliseconds max_retry_delay = 5s;  // backoff cap after a failed batch
-    int stop_attempts = 3;  // failed attempts stop() tolerates before it gives up (logged)
+    int stop_attempts = 3;  // failed attempts stop() tolerates before it spills what is left
+    // The spill journal; empty: "<db_path>.spill" (none for ":memory:" or a "file:" URI).
+    std::string spill_path;
+    // Room reserved for the journal when the writer opens (posix_fallocate), so that spilling
+    // still works once the disk is full. What does not fit in it is spilled only if the disk
+    // still has room. If the reserve cannot be made the writer logs a warning and goes on.
+    std::size_t spill_reserve_bytes = std::size_t{1} << 20;
     std::shared_ptr<spdlog::logger> logger;  // null: spdlog's default logger
 };
 
@@ -66,6 +86,11 @@ class AuditWriter {
   public:
     // Opens its own connection (creating and migrating the file as Database does). Throws
     // std::runtime_error naming the file. The thread starts with start().
+    // Also opens, locks and reserves the spill journal, and queues what a previous writer
+    // spilled into it, first (see replayed()). A journal it cannot open (another writer holds
+    // it, no permission) or lines it cannot read are logged; neither is a start-up failure. A
+    // journal with unreadable lines is renamed "<journal>.bad-<UTC time>" once its readable
+    // items are committed.
     explicit AuditWriter(std::string db_path);
     AuditWriter(std::string db_path, AuditWriterOptions options);
     ~AuditWriter();  // stop()
@@ -76,8 +101,10 @@ class AuditWriter {
     void start();
     // Drains the queue, commits and joins the thread; runs the drain on the calling thread if
     // start() never ran. If the store keeps failing, gives up after stop_attempts failed
-    // attempts and logs how many items were not written. Idempotent. After it, record() and
-    // the upserts are logged and dropped (a shutdown-ordering bug in the caller).
+    // attempts and writes every unwritten item to the spill journal (fsynced), logging how
+    // many and where; items the journal cannot take are counted in an error line. Idempotent.
+    // After it, record() and the upserts are logged and dropped (a shutdown-ordering bug in
+    // the caller).
     void stop();
 
     // Queue one item; never waits on the disk. Callable from any thread.
@@ -103,10 +130,22 @@ class AuditWriter {
     // bounded by one write attempt (busy_timeout).
     boost::asio::awaitable<Result<void>> durable();
 
-    // Items queued or held by the writer and not yet committed (or rejected).
+    // Items queued or held by the writer and not yet committed (or rejected). After stop():
+    // the items neither committed nor spilled (lost).
     std::size_t queue_depth() const;
-    // The error of the latest write attempt; empty once a later batch committed cleanly.
+    // The error of the latest write attempt, or of an item refused in the latest committed
+    // batch; empty once a later batch committed cleanly.
     std::optional<Error> last_error() const;
+    // The latest write attempt failed and was rolled back: the store cannot commit right now
+    // (its items are kept and retried). False again once a batch commits. An item refused for
+    // its content (rejected()) does not make the store degraded: it sets last_error() only.
+    bool degraded() const;
+    // Items read from the spill journal at construction and queued first.
+    std::uint64_t replayed() const;
+    // Items written to the spill journal by stop() because the store could not take them.
+    std::uint64_t spilled() const;
+    // The spill journal's path; empty when this writer has none.
+    std::string spill_path() const;
     std::uint64_t committed() const;  // items committed since construction
     std::uint64_t rejected() const;   // items refused by a constraint: logged, never retried
 

@@ -73,6 +73,18 @@ CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& en
                                     store::AuditWriter& audit, const std::string& origin,
                                     bool force) {
     CliRecoveryOutcome out;
+    // What the writer replayed from a spill journal must be in the store before it is read:
+    // a rollout that ended ABORTED while the disk was full is not in flight.
+    {
+        asio::io_context flush(1);
+        Result<void> flushed;
+        asio::co_spawn(
+            flush, [&]() -> asio::awaitable<void> { flushed = co_await audit.durable(); },
+            asio::detached);
+        flush.run();
+        if (!flushed)
+            throw UsageError("the audit database cannot be written: " + flushed.error().message);
+    }
     auto db = store::Database::open_read_only(db_path);
     if (!db) throw UsageError(db.error().message);
     auto unfinished = db->unfinished_rollouts();

@@ -349,7 +349,7 @@ class Pipeline {
     asio::awaitable<Result<void>> intent_committed(const std::string& step) {
         if (settings_.audit == nullptr) co_return Result<void>{};
         const bool safety = step_runs_without_audit(step);
-        if (safety && settings_.audit->last_error()) co_return Result<void>{};  // no waiting
+        if (safety && settings_.audit->degraded()) co_return Result<void>{};  // no waiting
         auto d = co_await settings_.audit->durable();
         if (d || safety) co_return Result<void>{};
         co_return node_error(errc::audit_unavailable, step,

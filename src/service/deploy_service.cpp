@@ -322,7 +322,7 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
                               "the service is stopping: no new work is accepted"));
     // Audit or stop: while the store cannot commit, nothing new is accepted (it could not be
     // recorded). Reads go on; the writer keeps retrying and the first commit ends this.
-    if (mutating) {
+    if (mutating && coordinator.deps().audit->degraded()) {
         if (auto e = coordinator.deps().audit->last_error()) {
             auto r = error_answer(
                 req, ServiceError(ServiceErrc::store_unavailable,
@@ -725,7 +725,7 @@ asio::awaitable<http::Response> DeployService::Impl::healthz(const Call& c) {
                    {"store_queue", deps.audit->queue_depth()}};
     // Degraded: the store cannot commit, so no new work is accepted (503 to monitors and load
     // balancers too) until the writer's retry commits.
-    if (auto e = deps.audit->last_error()) {
+    if (auto e = deps.audit->last_error(); e && deps.audit->degraded()) {
         o["status"] = "degraded";
         o["store_error"] = e->message;
         co_return http::json_response(c.req, bh::status::service_unavailable, o);
@@ -764,7 +764,13 @@ asio::awaitable<http::Response> DeployService::Impl::metrics(const Call& c) {
     m << "guardia_audit_queue_depth " << deps.audit->queue_depth() << '\n';
     head("guardia_store_degraded", "gauge",
          "1 while the store cannot commit (audit or stop: no new work is accepted).");
-    m << "guardia_store_degraded " << (deps.audit->last_error() ? 1 : 0) << '\n';
+    m << "guardia_store_degraded " << (deps.audit->degraded() ? 1 : 0) << '\n';
+    head("guardia_audit_spilled_total", "counter",
+         "Store writes spilled to the journal at stop (replayed at the next start).");
+    m << "guardia_audit_spilled_total " << deps.audit->spilled() << '\n';
+    head("guardia_audit_replayed_total", "counter",
+         "Store writes replayed from the spill journal at start-up.");
+    m << "guardia_audit_replayed_total " << deps.audit->replayed() << '\n';
     head("guardia_audit_committed_total", "counter", "Store writes committed.");
     m << "guardia_audit_committed_total " << deps.audit->committed() << '\n';
     head("guardia_audit_rejected_total", "counter", "Store writes refused by SQLite.");

@@ -58,6 +58,7 @@ json::object to_object(const SpillItem& item) {
         o["reason"] = r->reason;
         o["created_ms"] = r->created_ms;
         o["finished_ms"] = optional_value(r->finished_ms);
+        o["owner"] = r->owner;
     } else if (const auto* t = std::get_if<TaskRecord>(&item)) {
         o["kind"] = "task";
         o["sr_id"] = t->sr_id;
@@ -225,6 +226,7 @@ std::variant<SpillItem, std::string> parse_item(std::string_view line) {
         f.text("reason", r.reason);
         f.int64("created_ms", r.created_ms);
         f.optional_int64("finished_ms", r.finished_ms);
+        f.text("owner", r.owner);  // absent in journals of schema 5
         item = std::move(r);
     } else if (kind == "task") {
         TaskRecord t;

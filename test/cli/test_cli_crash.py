@@ -23,7 +23,7 @@ import time
 import unittest
 
 import test_cli
-from test_cli import CliTest, config, kill_group, sha256
+from test_cli import config, sha256
 
 # The fixture's layout: 16 healthy nodes (tiers set per test).
 NODES = [f"node-{i:04d}" for i in range(1, 17)]
@@ -34,7 +34,7 @@ def lockstep_tier1(**rollout):
     return config(**rollout)
 
 
-class CrashTest(CliTest):
+class CrashTest(test_cli.CliTest):
 
     @classmethod
     def setUpClass(cls):
@@ -257,6 +257,15 @@ class CrashTest(CliTest):
 
 # The tmpfs of test 1: the spill journal's reserve plus 200 KiB for the database.
 FULL_DISK_SIZE = os.environ.get("GUARDIA_TEST_FULL_DISK_SIZE", "1224k")
+
+def load_tests(loader, tests, pattern):
+    """Only CrashTest's own tests (it inherits test_cli's harness, not its tests)."""
+    suite = unittest.TestSuite()
+    for name in sorted(CrashTest.__dict__):
+        if name.startswith("test_"):
+            suite.addTest(CrashTest(name))
+    return suite
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -138,6 +138,7 @@ std::vector<SpillItem> one_of_each() {
     r.reason = "disk full";
     r.created_ms = base_ts;
     r.finished_ms = base_ts + 5;
+    r.owner = "guardia@deploy-1:4242";
     items.emplace_back(r);
     NodeResult n;
     n.rollout_id = "R-9";
@@ -211,7 +212,7 @@ bool same(const SpillItem& a, const SpillItem& b) {
             else if constexpr (std::is_same_v<T, RolloutRecord>)
                 return x.id == y.id && x.sr_id == y.sr_id && x.status == y.status &&
                        x.reason == y.reason && x.created_ms == y.created_ms &&
-                       x.finished_ms == y.finished_ms;
+                       x.finished_ms == y.finished_ms && x.owner == y.owner;
             else if constexpr (std::is_same_v<T, NodeResult>)
                 return x.rollout_id == y.rollout_id && x.node == y.node && x.status == y.status &&
                        x.step == y.step && x.error == y.error && x.started_ms == y.started_ms &&

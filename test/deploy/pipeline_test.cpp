@@ -48,6 +48,20 @@ std::size_t backups(const json::object& c) { return c.at("backups").as_array().s
 bool locked(const json::object& c) { return c.at("lock_present").as_bool(); }
 std::size_t others(const json::object& c) { return c.at("other_entries").as_array().size(); }
 
+// Stops `ioc` (what kill -9 leaves: every coroutine on it dies mid-step) once the step that is
+// starting has its intent row committed: the pipeline awaits durable() for it, and no
+// durable() may still be pending in the writer when its io_context is destroyed. This
+// barrier is queued after the pipeline's, and the writer completes barriers in order.
+void stop_after_intent(asio::io_context& ioc, store::AuditWriter& audit) {
+    asio::co_spawn(
+        ioc,
+        [&ioc, &audit]() -> asio::awaitable<void> {
+            (void)co_await audit.durable();
+            ioc.stop();
+        },
+        asio::detached);
+}
+
 struct Rig {
     Inventory inventory;
     std::shared_ptr<CredentialStore> credentials;
@@ -483,7 +497,7 @@ TEST_SUITE("pipeline") {
             auto s = rig.settings("R-crash");
             s.on_backup = [&](const std::string&, const std::string& b) { seen_backup = b; };
             s.on_step = [&](const std::string&, const std::string& step) {
-                if (step == "HEALTH") ioc.stop();
+                if (step == "HEALTH") stop_after_intent(ioc, *rig.audit);
             };
             asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
             ioc.run_for(seconds(60));
@@ -611,7 +625,7 @@ TEST_SUITE("pipeline") {
             auto s = rig.settings("R-link-crash");
             s.on_backup = [&](const std::string&, const std::string& b) { seen_backup = b; };
             s.on_step = [&](const std::string&, const std::string& step) {
-                if (step == "HEALTH") ioc.stop();
+                if (step == "HEALTH") stop_after_intent(ioc, *rig.audit);
             };
             asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
             ioc.run_for(seconds(60));

@@ -480,8 +480,15 @@ class CellRun:
         return db, rollout_id
 
     # ------------------------------------------------------------ the verdict
-    def classify(self, b, a, arts):
-        if a["tree_sha256"] == b["tree_sha256"] and a["files"] == b["files"] and a["dirs"] == b["dirs"]:
+    def crash_tree(self, b, a, arts):
+        """What the crash left live, staging files aside: old, new, or partly new."""
+        a = dict(a, files={f: v for f, v in a["files"].items() if not f.split("/")[-1].startswith(STAGE_PREFIX)})
+        if a["files"] == b["files"] and a["dirs"] == b["dirs"]:
+            return "old"
+        return "new" if self.classify(b, a, arts, exact_old=False) == "new" else "partly new"
+
+    def classify(self, b, a, arts, exact_old=True):
+        if exact_old and a["tree_sha256"] == b["tree_sha256"] and a["files"] == b["files"] and a["dirs"] == b["dirs"]:
             return "old"
         new = (all(a["files"].get(n, {}).get("sha256") == sha256(data) for n, (_, data) in arts.items())
                and set(a["files"]) == set(b["files"]) | set(arts)
@@ -492,7 +499,7 @@ class CellRun:
     def verify(self, db, rollout_id, before, arts):
         # What the crash left (for the matrix): the target's lock and live tree.
         ct = self.crashed[self.target]
-        self.result["crash_left"] = {"lock": ct["lock_present"], "tree": self.classify(before[self.target], ct, arts),
+        self.result["crash_left"] = {"lock": ct["lock_present"], "tree": self.crash_tree(before[self.target], ct, arts),
                                      "stage_files": any(f.split("/")[-1].startswith(STAGE_PREFIX) for f in ct["files"]),
                                      "beside": ct["other_entries"]}
         after = self.check(*self.nodes)
@@ -645,8 +652,10 @@ class FailpointCampaign(unittest.TestCase):
 def outcome_text(r):
     if not r["ok"]:
         return "**FAILED**: " + r["error"].splitlines()[0][:160]
-    lock = "lock held" if r["crash_left"]["lock"] else "no lock"
-    return f"{lock}, live {r['crash_left']['tree']} → **{r['target_status']}**, {r['target_ended']}"
+    left = r["crash_left"]
+    lock = "lock held" if left["lock"] else "no lock"
+    staged = " + staged" if left["stage_files"] else ""
+    return f"{lock}, live {left['tree']}{staged} → **{r['target_status']}**, {r['target_ended']}"
 
 
 def write_summary(results, wall):
@@ -672,7 +681,13 @@ def write_summary(results, wall):
                     f"{' / '.join(inter)} |")
     with open(SUMMARY + ".md", "w") as f:
         f.write("\n".join(rows) + "\n")
-        f.write(f"\n{len(results)} cells, {sum(r['ok'] for r in results)} passed, {wall:.0f} s wall.\n")
+        comp = {}
+        for r in results:
+            if r.get("ok"):
+                comp.setdefault(r["companion_status"], set()).add(r["companion_ended"])
+        f.write(f"\n{len(results)} cells, {sum(r['ok'] for r in results)} passed, {wall:.0f} s wall. "
+                f"Companion nodes ended: " + ", ".join(f"{k} ({'/'.join(sorted(v))})" for k, v in sorted(comp.items()))
+                + ".\n")
 
 
 # ---------------------------------------------------------------------- cleanup (ctest)

@@ -433,24 +433,10 @@ class CellRun:
             return json.loads(r[1])
 
         svc = Service(conf, self.tmp, {"GUARDIA_FAILPOINT": self.fp})
-        svc.wait_ready()
-        doc = {"nodes": [self.node_doc(n, inst_id=inst, system_name=system) for n in self.nodes]}
-        ok(svc, 200, svc.api("POST", "/api/inventory", doc, token=token), "import inventory")
-        ok(svc, 201, svc.api("POST", "/api/tasks", {"sr_id": sr, "inst_id": inst, "system_name": system,
-                                                     "requester": "alice"}, token=token), "create task")
-        for name, (_, data) in arts.items():
-            ok(svc, 201, svc.api("PUT", f"/api/tasks/{sr}/artifacts/{name}", query={"sha256": sha256(data)},
-                                 raw=data, ctype="application/octet-stream", token=token), f"stage {name}")
         try:
-            r = svc.api("POST", "/api/deploy/trigger", {"sr_id": sr, "approver_id": "bob"}, token=token)
-            expect(r[0] == 202, f"trigger: HTTP {r[0]} {r[1][:500]!r}\n{svc.log()}")
-        except (OSError, http.client.HTTPException):
-            pass    # an early failpoint may kill the service before its answer: the store has the rollout
-        rc = svc.wait_exit(RUN_TIMEOUT)
-        if rc is None:
-            Procs.kill(svc.proc)
-            raise CellFailure(f"guardia serve did not die at {self.fp} within {RUN_TIMEOUT} s\n{svc.log()}")
-        self.assert_killed(rc, svc.err_lines())
+            self.crash_service(svc, token, inst, system, sr, arts, ok)
+        finally:
+            Procs.kill(svc.proc)     # a cell failing midway leaves no service behind
         self.crashed = self.check(*self.nodes)
         rows = self.q(db, "SELECT id, status FROM rollouts")
         expect(len(rows) == 1 and rows[0]["status"] == "RUNNING", f"one RUNNING rollout left by the crash: {rows}")
@@ -478,6 +464,25 @@ class CellRun:
         finally:
             Procs.kill(svc2.proc)
         return db, rollout_id
+
+    def crash_service(self, svc, token, inst, system, sr, arts, ok):
+        """Inventory, task, artifacts and trigger on a service armed with the failpoint; it dies."""
+        svc.wait_ready()
+        doc = {"nodes": [self.node_doc(n, inst_id=inst, system_name=system) for n in self.nodes]}
+        ok(svc, 200, svc.api("POST", "/api/inventory", doc, token=token), "import inventory")
+        ok(svc, 201, svc.api("POST", "/api/tasks", {"sr_id": sr, "inst_id": inst, "system_name": system,
+                                                     "requester": "alice"}, token=token), "create task")
+        for name, (_, data) in arts.items():
+            ok(svc, 201, svc.api("PUT", f"/api/tasks/{sr}/artifacts/{name}", query={"sha256": sha256(data)},
+                                 raw=data, ctype="application/octet-stream", token=token), f"stage {name}")
+        try:
+            r = svc.api("POST", "/api/deploy/trigger", {"sr_id": sr, "approver_id": "bob"}, token=token)
+            expect(r[0] == 202, f"trigger: HTTP {r[0]} {r[1][:500]!r}\n{svc.log()}")
+        except (OSError, http.client.HTTPException):
+            pass    # an early failpoint may kill the service before its answer: the store has the rollout
+        rc = svc.wait_exit(RUN_TIMEOUT)
+        expect(rc is not None, f"guardia serve did not die at {self.fp} within {RUN_TIMEOUT} s\n{svc.log()}")
+        self.assert_killed(rc, svc.err_lines())
 
     # ------------------------------------------------------------ the verdict
     def crash_tree(self, b, a, arts):
@@ -612,17 +617,27 @@ class FailpointCampaign(unittest.TestCase):
         self.assertTrue(cells, f"no cell matches GUARDIA_RECOVERY_ONLY={ONLY!r}")
         jobs = int(os.environ.get("GUARDIA_RECOVERY_JOBS") or len(self.slots))
         free = list(self.slots[:max(1, min(jobs, len(self.slots)))])
-        free_lock = threading.Lock()
+        workers, busy = len(free), [0]
+        cond = threading.Condition()
         t0 = time.monotonic()
 
         def one(cell):
-            with free_lock:
+            # A slot whose cell failed may be left broken (a lock, a stopped service): it is
+            # retired, the other cells go on on the other slots.
+            with cond:
+                cond.wait_for(lambda: free or not busy[0])
+                if not free:
+                    return {"cell": cell.name, "target": "-", "companion": "-", "ok": False, "step": cell.step,
+                            "when": cell.when, "path": cell.path, "engine": cell.engine, "recovery": cell.recovery,
+                            "error": "not run: every slot was retired after a failed cell"}
                 slot = free.pop()
+                busy[0] += 1
+            ok = False
             try:
                 cr = CellRun(self, cell, slot)
                 try:
                     res = cr.run()
-                    res["ok"] = True
+                    res["ok"] = ok = True
                 except Exception as e:       # a cell failure names its cell below
                     res = dict(cr.result, ok=False, error=f"{type(e).__name__}: {e}",
                                trace="" if isinstance(e, CellFailure) else traceback.format_exc())
@@ -630,11 +645,14 @@ class FailpointCampaign(unittest.TestCase):
                     shutil.rmtree(cr.tmp, ignore_errors=True)    # a failed cell's files stay for a look
                 return res
             finally:
-                with free_lock:
-                    free.append(slot)
+                with cond:
+                    busy[0] -= 1
+                    if ok:
+                        free.append(slot)
+                    cond.notify_all()
 
         try:
-            with concurrent.futures.ThreadPoolExecutor(len(free)) as ex:
+            with concurrent.futures.ThreadPoolExecutor(workers) as ex:
                 results = list(ex.map(one, cells))
         finally:
             PROCS.kill_all()

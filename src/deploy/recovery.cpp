@@ -96,6 +96,19 @@ asio::awaitable<RecoveryReport> recover_rollout(RecoveryInput in, PipelineSettin
         store::NodeResult n = todo[i];
         NodeReport rep;
         auto it = in.nodes.find(n.node);
+        // Each step the dead process began and never ended is closed first (its intent row is
+        // in the log; its outcome is what the recovery below finds, in NODE_RECOVERED), so that
+        // the log reads in order: the interrupted step, then what was done about it.
+        if (it != in.nodes.end())
+            for (const auto& step : open_steps(in.audit, n.node)) {
+                store::AuditEvent e;
+                e.node = n.node;
+                e.step = step;
+                e.event = "STEP_INTERRUPTED";
+                e.detail = "the guardia process ended during this step; recovery " + in.origin +
+                           " follows";
+                record(std::move(e));
+            }
         if (it == in.nodes.end()) {
             rep.outcome = NodeOutcome::failed_unchanged;
             rep.error = Error(errc::invalid_argument,
@@ -127,18 +140,6 @@ asio::awaitable<RecoveryReport> recover_rollout(RecoveryInput in, PipelineSettin
         }
         if (!rep.backup_path.empty()) n.backup_path = rep.backup_path;
         n.finished_ms = now_ms();
-        // The outcome of each step the dead process began and never ended: its intent row is
-        // in the log, and this is what became of it.
-        if (inspected)
-            for (const auto& step : open_steps(in.audit, n.node)) {
-                store::AuditEvent e;
-                e.node = n.node;
-                e.step = step;
-                e.event = "STEP_INTERRUPTED";
-                e.detail = "the process ended during this step; recovery " + in.origin + ": " +
-                           n.status + (n.error.empty() ? std::string() : " (" + n.error + ")");
-                record(std::move(e));
-            }
         store::AuditEvent e;
         e.node = n.node;
         e.step = "RECOVERY";

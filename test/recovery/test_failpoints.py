@@ -542,20 +542,23 @@ class CellRun:
 
         # The audit log: every step that ran has its intent and its outcome.
         rows = self.q(db, "SELECT * FROM audit_log WHERE rollout_id = ? ORDER BY id", rollout_id)
+        # Where the dead process's rows end and recovery's begin.
+        recovery_start = min([r["id"] for r in rows if r["event"] == "RECOVERY_START"] or [float("inf")])
         for n in self.nodes:
-            open_, last_end = [], {}
+            open_, ended_by = [], {}     # ended_by: STEP_START row id -> the event that closed it
             for r in rows:
                 if r["node"] != n:
                     continue
                 if r["event"] == "STEP_START":
-                    open_.append(r["step"])
+                    open_.append(r)
                 elif r["event"] in END_EVENTS:
-                    last_end[r["step"]] = r["event"]
                     for i in range(len(open_) - 1, -1, -1):
-                        if open_[i] == r["step"]:
+                        if open_[i]["step"] == r["step"]:
+                            ended_by[open_[i]["id"]] = r["event"]
                             del open_[i]
                             break
-            expect(not open_, f"{n}: step(s) with an intent row (STEP_START) and no outcome: {open_}")
+            expect(not open_, f"{n}: step(s) with an intent row (STEP_START) and no outcome: "
+                              f"{[r['step'] for r in open_]}")
             # The target was mid-step: recovery inspected it. The companion may have finished
             # (its result stored) before the crash: then recovery leaves it alone.
             recovered = [r for r in rows if r["node"] == n and r["event"] == "NODE_RECOVERED"]
@@ -563,11 +566,13 @@ class CellRun:
                    f"{n}: {'one' if n == self.target else 'at most one'} NODE_RECOVERED row, got {len(recovered)}")
             if n == self.target:
                 intent = INTENT_OF.get(self.cell.step, self.cell.step)
-                starts = [r for r in rows if r["node"] == n and r["step"] == intent and r["event"] == "STEP_START"]
+                starts = [r for r in rows if r["node"] == n and r["step"] == intent and r["event"] == "STEP_START"
+                          and r["id"] < recovery_start]
                 expect(starts, f"{n}: no intent row (STEP_START {intent}) for the step killed at {self.cell.point}")
-                expect(last_end.get(intent) == "STEP_INTERRUPTED",
+                killed = ended_by.get(starts[-1]["id"]) if starts else None
+                expect(killed == "STEP_INTERRUPTED",
                        f"{n}: the step killed at {self.cell.point} ({intent}) must end STEP_INTERRUPTED, "
-                       f"its last end row is {last_end.get(intent)}")
+                       f"it ended {killed}")
                 self.result["interrupted"] = sorted({r["step"] for r in rows if r["node"] == n
                                                      and r["event"] == "STEP_INTERRUPTED"},
                                                     key=lambda s: (s not in STEP_ORDER, STEP_ORDER.index(s)

@@ -20,6 +20,12 @@ struct UsageError : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The audit database cannot be written (full disk, I/O error, locked): printed, exit code 3
+// (audit or stop: nothing was started).
+struct AuditUnavailable : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // Reads `--flag value` / `--flag=value` / `--switch` arguments in order.
 class Args {
   public:

@@ -83,7 +83,8 @@ CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& en
             asio::detached);
         flush.run();
         if (!flushed)
-            throw UsageError("the audit database cannot be written: " + flushed.error().message);
+            throw AuditUnavailable("the audit database cannot be written: " +
+                                   flushed.error().message + " (nothing was started)");
     }
     auto db = store::Database::open_read_only(db_path);
     if (!db) throw UsageError(db.error().message);
@@ -96,15 +97,20 @@ CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& en
 
     std::vector<deploy::RecoveryInput> todo;
     for (const auto& r : *unfinished) {
+        // Only a rollout whose process is known to be gone; with --force (an operator who
+        // knows), also one whose process cannot be judged: another machine, or a row written
+        // before rollouts named their process. Never a live one.
         const auto live = deploy::owner_liveness(r.owner);
         if (live == deploy::OwnerLiveness::alive ||
-            (live == deploy::OwnerLiveness::unknown && !r.owner.empty() && !force)) {
+            (live == deploy::OwnerLiveness::unknown && !force)) {
             ++out.still_running;
             out.lines.push_back(
-                "rollout " + r.id + " is unfinished but run by " + r.owner +
+                "rollout " + r.id + " is unfinished but run by " +
+                (r.owner.empty() ? std::string("a guardia that did not record itself") : r.owner) +
                 (live == deploy::OwnerLiveness::alive
                      ? ", which is alive: left alone"
-                     : ", on another host: left alone (--force if that process is gone)"));
+                     : ", which cannot be judged from here: left alone (guardia recover --force "
+                       "once you know that process is gone)"));
             continue;
         }
         auto results = db->node_results(r.id);
@@ -156,7 +162,7 @@ CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& en
                                         (n.error.empty() ? std::string() : "  " + n.error));
                 }
             }
-            (void)co_await audit.durable();
+            out.written = co_await audit.durable();
         },
         asio::detached);
     ioc.run();

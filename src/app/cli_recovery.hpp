@@ -6,6 +6,8 @@
 
 #include "cli.hpp"
 
+#include "guardia/core/error.hpp"
+
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -21,13 +23,15 @@ struct CliRecoveryOutcome {
     std::size_t still_running = 0;  // left alone: their process is alive (or on another host)
     std::size_t nodes_left = 0;     // nodes that could not be inspected (RECOVERY_FAILED)
     std::vector<std::string> lines; // what was done, for people
+    Result<void> written;           // whether the store has all of it (else: spilled, exit 3)
 };
 
 // Finds the unfinished rollouts of `db_path` and recovers those whose process is gone (with
 // `force`, also those of a process on another host). Nodes come from `engine.inventory` by name,
 // else from the inventory the database recorded for them. Runs its own event loop to the end:
 // call it before (never from) another loop. Writes through `audit`, which must be started.
-// Throws UsageError when the database cannot be read.
+// Throws UsageError when the database cannot be read, AuditUnavailable when it cannot be
+// written.
 CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& engine,
                                     store::AuditWriter& audit, const std::string& origin,
                                     bool force);

@@ -59,6 +59,9 @@ int main(int argc, char** argv) {
             guardia::stop_local_io_pool();
             return rc;
         }
+    } catch (const guardia::cli::AuditUnavailable& e) {
+        std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
+        return 3;
     } catch (const guardia::cli::UsageError& e) {
         std::fprintf(stderr, "guardia %s: %s\n", argv[1], e.what());
         return 2;

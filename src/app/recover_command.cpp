@@ -4,7 +4,8 @@
 // Exit codes: 0 nothing was left, or every node of every unfinished rollout is safe again
 // (deployed, restored or untouched, lock released); 1 some node could not be inspected
 // (unreachable, or not in any inventory known) or a rollout was left alone because its
-// process still runs: run it again later; 2 bad usage or input.
+// process still runs: run it again later; 2 bad usage or input; 3 the audit database could not
+// be written (what was done is spilled beside it).
 #include "cli.hpp"
 #include "cli_recovery.hpp"
 #include "commands.hpp"
@@ -40,7 +41,8 @@ const char* recover_usage =
     "  --force            also recover rollouts run by a process on another host\n"
     "  --json             one JSON object on stdout\n"
     "\n"
-    "Exit 0 all safe (or nothing to do), 1 something left to recover, 2 bad input.\n";
+    "Exit 0 all safe (or nothing to do), 1 something left to recover, 2 bad input,\n"
+    "3 the audit database could not be written.\n";
 
 }  // namespace
 
@@ -76,6 +78,13 @@ int recover_command(int argc, char** argv) {
     CliRecoveryOutcome r =
         recover_database(common.db_path, engine, *audit, "by guardia recover", force);
     audit->stop();
+    if (!r.written) {
+        for (const auto& l : r.lines) std::fprintf(stderr, "%s\n", l.c_str());
+        throw AuditUnavailable("the nodes were recovered, but the audit database could not record "
+                               "it: " + r.written.error().message +
+                               " (spilled beside the database; run guardia recover again once it "
+                               "can be written)");
+    }
     const bool clean = r.nodes_left == 0 && r.still_running == 0;
     if (common.json) {
         json::array lines;

@@ -15,6 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <boost/asio/cancellation_state.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/system/system_error.hpp>
 
@@ -209,6 +214,18 @@ std::vector<std::string> live_mismatches(std::string_view out,
 
 namespace {
 
+// How long a safety step waits for its intent row before it goes on regardless (a commit
+// takes milliseconds; a store that hangs, e.g. on a dying disk, must not hold a half-changed
+// node down).
+constexpr std::chrono::milliseconds kSafetyIntentWait{2000};
+
+// Completes `done` (cancels the timer) once the writer committed what was queued before.
+asio::awaitable<void> cancel_when_durable(store::AuditWriter* audit,
+                                          std::shared_ptr<asio::steady_timer> done) {
+    (void)co_await audit->durable();
+    done->cancel();
+}
+
 class Pipeline {
   public:
     Pipeline(const Node& node, const std::vector<ArtifactSpec>& artifacts,
@@ -348,10 +365,22 @@ class Pipeline {
     // queued: written when the store recovers, or spilled to the journal at exit.
     asio::awaitable<Result<void>> intent_committed(const std::string& step) {
         if (settings_.audit == nullptr) co_return Result<void>{};
-        const bool safety = step_runs_without_audit(step);
-        if (safety && settings_.audit->degraded()) co_return Result<void>{};  // no waiting
+        if (step_runs_without_audit(step)) {
+            // Waits a little for the intent (normally committed in milliseconds), never for a
+            // failing or hanging store: the barrier runs on its own, the step does not wait
+            // past kSafetyIntentWait.
+            if (settings_.audit->degraded()) co_return Result<void>{};
+            auto ex = co_await asio::this_coro::executor;
+            auto done = std::make_shared<asio::steady_timer>(ex, kSafetyIntentWait);
+            asio::co_spawn(ex, cancel_when_durable(settings_.audit, done), asio::detached);
+            boost::system::error_code ec;
+            co_await done->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            co_return Result<void>{};
+        }
         auto d = co_await settings_.audit->durable();
-        if (d || safety) co_return Result<void>{};
+        // A writer that is not degraded committed: the error was an item SQLite refused for
+        // its content (another node's, maybe), not a store that cannot record this step.
+        if (d || !settings_.audit->degraded()) co_return Result<void>{};
         co_return node_error(errc::audit_unavailable, step,
                              "the audit log cannot be written (" + d.error().message +
                                  "): the step was not started");
@@ -1386,9 +1415,12 @@ asio::awaitable<NodeReport> deploy_node(const Node& node,
     // will ever release it. The node is recovered for that rollout exactly as its own crash
     // recovery would (restored from the backup its lock names, staging files removed, lock
     // released; audited under that rollout's id), then deployed once more.
+    // The pipeline disabled cancellation for its clean-up, for this whole coroutine chain: from
+    // here on only should_stop() can say that the rollout stopped or the node's time is up.
+    auto stop_asked = [&] { return settings.should_stop && settings.should_stop(node.name); };
     if (report.error.code != errc::node_locked || report.busy_lock_rollout.empty() ||
         report.busy_lock_rollout == settings.rollout_id ||
-        owner_liveness(report.busy_lock_owner) != OwnerLiveness::gone)
+        owner_liveness(report.busy_lock_owner) != OwnerLiveness::gone || stop_asked())
         co_return report;
     PipelineSettings dead = settings;
     dead.rollout_id = report.busy_lock_rollout;
@@ -1415,10 +1447,12 @@ asio::awaitable<NodeReport> deploy_node(const Node& node,
                              std::string(to_string(recovered.outcome)) +
                              (recovered.error.message.empty() ? std::string()
                                                               : " (" + recovered.error.message + ")");
-    if (!recovered.lock_released) {
+    if (!recovered.lock_released || stop_asked()) {
         report.error.message += "; " + what;
         co_return report;
     }
+    // A fresh deploy: cancellable again (a cancel emitted meanwhile was seen by stop_asked()).
+    co_await asio::this_coro::reset_cancellation_state();
     Pipeline again(node, artifacts, settings);
     NodeReport second = co_await again.run();
     second.stale_lock_recovery = what;

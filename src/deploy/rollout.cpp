@@ -130,6 +130,14 @@ struct Rollout::Impl {
                 report.nodes[it->second].report.backup_path = backup_path;
                 store_node(it->second, "RUNNING");  // recovery restores from it after a crash
             };
+            // The rollout stopping (gate, drain, audit, cancel) or this node's deadline: what
+            // deploy_node asks before it starts anything new on its own (a stale lock's
+            // recovery and the deploy after it), when Asio cancellation no longer reaches it.
+            s.should_stop = [this](const std::string& node) {
+                if (stopping()) return true;
+                auto it = index_by_name.find(node);
+                return it != index_by_name.end() && slots[it->second]->stop_requested;
+            };
             tier_settings.push_back(std::move(s));
         }
         for (std::size_t i = 0; i < inventory.nodes.size(); ++i)

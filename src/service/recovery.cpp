@@ -102,10 +102,15 @@ asio::awaitable<std::size_t> Coordinator::Impl::recover() {
     auto unfinished = co_await read([](store::Database& db) { return db.unfinished_rollouts(); });
     if (!unfinished) throw std::runtime_error("recovery: " + unfinished.error().message);
     for (const auto& r : *unfinished) {
-        // Another guardia process on this host runs it still (a `guardia deploy` on the
-        // service's database): not ours to recover.
-        if (deploy::owner_liveness(r.owner) == deploy::OwnerLiveness::alive) {
-            logger->warn("rollout {} is run by {}, which is alive: not recovered", r.id, r.owner);
+        // Only rollouts whose process is gone (the service's previous process, typically), or
+        // rows from before rollouts named their process (this service's own previous version).
+        // One another guardia runs still, or one of another machine, is not ours.
+        const auto live = deploy::owner_liveness(r.owner);
+        if (live == deploy::OwnerLiveness::alive ||
+            (live == deploy::OwnerLiveness::unknown && !r.owner.empty())) {
+            logger->warn("rollout {} is run by {}, which is {}: not recovered (guardia recover "
+                         "--force once that process is known to be gone)",
+                         r.id, r.owner, deploy::to_string(live));
             continue;
         }
         co_await recover_rollout(r);

@@ -40,25 +40,60 @@ TEST_CASE("failpoints are compiled only into test builds") {
 }
 
 TEST_CASE("owner ids and their liveness") {
-    auto id = parse_owner("guardia@deploy-1.example:4242");
+    auto id = parse_owner("guardia@deploy-1.example:4242:ab12cd34-0f0f0f0f-98765");
     REQUIRE(id.has_value());
     CHECK(id->host == "deploy-1.example");
     CHECK(id->pid == 4242);
+    CHECK(id->machine == "ab12cd34");
+    CHECK(id->boot == "0f0f0f0f");
+    CHECK(id->start == "98765");
+    auto legacy = parse_owner("guardia@deploy-1:4242");
+    REQUIRE(legacy.has_value());
+    CHECK(legacy->start.empty());
     for (const char* bad : {"", "guardia@host", "guardia@host:", "guardia@:12", "root@host:12",
-                            "guardia@host:12x", "guardia@host:-3", "guardia@host:0"})
+                            "guardia@host:12x", "guardia@host:-3", "guardia@host:0",
+                            "guardia@host:4294967295", "guardia@host:12:", "guardia@host:12:a-b",
+                            "guardia@host:12:a-b-", "guardia@host:12:a-b-c d"})
         CHECK_MESSAGE(!parse_owner(bad).has_value(), bad);
 
-    auto runs = [](long pid) { return pid == 100; };
-    CHECK(owner_liveness("guardia@here:100", "here", 7, runs) == OwnerLiveness::alive);
-    CHECK(owner_liveness("guardia@here:101", "here", 7, runs) == OwnerLiveness::gone);
-    CHECK(owner_liveness("guardia@here:7", "here", 7, runs) == OwnerLiveness::alive);  // us
-    CHECK(owner_liveness("guardia@there:101", "here", 7, runs) == OwnerLiveness::unknown);
-    CHECK(owner_liveness("", "here", 7, runs) == OwnerLiveness::unknown);
-    CHECK(owner_liveness("something else", "here", 7, runs) == OwnerLiveness::unknown);
+    LocalIdentity me;
+    me.host = "here";
+    me.machine = "m1";
+    me.boot = "b1";
+    me.pid = 1;
+    me.owner = "guardia@here:1:m1-b1-500";
+    // Process table: pid 100 is a guardia started at 700; nothing else runs guardia.
+    auto start_of = [](long pid) -> std::optional<std::string> {
+        if (pid == 100) return "700";
+        return std::nullopt;
+    };
+    auto live = [&](const std::string& o) { return owner_liveness(o, me, start_of); };
+    CHECK(live(me.owner) == OwnerLiveness::alive);                        // this process
+    CHECK(live("guardia@here:100:m1-b1-700") == OwnerLiveness::alive);    // that very process
+    CHECK(live("guardia@here:100:m1-b1-699") == OwnerLiveness::gone);     // its pid, reused
+    CHECK(live("guardia@here:101:m1-b1-700") == OwnerLiveness::gone);     // no such process
+    // A container restarted: the service is pid 1 again, but not the same process.
+    CHECK(live("guardia@here:1:m1-b1-3") == OwnerLiveness::gone);
+    CHECK(live("guardia@here:100:m1-b0-700") == OwnerLiveness::gone);     // rebooted since
+    CHECK(live("guardia@here:101:m2-b1-700") == OwnerLiveness::unknown);  // namesake machine
+    CHECK(live("guardia@renamed:101:m1-b1-700") == OwnerLiveness::gone);  // same machine-id
+    // The older form: judged by pid alone, never when it is ours.
+    CHECK(live("guardia@here:100") == OwnerLiveness::alive);
+    CHECK(live("guardia@here:101") == OwnerLiveness::gone);
+    CHECK(live("guardia@here:1") == OwnerLiveness::unknown);
+    CHECK(live("guardia@there:101") == OwnerLiveness::unknown);
+    CHECK(live("") == OwnerLiveness::unknown);
+    CHECK(live("something else") == OwnerLiveness::unknown);
 
-    // The real process table: this process is alive; a pid far above pid_max is gone.
+    // The real process table: this process is alive; a pid far above pid_max is gone, and so
+    // is this process's pid with another start time.
+    const auto real = local_identity();
     CHECK(owner_liveness(local_owner_id()) == OwnerLiveness::alive);
-    CHECK(owner_liveness("guardia@" + local_host_name() + ":2147483646") == OwnerLiveness::gone);
+    CHECK(parse_owner(local_owner_id()).has_value());
+    CHECK(owner_liveness("guardia@" + local_host_name() + ":2147483646:" + real.machine + "-" +
+                         real.boot + "-1") == OwnerLiveness::gone);
+    CHECK(owner_liveness("guardia@" + local_host_name() + ":" + std::to_string(real.pid) + ":" +
+                         real.machine + "-" + real.boot + "-1") == OwnerLiveness::gone);
 }
 
 namespace {

@@ -96,6 +96,10 @@ struct PipelineSettings {
     // Only for work that continues a rollout whose process died (crash recovery, a PM rollback
     // re-run after a restart): the lock is that rollout's, not another one's.
     bool reclaim_own_lock = false;
+    // Asked (on the loop) before deploy_node starts new work of its own after its pipeline
+    // ended, i.e. recovering a dead owner's lock and deploying again: true stops it there.
+    // The rollout sets it (the rollout is stopping, or this node's deadline passed).
+    std::function<bool(const std::string& node)> should_stop;
 };
 
 enum class NodeOutcome {

@@ -41,6 +41,30 @@ std::map<std::string, deploy::Node> stored_nodes(store::Database& db, const Engi
     return out;
 }
 
+std::string sql_text(std::string_view s) {
+    std::string out = "'";
+    for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+    return out + "'";
+}
+
+// Sets the rollout's owner to this process if it still is what `r` says (one statement, on a
+// connection of its own, committed before any node is touched). False: someone else did.
+bool claim(const std::string& db_path, const store::RolloutRecord& r) {
+    try {
+        store::Database db(db_path);
+        auto changed = db.exec("UPDATE rollouts SET owner = " + sql_text(deploy::local_owner_id()) +
+                               " WHERE id = " + sql_text(r.id) + " AND owner = " + sql_text(r.owner) +
+                               " AND finished_ms IS NULL");
+        if (!changed) throw AuditUnavailable("the audit database cannot be written: " +
+                                             changed.error().message + " (nothing was started)");
+        auto n = db.query_int64("SELECT changes()");
+        return n && *n == 1;
+    } catch (const std::runtime_error& e) {
+        if (dynamic_cast<const AuditUnavailable*>(&e)) throw;
+        throw AuditUnavailable(std::string("the audit database cannot be written: ") + e.what());
+    }
+}
+
 }  // namespace
 
 void record_inventory(const std::string& inventory_path, store::AuditWriter& audit) {
@@ -111,6 +135,15 @@ CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& en
                      ? ", which is alive: left alone"
                      : ", which cannot be judged from here: left alone (guardia recover --force "
                        "once you know that process is gone)"));
+            continue;
+        }
+        // Claim it: the row names this process from now on, so a second recovery (another
+        // `guardia deploy` started at the same time on this database) sees a live owner and
+        // leaves it alone. Compare-and-set on the owner the row had when it was read.
+        if (!claim(db_path, r)) {
+            ++out.still_running;
+            out.lines.push_back("rollout " + r.id +
+                                " is being recovered by another guardia process: left alone");
             continue;
         }
         auto results = db->node_results(r.id);

@@ -52,6 +52,14 @@ std::size_t others(const json::object& c) { return c.at("other_entries").as_arra
 // starting has its intent row committed: the pipeline awaits durable() for it, and no
 // durable() may still be pending in the writer when its io_context is destroyed. This
 // barrier is queued after the pipeline's, and the writer completes barriers in order.
+// The writer thread releases a completed durable()'s hold on its io_context just after it
+// posts the completion; an io_context stopped by hand (above) must outlive that. A barrier
+// queued now completes only after the writer is done with every earlier one.
+void settle(store::AuditWriter& audit) {
+    asio::io_context other;
+    (void)guardia::test::run(other, audit.durable(), seconds(30));
+}
+
 void stop_after_intent(asio::io_context& ioc, store::AuditWriter& audit) {
     asio::co_spawn(
         ioc,
@@ -501,6 +509,7 @@ TEST_SUITE("pipeline") {
             };
             asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
             ioc.run_for(seconds(60));
+            settle(*rig.audit);  // before ioc goes
         }
         REQUIRE_FALSE(seen_backup.empty());
         const auto mid = check("node-0010");
@@ -629,6 +638,7 @@ TEST_SUITE("pipeline") {
             };
             asio::co_spawn(ioc, deploy_node(n, arts, s), asio::detached);
             ioc.run_for(seconds(60));
+            settle(*rig.audit);  // before ioc goes
         }
         REQUIRE_FALSE(seen_backup.empty());
         REQUIRE(listing(base + "/app") != real_before);  // the new build is live

@@ -12,6 +12,7 @@
 #include "cli_recovery.hpp"
 #include "commands.hpp"
 #include "progress.hpp"
+#include "targeting_flags.hpp"
 
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/rollout.hpp"
@@ -43,7 +44,8 @@ const char* deploy_usage =
     "usage: guardia deploy --inventory FILE --artifact FILE [--artifact FILE ...]\n"
     "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
     "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
-    "                      [--json] [--quiet]\n";
+    "                      [--json] [--quiet]\n"
+    "                      [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID]\n";
 
 std::string node_state_text(const NodeProgress& n, bool dry_run) {
     if (n.state == NodeState::skipped) return "NOT_STARTED";
@@ -139,10 +141,11 @@ int deploy_command(int argc, char** argv) {
     std::vector<std::string> artifact_paths;
     std::string sr_id;
     bool dry_run = false, quiet = false;
+    Targeting targeting;
     Args args(argc, argv, 2);
     while (!args.done()) {
         const std::string f = args.flag();
-        if (common_flag(f, args, common)) continue;
+        if (common_flag(f, args, common) || targeting_flag(f, args, targeting)) continue;
         if (f == "--artifact")
             artifact_paths.push_back(args.value());
         else if (f == "--sr-id")
@@ -153,6 +156,7 @@ int deploy_command(int argc, char** argv) {
             quiet = true;
         else if (f == "--help") {
             std::fputs(deploy_usage, stdout);
+            std::fputs(targeting_usage, stdout);
             return 0;
         } else
             throw UsageError("unknown option " + f + "\n" + deploy_usage);
@@ -164,6 +168,8 @@ int deploy_command(int argc, char** argv) {
             throw UsageError("--sr-id must be letters, digits, '-', '_' or '.'");
 
     Engine engine = load_engine(common);
+    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine)))
+        return nothing_to_retry(targeting, "deploy", common.json);
     if (auto ok = validate_rollout(engine.config.rollout, engine.inventory); !ok)
         throw UsageError(
             (common.config_path.empty() ? std::string("rollout defaults") : common.config_path) +
@@ -202,6 +208,7 @@ int deploy_command(int argc, char** argv) {
     audit->set_redactions(engine.credentials->secrets());
     audit->start();
     settings.audit = audit.get();
+    record_targeting(targeting, *audit, sr_id, settings.rollout_id);
 
     // What a killed guardia left in flight on this database is made safe first (a dry run
     // changes nothing, so it only says so).

@@ -5,6 +5,7 @@
 // sanitizer refuses (nothing sent); 130 cancelled by SIGINT/SIGTERM.
 #include "cli.hpp"
 #include "commands.hpp"
+#include "targeting_flags.hpp"
 
 #include "guardia/deploy/fanout.hpp"
 #include "guardia/store/audit_writer.hpp"
@@ -30,7 +31,8 @@ namespace {
 const char* exec_usage =
     "usage: guardia exec --inventory FILE [--config FILE] [--known-hosts FILE]\n"
     "                    [--host-key-policy strict|accept-new] [--timeout SECONDS]\n"
-    "                    [--max-sessions N] [--db FILE] [--json] -- 'COMMAND'\n";
+    "                    [--max-sessions N] [--db FILE] [--json]\n"
+    "                    [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID] -- 'COMMAND'\n";
 
 std::string one_line(std::string s, std::size_t max) {
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
@@ -49,6 +51,7 @@ int exec_command(int argc, char** argv) {
     double timeout_s = 60;
     std::size_t max_sessions = 0;
     std::string command;
+    Targeting targeting;
     Args args(argc, argv, 2);
     while (!args.done()) {
         if (args.at_separator()) {
@@ -58,7 +61,7 @@ int exec_command(int argc, char** argv) {
             break;
         }
         const std::string f = args.flag();
-        if (common_flag(f, args, common)) continue;
+        if (common_flag(f, args, common) || targeting_flag(f, args, targeting)) continue;
         if (f == "--timeout") {
             try {
                 timeout_s = std::stod(args.value());
@@ -76,6 +79,7 @@ int exec_command(int argc, char** argv) {
             if (max_sessions == 0) throw UsageError("--max-sessions needs a positive integer");
         } else if (f == "--help") {
             std::fputs(exec_usage, stdout);
+            std::fputs(targeting_usage, stdout);
             return 0;
         } else
             throw UsageError("unknown option " + f + "\n" + exec_usage);
@@ -83,6 +87,8 @@ int exec_command(int argc, char** argv) {
     if (command.empty()) throw UsageError(std::string("the command goes after --\n") + exec_usage);
 
     Engine engine = load_engine(common);
+    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine)))
+        return nothing_to_retry(targeting, "exec", common.json);
     FanoutOptions o;
     o.max_sessions = max_sessions ? max_sessions : engine.config.rollout.max_sessions;
     o.max_connections_per_second = engine.config.rollout.max_connections_per_second;
@@ -104,6 +110,7 @@ int exec_command(int argc, char** argv) {
         audit->set_redactions(engine.credentials->secrets());
         audit->start();
         o.audit = audit.get();
+        record_targeting(targeting, *audit, o.sr_id, o.run_id);
     }
     const std::size_t n = engine.inventory.nodes.size();
     // Before the Fanout: its timer must be destroyed before the io_context it belongs to.

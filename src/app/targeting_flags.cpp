@@ -1,0 +1,91 @@
+#include "targeting_flags.hpp"
+
+#include "guardia/store/database.hpp"
+
+#include <boost/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+namespace guardia::cli {
+
+const char* const targeting_usage =
+    "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
+    "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
+    "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
+    "  --retry-failed ID    only the nodes that did not end DEPLOYED in rollout ID (read\n"
+    "                       from the --db store); nothing left to retry: exit 0\n";
+
+bool targeting_flag(const std::string& flag, Args& args, Targeting& t) {
+    if (flag == "--limit") {
+        auto v = deploy::parse_limit(args.value());
+        if (!v) throw UsageError(v.error().message);
+        t.filter.limit.insert(t.filter.limit.end(), v->begin(), v->end());
+    } else if (flag == "--tier") {
+        auto v = deploy::parse_tiers(args.value());
+        if (!v) throw UsageError(v.error().message);
+        t.filter.tiers.insert(t.filter.tiers.end(), v->begin(), v->end());
+    } else if (flag == "--retry-failed") {
+        if (!t.filter.retry_rollout.empty()) throw UsageError("--retry-failed is given twice");
+        t.filter.retry_rollout = args.value();
+        if (t.filter.retry_rollout.empty()) throw UsageError("--retry-failed needs a rollout id");
+    } else {
+        return false;
+    }
+    return true;
+}
+
+std::string resolve_db_path(const Common& common, const Engine& engine) {
+    if (!common.db_path.empty()) return common.db_path;
+    if (!engine.config.db.empty()) return engine.config.db;
+    return "guardia.db";
+}
+
+bool apply_targeting(Targeting& t, Engine& engine, const std::string& db) {
+    if (!t.filter.any()) return true;
+    if (!t.filter.retry_rollout.empty()) {
+        auto store = store::Database::open_read_only(db);
+        if (!store) throw UsageError("--retry-failed: " + store.error().message);
+        auto row = store->rollout(t.filter.retry_rollout);
+        if (!row) throw UsageError("--retry-failed: " + row.error().message);
+        if (!*row)
+            throw UsageError("--retry-failed: no rollout '" + t.filter.retry_rollout + "' in " +
+                             db);
+        auto results = store->node_results(t.filter.retry_rollout);
+        if (!results) throw UsageError("--retry-failed: " + results.error().message);
+        t.filter.retry = deploy::not_deployed(*results);
+    }
+    const std::size_t total = engine.inventory.nodes.size();
+    auto selected = deploy::select_nodes(engine.inventory, t.filter);
+    if (!selected) throw UsageError(selected.error().message);
+    t.description = deploy::describe_selection(t.filter, *selected, total);
+    engine.inventory = std::move(*selected);
+    return !engine.inventory.nodes.empty();
+}
+
+int nothing_to_retry(const Targeting& t, const char* command, bool as_json) {
+    if (as_json)
+        std::cout << boost::json::serialize(
+                         boost::json::object{{"retry_failed", t.filter.retry_rollout},
+                                             {"nothing_to_retry", true},
+                                             {"nodes", boost::json::array()}})
+                  << std::endl;
+    std::fprintf(stderr, "guardia %s: nothing to retry: every selected node of rollout %s ended "
+                         "DEPLOYED\n",
+                 command, t.filter.retry_rollout.c_str());
+    return 0;
+}
+
+void record_targeting(const Targeting& t, store::AuditWriter& audit, const std::string& sr_id,
+                      const std::string& run_id) {
+    if (!t.filter.any()) return;
+    store::AuditEvent e;
+    e.sr_id = sr_id;
+    e.rollout_id = run_id;
+    e.step = "ROLLOUT";
+    e.event = "ROLLOUT_TARGET";
+    e.detail = t.description;
+    audit.record(std::move(e));
+}
+
+}  // namespace guardia::cli

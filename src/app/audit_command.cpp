@@ -1,3 +1,6 @@
+// `guardia audit --rollout ID [--node NODE] [--db FILE] [--json]`: a rollout's audit rows in
+// order (guardia/store/reader.hpp, read-only); exit 0, 2 unknown rollout or bad input.
+//
 // `guardia audit verify --db FILE [--json]`: walks the audit log's hash chain
 // (guardia/store/audit_chain.hpp) and reports the first altered, deleted or inserted row.
 //
@@ -7,6 +10,7 @@
 // from every other outcome.
 #include "cli.hpp"
 #include "commands.hpp"
+#include "store_view.hpp"
 
 #include "guardia/store/audit_chain.hpp"
 
@@ -29,7 +33,17 @@ enum class AuditExit : int {
 
 const char* audit_usage =
     "usage: guardia audit verify --db FILE [--json]\n"
+    "       guardia audit --rollout ID [--node NODE] [--db FILE] [--config FILE] [--json]\n"
     "\n"
+    "audit --rollout: the rollout's audit rows in order (time, node, step, event, exit code,\n"
+    "duration, message); exit 0, 2 unknown rollout or bad input.\n"
+    "  --rollout ID     the rollout whose rows are listed (required)\n"
+    "  --node NODE      only that node's rows\n"
+    "  --db FILE        the store to read (default: the config's store.db, else ./guardia.db)\n"
+    "  --config FILE    the configuration whose store.db is read when --db is not given\n"
+    "  --json           a JSON array of row objects instead of the table\n"
+    "\n"
+    "audit verify:\n"
     "Checks the hash chain of the audit log in FILE (opened read-only) and reports the\n"
     "first altered, deleted or inserted row. Exit 0 intact, 3 broken, 2 bad input.\n"
     "The chain cannot see rows deleted from its end: keep the printed last id and hash\n"
@@ -72,6 +86,64 @@ void print_text(const std::string& db, const store::ChainReport& r) {
         "      and hash with a copy kept elsewhere.\n");
 }
 
+int rollout_rows(int argc, char** argv) {
+    std::string db_flag, config_flag, rollout, node;
+    bool as_json = false;
+    Args args(argc, argv, 2);
+    while (!args.done()) {
+        const std::string f = args.flag();
+        if (f == "--db")
+            db_flag = args.value();
+        else if (f == "--config")
+            config_flag = args.value();
+        else if (f == "--rollout")
+            rollout = args.value();
+        else if (f == "--node")
+            node = args.value();
+        else if (f == "--json")
+            as_json = true;
+        else if (f == "--help" || f == "-h") {
+            std::fputs(audit_usage, stdout);
+            return 0;
+        } else
+            throw UsageError("unknown option '" + f + "'");
+    }
+    if (rollout.empty()) throw UsageError("--rollout ID is required (or: audit verify)");
+    const std::string db = reader_db_path(db_flag, config_flag);
+    auto reader = open_reader(db);
+    auto rows = reader.audit(rollout, node);
+    if (!rows) throw UsageError(rows.error().message);
+    if (rows->empty()) {
+        auto known = reader.summary(rollout);
+        if (!known) throw UsageError(known.error().message);
+        if (!*known) throw UsageError("no rollout '" + rollout + "' in " + db);
+    }
+    if (as_json) {
+        json::array out;
+        for (const auto& r : *rows) {
+            json::object o{{"id", r.id},         {"ts_ms", r.ts_ms},   {"time", utc_time(r.ts_ms)},
+                           {"sr_id", r.sr_id},   {"node", r.node},     {"step", r.step},
+                           {"event", r.event},   {"message", r.detail}};
+            o["exit_code"] = r.exit_code ? json::value(*r.exit_code) : json::value(nullptr);
+            o["duration_ms"] = r.duration_ms ? json::value(*r.duration_ms) : json::value(nullptr);
+            if (!r.principal.empty()) o["principal"] = r.principal;
+            out.push_back(std::move(o));
+        }
+        std::cout << json::serialize(out) << std::endl;
+        return 0;
+    }
+    std::printf("%-24s %-20s %-12s %-20s %4s %9s  %s\n", "TIME", "NODE", "STEP", "EVENT", "EXIT",
+                "DURATION", "MESSAGE");
+    for (const auto& r : *rows) {
+        const std::string exit_text = r.exit_code ? std::to_string(*r.exit_code) : "-";
+        const std::string dur = r.duration_ms ? std::to_string(*r.duration_ms) + " ms" : "-";
+        std::printf("%-24s %-20s %-12s %-20s %4s %9s  %s\n", utc_time(r.ts_ms).c_str(),
+                    r.node.empty() ? "-" : r.node.c_str(), r.step.c_str(), r.event.c_str(),
+                    exit_text.c_str(), dur.c_str(), printable(r.detail).c_str());
+    }
+    return 0;
+}
+
 }  // namespace
 
 int audit_command(int argc, char** argv) {
@@ -80,6 +152,7 @@ int audit_command(int argc, char** argv) {
         return static_cast<int>(AuditExit::bad_input);
     }
     const std::string sub = argv[2];
+    if (sub.rfind("--", 0) == 0 && sub != "--help") return rollout_rows(argc, argv);
     if (sub == "--help" || sub == "help") {
         std::fputs(audit_usage, stdout);
         return 0;

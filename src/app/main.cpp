@@ -24,7 +24,10 @@ int usage(std::FILE* out) {
         "  deploy      a tiered rollout of artifacts to an inventory (guardia deploy --help)\n"
         "  exec        one sanitized command on every node (guardia exec --help)\n"
         "  serve       the always-on service: HTTP API, rollouts, webhooks (guardia serve --help)\n"
-        "  audit       audit verify --db FILE: check the audit log's hash chain\n"
+        "  audit       audit verify --db FILE: check the audit log's hash chain;\n"
+        "              audit --rollout ID [--node N]: a rollout's audit rows\n"
+        "  status      one rollout from the store: counts, tiers, failed nodes (status --help)\n"
+        "  history     recent rollouts from the store, newest first (history --help)\n"
         "  recover     finish what a killed guardia left in flight (guardia recover --help)\n"
         "  version     print the version\n"
         "  help        show this help\n"
@@ -55,6 +58,8 @@ int main(int argc, char** argv) {
         if (command == "serve") rc = guardia::cli::serve_command(argc, argv);
         if (command == "audit") rc = guardia::cli::audit_command(argc, argv);
         if (command == "recover") rc = guardia::cli::recover_command(argc, argv);
+        if (command == "status") rc = guardia::cli::status_command(argc, argv);
+        if (command == "history") rc = guardia::cli::history_command(argc, argv);
         if (rc >= 0) {
             guardia::stop_local_io_pool();
             return rc;

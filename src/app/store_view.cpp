@@ -1,0 +1,51 @@
+#include "store_view.hpp"
+
+#include "cli.hpp"
+
+#include "guardia/deploy/engine_config.hpp"
+
+#include <cstdio>
+#include <ctime>
+
+namespace guardia::cli {
+
+std::string reader_db_path(const std::string& db_flag, const std::string& config_flag) {
+    if (!db_flag.empty()) return db_flag;
+    if (!config_flag.empty()) {
+        auto cfg = deploy::load_engine_config(config_flag);
+        if (!cfg) throw UsageError(cfg.error().message);
+        if (!cfg->db.empty()) return cfg->db;
+    }
+    return "guardia.db";
+}
+
+store::RolloutReader open_reader(const std::string& db) {
+    auto r = store::RolloutReader::open(db);
+    if (!r) throw UsageError(r.error().message);
+    return std::move(*r);
+}
+
+std::string utc_time(std::int64_t unix_ms) {
+    const std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<int>(unix_ms % 1000));
+    return buf;
+}
+
+std::string seconds_text(std::int64_t ms) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.1f s", static_cast<double>(ms) / 1000.0);
+    return buf;
+}
+
+std::string printable(std::string text) {
+    for (auto& c : text)
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+    return text;
+}
+
+}  // namespace guardia::cli

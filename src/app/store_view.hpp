@@ -1,0 +1,23 @@
+// Shared pieces of the store readers (`guardia status`, `history`, `audit --rollout`):
+// which database to read, opening it read-only, and time formatting.
+#pragma once
+
+#include "guardia/store/reader.hpp"
+
+#include <cstdint>
+#include <string>
+
+namespace guardia::cli {
+
+// --db, else store.db of --config FILE, else ./guardia.db (as `guardia deploy`).
+std::string reader_db_path(const std::string& db_flag, const std::string& config_flag);
+
+// Opens `db` read-only; a missing file or a file that is not a Guardia store throws
+// UsageError naming it.
+store::RolloutReader open_reader(const std::string& db);
+
+std::string utc_time(std::int64_t unix_ms);  // 2026-12-05T01:02:03.456Z
+std::string seconds_text(std::int64_t ms);   // "12.3 s"
+std::string printable(std::string text);      // control characters (newlines...) as spaces
+
+}  // namespace guardia::cli

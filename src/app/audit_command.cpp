@@ -87,21 +87,16 @@ void print_text(const std::string& db, const store::ChainReport& r) {
 }
 
 int rollout_rows(int argc, char** argv) {
-    std::string db_flag, config_flag, rollout, node;
-    bool as_json = false;
+    ReaderFlags rf;
+    std::string rollout, node;
     Args args(argc, argv, 2);
     while (!args.done()) {
         const std::string f = args.flag();
-        if (f == "--db")
-            db_flag = args.value();
-        else if (f == "--config")
-            config_flag = args.value();
-        else if (f == "--rollout")
+        if (reader_flag(f, args, rf)) continue;
+        if (f == "--rollout")
             rollout = args.value();
         else if (f == "--node")
             node = args.value();
-        else if (f == "--json")
-            as_json = true;
         else if (f == "--help" || f == "-h") {
             std::fputs(audit_usage, stdout);
             return 0;
@@ -109,7 +104,7 @@ int rollout_rows(int argc, char** argv) {
             throw UsageError("unknown option '" + f + "'");
     }
     if (rollout.empty()) throw UsageError("--rollout ID is required (or: audit verify)");
-    const std::string db = reader_db_path(db_flag, config_flag);
+    const std::string db = rf.db_path();
     auto reader = open_reader(db);
     auto rows = reader.audit(rollout, node);
     if (!rows) throw UsageError(rows.error().message);
@@ -118,7 +113,7 @@ int rollout_rows(int argc, char** argv) {
         if (!known) throw UsageError(known.error().message);
         if (!*known) throw UsageError("no rollout '" + rollout + "' in " + db);
     }
-    if (as_json) {
+    if (rf.json) {
         json::array out;
         for (const auto& r : *rows) {
             json::object o{{"id", r.id},         {"ts_ms", r.ts_ms},   {"time", utc_time(r.ts_ms)},

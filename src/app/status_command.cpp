@@ -11,6 +11,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -150,8 +151,8 @@ int show_status(const std::string& db, std::string id, bool as_json) {
 }  // namespace
 
 int status_command(int argc, char** argv) {
-    std::string db_flag, config_flag, id;
-    bool as_json = false;
+    ReaderFlags rf;
+    std::string id;
     Args args(argc, argv, 2);
     if (argc > 2 && argv[2][0] != '-') {
         id = argv[2];
@@ -159,33 +160,25 @@ int status_command(int argc, char** argv) {
     }
     while (!args.done()) {
         const std::string f = args.flag();
-        if (f == "--db")
-            db_flag = args.value();
-        else if (f == "--config")
-            config_flag = args.value();
-        else if (f == "--json")
-            as_json = true;
-        else if (f == "--help" || f == "-h") {
+        if (reader_flag(f, args, rf)) continue;
+        if (f == "--help" || f == "-h") {
             std::fputs(status_usage, stdout);
             return 0;
         } else
             throw UsageError("unknown option " + f + "\n" + status_usage);
     }
-    return show_status(reader_db_path(db_flag, config_flag), id, as_json);
+    return show_status(rf.db_path(), id, rf.json);
 }
 
 int history_command(int argc, char** argv) {
-    std::string db_flag, config_flag, sr;
+    ReaderFlags rf;
+    std::string sr;
     int limit = 20;
-    bool as_json = false;
     Args args(argc, argv, 2);
     while (!args.done()) {
         const std::string f = args.flag();
-        if (f == "--db")
-            db_flag = args.value();
-        else if (f == "--config")
-            config_flag = args.value();
-        else if (f == "--sr")
+        if (reader_flag(f, args, rf)) continue;
+        if (f == "--sr")
             sr = args.value();
         else if (f == "--limit") {
             const std::string v = args.value();
@@ -198,29 +191,31 @@ int history_command(int argc, char** argv) {
             }
             if (limit < 1 || limit > 10000)
                 throw UsageError("--limit '" + v + "' is not a number 1..10000");
-        } else if (f == "--json")
-            as_json = true;
-        else if (f == "--help" || f == "-h") {
+        } else if (f == "--help" || f == "-h") {
             std::fputs(history_usage, stdout);
             return 0;
         } else
             throw UsageError("unknown option " + f + "\n" + history_usage);
     }
-    const std::string db = reader_db_path(db_flag, config_flag);
-    auto reader = open_reader(db);
+    auto reader = open_reader(rf.db_path());
     auto rows = reader.history(sr, limit);
     if (!rows) throw UsageError(rows.error().message);
-    if (as_json) {
+    if (rf.json) {
         json::array out;
         for (const auto& s : *rows) out.push_back(rollout_json(s));
         std::cout << json::serialize(out) << std::endl;
         return 0;
     }
-    std::printf("%-44s %-20s %-10s %-24s %9s  %s\n", "ROLLOUT", "SR", "STATUS", "STARTED",
-                "DURATION", "NODES");
+    int id_w = 7, sr_w = 2;  // "ROLLOUT", "SR"
+    for (const auto& s : *rows) {
+        id_w = std::max(id_w, static_cast<int>(s.rollout.id.size()));
+        sr_w = std::max(sr_w, static_cast<int>(s.rollout.sr_id.size()));
+    }
+    std::printf("%-*s %-*s %-10s %-24s %9s  %s\n", id_w, "ROLLOUT", sr_w, "SR", "STATUS",
+                "STARTED", "DURATION", "NODES");
     for (const auto& s : *rows) {
         const auto d = duration_ms(s.rollout);
-        std::printf("%-44s %-20s %-10s %-24s %9s  %zu: %s\n", s.rollout.id.c_str(),
+        std::printf("%-*s %-*s %-10s %-24s %9s  %zu: %s\n", id_w, s.rollout.id.c_str(), sr_w,
                     s.rollout.sr_id.c_str(), s.rollout.status.c_str(),
                     utc_time(s.rollout.created_ms).c_str(), d ? seconds_text(*d).c_str() : "-",
                     s.nodes, counts_text(s).c_str());

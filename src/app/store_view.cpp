@@ -1,7 +1,5 @@
 #include "store_view.hpp"
 
-#include "cli.hpp"
-
 #include "guardia/deploy/engine_config.hpp"
 
 #include <cstdio>
@@ -9,10 +7,22 @@
 
 namespace guardia::cli {
 
-std::string reader_db_path(const std::string& db_flag, const std::string& config_flag) {
-    if (!db_flag.empty()) return db_flag;
-    if (!config_flag.empty()) {
-        auto cfg = deploy::load_engine_config(config_flag);
+bool reader_flag(const std::string& flag, Args& args, ReaderFlags& r) {
+    if (flag == "--db")
+        r.db = args.value();
+    else if (flag == "--config")
+        r.config = args.value();
+    else if (flag == "--json")
+        r.json = true;
+    else
+        return false;
+    return true;
+}
+
+std::string ReaderFlags::db_path() const {
+    if (!db.empty()) return db;
+    if (!config.empty()) {
+        auto cfg = deploy::load_engine_config(config);
         if (!cfg) throw UsageError(cfg.error().message);
         if (!cfg->db.empty()) return cfg->db;
     }

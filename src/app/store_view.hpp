@@ -2,6 +2,8 @@
 // which database to read, opening it read-only, and time formatting.
 #pragma once
 
+#include "cli.hpp"
+
 #include "guardia/store/reader.hpp"
 
 #include <cstdint>
@@ -9,8 +11,15 @@
 
 namespace guardia::cli {
 
-// --db, else store.db of --config FILE, else ./guardia.db (as `guardia deploy`).
-std::string reader_db_path(const std::string& db_flag, const std::string& config_flag);
+// The flags every reader takes: --db FILE, --config FILE, --json.
+struct ReaderFlags {
+    std::string db, config;
+    bool json = false;
+    // --db, else store.db of --config FILE, else ./guardia.db (as `guardia deploy`).
+    std::string db_path() const;
+};
+// Reads one of them; false if `flag` is not one.
+bool reader_flag(const std::string& flag, Args& args, ReaderFlags& r);
 
 // Opens `db` read-only; a missing file or a file that is not a Guardia store throws
 // UsageError naming it.

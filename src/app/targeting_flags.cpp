@@ -4,6 +4,7 @@
 
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -54,6 +55,15 @@ bool apply_targeting(Targeting& t, Engine& engine, const std::string& db) {
         auto results = store->node_results(t.filter.retry_rollout);
         if (!results) throw UsageError("--retry-failed: " + results.error().message);
         t.filter.retry = deploy::not_deployed(*results);
+        std::size_t gone = 0;
+        for (const auto& name : t.filter.retry)
+            gone += std::none_of(engine.inventory.nodes.begin(), engine.inventory.nodes.end(),
+                                 [&](const deploy::Node& n) { return n.name == name; });
+        if (gone > 0)
+            std::fprintf(stderr,
+                         "guardia: --retry-failed: %zu node(s) not deployed by rollout %s are not "
+                         "in this inventory (not retried)\n",
+                         gone, t.filter.retry_rollout.c_str());
     }
     const std::size_t total = engine.inventory.nodes.size();
     auto selected = deploy::select_nodes(engine.inventory, t.filter);

@@ -65,6 +65,19 @@ bool glob_at(std::string_view p, std::size_t pi, std::string_view s, std::size_t
     return si == s.size();
 }
 
+// "a,b,,c" -> {"a", "b", "", "c"}; "" -> {""}.
+std::vector<std::string> split_commas(std::string_view value) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (true) {
+        const std::size_t comma = value.find(',', start);
+        out.emplace_back(value.substr(
+            start, comma == std::string_view::npos ? std::string_view::npos : comma - start));
+        if (comma == std::string_view::npos) return out;
+        start = comma + 1;
+    }
+}
+
 std::string joined(const std::vector<std::string>& parts) {
     std::string out;
     for (const auto& p : parts) out += (out.empty() ? "" : ",") + p;
@@ -79,12 +92,7 @@ bool glob_match(std::string_view pattern, std::string_view name) {
 
 Result<std::vector<std::string>> parse_limit(std::string_view value) {
     std::vector<std::string> out;
-    std::size_t start = 0;
-    while (true) {
-        const std::size_t comma = value.find(',', start);
-        const std::string part(value.substr(start, comma == std::string_view::npos
-                                                       ? std::string_view::npos
-                                                       : comma - start));
+    for (const auto& part : split_commas(value)) {
         if (part.empty())
             return Error(errc::invalid_argument,
                          "--limit '" + std::string(value) + "': an empty name or pattern");
@@ -99,20 +107,13 @@ Result<std::vector<std::string>> parse_limit(std::string_view value) {
                                  "' is neither part of a node name nor of a glob");
         }
         out.push_back(part);
-        if (comma == std::string_view::npos) break;
-        start = comma + 1;
     }
     return out;
 }
 
 Result<std::vector<int>> parse_tiers(std::string_view value) {
     std::vector<int> out;
-    std::size_t start = 0;
-    while (true) {
-        const std::size_t comma = value.find(',', start);
-        const std::string part(value.substr(start, comma == std::string_view::npos
-                                                       ? std::string_view::npos
-                                                       : comma - start));
+    for (const auto& part : split_commas(value)) {
         int tier = 0;
         bool ok = !part.empty() && part.size() <= 2;
         for (char c : part) {
@@ -124,8 +125,6 @@ Result<std::vector<int>> parse_tiers(std::string_view value) {
                          "--tier '" + std::string(value) + "': '" + part +
                              "' is not a tier 1..99");
         out.push_back(tier);
-        if (comma == std::string_view::npos) break;
-        start = comma + 1;
     }
     return out;
 }

@@ -1,10 +1,10 @@
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
 #include "guardia/store/reader.hpp"
+#include "../support/fleet.hpp"
 
 #include <doctest/doctest.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -14,19 +14,7 @@ using namespace guardia::store;
 
 namespace {
 
-struct TempDir {
-    TempDir() {
-        char tmpl[] = "/tmp/guardia-reader-test-XXXXXX";
-        REQUIRE(::mkdtemp(tmpl) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() {
-        std::error_code ec;
-        std::filesystem::remove_all(path, ec);
-    }
-    std::string file(const std::string& name) const { return (path / name).string(); }
-    std::filesystem::path path;
-};
+using guardia::test::TempDir;
 
 void rollout(AuditWriter& w, std::string id, std::string sr, std::string status,
              std::int64_t created, std::optional<std::int64_t> finished) {

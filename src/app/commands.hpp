@@ -8,5 +8,7 @@ int exec_command(int argc, char** argv);
 int serve_command(int argc, char** argv);
 int audit_command(int argc, char** argv);
 int recover_command(int argc, char** argv);
+int rollback_command(int argc, char** argv);
+int inspect_command(int argc, char** argv);
 
 }  // namespace guardia::cli

@@ -26,6 +26,8 @@ int usage(std::FILE* out) {
         "  serve       the always-on service: HTTP API, rollouts, webhooks (guardia serve --help)\n"
         "  audit       audit verify --db FILE: check the audit log's hash chain\n"
         "  recover     finish what a killed guardia left in flight (guardia recover --help)\n"
+        "  rollback    restore the nodes a rollout deployed (guardia rollback --help)\n"
+        "  inspect     which release runs on each node (guardia inspect --help)\n"
         "  version     print the version\n"
         "  help        show this help\n"
         "\n"
@@ -55,6 +57,8 @@ int main(int argc, char** argv) {
         if (command == "serve") rc = guardia::cli::serve_command(argc, argv);
         if (command == "audit") rc = guardia::cli::audit_command(argc, argv);
         if (command == "recover") rc = guardia::cli::recover_command(argc, argv);
+        if (command == "rollback") rc = guardia::cli::rollback_command(argc, argv);
+        if (command == "inspect") rc = guardia::cli::inspect_command(argc, argv);
         if (rc >= 0) {
             guardia::stop_local_io_pool();
             return rc;

@@ -169,37 +169,40 @@ int rollback_command(int argc, char** argv) {
     record.created_ms = now_ms();
     record.owner = settings.owner;
     std::vector<store::NodeResult> rows;
+    std::size_t restored = 0;
     Result<void> started, flushed;
+    auto note = [&](const char* event, std::string detail) {
+        store::AuditEvent e;
+        e.sr_id = sr_id;
+        e.rollout_id = id;
+        e.step = "ROLLBACK";
+        e.event = event;
+        e.principal = settings.owner;
+        e.detail = std::move(detail);
+        audit->record(std::move(e));
+    };
     asio::io_context ioc(1);
     asio::co_spawn(
         ioc,
         [&]() -> asio::awaitable<void> {
             audit->upsert_rollout(record);
-            {
-                store::AuditEvent e;
-                e.sr_id = sr_id;
-                e.rollout_id = id;
-                e.step = "ROLLBACK";
-                e.event = "OPERATOR_ROLLBACK_START";
-                e.principal = settings.owner;
-                e.detail = "rollback of rollout " + target + ": " + std::to_string(todo.size()) +
-                           " node(s) it deployed";
-                audit->record(std::move(e));
-            }
+            note("OPERATOR_ROLLBACK_START", "rollback of rollout " + target + ": " +
+                                                std::to_string(todo.size()) + " node(s) it deployed");
             // Audit or stop: nothing is touched unless the store took the rollback's rows.
             started = co_await audit->durable();
             if (!started) co_return;
             auto ex = co_await asio::this_coro::executor;
             asio::steady_timer wake(ex);
+            auto woken = [&]() -> asio::awaitable<void> {
+                wake.expires_at(asio::steady_timer::time_point::max());
+                boost::system::error_code ec;
+                co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            };
             std::size_t running = 0, finished = 0;
             const std::size_t limit = std::max<std::size_t>(1, engine.config.rollout.max_sessions);
             rows.resize(todo.size());
             for (std::size_t i = 0; i < todo.size(); ++i) {
-                while (running >= limit) {
-                    wake.expires_at(asio::steady_timer::time_point::max());
-                    boost::system::error_code ec;
-                    co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-                }
+                while (running >= limit) co_await woken();
                 ++running;
                 asio::co_spawn(
                     ex,
@@ -226,26 +229,14 @@ int rollback_command(int argc, char** argv) {
                     },
                     asio::detached);
             }
-            while (finished < todo.size()) {
-                wake.expires_at(asio::steady_timer::time_point::max());
-                boost::system::error_code ec;
-                co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            }
-            std::size_t restored = 0;
+            while (finished < todo.size()) co_await woken();
             for (const auto& r : rows) restored += r.status == "ROLLED_BACK" ? 1 : 0;
             record.status = restored == rows.size() ? "ROLLED_BACK" : "FAILED";
             record.reason = "rollback of rollout " + target + ": " + std::to_string(restored) +
                             " of " + std::to_string(rows.size()) + " node(s) restored";
             record.finished_ms = now_ms();
             audit->upsert_rollout(record);
-            store::AuditEvent e;
-            e.sr_id = sr_id;
-            e.rollout_id = id;
-            e.step = "ROLLBACK";
-            e.event = "OPERATOR_ROLLBACK_DONE";
-            e.principal = settings.owner;
-            e.detail = record.reason;
-            audit->record(std::move(e));
+            note("OPERATOR_ROLLBACK_DONE", record.reason);
             flushed = co_await audit->durable();
         },
         asio::detached);
@@ -255,8 +246,6 @@ int rollback_command(int argc, char** argv) {
         throw AuditUnavailable("the audit database cannot be written: " + started.error().message +
                                " (nothing was started)");
 
-    std::size_t restored = 0;
-    for (const auto& r : rows) restored += r.status == "ROLLED_BACK" ? 1 : 0;
     if (common.json) {
         json::array list;
         for (const auto& r : rows)

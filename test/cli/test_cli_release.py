@@ -29,6 +29,7 @@ class ReleaseTest(unittest.TestCase):
     setUp = base.CliTest.setUp
     path = base.CliTest.path
     write_json = base.CliTest.write_json
+    artifacts = base.CliTest.artifacts
     inventory = base.CliTest.inventory
     start = base.CliTest.start
     finish = base.CliTest.finish
@@ -58,19 +59,15 @@ class ReleaseTest(unittest.TestCase):
 
     # ------------------------------------------------------------------ helpers
     def build(self, label, unhealthy=False):
-        """app.jar and VERSION of a build: {name: (path, bytes)}."""
-        d = self.path("artifacts-" + label)
-        os.makedirs(d)
-        files = {"app.jar": os.urandom(16 * 1024) + f"\nbuild {label}\n".encode()
-                 + (b"GUARDIA_FAULT=unhealthy\n" if unhealthy else b""),
-                 "VERSION": f"{label}-{self.tag}\n".encode()}
-        out = {}
-        for name, data in files.items():
-            p = os.path.join(d, name)
+        """app.jar and VERSION of a build (test_cli's artifacts): {name: (path, bytes)}; an
+        unhealthy build's app.jar carries the fleet's unhealthy marker."""
+        out = self.artifacts(label)
+        if unhealthy:
+            p, data = out["app.jar"]
+            data += b"GUARDIA_FAULT=unhealthy\n"
             with open(p, "wb") as f:
                 f.write(data)
-            os.chmod(p, 0o644)
-            out[name] = (p, data)
+            out["app.jar"] = (p, data)
         return out
 
     def deploy_to(self, nodes, build):

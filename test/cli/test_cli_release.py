@@ -245,6 +245,30 @@ class ReleaseTest(unittest.TestCase):
         for n in NODES[:3]:
             self.assertEqual(self.marker_bytes(n), markers_v1[n])
 
+    def test_crash_recovery_restores_the_marker(self):
+        """Killed right after ACTIVATE (the new marker is on the node): guardia recover restores
+        the files and the marker from before, byte for byte."""
+        node = "node-0005"
+        v1, v2 = self.build("c1"), self.build("c2")
+        r, rep1 = self.deploy_to([node], v1)
+        self.assertEqual(r.rc, 0, r)
+        self.assert_runs(node, v1, rep1["rollout_id"], rep1["sr_id"])
+        m1 = self.marker_bytes(node)
+        os.environ["GUARDIA_FAILPOINT"] = f"after:ACTIVATE@{node}"
+        try:
+            inv = self.inventory({node: 2}, name="inventory-crash.json")
+            r = self.deploy(inv, v2, conf=config(threshold=100, max_failed_nodes=100), json_out=False)
+        finally:
+            del os.environ["GUARDIA_FAILPOINT"]
+        self.assertEqual(r.rc, -9, r)
+        crashed = self.marker(node)
+        self.assertNotEqual(crashed["rollout_id"], rep1["rollout_id"], "the new marker was written at ACTIVATE")
+        self.assertEqual(sorted(a["sha256"] for a in crashed["artifacts"]), sorted(sha256(d) for _, d in v2.values()))
+        r = self.guardia("recover", "--db", self.path("audit.db"), "--known-hosts", self.known_hosts, "--json")
+        self.assertEqual(r.rc, 0, r)
+        self.assertEqual(self.marker_bytes(node), m1, "the marker from before the crashed rollout")
+        self.assert_runs(node, v1, rep1["rollout_id"], rep1["sr_id"])
+
     def test_unknown_rollout_and_usage(self):
         db = self.path("empty.db")
         # A database that exists (a deploy wrote it), without that rollout.

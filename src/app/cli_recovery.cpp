@@ -19,8 +19,6 @@ namespace guardia::cli {
 namespace asio = boost::asio;
 namespace json = boost::json;
 
-namespace {
-
 // The nodes the database recorded (record_inventory, or the service's imports), each parsed
 // and admitted on its own: one bad row does not hide the others.
 std::map<std::string, deploy::Node> stored_nodes(store::Database& db, const Engine& engine) {
@@ -40,6 +38,8 @@ std::map<std::string, deploy::Node> stored_nodes(store::Database& db, const Engi
     }
     return out;
 }
+
+namespace {
 
 std::string sql_text(std::string_view s) {
     std::string out = "'";

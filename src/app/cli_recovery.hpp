@@ -9,11 +9,13 @@
 #include "guardia/core/error.hpp"
 
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
 namespace guardia::store {
 class AuditWriter;
+class Database;
 }
 
 namespace guardia::cli {
@@ -35,6 +37,10 @@ struct CliRecoveryOutcome {
 CliRecoveryOutcome recover_database(const std::string& db_path, const Engine& engine,
                                     store::AuditWriter& audit, const std::string& origin,
                                     bool force);
+
+// The nodes `db` recorded (record_inventory, or the service's imports) that parse and that the
+// credential policy admits, by name. Unreadable rows are left out.
+std::map<std::string, deploy::Node> stored_nodes(store::Database& db, const Engine& engine);
 
 // Records the inventory file's nodes (their JSON, no secrets: credentials are references) in
 // the database, so that `guardia recover` can reach them without the file. Blocking read of

@@ -10,5 +10,7 @@ int audit_command(int argc, char** argv);
 int recover_command(int argc, char** argv);
 int status_command(int argc, char** argv);
 int history_command(int argc, char** argv);
+int rollback_command(int argc, char** argv);
+int inspect_command(int argc, char** argv);
 
 }  // namespace guardia::cli

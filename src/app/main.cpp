@@ -29,6 +29,8 @@ int usage(std::FILE* out) {
         "  status      one rollout from the store: counts, tiers, failed nodes (status --help)\n"
         "  history     recent rollouts from the store, newest first (history --help)\n"
         "  recover     finish what a killed guardia left in flight (guardia recover --help)\n"
+        "  rollback    restore the nodes a rollout deployed (guardia rollback --help)\n"
+        "  inspect     which release runs on each node (guardia inspect --help)\n"
         "  version     print the version\n"
         "  help        show this help\n"
         "\n"
@@ -60,6 +62,8 @@ int main(int argc, char** argv) {
         if (command == "recover") rc = guardia::cli::recover_command(argc, argv);
         if (command == "status") rc = guardia::cli::status_command(argc, argv);
         if (command == "history") rc = guardia::cli::history_command(argc, argv);
+        if (command == "rollback") rc = guardia::cli::rollback_command(argc, argv);
+        if (command == "inspect") rc = guardia::cli::inspect_command(argc, argv);
         if (rc >= 0) {
             guardia::stop_local_io_pool();
             return rc;

@@ -23,6 +23,7 @@ using Clock = std::chrono::steady_clock;
 struct Fanout::Impl {
     Inventory inventory;
     std::string command;
+    std::function<std::string(const Node&)> script_for;  // create_script(): per node
     FanoutOptions options;
     std::vector<FanoutResult> results;
     std::vector<std::unique_ptr<asio::cancellation_signal>> signals;
@@ -43,12 +44,20 @@ Result<std::unique_ptr<Fanout>> Fanout::create(Inventory inventory, std::string 
     if (auto ok = sanitize_command(command, options.policy); !ok)
         return Error(errc::security_violation,
                      "exec: command refused, nothing was sent: " + ok.error().message);
+    auto f = create_script(std::move(inventory), nullptr, std::move(options));
+    if (f) (*f)->impl_->command = std::move(command);
+    return f;
+}
+
+Result<std::unique_ptr<Fanout>> Fanout::create_script(
+    Inventory inventory, std::function<std::string(const Node&)> script_for,
+    FanoutOptions options) {
     if (!options.known_hosts) return Error(errc::invalid_argument, "exec: no known_hosts");
     if (!options.credentials) return Error(errc::invalid_argument, "exec: no credential store");
     if (options.max_sessions == 0) options.max_sessions = 1;
     std::unique_ptr<Fanout> f(new Fanout());
     f->impl_->inventory = std::move(inventory);
-    f->impl_->command = std::move(command);
+    f->impl_->script_for = std::move(script_for);
     f->impl_->options = std::move(options);
     return f;
 }
@@ -96,7 +105,8 @@ asio::awaitable<void> Fanout::Impl::one(std::size_t i) {
                     eo.timeout = options.command_timeout;
                     eo.max_stdout = options.max_output;
                     eo.max_stderr = options.max_output;
-                    auto x = co_await (*s)->exec(command, eo);
+                    const std::string text = script_for ? script_for(node) : command;
+                    auto x = co_await (*s)->exec(text, eo);
                     if (!x) {
                         fail(x.error());
                     } else {

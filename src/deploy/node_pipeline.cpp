@@ -6,6 +6,7 @@
 #include "guardia/core/shell.hpp"
 #include "guardia/deploy/credential_store.hpp"
 #include "guardia/deploy/owner.hpp"
+#include "guardia/deploy/release_marker.hpp"
 #include "guardia/http/health_probe.hpp"
 #include "guardia/ssh/session.hpp"
 #include "guardia/store/audit_writer.hpp"
@@ -234,12 +235,14 @@ class Pipeline {
         report_.node = node.name;
         d_ = shell_quote(node.deploy_path);
         lock_path_ = node.deploy_path + ".lock";
+        marker_path_ = node.deploy_path + std::string(kReleaseMarkerSuffix);
     }
 
     asio::awaitable<NodeReport> run();
     asio::awaitable<NodeReport> run_precheck();
     asio::awaitable<NodeReport> run_rollback(const std::string& backup_path,
                                              const std::vector<ArtifactSpec>& expected_live);
+    MarkerExpectation expect_marker;  // rollback_release(): what the marker must name
     asio::awaitable<NodeReport> run_recover(const std::string& known_backup_path);
 
   private:
@@ -407,6 +410,7 @@ class Pipeline {
     asio::awaitable<Result<void>> health(const std::string& step);
     asio::awaitable<Result<void>> rollback();
     asio::awaitable<Result<void>> verify_live(const std::vector<ArtifactSpec>& expected);
+    std::string marker_write_script() const;
     asio::awaitable<void> discard_staged();
     asio::awaitable<void> unlock();
     asio::awaitable<bool> ensure_session(const std::string& why);
@@ -419,6 +423,7 @@ class Pipeline {
     Stage stage_ = Stage::nothing;
     std::string d_;  // the deploy path, shell-quoted
     std::string lock_path_;
+    std::string marker_path_;  // <deploy path>.guardia-release: which release runs here
     std::vector<std::string> staged_;  // staging paths, parallel to artifacts_
     std::string current_step_;         // the step started last: where a cancellation struck
     std::string prepare_failed_step_;  // which of PRECHECK / LOCK / BACKUP prepare() failed in
@@ -634,6 +639,13 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "; n=2; c=\"$b\"; until mkdir -- \"$c\" 2>/dev/null; do { [ -e \"$c\" ] || [ -h \"$c\" ]; } "
         "|| { mkdir -- \"$c\"; exit 20; }; c=\"${b}_$n\"; n=$((n+1)); done"
         "; cp -a -T -- \"$r\" \"$c\" || { rm -rf -- \"$c\"; exit 20; }"
+        // The release marker goes with the backup, beside it as <backup>.guardia-release (a
+        // copy, or an empty file: there was none), so that a restore from it puts back the
+        // marker of the files it restores.
+        "; m=" +
+        shell_quote(marker_path_) +
+        "; if [ -f \"$m\" ]; then cp -- \"$m\" \"$c.guardia-release\"; else : > \"$c.guardia-release\"; fi "
+        "|| { rm -rf -- \"$c\" \"$c.guardia-release\"; exit 20; }"
         // The lock names its backup: a restarted service restores the node from it even if
         // the store never heard of the backup (its write was lost with the process).
         "; printf 'backup=%s\\n' \"$c\" >> \"$l/owner\" || true"
@@ -648,7 +660,8 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "; k=0; for x in \"$d\".bak_*; do g \"$x\" && k=$((k+1)); done"
         "; for x in \"$d\".bak_*; do [ \"$k\" -gt " +
         std::to_string(std::max(1, settings_.keep_backups)) +
-        " ] || break; [ \"$x\" != \"$c\" ] && g \"$x\" || continue; rm -rf -- \"$x\"; k=$((k-1)); "
+        " ] || break; [ \"$x\" != \"$c\" ] && g \"$x\" || continue; rm -rf -- \"$x\" \"$x.guardia-release\"; "
+        "k=$((k-1)); "
         "done; echo \"BACKUP=$c\"";
     auto r =
         co_await run_script("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout,
@@ -756,13 +769,37 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
 // fix). Read-only; a mismatch fails the step and nothing is touched.
 asio::awaitable<Result<void>> Pipeline::verify_live(const std::vector<ArtifactSpec>& expected) {
     Step step(*this, "VERIFY_LIVE");
-    const std::string cmd = "d=" + d_ + live_sums_script(expected) + "; true";
+    // Also read-only: whether the backup to restore from still exists (a rollback without it
+    // would stop the service and then fail), and the release marker's one line.
+    const std::string cmd = "d=" + d_ + live_sums_script(expected) +
+                            "; b=" + shell_quote(report_.backup_path) +
+                            "; { [ -d \"$b\" ] && [ ! -h \"$b\" ]; } || echo NOBACKUP"
+                            "; " + marker_line_script(node_.deploy_path) + "; true";
     auto r = co_await run_script("VERIFY_LIVE", cmd, settings_.command_timeout, true);
     if (!r) {
         step.failed(r.error());
         co_return r.error();
     }
-    const auto wrong = live_mismatches(r->out, expected);
+    auto wrong = live_mismatches(r->out, expected);
+    const std::string out = "\n" + r->out;  // every line starts after a newline
+    if (out.find("\nNOBACKUP\n") != std::string::npos)
+        wrong.push_back("its backup " + report_.backup_path + " is gone");
+    if (!expect_marker.rollout_id.empty() || !expect_marker.sr_id.empty()) {
+        std::string line;
+        if (auto pos = out.rfind("\nMARKER "); pos != std::string::npos) {
+            const auto end = out.find('\n', pos + 1);
+            line = out.substr(pos + 8, end == std::string::npos ? end : end - pos - 8);
+        }
+        auto marker = parse_marker(line);
+        if (line.empty())
+            wrong.push_back("no release marker " + marker_path_);
+        else if (!marker)
+            wrong.push_back(marker_path_ + ": " + marker.error().message);
+        else if (!expect_marker.rollout_id.empty() && marker->rollout_id != expect_marker.rollout_id)
+            wrong.push_back("its release marker names rollout " + marker->rollout_id);
+        else if (!expect_marker.sr_id.empty() && marker->sr_id != expect_marker.sr_id)
+            wrong.push_back("its release marker names SR " + marker->sr_id);
+    }
     if (wrong.empty()) {
         step.ok("the release to undo is live", 0);
         co_return Result<void>{};
@@ -774,6 +811,20 @@ asio::awaitable<Result<void>> Pipeline::verify_live(const std::vector<ArtifactSp
                             "): not overwritten");
     step.failed(e, 0);
     co_return e;
+}
+
+// The activation's last command: the release marker, written to a temporary file beside it and
+// renamed over it.
+std::string Pipeline::marker_write_script() const {
+    ReleaseMarker marker;
+    marker.rollout_id = settings_.rollout_id;
+    marker.sr_id = settings_.sr_id;
+    for (const auto& a : artifacts_) marker.artifacts.emplace_back(a.file_name, a.sha256);
+    marker.activated_at = utc_iso8601(std::time(nullptr));
+    marker.owner = settings_.owner;
+    const std::string tmp = shell_quote(marker_path_ + ".tmp");
+    return "printf '%s\\n' " + shell_quote(render_marker(marker)) + " > " + tmp +
+           " && mv -f -T -- " + tmp + " " + shell_quote(marker_path_);
 }
 
 asio::awaitable<Result<void>> Pipeline::lock() {
@@ -880,6 +931,9 @@ asio::awaitable<Result<void>> Pipeline::restart() {
         moves += "mv -f -T -- " + shell_quote(staged_[i]) + " " +
                  shell_quote(node_.deploy_path + "/" + artifacts_[i].file_name);
     }
+    // Then the release marker, atomically (a temporary file beside it, renamed over it): a
+    // reader sees the old marker or the new one, never half of one.
+    moves += " && " + marker_write_script();
     stage_ = Stage::live_changed;
     if (!node_.requires_restart) {
         Step step(*this, "ACTIVATE");
@@ -1068,7 +1122,13 @@ asio::awaitable<Result<void>> Pipeline::rollback() {
             "; [ \"$r\" != / ] || { echo \"deploy path $d is a link to /\" >&2; exit 31; }"
             "; else r=$d; fi"
             "; t=\"$r.guardia-restore\"; rm -rf -- \"$t\" && cp -a -T -- \"$b\" \"$t\" && rm -rf -- \"$r\" "
-            "&& mv -T -- \"$t\" \"$r\"";
+            "&& mv -T -- \"$t\" \"$r\""
+            // The marker saved with this backup comes back with it; none saved (or a backup
+            // from before markers): the marker goes, it would name the release just undone.
+            " && m=" +
+            shell_quote(marker_path_) +
+            " && if [ -s \"$b.guardia-release\" ]; then cp -- \"$b.guardia-release\" \"$m.tmp\" && "
+            "mv -f -T -- \"$m.tmp\" \"$m\"; else rm -f -- \"$m\"; fi";
         auto r = co_await run_script("RESTORE", cmd, settings_.backup_timeout, true);
         if (!r) {
             s.failed(r.error());
@@ -1475,9 +1535,18 @@ asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& b
 asio::awaitable<NodeReport> rollback_node(const Node& node, const std::string& backup_path,
                                           const PipelineSettings& settings,
                                           const std::vector<ArtifactSpec>& expected_live) {
+    MarkerExpectation unchecked;
+    co_return co_await rollback_release(node, backup_path, settings, expected_live, unchecked);
+}
+
+asio::awaitable<NodeReport> rollback_release(const Node& node, const std::string& backup_path,
+                                             const PipelineSettings& settings,
+                                             const std::vector<ArtifactSpec>& expected_live,
+                                             MarkerExpectation expect) {
     // The rollback restores files and runs the node's scripts; no artifact is shipped.
     static const std::vector<ArtifactSpec> none_shipped{ArtifactSpec()};
     Pipeline pipeline(node, none_shipped, settings);
+    pipeline.expect_marker = std::move(expect);
     co_return co_await pipeline.run_rollback(backup_path, expected_live);
 }
 

@@ -5,6 +5,7 @@
 #include "guardia/core/json_input.hpp"
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/credential_store.hpp"
+#include "guardia/deploy/release_marker.hpp"
 #include "guardia/service/inventory_policy.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/staging_policy.hpp"
@@ -487,7 +488,7 @@ asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
 // lock, and refusing it would leave it so; the SR's claim kept every other SR off these nodes
 // all along (recovery runs before the listener opens).
 asio::awaitable<std::pair<std::size_t, std::size_t>> Coordinator::Impl::pm_rollback_nodes(
-    const store::TaskRecord& task, bool verify_live) {
+    const store::TaskRecord& task, bool verify_live, bool check_marker) {
     const std::string inst = task.inst_id, sys = task.system_name;
     auto deployed = co_await deployed_nodes(task.sr_id);
     auto rows = co_await read([&](store::Database& db) { return db.inventory_nodes(inst, sys); });
@@ -510,8 +511,11 @@ asio::awaitable<std::pair<std::size_t, std::size_t>> Coordinator::Impl::pm_rollb
     settings->reclaim_own_lock = true;  // a restart may find this rollback's own locks
     auto live = std::make_shared<std::vector<deploy::ArtifactSpec>>();
     if (verify_live) *live = std::move(*expected);
+    deploy::MarkerExpectation expect;
+    if (verify_live && check_marker) expect.sr_id = task.sr_id;
     const std::function<asio::awaitable<void>(std::size_t)> one =
-        [this, &todo, &nodes, settings, live, ok, failed](std::size_t i) -> asio::awaitable<void> {
+        [this, &todo, &nodes, settings, live, ok, failed,
+         expect](std::size_t i) -> asio::awaitable<void> {
         store::NodeResult r = todo[i];
         auto it = nodes.find(r.node);
         deploy::NodeReport rep;
@@ -520,7 +524,8 @@ asio::awaitable<std::pair<std::size_t, std::size_t>> Coordinator::Impl::pm_rollb
             rep.error = Error(errc::invalid_argument,
                               "node '" + r.node + "' is no longer in the inventory");
         } else {
-            rep = co_await deploy::rollback_node(it->second, r.backup_path, *settings, *live);
+            rep = co_await deploy::rollback_release(it->second, r.backup_path, *settings, *live,
+                                                    expect);
         }
         const bool good = rep.outcome == deploy::NodeOutcome::rolled_back;
         ++*(good ? ok : failed);
@@ -545,12 +550,13 @@ asio::awaitable<void> Coordinator::Impl::run_pm_rollback(std::shared_ptr<Work> w
     store::AuditEvent e;
     e.sr_id = w->task.sr_id;
     e.rollout_id = w->task.rollout_id;
-    e.step = "PM_ROLLBACK";
-    e.event = "PM_ROLLBACK_START";
+    const std::string kind = w->operator_rollback ? "OPERATOR_ROLLBACK" : "PM_ROLLBACK";
+    e.step = kind;
+    e.event = kind + "_START";
     e.principal = w->principal;
     deps.audit->record(e);
-    auto [ok, failed] = co_await pm_rollback_nodes(w->task, !w->resumed);
-    e.event = "PM_ROLLBACK_DONE";
+    auto [ok, failed] = co_await pm_rollback_nodes(w->task, !w->resumed, w->operator_rollback);
+    e.event = kind + "_DONE";
     e.detail = std::to_string(ok) + " rolled back, " + std::to_string(failed) + " failed";
     deps.audit->record(e);
     release_claims(w->task.sr_id);
@@ -1000,17 +1006,23 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
     co_return a;
 }
 
+asio::awaitable<ServiceResult<store::TaskRecord>> Coordinator::Impl::idle_task(std::string sr_id) {
+    auto task = co_await read([&](store::Database& db) { return db.task(sr_id); });
+    if (!task) co_return store_error(task.error());
+    if (!*task) co_return no_task(sr_id);
+    if (active.count(sr_id))
+        co_return ServiceError(ServiceErrc::conflict,
+                               "SR " + sr_id + " is " + active[sr_id]->task.status);
+    co_return **task;
+}
+
 asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::verdict(VerdictRequest request,
                                                                          std::string principal) {
     Impl& m = *impl_;
     const std::string sr_id = request.sr_id;
-    auto task = co_await m.read([&](store::Database& db) { return db.task(sr_id); });
-    if (!task) co_return store_error(task.error());
-    if (!*task) co_return no_task(sr_id);
-    if (m.active.count(sr_id))
-        co_return ServiceError(ServiceErrc::conflict,
-                               "SR " + sr_id + " is " + m.active[sr_id]->task.status);
-    store::TaskRecord t = **task;
+    auto task = co_await m.idle_task(sr_id);
+    if (!task) co_return task.error();
+    store::TaskRecord t = *task;
     if (status_of(t) != TaskStatus::pending_pm_validation)
         co_return ServiceError(ServiceErrc::conflict,
                                "task " + sr_id + " is " + t.status +
@@ -1057,6 +1069,56 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::verdict(Verdict
         co_return store_error(d.error());
     }
     asio::co_spawn(m.executor, m.run_pm_rollback(w), asio::detached);
+    a.status = 202;
+    a.body = json::object{{"sr_id", sr_id}, {"status", to_string(TaskStatus::rolling_back)}};
+    a.work = w;
+    co_return a;
+}
+
+asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::rollback(std::string sr_id,
+                                                                          std::string principal) {
+    Impl& m = *impl_;
+    auto task = co_await m.idle_task(sr_id);
+    if (!task) co_return task.error();
+    store::TaskRecord t = *task;
+    const TaskStatus from = status_of(t);
+    if (!transition(from, TaskEvent::operator_rollback))
+        co_return ServiceError(ServiceErrc::conflict,
+                               "task " + sr_id + " is " + t.status +
+                                   ": an operator rollback is taken in PENDING_PM_VALIDATION, "
+                                   "COMPLETED or FAILED_ROLLBACK only");
+    if (m.stopping) co_return stopping_error();
+    // The nodes it deployed; another SR may have claimed them since (accepted, then redeployed).
+    auto held = co_await m.claimed_nodes(t);
+    if (!held) co_return store_error(Error(errc::invalid_argument, "cannot read the SR's nodes"));
+    if (auto busy = m.claim_conflicts(sr_id, *held); !busy.empty())
+        co_return ServiceError(ServiceErrc::node_claimed,
+                               "SR " + sr_id + " deployed to nodes another SR holds now: " +
+                                   describe(busy) + ". Finish that SR first.");
+    if (m.active.count(sr_id))  // taken while the nodes were read
+        co_return ServiceError(ServiceErrc::conflict,
+                               "SR " + sr_id + " is " + m.active[sr_id]->task.status);
+    auto w = std::make_shared<Work>(m.executor);
+    w->kind = WorkKind::rollback;
+    w->operator_rollback = true;
+    w->rollout_id = t.rollout_id;
+    w->task = t;
+    w->principal = principal;
+    m.active[sr_id] = w;
+    m.hold(sr_id, ClaimKind::rolling_back, *held);
+    if (auto d = co_await m.advance(w->task, TaskEvent::operator_rollback,
+                                    "rolled back on demand by " + principal,
+                                    "operator rollback requested by " + principal, principal);
+        !d) {
+        if (from == TaskStatus::pending_pm_validation)
+            m.hold_again(sr_id, ClaimKind::awaiting_verdict);
+        else
+            m.release_claims(sr_id);
+        m.end_work(sr_id, w);
+        co_return store_error(d.error());
+    }
+    asio::co_spawn(m.executor, m.run_pm_rollback(w), asio::detached);
+    Answer a;
     a.status = 202;
     a.body = json::object{{"sr_id", sr_id}, {"status", to_string(TaskStatus::rolling_back)}};
     a.work = w;

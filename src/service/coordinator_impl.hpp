@@ -56,6 +56,7 @@ struct Coordinator::Work {
     std::unique_ptr<deploy::Rollout> rollout;
     std::unique_ptr<StepTimer> step_timer;
     bool resumed = false;  // a PM rollback the previous process left unfinished
+    bool operator_rollback = false;  // rollback kind: asked by an operator, not a PM's rejection
     bool done = false;
     boost::json::object final_body;  // the ?wait=true answer
     boost::asio::steady_timer done_signal;
@@ -118,6 +119,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         const std::string& sr_id);
     boost::asio::awaitable<std::optional<std::vector<deploy::Node>>> claimed_nodes(
         const store::TaskRecord& t);
+    // The task of `sr_id` while no work of that SR runs; else not_found, conflict or the store's
+    // error.
+    boost::asio::awaitable<ServiceResult<store::TaskRecord>> idle_task(std::string sr_id);
     // The artifact set the SR's last trigger approved (task payload), else what is staged.
     boost::asio::awaitable<ServiceResult<std::vector<deploy::ArtifactSpec>>> approved_specs(
         const store::TaskRecord& task);
@@ -139,8 +143,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     boost::asio::awaitable<void> run_pm_rollback(std::shared_ptr<Work> w);
     // verify_live: check each node still runs the approved release before restoring it (off
     // when a rollback interrupted by a crash is resumed: see pm_rollback_nodes).
+    // check_marker: each node's release marker must also name this SR (operator rollbacks).
     boost::asio::awaitable<std::pair<std::size_t, std::size_t>> pm_rollback_nodes(
-        const store::TaskRecord& task, bool verify_live);
+        const store::TaskRecord& task, bool verify_live, bool check_marker = false);
     boost::asio::awaitable<void> recover_rollout(const store::RolloutRecord& r);
     boost::asio::awaitable<std::size_t> recover();
     boost::asio::awaitable<void> drain(std::chrono::milliseconds grace);

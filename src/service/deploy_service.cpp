@@ -208,6 +208,7 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> stage_from_path(const Call& c);
     asio::awaitable<http::Response> trigger(const Call& c);
     asio::awaitable<http::Response> validation(const Call& c);
+    asio::awaitable<http::Response> operator_rollback(const Call& c);
     asio::awaitable<http::Response> deploy_status(const Call& c);
     asio::awaitable<http::Response> audit_page(const Call& c);
     asio::awaitable<http::Response> healthz(const Call& c);
@@ -229,6 +230,7 @@ const std::vector<DeployService::Impl::Route>& DeployService::Impl::routes() {
         {bh::verb::post, {"api", "tasks", "*", "validation"}, R::validate, &Impl::validation},
         {bh::verb::post, {"api", "deploy", "trigger"}, R::submit, &Impl::trigger},
         {bh::verb::get, {"api", "deploy", "*"}, R::read, &Impl::deploy_status},
+        {bh::verb::post, {"api", "deploy", "*", "rollback"}, R::operate, &Impl::operator_rollback},
         {bh::verb::get, {"api", "audit"}, R::read, &Impl::audit_page},
     };
     return table;
@@ -534,6 +536,21 @@ asio::awaitable<http::Response> DeployService::Impl::validation(const Call& c) {
     v.comment = *comment;
     v.accepted = *verdict == "accepted";
     auto r = co_await coordinator.verdict(std::move(v), c.principal());
+    co_return co_await work_answer(c, std::move(r), wait);
+}
+
+// POST /api/deploy/{sr_id}/rollback: no body (an empty JSON object is accepted); ?wait=true.
+asio::awaitable<http::Response> DeployService::Impl::operator_rollback(const Call& c) {
+    auto q = http::query_params(c.req.target());
+    if (!q) co_return error_answer(c.req, bad("malformed query string"));
+    const bool wait = wants_wait(*q);
+    if (!c.req.body().empty()) {
+        auto parsed = http::parse_json_object(c.req, coordinator.deps().service.max_json_depth);
+        if (auto* r = std::get_if<http::Response>(&parsed)) co_return std::move(*r);
+        if (auto ok = only_fields(std::get<json::object>(parsed), {}); !ok)
+            co_return error_answer(c.req, ok.error());
+    }
+    auto r = co_await coordinator.rollback(c.seg[2], c.principal());
     co_return co_await work_answer(c, std::move(r), wait);
 }
 

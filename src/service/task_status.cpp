@@ -25,13 +25,18 @@ struct Transition {
 };
 
 // The whole lifecycle: anything not listed is refused.
-constexpr std::array<Transition, 8> table{{
+constexpr std::array<Transition, 11> table{{
     {TaskStatus::created, TaskEvent::trigger, TaskStatus::deploying},
     {TaskStatus::failed_rollback, TaskEvent::trigger, TaskStatus::deploying},
     {TaskStatus::deploying, TaskEvent::rollout_succeeded, TaskStatus::pending_pm_validation},
     {TaskStatus::deploying, TaskEvent::rollout_failed, TaskStatus::failed_rollback},
     {TaskStatus::pending_pm_validation, TaskEvent::accept, TaskStatus::completed},
     {TaskStatus::pending_pm_validation, TaskEvent::reject, TaskStatus::rolling_back},
+    // An operator's rollback on demand: before or after the PM's verdict, or after a rollout
+    // that failed having deployed some nodes.
+    {TaskStatus::pending_pm_validation, TaskEvent::operator_rollback, TaskStatus::rolling_back},
+    {TaskStatus::completed, TaskEvent::operator_rollback, TaskStatus::rolling_back},
+    {TaskStatus::failed_rollback, TaskEvent::operator_rollback, TaskStatus::rolling_back},
     {TaskStatus::rolling_back, TaskEvent::rollback_succeeded, TaskStatus::rolled_back},
     {TaskStatus::rolling_back, TaskEvent::rollback_failed, TaskStatus::rollback_failed},
 }};
@@ -66,6 +71,8 @@ std::string_view to_string(TaskEvent event) noexcept {
             return "rollback_succeeded";
         case TaskEvent::rollback_failed:
             return "rollback_failed";
+        case TaskEvent::operator_rollback:
+            return "operator_rollback";
     }
     return "unknown";
 }

@@ -232,7 +232,8 @@ def check_node(n, lock_suffix, with_backups):
     except OSError as e:
         siblings = []
         out["node_dir_error"] = _err(e)
-    backups = [s for s in siblings if s.startswith(base + ".bak_")]
+    marker = base + ".guardia-release"  # Guardia's release marker and the copies saved with backups
+    backups = [s for s in siblings if s.startswith(base + ".bak_") and not s.endswith(".guardia-release")]
     out["backups"] = backups
     if with_backups:
         out["backup_trees"] = {}
@@ -243,7 +244,12 @@ def check_node(n, lock_suffix, with_backups):
     lock = base + lock_suffix
     out["lock_path"] = os.path.join(parent, lock)
     out["lock_present"] = os.path.lexists(out["lock_path"])
-    known = {base, lock, "bin", "state", ".fill", *backups}
+    try:
+        out["release_marker"] = json.loads(read_file_nofollow(os.path.join(parent, marker), 65536).decode())
+    except (OSError, ValueError):
+        out["release_marker"] = None
+    out["saved_markers"] = {b: (os.path.exists(os.path.join(parent, b + ".guardia-release"))) for b in backups}
+    known = {base, lock, marker, "bin", "state", ".fill", *backups, *(b + ".guardia-release" for b in backups)}
     out["other_entries"] = [s for s in siblings if s not in known]
     out["disk_use_percent"] = disk_use_percent(parent) if os.path.isdir(parent) else None
     out["faults"] = [f["kind"] for f in n["faults"]]

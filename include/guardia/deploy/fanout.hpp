@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,6 +62,12 @@ class Fanout {
     // nothing is sent anywhere.
     static Result<std::unique_ptr<Fanout>> create(Inventory inventory, std::string command,
                                                   FanoutOptions options);
+    // Guardia's own read-only script, one per node (`guardia inspect`): `script_for(node)` is
+    // this engine's text, not operator input, so it is not judged by the sanitizer; every value
+    // it inserts must be shell_quote()d. Same sessions, limits and host key checks as create().
+    static Result<std::unique_ptr<Fanout>> create_script(
+        Inventory inventory, std::function<std::string(const Node&)> script_for,
+        FanoutOptions options);
     ~Fanout();
     // Results in inventory order.
     boost::asio::awaitable<std::vector<FanoutResult>> run();

@@ -134,6 +134,10 @@ class Coordinator {
     };
     boost::asio::awaitable<ServiceResult<Answer>> verdict(VerdictRequest request,
                                                           std::string principal);
+    // An operator's rollback of the SR's deployed nodes (PENDING_PM_VALIDATION, COMPLETED or
+    // FAILED_ROLLBACK): the PM rollback's work, each node's release marker also checked.
+    boost::asio::awaitable<ServiceResult<Answer>> rollback(std::string sr_id,
+                                                           std::string principal);
     // The final answer of a rollout or rollback (?wait=true).
     boost::asio::awaitable<boost::json::object> wait(std::shared_ptr<Work> work);
 

@@ -6,6 +6,7 @@
 //   PENDING_PM_VALIDATION --accept--> COMPLETED
 //                         --reject--> ROLLING_BACK --rollback_succeeded--> ROLLED_BACK
 //                                                  --rollback_failed--> ROLLBACK_FAILED
+//   PENDING_PM_VALIDATION, COMPLETED, FAILED_ROLLBACK --operator_rollback--> ROLLING_BACK
 #pragma once
 
 #include <optional>
@@ -32,6 +33,8 @@ enum class TaskEvent {
     reject,              // the PM rejected it: every node it deployed is rolled back
     rollback_succeeded,  // every such node is back on its build before the SR
     rollback_failed,     // at least one node could not be (or was refused to be) rolled back
+    operator_rollback,   // an operator asked to roll the SR's deployed nodes back (any time after
+                         // its rollout ran: awaiting the PM, accepted, or failed part-way)
 };
 
 std::string_view to_string(TaskStatus status) noexcept;  // "PENDING_PM_VALIDATION", ...
@@ -43,7 +46,8 @@ std::optional<TaskStatus> transition(TaskStatus from, TaskEvent event) noexcept;
 
 // Artifacts may be (re-)staged only before a rollout or after a failed one.
 bool can_stage(TaskStatus status) noexcept;
-// No further event applies (COMPLETED, ROLLED_BACK, ROLLBACK_FAILED).
+// No further rollout or verdict applies (COMPLETED, ROLLED_BACK, ROLLBACK_FAILED); COMPLETED
+// still allows an operator_rollback.
 bool is_final(TaskStatus status) noexcept;
 
 }  // namespace guardia::service

@@ -269,6 +269,12 @@ int deploy_command(int argc, char** argv) {
         std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
                      dry_run ? "dry run on" : "deploying to", node_count,
                      settings.rollout_id.c_str(), db.c_str());
+    for (const auto& n : engine.inventory.nodes)
+        if (n.health.insecure_skip_verify)
+            std::fprintf(stderr,
+                         "guardia: warning: node '%s': its health check does not verify the "
+                         "server's TLS certificate (insecure_skip_verify)\n",
+                         n.name.c_str());
     RolloutReport report;
     Result<void> flushed;
     asio::co_spawn(

@@ -457,9 +457,12 @@ asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check) {
 
     TlsPlan tls;
     if (check.kind == ProbeKind::https) {
-        const std::string ca = check.ca_file;
-        auto made = co_await run_blocking(
-            [ca] { return make_tls_client_context(ca, /*system_store=*/false); });
+        // Named, capturing only a pointer: GCC 12 destroys a temporary lambda with a
+        // non-trivial capture twice when it is an argument of a co_await'ed call. `check`
+        // lives in this frame, which waits for the call.
+        const std::string* ca = &check.ca_file;
+        auto load = [ca] { return make_tls_client_context(*ca, /*system_store=*/false); };
+        auto made = co_await run_blocking(load);
         if (!made) co_return Error(made.error().code, what + ": " + made.error().message);
         tls.context = *made;
         tls.peer_name = check.tls_server_name.empty() ? check.host : check.tls_server_name;

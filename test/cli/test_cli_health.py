@@ -73,7 +73,7 @@ class HealthTest(test_cli.CliTest):
             ("unknown type", {"type": "icmp"},
              "field 'health.type': must be one of \"http\", \"https\", \"tcp\", \"command\", not 'icmp'"),
             ("insecure with a CA file", {"insecure_skip_verify": True},
-             "field 'health.insecure_skip_verify': contradicts 'ca_file'"),
+             "field 'health.insecure_skip_verify': contradicts 'ca_file' (a CA file is only used to verify)"),
         ]
         for what, fields, message in cases:
             with self.subTest(what):
@@ -192,6 +192,15 @@ class HealthTest(test_cli.CliTest):
             ctx = ssl.create_default_context()
             with socket.create_connection(("127.0.0.1", port["node-0002"]), timeout=5) as s:
                 ctx.wrap_socket(s, server_hostname="127.0.0.1")
+
+
+def load_tests(loader, tests, pattern):
+    """Only HealthTest's own tests (it inherits test_cli's harness, not its tests)."""
+    suite = unittest.TestSuite()
+    for name in sorted(HealthTest.__dict__):
+        if name.startswith("test_"):
+            suite.addTest(HealthTest(name))
+    return suite
 
 
 if __name__ == "__main__":

@@ -386,7 +386,7 @@ TEST_CASE("inventory: a health command passes the sanitizer and exec.allow") {
     CHECK(r.error().code == errc::security_violation);
     CHECK(r.error().message.find("nodes.json: node 'web-01': field 'health.command': ") == 0);
 
-    auto policy = make_command_policy({"sh /app/scripts/*", "test -f *"});
+    auto policy = make_command_policy({"sh *", "test -f *"});
     REQUIRE(policy.has_value());
     node["health"] = {{"type", "command"}, {"command", "curl -fs http://127.0.0.1/"}};
     r = parse_inventory(document(json::array{node}), "nodes.json", *policy);

@@ -1038,6 +1038,17 @@ class CliTest(unittest.TestCase):
 
 # ---------------------------------------------------------------------- cleanup (ctest)
 
+def own_tests(cls):
+    """A load_tests() for a suite whose class inherits CliTest's harness, not its tests."""
+    def load_tests(loader, tests, pattern):
+        suite = unittest.TestSuite()
+        for name in sorted(cls.__dict__):
+            if name.startswith("test_"):
+                suite.addTest(cls(name))
+        return suite
+    return load_tests
+
+
 def cleanup():
     """Kill guardia processes a killed run left behind (marked MARK=WORK_ROOT in their
     environment), then remove WORK_ROOT. Exit 1 if something had to be killed."""

@@ -194,13 +194,8 @@ class HealthTest(test_cli.CliTest):
                 ctx.wrap_socket(s, server_hostname="127.0.0.1")
 
 
-def load_tests(loader, tests, pattern):
-    """Only HealthTest's own tests (it inherits test_cli's harness, not its tests)."""
-    suite = unittest.TestSuite()
-    for name in sorted(HealthTest.__dict__):
-        if name.startswith("test_"):
-            suite.addTest(HealthTest(name))
-    return suite
+# Only HealthTest's own tests (it inherits test_cli's harness, not its tests).
+load_tests = test_cli.own_tests(HealthTest)
 
 
 if __name__ == "__main__":

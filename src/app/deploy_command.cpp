@@ -247,6 +247,9 @@ int deploy_command(int argc, char** argv) {
 
     asio::io_context ioc(1);
     const std::size_t node_count = engine.inventory.nodes.size();
+    std::vector<std::string> unverified_health;  // warned about below
+    for (const auto& n : engine.inventory.nodes)
+        if (n.health.insecure_skip_verify) unverified_health.push_back(n.name);
     Rollout rollout(ioc.get_executor(), std::move(engine.inventory), std::move(artifacts),
                     engine.config.rollout, settings);
     rollout.set_dry_run(dry_run);
@@ -276,6 +279,11 @@ int deploy_command(int argc, char** argv) {
         std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
                      dry_run ? "dry run on" : "deploying to", node_count,
                      settings.rollout_id.c_str(), db.c_str());
+    for (const auto& name : unverified_health)
+        std::fprintf(stderr,
+                     "guardia: warning: node '%s': its health check does not verify the "
+                     "server's TLS certificate (insecure_skip_verify)\n",
+                     name.c_str());
     RolloutReport report;
     Result<void> flushed;
     asio::co_spawn(

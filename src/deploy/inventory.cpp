@@ -249,29 +249,6 @@ Result<NodeAuth> read_auth(const FieldReader& node, const NodeContext& ctx) {
     return auth;
 }
 
-Result<HealthSpec> read_health(const FieldReader& node, const NodeContext& ctx) {
-    auto obj = node.object("health", true);
-    if (!obj) return obj.error();
-    if (auto r = check_fields(**obj, {"port", "path", "timeout_s", "interval_s"}, "health.", ctx);
-        !r)
-        return r.error();
-    FieldReader f(**obj, "health.", ctx);
-    HealthSpec health;
-    std::int64_t port = 0, timeout = health.timeout.count(), interval = health.interval.count();
-    if (auto r = f.integer("port", true, 1, 65535, port); !r) return r.error();
-    health.port = static_cast<std::uint16_t>(port);
-    if (auto r = f.string("path", false, health.path, health_path_problem); !r) return r.error();
-    if (auto r = f.integer("timeout_s", false, 1, max_health_seconds, timeout); !r)
-        return r.error();
-    if (auto r = f.integer("interval_s", false, 1, max_health_seconds, interval); !r)
-        return r.error();
-    if (interval > timeout)
-        return f.fail("interval_s", "must not exceed timeout_s (" + std::to_string(timeout) + ")");
-    health.timeout = std::chrono::seconds(timeout);
-    health.interval = std::chrono::seconds(interval);
-    return health;
-}
-
 Result<void> read_command(const FieldReader& f, std::string_view key, std::string& out,
                           const CommandPolicy* policy) {
     if (auto r = f.string(key, false, out, command_chars_problem); !r) return r;
@@ -280,6 +257,131 @@ Result<void> read_command(const FieldReader& f, std::string_view key, std::strin
     if (auto r = sanitize_command(out, policy ? *policy : no_policy); !r)
         return f.fail(key, r.error().message, errc::security_violation);
     return {};
+}
+
+// A readable regular file now (health.ca_file): the check runs much later, and a typo found
+// then would fail every node's HEALTH after its new build went live.
+Problem readable_file_problem(std::string_view p) {
+    if (auto problem = path_problem(p)) return problem;
+    const std::string path(p);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) return "cannot be read: " + std::string(std::strerror(errno));
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    ::close(fd);
+    if (!regular) return "must be a regular file";
+    return std::nullopt;
+}
+
+Problem tls_server_name_problem(std::string_view s) {
+    if (auto problem = host_problem(s)) return problem;
+    for (char c : s)
+        if (!is_name_char(c) && c != ':') return "must be a DNS name or an IP address";
+    return std::nullopt;
+}
+
+Problem body_contains_problem(std::string_view s) {
+    if (s.empty()) return "must not be empty (leave the field out instead)";
+    if (s.size() > 1024) return "must be at most 1024 characters";
+    if (s.find('\0') != std::string_view::npos) return "must not contain NUL";
+    return std::nullopt;
+}
+
+Result<void> read_expect_status(const FieldReader& f, const json::object& obj, HealthSpec& health) {
+    const json::value* v = obj.if_contains("expect_status");
+    if (v == nullptr) return {};
+    if (!v->is_array() || v->get_array().empty())
+        return f.fail("expect_status",
+                      "must be a non-empty list of statuses (204) and ranges (\"200-299\")");
+    const auto& list = v->get_array();
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        const std::string key = "expect_status[" + std::to_string(i) + "]";
+        Result<void> added;
+        if (list[i].is_int64())
+            added = http::add_status_entry(health.expect_status, list[i].get_int64());
+        else if (list[i].is_string())
+            added = http::add_status_entry(
+                health.expect_status,
+                std::string_view(list[i].get_string().data(), list[i].get_string().size()));
+        else
+            added = Error(errc::invalid_argument,
+                          "must be a status (204) or a range as a string (\"200-299\")");
+        if (!added) return f.fail(key, added.error().message);
+    }
+    return {};
+}
+
+// Which fields each type takes; any other given is refused (naming the type), so that a field
+// which would be silently ignored never looks like it is in force.
+bool health_field_applies(std::string_view key, http::ProbeKind type) {
+    using http::ProbeKind;
+    if (key == "type" || key == "timeout_s" || key == "interval_s" || key == "attempt_timeout_s")
+        return true;
+    if (key == "port") return type != ProbeKind::command;
+    if (key == "path" || key == "expect_status" || key == "body_contains")
+        return type == ProbeKind::http || type == ProbeKind::https;
+    if (key == "ca_file" || key == "tls_server_name" || key == "insecure_skip_verify")
+        return type == ProbeKind::https;
+    if (key == "command") return type == ProbeKind::command;
+    return false;
+}
+
+Result<HealthSpec> read_health(const FieldReader& node, const NodeContext& ctx) {
+    auto obj = node.object("health", true);
+    if (!obj) return obj.error();
+    if (auto r = check_fields(**obj,
+                              {"type", "port", "path", "timeout_s", "interval_s",
+                               "attempt_timeout_s", "expect_status", "body_contains", "ca_file",
+                               "tls_server_name", "insecure_skip_verify", "command"},
+                              "health.", ctx);
+        !r)
+        return r.error();
+    FieldReader f(**obj, "health.", ctx);
+    HealthSpec health;
+    std::string type = "http";
+    if (auto r = f.string("type", false, type); !r) return r.error();
+    if (!http::parse_probe_kind(type, health.type))
+        return f.fail("type", "must be one of \"http\", \"https\", \"tcp\", \"command\", not '" +
+                                  printable(type) + "'");
+    for (const auto& kv : **obj)
+        if (!health_field_applies(kv.key(), health.type))
+            return f.fail(kv.key(), "does not apply to type '" + type + "'");
+
+    std::int64_t port = 0, timeout = health.timeout.count(), interval = health.interval.count(),
+                 attempt = health.attempt_timeout.count();
+    if (auto r = f.integer("port", health.type != http::ProbeKind::command, 1, 65535, port); !r)
+        return r.error();
+    health.port = static_cast<std::uint16_t>(port);
+    if (auto r = f.string("path", false, health.path, health_path_problem); !r) return r.error();
+    if (auto r = f.integer("timeout_s", false, 1, max_health_seconds, timeout); !r)
+        return r.error();
+    if (auto r = f.integer("interval_s", false, 1, max_health_seconds, interval); !r)
+        return r.error();
+    if (auto r = f.integer("attempt_timeout_s", false, 1, max_health_seconds, attempt); !r)
+        return r.error();
+    if (interval > timeout)
+        return f.fail("interval_s", "must not exceed timeout_s (" + std::to_string(timeout) + ")");
+    health.timeout = std::chrono::seconds(timeout);
+    health.interval = std::chrono::seconds(interval);
+    health.attempt_timeout = std::chrono::seconds(attempt);
+    if (auto r = read_expect_status(f, **obj, health); !r) return r.error();
+    if (auto r = f.string("body_contains", false, health.body_contains, body_contains_problem); !r)
+        return r.error();
+    if (auto r = f.string("ca_file", false, health.ca_file, readable_file_problem); !r)
+        return r.error();
+    if (auto r = f.string("tls_server_name", false, health.tls_server_name,
+                          tls_server_name_problem);
+        !r)
+        return r.error();
+    if (auto r = f.boolean("insecure_skip_verify", health.insecure_skip_verify); !r)
+        return r.error();
+    if (health.insecure_skip_verify && !health.ca_file.empty())
+        return f.fail("insecure_skip_verify",
+                      "contradicts 'ca_file' (a CA file is only used to verify)");
+    if (auto r = read_command(f, "command", health.command, ctx.policy); !r) return r.error();
+    if (health.type == http::ProbeKind::command && health.command.empty())
+        return f.fail("command", "is required for type 'command' (a non-empty command)");
+    return health;
 }
 
 Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {

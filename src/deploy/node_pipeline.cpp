@@ -408,6 +408,8 @@ class Pipeline {
     asio::awaitable<Result<void>> transfer();
     asio::awaitable<Result<void>> restart();
     asio::awaitable<Result<void>> health(const std::string& step);
+    asio::awaitable<http::Attempt> command_attempt(const std::string& step,
+                                                   milliseconds limit);
     asio::awaitable<Result<void>> rollback();
     asio::awaitable<Result<void>> verify_live(const std::vector<ArtifactSpec>& expected);
     std::string marker_write_script() const;
@@ -442,10 +444,12 @@ class Pipeline {
 // ships nothing).
 Result<void> Pipeline::validate(bool names_shipped) {
     Step step(*this, "VALIDATE");
-    for (const auto* field : {&node_.shutdown_cmd, &node_.startup_cmd}) {
+    for (const auto* field : {&node_.shutdown_cmd, &node_.startup_cmd, &node_.health.command}) {
         if (field->empty()) continue;
         if (auto ok = sanitize_command(*field); !ok) {
-            const char* name = field == &node_.shutdown_cmd ? "shutdown_cmd" : "startup_cmd";
+            const char* name = field == &node_.shutdown_cmd  ? "shutdown_cmd"
+                               : field == &node_.startup_cmd ? "startup_cmd"
+                                                             : "health.command";
             audit("VALIDATE", "SECURITY_VIOLATION", std::nullopt, std::nullopt,
                   std::string(name) + ": " + ok.error().message);
             Error e =
@@ -994,27 +998,59 @@ asio::awaitable<Result<void>> Pipeline::restart() {
 }
 
 asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
+    const HealthSpec& spec = node_.health;
     http::HealthCheck hc;
+    hc.kind = spec.type;
     hc.host = node_.host;
-    hc.port = node_.health.port;
-    hc.path = node_.health.path;
-    hc.timeout = node_.health.timeout;
-    hc.interval = node_.health.interval;
+    hc.port = spec.port;
+    hc.path = spec.path;
+    hc.timeout = spec.timeout;
+    hc.interval = spec.interval;
+    hc.request_timeout = spec.attempt_timeout;
+    hc.expect_status = spec.expect_status;
+    hc.body_contains = spec.body_contains;
+    hc.ca_file = spec.ca_file;
+    hc.tls_server_name = spec.tls_server_name;
+    hc.insecure_skip_verify = spec.insecure_skip_verify;
+    hc.command = spec.command;
     hc.required_consecutive =
         settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1;
     hc.node = node_.name;
-    Step step(
-        *this, step_name,
-        "http://" + node_.host + ":" + std::to_string(node_.health.port) + node_.health.path +
-            (hc.required_consecutive > 1
-                 ? " (strict: " + std::to_string(hc.required_consecutive) + " consecutive 200s)"
-                 : std::string()));
+    std::string detail = http::describe_target(hc);
+    if (hc.required_consecutive > 1)
+        detail += " (strict: " + std::to_string(hc.required_consecutive) + " consecutive " +
+                  (spec.type == http::ProbeKind::command ? std::string("successes")
+                   : spec.type == http::ProbeKind::tcp   ? std::string("connects")
+                                                         : hc.expect_status.describe() + "s") +
+                  ")";
+    if (spec.type == http::ProbeKind::https && spec.insecure_skip_verify) {
+        detail += " (TLS verification skipped: insecure_skip_verify)";
+        if (settings_.logger && step_name == "HEALTH")
+            settings_.logger->warn("node '{}': health check {} does not verify the server's "
+                                   "certificate (insecure_skip_verify)",
+                                   node_.name, http::describe_target(hc));
+    }
+    Step step(*this, step_name, detail);
+    if (spec.type == http::ProbeKind::command) {
+        if (auto ok = judge(step_name, spec.command); !ok) {
+            step.failed(ok.error());
+            co_return ok.error();
+        }
+    }
     if (auto ok = co_await intent_committed(step_name); !ok) {
         step.failed(ok.error());
         co_return ok.error();
     }
     failpoints(failpoint::When::before, step_name);
-    auto r = co_await http::wait_healthy(hc);
+    Result<http::HealthOutcome> r = Error(errc::invalid_argument, "not run");
+    if (spec.type == http::ProbeKind::command) {
+        http::AttemptFn attempt = [this, &step_name](milliseconds limit) {
+            return command_attempt(step_name, limit);
+        };
+        r = co_await http::wait_healthy(hc, attempt);
+    } else {
+        r = co_await http::wait_healthy(hc);
+    }
     failpoints(failpoint::When::after, step_name);
     if (!r) {
         Error e(r.error().code,
@@ -1024,6 +1060,40 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
     }
     step.ok(std::to_string(r->attempts) + " attempt(s)", r->last_status);
     co_return Result<void>{};
+}
+
+// One attempt of a `command` health check: the command on the node's session (a fresh one
+// when an earlier attempt's timeout left it unusable), exit 0 = healthy.
+asio::awaitable<http::Attempt> Pipeline::command_attempt(const std::string& step_name,
+                                                         milliseconds limit) {
+    http::Attempt a;
+    const auto start = Clock::now();
+    if (!co_await ensure_session(step_name)) {
+        a.code = make_error_code(errc::connect_failed);
+        a.reason = "no SSH session to run the command on";
+        co_return a;
+    }
+    ssh::ExecOptions eo;
+    eo.timeout = std::max(milliseconds(1),
+                          limit - std::chrono::duration_cast<milliseconds>(Clock::now() - start));
+    eo.max_stdout = 4096;
+    auto r = co_await session_->exec(node_.health.command, eo);
+    if (!r) {
+        a.code = r.error().code;
+        a.reason = r.error().message;
+        co_return a;
+    }
+    a.status = r->exit_code;
+    a.ok = r->succeeded();
+    if (a.ok) {
+        a.reason = "exit 0";
+    } else {
+        const std::string tail = trim(r->err_tail(200));
+        a.reason = (r->exit_signal.empty() ? "exit " + std::to_string(r->exit_code)
+                                           : "killed by signal " + r->exit_signal) +
+                   (tail.empty() ? std::string() : " (stderr: " + tail + ")");
+    }
+    co_return a;
 }
 
 // A session for clean-up work: the pipeline's own if it still works, else a fresh one (a cut

@@ -1,6 +1,7 @@
 #include "guardia/http/client.hpp"
 
 #include "detail/deadline.hpp"
+#include "detail/tls.hpp"
 
 #include "guardia/core/local_io.hpp"
 
@@ -84,14 +85,6 @@ Result<std::shared_ptr<ssl::context>> default_tls_context() {
     auto made = make_tls_client_context("");
     if (made) default_tls = *made;
     return made;
-}
-
-std::string tls_failure(const boost::system::error_code& ec, SSL* ssl) {
-    const long verify = SSL_get_verify_result(ssl);
-    if (verify != X509_V_OK)
-        return std::string("TLS handshake failed: certificate rejected: ") +
-               X509_verify_cert_error_string(verify);
-    return "TLS handshake failed: " + ec.message();
 }
 
 // --------------------------------------------------------------------------- one exchange
@@ -210,23 +203,7 @@ asio::awaitable<Result<ClientResponse>> post_once(const Url& url,
 
     beast::ssl_stream<beast::tcp_stream> stream(ex, *tls);
     SSL* ssl_handle = stream.native_handle();
-    boost::system::error_code ec;
-    (void)asio::ip::make_address(url.host, ec);
-    const bool numeric = !ec;
-    // SNI for names only (RFC 6066 forbids literal addresses); the certificate must match
-    // the name, or the address for a numeric host.
-    X509_VERIFY_PARAM* param = SSL_get0_param(ssl_handle);
-    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-    if (numeric) {
-        if (X509_VERIFY_PARAM_set1_ip_asc(param, url.host.c_str()) != 1)
-            co_return Error(errc::invalid_argument, "cannot verify address " + url.host);
-    } else {
-        // SSL_set_tlsext_host_name() is a macro with a C cast; this is what it expands to.
-        if (SSL_ctrl(ssl_handle, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
-                     const_cast<char*>(url.host.c_str())) != 1 ||
-            X509_VERIFY_PARAM_set1_host(param, url.host.c_str(), 0) != 1)
-            co_return Error(errc::invalid_argument, "cannot verify host name " + url.host);
-    }
+    if (auto peer = detail::expect_peer(ssl_handle, url.host); !peer) co_return peer.error();
     stream.set_verify_mode(ssl::verify_peer);
 
     if (auto c = co_await connect(beast::get_lowest_layer(stream), *endpoints, deadline, timeout);
@@ -238,7 +215,7 @@ asio::awaitable<Result<ClientResponse>> post_once(const Url& url,
         if (is_cancelled(cs)) co_return Error(errc::cancelled, "cancelled");
         if (e_hs == beast::error::timeout)
             co_return Error(errc::timeout, "no TLS handshake within " + format_duration(timeout));
-        co_return Error(errc::handshake_failed, tls_failure(e_hs, ssl_handle));
+        co_return Error(errc::handshake_failed, detail::tls_failure(e_hs, ssl_handle));
     }
     auto r = co_await exchange(stream, req, deadline, timeout, options.max_body);
     // Connection: close. No TLS close_notify exchange: it would cost a round trip under the
@@ -326,12 +303,17 @@ Result<Url> parse_url(std::string_view text) {
 // ------------------------------------------------------------------------------ TLS
 
 Result<std::shared_ptr<ssl::context>> make_tls_client_context(const std::string& ca_file) {
+    return make_tls_client_context(ca_file, true);
+}
+
+Result<std::shared_ptr<ssl::context>> make_tls_client_context(const std::string& ca_file,
+                                                              bool system_store) {
     try {
         auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
         if (SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION) != 1)
             return invalid("TLS: cannot require TLS 1.2");
         boost::system::error_code ec;
-        ctx->set_default_verify_paths(ec);
+        if (system_store || ca_file.empty()) ctx->set_default_verify_paths(ec);
         if (ec) return invalid("TLS: cannot load the system CA store: " + ec.message());
         if (!ca_file.empty()) {
             ctx->load_verify_file(ca_file, ec);

@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -63,8 +64,13 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def http_get(port, path="/health", timeout=5.0):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def http_get(port, path="/health", timeout=5.0, cafile=None):
+    """GET on a node's health endpoint; HTTPS verified against `cafile` when given."""
+    if cafile:
+        c = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout,
+                                        context=ssl.create_default_context(cafile=cafile))
+    else:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         c.request("GET", path)
         r = c.getresponse()
@@ -107,13 +113,16 @@ def config(threshold=10, **rollout):
 
 class CliTest(unittest.TestCase):
     maxDiff = None
+    health_ca = None        # the fleet's CA file when its health endpoints speak HTTPS
 
     @classmethod
-    def setUpClass(cls):
+    def load_fleet(cls, fixture):
+        """Reads the fleet (fleet.json, inventory.json, known_hosts) into the class; returns
+        each node's fault kinds, for the caller to check against the layout it expects."""
         if os.geteuid() != 0:
             raise AssertionError("the CLI tests need root (the fleet's client key and node files are root-only)")
         if not FLEET_DIR or not os.path.exists(os.path.join(FLEET_DIR, "fleet.json")):
-            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_CLI={FLEET_DIR!r} (fixture cli_fleet)")
+            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_CLI={FLEET_DIR!r} (fixture {fixture})")
         if not os.access(GUARDIA, os.X_OK):
             raise AssertionError(f"guardia binary not found: {GUARDIA}")
         with open(os.path.join(FLEET_DIR, "fleet.json")) as f:
@@ -122,7 +131,11 @@ class CliTest(unittest.TestCase):
             cls.inv = {n["name"]: n for n in json.load(f)["nodes"]}
         cls.fnodes = {n["name"]: n for n in cls.info["nodes"]}
         cls.known_hosts = os.path.join(FLEET_DIR, "known_hosts")
-        kinds = {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
+        return {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
+
+    @classmethod
+    def setUpClass(cls):
+        kinds = cls.load_fleet("cli_fleet")
         want = {**{n: [] for n in HEALTHY}, REJECT_A: ["rejects_new_build"], REJECT_B: ["rejects_new_build"],
                 UNREACHABLE: ["unreachable"], **{n: ["health_slow"] for n in SLOW}}
         if kinds != want:
@@ -275,7 +288,7 @@ class CliTest(unittest.TestCase):
                 self.assertEqual((report_node["outcome"], report_node["step"], report_node["lock_released"]),
                                  ("DEPLOYED", "DONE", True))
                 self.assertNotIn("error", report_node)
-            status, body = http_get(self.inv[n]["health"]["port"])
+            status, body = http_get(self.inv[n]["health"]["port"], cafile=self.health_ca)
             self.assertEqual((status, body["version"]), (200, a["version"]), f"{n}: health after deploy")
 
     def assert_restored(self, b, a, report_node=None):
@@ -1024,6 +1037,17 @@ class CliTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------- cleanup (ctest)
+
+def own_tests(cls):
+    """A load_tests() for a suite whose class inherits CliTest's harness, not its tests."""
+    def load_tests(loader, tests, pattern):
+        suite = unittest.TestSuite()
+        for name in sorted(cls.__dict__):
+            if name.startswith("test_"):
+                suite.addTest(cls(name))
+        return suite
+    return load_tests
+
 
 def cleanup():
     """Kill guardia processes a killed run left behind (marked MARK=WORK_ROOT in their

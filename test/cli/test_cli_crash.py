@@ -258,13 +258,8 @@ class CrashTest(test_cli.CliTest):
 # The tmpfs of test 1: the spill journal's reserve plus 200 KiB for the database.
 FULL_DISK_SIZE = os.environ.get("GUARDIA_TEST_FULL_DISK_SIZE", "1224k")
 
-def load_tests(loader, tests, pattern):
-    """Only CrashTest's own tests (it inherits test_cli's harness, not its tests)."""
-    suite = unittest.TestSuite()
-    for name in sorted(CrashTest.__dict__):
-        if name.startswith("test_"):
-            suite.addTest(CrashTest(name))
-    return suite
+# Only CrashTest's own tests (it inherits test_cli's harness, not its tests).
+load_tests = test_cli.own_tests(CrashTest)
 
 
 if __name__ == "__main__":

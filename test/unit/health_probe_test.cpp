@@ -461,4 +461,195 @@ TEST_SUITE("health_probe") {
         CHECK(r->error().code == errc::invalid_argument);
         CHECK(r->error().message.find("web-07") == 0);
     }
+
+    TEST_CASE("status sets: entries, ranges, matching and refusals") {
+        StatusSet set;
+        CHECK(set.is_default());
+        CHECK(set.contains(200));
+        CHECK_FALSE(set.contains(204));
+        CHECK(set.describe() == "200");
+
+        REQUIRE(add_status_entry(set, std::int64_t{204}).has_value());
+        CHECK_FALSE(set.is_default());
+        CHECK_FALSE(set.contains(200));  // the first entry replaces the default
+        CHECK(set.contains(204));
+        REQUIRE(add_status_entry(set, "300-399").has_value());
+        REQUIRE(add_status_entry(set, "200").has_value());
+        CHECK(set.contains(200));
+        CHECK(set.contains(300));
+        CHECK(set.contains(399));
+        CHECK_FALSE(set.contains(400));
+        CHECK_FALSE(set.contains(299));
+        CHECK(set.describe() == "204, 300-399, 200");
+
+        struct Bad {
+            const char* text;
+            const char* problem;
+        };
+        for (auto [text, problem] :
+             {Bad{"99", "from 100 to 599"}, Bad{"600", "from 100 to 599"},
+              Bad{"2xx", "a status (\"204\") or a range"}, Bad{"", "a status"},
+              Bad{"200-", "a status"}, Bad{"-200", "a status"}, Bad{"299-200", "LOW <= HIGH"},
+              Bad{"050-200", "within 100-599"}, Bad{"200-700", "within 100-599"},
+              Bad{" 200", "a status"}, Bad{"200-299-300", "a status"}}) {
+            CAPTURE(text);
+            StatusSet s;
+            auto r = add_status_entry(s, std::string_view(text));
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().message.find(problem) != std::string::npos);
+            CHECK(s.is_default());
+        }
+        StatusSet s;
+        CHECK_FALSE(add_status_entry(s, std::int64_t{1000}).has_value());
+    }
+
+    TEST_CASE("answers: status set and body condition, with the reason of a refusal") {
+        HealthCheck c;
+        std::string why;
+        CHECK(answer_accepted(c, 200, "anything", why));
+        CHECK(why == "HTTP 200");
+        CHECK_FALSE(answer_accepted(c, 503, "", why));
+        CHECK(why == "HTTP 503");  // the default set: no "(expected ...)" noise
+
+        REQUIRE(add_status_entry(c.expect_status, std::int64_t{204}).has_value());
+        CHECK_FALSE(answer_accepted(c, 200, "", why));
+        CHECK(why == "HTTP 200 (expected 204)");
+        CHECK(answer_accepted(c, 204, "", why));
+
+        HealthCheck b;
+        b.body_contains = "\"status\":\"UP\"";
+        CHECK(answer_accepted(b, 200, R"({"status":"UP","version":"7"})", why));
+        CHECK_FALSE(answer_accepted(b, 200, R"({"status":"DOWN"})", why));
+        CHECK(why == "HTTP 200 but the body does not contain '\"status\":\"UP\"'");
+        CHECK_FALSE(answer_accepted(b, 503, R"({"status":"UP"})", why));
+        CHECK(why == "HTTP 503");
+    }
+
+    TEST_CASE("probe kinds: names and targets") {
+        ProbeKind k = ProbeKind::http;
+        CHECK(parse_probe_kind("https", k));
+        CHECK(k == ProbeKind::https);
+        CHECK(parse_probe_kind("tcp", k));
+        CHECK(parse_probe_kind("command", k));
+        CHECK(k == ProbeKind::command);
+        CHECK_FALSE(parse_probe_kind("HTTP", k));
+        CHECK_FALSE(parse_probe_kind("", k));
+        HealthCheck c = fast_check(8443);
+        CHECK(describe_target(c) == "http://127.0.0.1:8443/health");
+        c.kind = ProbeKind::https;
+        CHECK(describe_target(c) == "https://127.0.0.1:8443/health");
+        c.kind = ProbeKind::tcp;
+        CHECK(describe_target(c) == "tcp://127.0.0.1:8443");
+        c.kind = ProbeKind::command;
+        c.command = "test -f /app/x";
+        CHECK(describe_target(c) == "command 'test -f /app/x'");
+    }
+
+    TEST_CASE("expect_status: a 503 can be what is expected, a 200 then is not") {
+        asio::io_context ioc;
+        TestServer server(ioc, statuses({200, 503}));
+        auto check = fast_check(server.port());
+        REQUIRE(add_status_entry(check.expect_status, "500-503").has_value());
+        auto r = run_check(ioc, server, check);
+        REQUIRE(r.has_value());
+        REQUIRE(r->has_value());
+        CHECK((*r)->attempts == 2);
+        CHECK((*r)->last_status == 503);
+        CHECK((*r)->last_error == "HTTP 200 (expected 500-503)");
+    }
+
+    TEST_CASE("body_contains: a body without the text is never healthy") {
+        asio::io_context ioc;
+        TestServer server(ioc, statuses({200}));
+        auto check = fast_check(server.port());
+        check.timeout = 300ms;
+        SUBCASE("present") {
+            check.body_contains = "xx";  // the test server's body is "xx"
+            auto r = run_check(ioc, server, check);
+            REQUIRE(r.has_value());
+            REQUIRE(r->has_value());
+            CHECK((*r)->attempts == 1);
+        }
+        SUBCASE("absent") {
+            check.body_contains = "UP";
+            auto r = run_check(ioc, server, check);
+            REQUIRE(r.has_value());
+            REQUIRE_FALSE(r->has_value());
+            CHECK(r->error().code == errc::timeout);
+            CAPTURE(r->error().message);
+            CHECK(r->error().message.find("web-07: health check http://127.0.0.1:") == 0);
+            CHECK(r->error().message.ends_with("last: HTTP 200 but the body does not contain 'UP'"));
+        }
+    }
+
+    TEST_CASE("tcp: a connect is healthy, a closed port is not") {
+        asio::io_context ioc;
+        SUBCASE("listening") {
+            TestServer server(ioc, statuses({200}));
+            auto check = fast_check(server.port());
+            check.kind = ProbeKind::tcp;
+            auto r = run_check(ioc, server, check);
+            REQUIRE(r.has_value());
+            REQUIRE(r->has_value());
+            CHECK((*r)->attempts == 1);
+        }
+        SUBCASE("closed") {
+            const auto port = closed_port();
+            auto check = fast_check(port);
+            check.kind = ProbeKind::tcp;
+            check.timeout = 200ms;
+            auto r = run(ioc, nullptr, wait_healthy(check));
+            REQUIRE(r.has_value());
+            REQUIRE_FALSE(r->has_value());
+            CHECK(r->error().code == errc::timeout);
+            CHECK(r->error().message.find("web-07: health check tcp://127.0.0.1:" +
+                                          std::to_string(port) + " not healthy after") == 0);
+            CHECK(r->error().message.ends_with("last: connection refused"));
+        }
+    }
+
+    TEST_CASE("a caller's attempts (command checks): strict mode, per-attempt limit, message") {
+        asio::io_context ioc;
+        auto check = fast_check(0);
+        check.kind = ProbeKind::command;
+        check.command = "test -f /app/app.bin";
+        check.required_consecutive = 2;
+        std::vector<int> exits{1, 0, 1, 0, 0};
+        std::size_t calls = 0;
+        std::vector<milliseconds> limits;
+        AttemptFn attempt = [&](milliseconds limit) -> asio::awaitable<Attempt> {
+            limits.push_back(limit);
+            Attempt a;
+            a.status = exits[std::min(calls++, exits.size() - 1)];
+            a.ok = a.status == 0;
+            a.reason = "exit " + std::to_string(a.status);
+            co_return a;
+        };
+        SUBCASE("healthy after two consecutive successes") {
+            auto r = run(ioc, nullptr, wait_healthy(check, attempt));
+            REQUIRE(r.has_value());
+            REQUIRE(r->has_value());
+            CHECK((*r)->attempts == 5);
+            CHECK((*r)->last_error == "exit 1");
+            for (auto l : limits) CHECK(l <= check.request_timeout);
+        }
+        SUBCASE("never: the message names the command and the last failure") {
+            exits = {3};
+            check.timeout = 100ms;
+            auto r = run(ioc, nullptr, wait_healthy(check, attempt));
+            REQUIRE(r.has_value());
+            REQUIRE_FALSE(r->has_value());
+            CHECK(r->error().code == errc::timeout);
+            CAPTURE(r->error().message);
+            CHECK(r->error().message.find(
+                      "web-07: health check command 'test -f /app/app.bin' not healthy after") == 0);
+            CHECK(r->error().message.ends_with("last: exit 3"));
+        }
+        SUBCASE("without a runner, a command check is refused") {
+            auto r = run(ioc, nullptr, wait_healthy(check));
+            REQUIRE(r.has_value());
+            REQUIRE_FALSE(r->has_value());
+            CHECK(r->error().code == errc::invalid_argument);
+        }
+    }
 }

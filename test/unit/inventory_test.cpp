@@ -178,6 +178,80 @@ const RuleCase rule_cases[] = {
      "node 'web-01': field 'health.interval_s': must not exceed timeout_s (30)"},
     {"health unknown field", [](json::object& n) { n["health"].as_object()["expect"] = 200; },
      "node 'web-01': unknown field 'health.expect'"},
+    {"health.type unknown", [](json::object& n) { n["health"].as_object()["type"] = "grpc"; },
+     "node 'web-01': field 'health.type': must be one of \"http\", \"https\", \"tcp\", \"command\", "
+     "not 'grpc'"},
+    {"health.type not a string", [](json::object& n) { n["health"].as_object()["type"] = 1; },
+     "node 'web-01': field 'health.type': must be a string"},
+    {"health.expect_status not a list",
+     [](json::object& n) { n["health"].as_object()["expect_status"] = 200; },
+     "node 'web-01': field 'health.expect_status': must be a non-empty list"},
+    {"health.expect_status empty",
+     [](json::object& n) { n["health"].as_object()["expect_status"] = json::array(); },
+     "node 'web-01': field 'health.expect_status': must be a non-empty list"},
+    {"health.expect_status out of range",
+     [](json::object& n) { n["health"].as_object()["expect_status"] = {200, 700}; },
+     "node 'web-01': field 'health.expect_status[1]': must be a status from 100 to 599"},
+    {"health.expect_status bad range",
+     [](json::object& n) { n["health"].as_object()["expect_status"] = {"299-200"}; },
+     "node 'web-01': field 'health.expect_status[0]': range must be 'LOW-HIGH' with LOW <= HIGH"},
+    {"health.expect_status wrong type",
+     [](json::object& n) { n["health"].as_object()["expect_status"] = {200, true}; },
+     "node 'web-01': field 'health.expect_status[1]': must be a status (204) or a range"},
+    {"health.body_contains empty",
+     [](json::object& n) { n["health"].as_object()["body_contains"] = ""; },
+     "node 'web-01': field 'health.body_contains': must not be empty"},
+    {"health.ca_file for http",
+     [](json::object& n) { n["health"].as_object()["ca_file"] = "/etc/ssl/ca.pem"; },
+     "node 'web-01': field 'health.ca_file': does not apply to type 'http'"},
+    {"health.ca_file missing",
+     [](json::object& n) {
+         n["health"].as_object()["type"] = "https";
+         n["health"].as_object()["ca_file"] = "/nonexistent/ca.pem";
+     },
+     "node 'web-01': field 'health.ca_file': cannot be read: No such file or directory"},
+    {"health.ca_file a directory",
+     [](json::object& n) {
+         n["health"].as_object()["type"] = "https";
+         n["health"].as_object()["ca_file"] = "/tmp";
+     },
+     "node 'web-01': field 'health.ca_file': must be a regular file"},
+    {"health.ca_file relative",
+     [](json::object& n) {
+         n["health"].as_object()["type"] = "https";
+         n["health"].as_object()["ca_file"] = "ca.pem";
+     },
+     "node 'web-01': field 'health.ca_file': must be an absolute path"},
+    {"health.insecure_skip_verify not a bool",
+     [](json::object& n) {
+         n["health"].as_object()["type"] = "https";
+         n["health"].as_object()["insecure_skip_verify"] = "yes";
+     },
+     "node 'web-01': field 'health.insecure_skip_verify': must be true or false"},
+    {"health.tls_server_name with a space",
+     [](json::object& n) {
+         n["health"].as_object()["type"] = "https";
+         n["health"].as_object()["tls_server_name"] = "a b";
+     },
+     "node 'web-01': field 'health.tls_server_name': must not contain whitespace"},
+    {"health.path for tcp",
+     [](json::object& n) { n["health"].as_object()["type"] = "tcp"; },
+     "node 'web-01': field 'health.path': does not apply to type 'tcp'"},
+    {"health.command missing",
+     [](json::object& n) { n["health"] = {{"type", "command"}}; },
+     "node 'web-01': field 'health.command': is required for type 'command'"},
+    {"health.port for command",
+     [](json::object& n) { n["health"] = {{"type", "command"}, {"command", "true"}, {"port", 80}}; },
+     "node 'web-01': field 'health.port': does not apply to type 'command'"},
+    {"health.command for http",
+     [](json::object& n) { n["health"].as_object()["command"] = "true"; },
+     "node 'web-01': field 'health.command': does not apply to type 'http'"},
+    {"health.command newline",
+     [](json::object& n) { n["health"] = {{"type", "command"}, {"command", "true\nreboot"}}; },
+     "node 'web-01': field 'health.command': must not contain NUL or newline"},
+    {"health.attempt_timeout_s 0",
+     [](json::object& n) { n["health"].as_object()["attempt_timeout_s"] = 0; },
+     "node 'web-01': field 'health.attempt_timeout_s': must be an integer from 1 to 3600"},
     {"node unknown field", [](json::object& n) { n["deploy_pth"] = "/app"; },
      "nodes.json: node 'web-01': unknown field 'deploy_pth'"},
 };
@@ -246,6 +320,82 @@ TEST_CASE("inventory: each rule fails with a message naming node and field") {
         CHECK(r.error().message.find(c.expect) != std::string::npos);
         CHECK(r.error().code == errc::invalid_argument);
     }
+}
+
+TEST_CASE("inventory: health types and their fields") {
+    const char* ca = "/tmp/guardia-inventory-test-ca.pem";
+    std::ofstream(ca) << "not checked here: only readable\n";
+    json::object node = example_node();
+    node["health"] = {{"type", "https"},
+                      {"port", 8443},
+                      {"path", "/health"},
+                      {"expect_status", {200, "300-399"}},
+                      {"body_contains", "UP"},
+                      {"ca_file", ca},
+                      {"tls_server_name", "app.example"},
+                      {"attempt_timeout_s", 9}};
+    auto r = parse_nodes(json::array{node});
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().message));
+    const HealthSpec& h = r->nodes[0].health;
+    CHECK(h.type == http::ProbeKind::https);
+    CHECK(h.port == 8443);
+    CHECK(h.expect_status.describe() == "200, 300-399");
+    CHECK(h.body_contains == "UP");
+    CHECK(h.ca_file == ca);
+    CHECK(h.tls_server_name == "app.example");
+    CHECK_FALSE(h.insecure_skip_verify);
+    CHECK(h.attempt_timeout == std::chrono::seconds(9));
+
+    node["health"] = {{"type", "https"}, {"port", 8443}, {"insecure_skip_verify", true},
+                      {"ca_file", ca}};
+    CHECK(error_of(parse_nodes(json::array{node}))
+              .find("field 'health.insecure_skip_verify': contradicts 'ca_file'") !=
+          std::string::npos);
+    node["health"] = {{"type", "https"}, {"port", 8443}, {"insecure_skip_verify", true}};
+    r = parse_nodes(json::array{node});
+    REQUIRE(r.has_value());
+    CHECK(r->nodes[0].health.insecure_skip_verify);
+    std::filesystem::remove(ca);
+
+    node["health"] = {{"type", "tcp"}, {"port", 5432}};
+    r = parse_nodes(json::array{node});
+    REQUIRE(r.has_value());
+    CHECK(r->nodes[0].health.type == http::ProbeKind::tcp);
+
+    node["health"] = {{"type", "command"}, {"command", "test -f /app/webapps/app.bin"}};
+    r = parse_nodes(json::array{node});
+    REQUIRE(r.has_value());
+    CHECK(r->nodes[0].health.type == http::ProbeKind::command);
+    CHECK(r->nodes[0].health.command == "test -f /app/webapps/app.bin");
+    CHECK(r->nodes[0].health.port == 0);
+
+    // Today's inventories: type http, [200], no body check.
+    r = parse_nodes(json::array{example_node()});
+    REQUIRE(r.has_value());
+    CHECK(r->nodes[0].health.type == http::ProbeKind::http);
+    CHECK(r->nodes[0].health.expect_status.is_default());
+    CHECK(r->nodes[0].health.body_contains.empty());
+    CHECK(r->nodes[0].health.attempt_timeout == std::chrono::seconds(5));
+}
+
+TEST_CASE("inventory: a health command passes the sanitizer and exec.allow") {
+    json::object node = example_node();
+    node["health"] = {{"type", "command"}, {"command", "sh -c 'rm -rf /'"}};
+    auto r = parse_nodes(json::array{node});
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == errc::security_violation);
+    CHECK(r.error().message.find("nodes.json: node 'web-01': field 'health.command': ") == 0);
+
+    auto policy = make_command_policy({"sh *", "test -f *"});
+    REQUIRE(policy.has_value());
+    node["health"] = {{"type", "command"}, {"command", "curl -fs http://127.0.0.1/"}};
+    r = parse_inventory(document(json::array{node}), "nodes.json", *policy);
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().code == errc::security_violation);
+    CHECK(r.error().message.find("field 'health.command': ") != std::string::npos);
+    node["health"] = {{"type", "command"}, {"command", "test -f /app/webapps/app.bin"}};
+    r = parse_inventory(document(json::array{node}), "nodes.json", *policy);
+    REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().message));
 }
 
 TEST_CASE("inventory: shutdown/startup commands must pass the sanitizer") {

@@ -18,6 +18,7 @@ import os
 import random
 import resource
 import signal
+import ssl
 import socket
 import stat
 import struct
@@ -110,6 +111,8 @@ class Node:
         self.slow = f.get("health_slow", {}).get("seconds")
         self.flap = f.get("health_flapping", {}).get("period")
         self.flap_count = 0
+        self.ok_status = cfg.get("health_ok_status", 200)
+        self.ok_body = cfg.get("health_body")     # text instead of the JSON document, or None
         self.cache = {}   # file path -> ((size, mtime_ns, ino), bad)
         # rejects_new_build: the tree as built by `up` (the server starts before any deploy).
         self.initial_tree = tree_signature(self.deploy) if "rejects_new_build" in f else None
@@ -215,10 +218,12 @@ class Node:
             self.flap_count += 1
             if self.flap_count % (self.flap + 1) == 0:
                 return 503, dict(body, status="DOWN", reason="fault health_flapping")
-        return 200, dict(body, status="UP")
+        if self.ok_body is not None:
+            return self.ok_status, self.ok_body
+        return self.ok_status, dict(body, status="UP")
 
 
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
            503: "Service Unavailable"}
 
@@ -273,9 +278,11 @@ async def serve_health(node, reader, writer):
 
 
 async def respond(writer, status, body, head_only, keep):
-    data = (json.dumps(body) + "\n").encode()
+    text = isinstance(body, str)
+    data = b"" if status in (204, 304) else (body if text else json.dumps(body) + "\n").encode()
+    length = "" if status in (204, 304) else f"Content-Length: {len(data)}\r\n"
     hdr = (f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}\r\n"
-           f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+           f"Content-Type: {'text/plain' if text else 'application/json'}\r\n{length}"
            f"Connection: {'keep-alive' if keep else 'close'}\r\n\r\n").encode()
     writer.write(hdr if head_only else hdr + data)
     await writer.drain()
@@ -534,16 +541,24 @@ async def serve(plan, stats_file, on_ready=None):
     loop.add_signal_handler(signal.SIGCHLD, reap_children)
     reap_children()
     stats = Stats(stats_file)
-    servers = []
+    servers, tls = [], {}
     for role, n, sock in plan:
+        ctx = None
         if role == "health":
             node = Node(n)
             cb = (lambda node: lambda r, w: serve_health(node, r, w))(node)
+            if n.get("health_tls"):         # --health-tls: one context per certificate
+                cert, key = n["health_tls"]["cert"], n["health_tls"]["key"]
+                if (cert, key) not in tls:
+                    tls[cert, key] = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    tls[cert, key].load_cert_chain(cert, key)
+                ctx = tls[cert, key]
         else:
             proxy = Proxy(n["proxy"] | {"name": n["name"]}, stats)
             proxy.upstream = n["sshd_port"]
             cb = proxy.handle
-        servers.append(await asyncio.start_server(cb, sock=sock, limit=HEAD_LIMIT))
+        servers.append(await asyncio.start_server(cb, sock=sock, limit=HEAD_LIMIT, ssl=ctx,
+                                                  ssl_handshake_timeout=10 if ctx else None))
     stats.dump()
     log(f"serving {len(servers)} listeners")
     if on_ready:

@@ -117,6 +117,7 @@ class Up:
         self.children = []           # Popen objects to reap on failure
         self.lock_fd = None          # DIR/.guardia-fleet.lock, flock()ed for the whole `up`
         self.timings = {}            # step -> seconds (in .guardia-fleet and server.log)
+        self.tls = None              # --health-tls: {"ca", "cert", "key"} paths (make_tls)
         self.sshds = []              # [{"index", "key", "nodes", "conf", "log", "pidfile", "proc", "attempts"}]
         self.lo, self.hi = (default_port_range() if not args.port_range else self._port_range(args.port_range))
 
@@ -172,6 +173,8 @@ class Up:
         hp = self.args.health_path
         if not hp.startswith("/") or any(c.isspace() for c in hp):
             raise FleetError(f"--health-path {hp!r}: must start with / and contain no spaces")
+        if not 100 <= self.args.health_ok_status <= 599:
+            raise FleetError("--health-ok-status must be 100..599")
         need = 2 * self.count + 64
         if self.hi - self.lo < need * 2:
             raise FleetError(f"port range {self.lo}-{self.hi} is too small for {self.count} nodes")
@@ -259,6 +262,36 @@ class Up:
         write_file(self.path("authorized_keys"), "".join(k + " guardia-fleet\n" for k in keys), 0o644)
         write_file(self.path("password"), self.password + "\n", 0o600)
 
+    def make_tls(self):
+        """--health-tls: a throwaway CA and a server certificate for 127.0.0.1 (openssl CLI),
+        in DIR/tls. server.pem holds the chain (server, then CA)."""
+        self.tls = None
+        if not self.args.health_tls:
+            return
+        d = self.path("tls")
+        os.makedirs(d, mode=0o755, exist_ok=True)
+        f = {k: os.path.join(d, v) for k, v in (("ca_key", "ca.key"), ("ca", "ca.pem"), ("key", "server.key"),
+                                               ("csr", "server.csr"), ("leaf", "server-leaf.pem"),
+                                               ("cert", "server.pem"), ("ext", "server.ext"))}
+
+        def openssl(*a):
+            r = subprocess.run(["openssl", *a], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise FleetError(f"openssl {a[0]} failed: {r.stderr.strip()}")
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f["ca_key"], "-out", f["ca"], "-days", "30", "-subj", "/CN=guardia fleet test CA",
+                "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", f["key"], "-out", f["csr"], "-subj", f"/CN={LOOPBACK}")
+        write_file(f["ext"], f"subjectAltName=IP:{LOOPBACK}\nbasicConstraints=CA:FALSE\n"
+                             "extendedKeyUsage=serverAuth\n", 0o644)
+        openssl("x509", "-req", "-in", f["csr"], "-CA", f["ca"], "-CAkey", f["ca_key"], "-CAcreateserial",
+                "-out", f["leaf"], "-days", "30", "-extfile", f["ext"])
+        with open(f["leaf"]) as leaf, open(f["ca"]) as ca:
+            write_file(f["cert"], leaf.read() + ca.read(), 0o644)
+        os.chmod(f["ca"], 0o644)
+        self.tls = {"ca": f["ca"], "cert": f["cert"], "key": f["key"]}
+
     def plan_nodes(self):
         width = faultlib.name_width(self.count)
         self.nodes = []
@@ -280,6 +313,8 @@ class Up:
                 "ssh_port": None, "sshd_port": None, "health_port": None, "sshd_index": None,
                 "mount": nd if "disk_full" in k else None,
                 "health_path": self.args.health_path,
+                "health_ok_status": self.args.health_ok_status, "health_body": self.args.health_body,
+                "health_tls": self.tls,
                 "health_faults": {x: k[x] for x in ("health_never", "health_slow", "health_flapping", "rejects_new_build") if x in k},
             })
 
@@ -529,7 +564,8 @@ class Up:
             "shutdown_cmd": "sh " + shlex.quote(n["shutdown_script"]),
             "startup_cmd": "sh " + shlex.quote(n["startup_script"]),
             "health": {"port": n["health_port"], "path": a.health_path,
-                       "timeout_s": a.health_timeout, "interval_s": a.health_interval},
+                       "timeout_s": a.health_timeout, "interval_s": a.health_interval,
+                       **({"type": "https", "ca_file": self.tls["ca"]} if self.tls else {})},
         } for n in self.nodes]}
         write_json_atomic(self.path("inventory.json"), inv)
         write_file(self.path("known_hosts"),
@@ -553,6 +589,7 @@ class Up:
                          if any(g["key"] == "wrong" for g in self.sshds) else None},
             "sshd_options": [f"{k} {v}" for k, v in self.user_opts],
             "health_path": a.health_path, "port_range": [self.lo, self.hi],
+            "health_tls": self.tls,
             "proxy_stats": self.path("run", "proxy-stats.json"),
             "processes": procs,
             "mounts": [n["mount"] for n in self.nodes if n["mount"]],
@@ -697,7 +734,7 @@ class Up:
             try:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
                 server.raise_nofile(4 * self.count + 4096)
-                for step in (self.setup_user_and_keys, self.plan_nodes, self.build_trees, self.group_sshds,
+                for step in (self.setup_user_and_keys, self.make_tls, self.plan_nodes, self.build_trees, self.group_sshds,
                              self.start_everything, self.write_outputs, self.verify_login):
                     t = time.monotonic()
                     step()

@@ -7,6 +7,7 @@
 
 #include "guardia/core/error.hpp"
 #include "guardia/core/sanitizer.hpp"
+#include "guardia/http/health_probe.hpp"
 
 #include <chrono>
 #include <cstdint>
@@ -19,12 +20,21 @@ namespace guardia::deploy {
 // Every struct here declares its default constructor so that none is an aggregate: GCC 12
 // miscompiles braced aggregate temporaries passed by value to coroutines.
 
+// How the HEALTH step decides the node is up (docs/OPERATIONS.md, "Health checks").
 struct HealthSpec {
     HealthSpec() {}
-    std::uint16_t port = 0;  // required in the inventory
-    std::string path = "/";
-    std::chrono::seconds timeout{30};  // "timeout_s": give up after this long
-    std::chrono::seconds interval{2};  // "interval_s": between probes
+    http::ProbeKind type = http::ProbeKind::http;  // "type": http (default), https, tcp, command
+    std::uint16_t port = 0;  // required for http, https and tcp; not given for command
+    std::string path = "/";  // http, https
+    std::chrono::seconds timeout{30};         // "timeout_s": give up after this long
+    std::chrono::seconds interval{2};         // "interval_s": between probes
+    std::chrono::seconds attempt_timeout{5};  // "attempt_timeout_s": one probe at most
+    http::StatusSet expect_status;            // http, https: default [200]
+    std::string body_contains;                // http, https: empty = no body check
+    std::string ca_file;                      // https: absolute path of a PEM bundle
+    std::string tls_server_name;              // https: SNI and verified name instead of host
+    bool insecure_skip_verify = false;        // https: no certificate verification at all
+    std::string command;                      // command: run on the node, exit 0 = healthy
 };
 
 // Exactly one of the three is set.

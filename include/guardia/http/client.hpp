@@ -72,6 +72,9 @@ struct ClientResponse {
 // (errc::invalid_argument) name the file.
 Result<std::shared_ptr<boost::asio::ssl::context>> make_tls_client_context(
     const std::string& ca_file);
+// The same; `system_store` false: only `ca_file` is trusted (the system store when it is empty).
+Result<std::shared_ptr<boost::asio::ssl::context>> make_tls_client_context(
+    const std::string& ca_file, bool system_store);
 
 struct ClientOptions {
     ClientOptions() {}

@@ -1,4 +1,9 @@
-// HTTP health probe: the pipeline's "is the service up" step (the HEALTH step, docs/ARCHITECTURE.md).
+// Health probe: the pipeline's "is the service up" step (the HEALTH step, docs/ARCHITECTURE.md).
+//
+// Four kinds of check (ProbeKind): an HTTP GET (the default), the same over TLS (HTTPS, verified
+// against the system trust store or a CA file, with SNI and host name / IP verification), a
+// bare TCP connect, and a command run by the caller (the pipeline runs it on the node over its
+// SSH session and passes it in as an AttemptFn). One polling loop serves all four.
 //
 // Beast HTTP/1.1 client on the caller's executor: no thread, no blocking call. Every attempt
 // is one GET on a fresh TCP connection with `Connection: close`. Not reusing a connection is
@@ -19,9 +24,51 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
 
 namespace guardia::http {
+
+enum class ProbeKind { http, https, tcp, command };
+
+// "http", "https", "tcp", "command" (and back: nothing for an unknown word).
+std::string_view probe_kind_name(ProbeKind kind);
+bool parse_probe_kind(std::string_view word, ProbeKind& out);
+
+// The HTTP statuses an attempt accepts: single statuses and inclusive ranges, 100..599.
+class StatusSet {
+  public:
+    StatusSet() : ranges_{{200, 200}} {}  // the default: exactly 200
+    // Replaces the default by the first entry added, then accumulates.
+    void add(int lo, int hi);
+    bool contains(int status) const;
+    bool is_default() const { return ranges_.size() == 1 && ranges_[0] == std::pair{200, 200}; }
+    std::string describe() const;  // "200", "200, 204", "200-299, 304"
+
+  private:
+    std::vector<std::pair<int, int>> ranges_;
+    bool explicit_ = false;
+};
+
+// One entry of a status list written as text: "204" or "200-299". Returns what is wrong
+// ("must be a status from 100 to 599", "must be 'LOW-HIGH' with LOW <= HIGH") or adds it.
+Result<void> add_status_entry(StatusSet& set, std::string_view text);
+Result<void> add_status_entry(StatusSet& set, std::int64_t status);
+
+// One attempt's result: `ok` when healthy; otherwise `reason` says why in a few words that fit
+// after "last: " in a message. `status` is the HTTP status (or a command's exit code), 0 when
+// there was none. `code` is set when the attempt got no answer at all (errc::cancelled for a
+// cancelled attempt).
+struct Attempt {
+    Attempt() {}
+    bool ok = false;
+    int status = 0;
+    boost::system::error_code code;
+    std::string reason;
+};
 
 inline constexpr std::size_t max_response_header = 8 * 1024;
 inline constexpr std::size_t max_response_body = 64 * 1024;
@@ -39,7 +86,25 @@ struct HealthCheck {
     // Per attempt (connect + request + answer), capped by what remains of `timeout`.
     std::chrono::milliseconds request_timeout{5000};
     std::string node;  // names the node in messages
+
+    ProbeKind kind = ProbeKind::http;  // command: only through the AttemptFn overload below
+    StatusSet expect_status;           // http/https: the accepted statuses
+    std::string body_contains;         // http/https: a substring the body must contain
+    // https: a PEM bundle to verify against instead of the system trust store; the name sent
+    // as SNI and verified instead of `host`; no verification at all (insecure, by name only).
+    std::string ca_file;
+    std::string tls_server_name;
+    bool insecure_skip_verify = false;
+    std::string command;  // command: for messages ("command 'test -f ...'")
 };
+
+// What the check probes, for messages and the audit log: "https://10.0.0.5:8443/health",
+// "tcp://10.0.0.5:5432", "command 'systemctl is-active app'".
+std::string describe_target(const HealthCheck& check);
+
+// Runs one attempt of a caller-defined check, within `limit` (already capped by what remains
+// of the overall timeout).
+using AttemptFn = std::function<boost::asio::awaitable<Attempt>(std::chrono::milliseconds limit)>;
 
 struct HealthOutcome {
     int attempts = 0;
@@ -50,14 +115,23 @@ struct HealthOutcome {
     std::string last_error;
 };
 
-// Polls GET http://host:port/path, one attempt every `interval` (measured from attempt
-// start; an attempt that overruns the interval is followed at once), until
-// `required_consecutive` consecutive 200s. Any other status, a connect or read error or an
-// attempt's timeout resets the count.
+// Polls the check (GET http(s)://host:port/path, or a TCP connect to host:port), one attempt
+// every `interval` (measured from attempt start; an attempt that overruns the interval is
+// followed at once), until `required_consecutive` consecutive healthy attempts: a status in
+// `expect_status` (and a body holding `body_contains`) or, for tcp, a connection. Anything
+// else (another status, a connect or read error, a TLS verification failure, an attempt's
+// timeout) resets the count.
 // Errors: errc::timeout when `timeout` elapses first, with a message naming node, URL,
 // attempts and the last failure ("...not healthy after 30 s: 15 attempts, last: HTTP 503");
 // errc::cancelled; errc::invalid_argument for an unusable check.
 boost::asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check);
+// The same polling loop around `attempt` (kind command, or any other check the caller runs).
+boost::asio::awaitable<Result<HealthOutcome>> wait_healthy(HealthCheck check, AttemptFn attempt);
+
+// Whether one answer passes the check's status set and body condition; `reason` says why not
+// ("HTTP 503", "HTTP 200 (expected 204)", "HTTP 200 but the body does not contain 'UP'").
+bool answer_accepted(const HealthCheck& check, int status, std::string_view body,
+                     std::string& reason);
 
 // One GET; returns the status whatever it is (a 503 is a value, not an error).
 // Errors: errc::connect_failed (refused, unresolvable), errc::timeout (nothing within

@@ -57,14 +57,20 @@ void check_node(const guardia::deploy::Node& n, std::set<std::string>& names) {
     GUARDIA_FUZZ_CHECK(!guardia::is_system_path(n.deploy_path), n.deploy_path);
     GUARDIA_FUZZ_CHECK(n.tier >= 1 && n.tier <= 3, n.name);
     GUARDIA_FUZZ_CHECK(!has_control(n.inst_id) && !has_control(n.system_name), n.name);
-    for (const std::string* cmd : {&n.shutdown_cmd, &n.startup_cmd}) {
+    for (const std::string* cmd : {&n.shutdown_cmd, &n.startup_cmd, &n.health.command}) {
         GUARDIA_FUZZ_CHECK(cmd->find_first_of(std::string_view("\0\n\r", 3)) == std::string::npos,
                            *cmd);
         if (!cmd->empty()) GUARDIA_FUZZ_CHECK(guardia::sanitize_command(*cmd).has_value(), *cmd);
     }
     if (n.requires_restart)
         GUARDIA_FUZZ_CHECK(!n.shutdown_cmd.empty() && !n.startup_cmd.empty(), n.name);
-    GUARDIA_FUZZ_CHECK(n.health.port != 0, n.name);
+    // A command check has a command and no port; every other type a port and no command.
+    const bool command_check = n.health.type == guardia::http::ProbeKind::command;
+    GUARDIA_FUZZ_CHECK((n.health.port != 0) != command_check, n.name);
+    GUARDIA_FUZZ_CHECK(n.health.command.empty() != command_check, n.name);
+    GUARDIA_FUZZ_CHECK(!(n.health.insecure_skip_verify && !n.health.ca_file.empty()), n.name);
+    if (!n.health.ca_file.empty())
+        GUARDIA_FUZZ_CHECK(is_normal_absolute_path(n.health.ca_file), n.health.ca_file);
     GUARDIA_FUZZ_CHECK(!n.health.path.empty() && n.health.path[0] == '/', n.health.path);
     for (char c : n.health.path)
         GUARDIA_FUZZ_CHECK(static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f,

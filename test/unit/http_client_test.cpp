@@ -1,6 +1,7 @@
 // The outgoing HTTP client (guardia/http/client.hpp) against real loopback servers, plain and
 // TLS (a throw-away self-signed certificate made here).
 #include "guardia/http/client.hpp"
+#include "guardia/http/health_probe.hpp"
 
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
@@ -425,4 +426,69 @@ TEST_CASE("https: the peer must present a certificate trusted and naming the hos
     auto missing = make_tls_client_context("/nonexistent/ca.pem");
     REQUIRE_FALSE(missing.has_value());
     CHECK(missing.error().message.find("/nonexistent/ca.pem") != std::string::npos);
+}
+
+// The HTTPS health probe shares the TLS setup above; here it meets the same TLS test server.
+TEST_CASE("https health checks: CA file, server name, verification failures, insecure") {
+    const TestCert cert = make_cert("IP:127.0.0.1,DNS:localhost");
+    const TempFile ca(cert.cert_pem);
+    asio::io_context ioc;
+    Server server(ioc, &cert);
+    server.answer_body = R"({"status":"UP"})";
+    run(ioc, [&]() -> asio::awaitable<void> {
+        HealthCheck c;
+        c.kind = ProbeKind::https;
+        c.host = "127.0.0.1";
+        c.port = server.port();
+        c.path = "/health";
+        c.node = "web-07";
+        c.interval = 20ms;
+        c.request_timeout = 1s;
+        c.timeout = 2s;
+        c.ca_file = ca.path;
+        c.body_contains = "UP";
+        auto r = co_await wait_healthy(c);
+        REQUIRE(r.has_value());
+        CHECK(r->attempts == 1);
+        CHECK(r->last_status == 200);
+        CHECK(server.seen.target == "/health");
+        CHECK(server.seen.sni.empty());  // no SNI for an address
+
+        c.tls_server_name = "localhost";  // sent as SNI, and the name verified
+        r = co_await wait_healthy(c);
+        REQUIRE(r.has_value());
+        CHECK(server.seen.sni == "localhost");
+
+        const std::string prefix =
+            "web-07: health check https://127.0.0.1:" + std::to_string(server.port()) +
+            "/health not healthy after 0.3 s: ";
+        c.timeout = 300ms;
+        c.tls_server_name = "other.example";
+        r = co_await wait_healthy(c);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().code == errc::timeout);
+        CAPTURE(r.error().message);
+        CHECK(r.error().message.starts_with(prefix));
+        CHECK(r.error().message.ends_with(
+            "last: TLS handshake failed: certificate rejected: hostname mismatch"));
+
+        c.tls_server_name.clear();
+        c.ca_file.clear();  // the system store alone does not know the test certificate
+        r = co_await wait_healthy(c);
+        REQUIRE_FALSE(r.has_value());
+        CAPTURE(r.error().message);
+        CHECK(r.error().message.find("last: TLS handshake failed: certificate rejected: "
+                                     "self-signed certificate") != std::string::npos);
+
+        c.insecure_skip_verify = true;  // asked for by name: no verification at all
+        r = co_await wait_healthy(c);
+        REQUIRE(r.has_value());
+        CHECK(r->last_status == 200);
+
+        c.body_contains = "DOWN";  // still a real answer that must pass the body check
+        r = co_await wait_healthy(c);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().message.ends_with("last: HTTP 200 but the body does not contain 'DOWN'"));
+        server.stop();
+    });
 }

@@ -332,7 +332,7 @@ class OperatorControlTest(ServeTest):
         conf = self.write_json("cli.json", {"rollout": {"tiers": [{"tier": 2, "batch_size": 1}]},
                                             "pipeline": {"keep_backups": 50},
                                             "ssh": {"known_hosts": self.known_hosts}})
-        db = self.path("cli.db")
+        db = self.db        # no service in this test: the CLI's audit database is the test's store
         env = dict(os.environ, **{MARK: WORK_ROOT})
         proc = subprocess.Popen([GUARDIA, "deploy", "--inventory", inv_path, *paths, "--config", conf,
                                  "--db", db, "--sr-id", f"SR-CLI-{self.tag}"],
@@ -381,7 +381,7 @@ class OperatorControlTest(ServeTest):
             if not os.path.exists(db):
                 return {}
             try:
-                return {r["node"]: r["status"] for r in self.q_db(db, "SELECT node, status FROM node_results")}
+                return {r["node"]: r["status"] for r in self.q("SELECT node, status FROM node_results")}
             except Exception:       # the database is being created
                 return {}
         wait("the start line", lambda: seen(lambda l: "deploying to 2 node(s)" in l))
@@ -390,7 +390,7 @@ class OperatorControlTest(ServeTest):
         paused = wait("the PAUSED line", lambda: seen(lambda l: "PAUSED by cli:" in l))
         self.assertIn(f"kill -USR2 {proc.pid}", paused[0])
         rid_rows = wait("the PAUSED rollouts row",
-                        lambda: [r for r in self.q_db(db, "SELECT status FROM rollouts") if r["status"] == "PAUSED"])
+                        lambda: [r for r in self.q("SELECT status FROM rollouts") if r["status"] == "PAUSED"])
         self.assertEqual(len(rid_rows), 1)
         wait("node-0003 to finish while paused", lambda: node_rows().get("node-0003") == "DEPLOYED")
         # The plain progress repeats the paused state every 5 s: seen once more after the node
@@ -415,19 +415,10 @@ class OperatorControlTest(ServeTest):
         after = self.check(*names)
         for n in names:
             self.assert_deployed(before[n], after[n], arts)
-        ev = [r["event"] for r in self.q_db(db, "SELECT event FROM audit_log WHERE event LIKE 'ROLLOUT_%' ORDER BY id")]
+        ev = [r["event"] for r in self.q("SELECT event FROM audit_log WHERE event LIKE 'ROLLOUT_%' ORDER BY id")]
         self.assertEqual(ev, ["ROLLOUT_START", "ROLLOUT_PAUSED", "ROLLOUT_RESUMED", "ROLLOUT_SUCCEEDED"], ev)
-        principal = self.q_db(db, "SELECT principal FROM audit_log WHERE event = 'ROLLOUT_PAUSED'")[0]["principal"]
+        principal = self.q("SELECT principal FROM audit_log WHERE event = 'ROLLOUT_PAUSED'")[0]["principal"]
         self.assertTrue(principal.startswith("cli:"), principal)
-
-    def q_db(self, path, sql, *args):
-        import sqlite3
-        c = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        c.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in c.execute(sql, args)]
-        finally:
-            c.close()
 
 
 load_tests = own_tests(OperatorControlTest)

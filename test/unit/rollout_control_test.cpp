@@ -1,7 +1,10 @@
 // Operator control of a rollout in flight (issue 14): the pure state machine of pause / resume /
-// abort and tier approval, the rollouts row's status, and the tiers' bake_s / approve fields.
+// abort and tier approval, the rollouts row's status, the tiers' bake_s / approve fields, and
+// the service's routes, error codes and webhook events for it.
 #include "guardia/deploy/engine_config.hpp"
 #include "guardia/deploy/rollout.hpp"
+#include "guardia/service/deploy_service.hpp"
+#include "guardia/service/notifier.hpp"
 
 #include <doctest/doctest.h>
 
@@ -140,5 +143,43 @@ TEST_SUITE("engine config: between tiers") {
         REQUIRE_FALSE(str.has_value());
         CHECK(str.error().message.find("rollout.tiers[1].approve: must be true or false") !=
               std::string::npos);
+    }
+}
+
+TEST_SUITE("service: operator control") {
+    using namespace guardia::service;
+    namespace bh = boost::beast::http;
+
+    TEST_CASE("routes: pause and abort need operate; resume also admits validate") {
+        int found = 0;
+        for (const auto& r : DeployService::routes()) {
+            if (r.path == "/api/deploy/{}/pause" || r.path == "/api/deploy/{}/abort") {
+                ++found;
+                CHECK(r.method == "POST");
+                CHECK(r.role == Role::operate);
+                CHECK_FALSE(r.also_role.has_value());
+            } else if (r.path == "/api/deploy/{}/resume") {
+                ++found;
+                CHECK(r.method == "POST");
+                CHECK(r.role == Role::operate);
+                CHECK(r.also_role == Role::validate);
+            }
+        }
+        CHECK(found == 3);
+    }
+
+    TEST_CASE("error codes and HTTP statuses") {
+        CHECK(to_string(ServiceErrc::no_rollout_in_flight) == "no_rollout_in_flight");
+        CHECK(to_string(ServiceErrc::control_refused) == "control_refused");
+        CHECK(to_string(ServiceErrc::approval_needs_validate) == "approval_needs_validate");
+        CHECK(http_status(ServiceErrc::no_rollout_in_flight) == bh::status::conflict);
+        CHECK(http_status(ServiceErrc::control_refused) == bh::status::conflict);
+        CHECK(http_status(ServiceErrc::approval_needs_validate) == bh::status::forbidden);
+    }
+
+    TEST_CASE("webhook events") {
+        for (auto e : {"rollout_paused", "rollout_resumed", "rollout_aborted", "tier_gate"})
+            CHECK(is_known_event(e));
+        CHECK_FALSE(is_known_event("rollout_exploded"));
     }
 }

@@ -939,16 +939,25 @@ asio::awaitable<Result<void>> Pipeline::restart() {
     co_return Result<void>{};
 }
 
-asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
+}  // namespace
+
+http::HealthCheck health_check_for(const Node& node, int required_consecutive) {
     http::HealthCheck hc;
-    hc.host = node_.host;
-    hc.port = node_.health.port;
-    hc.path = node_.health.path;
-    hc.timeout = node_.health.timeout;
-    hc.interval = node_.health.interval;
-    hc.required_consecutive =
-        settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1;
-    hc.node = node_.name;
+    hc.host = node.host;
+    hc.port = node.health.port;
+    hc.path = node.health.path;
+    hc.timeout = node.health.timeout;
+    hc.interval = node.health.interval;
+    hc.required_consecutive = required_consecutive;
+    hc.node = node.name;
+    return hc;
+}
+
+namespace {
+
+asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
+    const http::HealthCheck hc = health_check_for(
+        node_, settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1);
     Step step(
         *this, step_name,
         "http://" + node_.host + ":" + std::to_string(node_.health.port) + node_.health.path +

@@ -736,14 +736,7 @@ asio::awaitable<void> Rollout::Impl::bake_node(std::size_t i, Clock::time_point 
         while (!stopping() && Clock::now() < until) {
             // The HEALTH step's check, non-strict: healthy once it answers 200 within the
             // node's health timeout.
-            http::HealthCheck hc;
-            hc.host = node.host;
-            hc.port = node.health.port;
-            hc.path = node.health.path;
-            hc.timeout = node.health.timeout;
-            hc.interval = node.health.interval;
-            hc.required_consecutive = 1;
-            hc.node = node.name;
+            http::HealthCheck hc = health_check_for(node, 1);
             auto r = co_await http::wait_healthy(hc);
             if (stopping()) break;
             if (!r) {

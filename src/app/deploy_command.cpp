@@ -20,6 +20,7 @@
 #include "guardia/store/database.hpp"
 
 #include <spdlog/spdlog.h>
+#include <pwd.h>
 #include <unistd.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -40,12 +41,19 @@ using namespace guardia::deploy;
 
 namespace {
 
+std::string local_user_name() {
+    if (const passwd* pw = ::getpwuid(::geteuid()); pw && pw->pw_name) return pw->pw_name;
+    return "uid " + std::to_string(::geteuid());
+}
+
 const char* deploy_usage =
     "usage: guardia deploy --inventory FILE --artifact FILE [--artifact FILE ...]\n"
     "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
     "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
     "                      [--json] [--quiet]\n"
-    "                      [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID]\n";
+    "                      [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID]\n"
+    "signals: SIGUSR1 pauses (no new node starts), SIGUSR2 resumes or approves a tier gate\n"
+    "         (rollout.tiers[].approve), SIGINT/SIGTERM cancel\n";
 
 std::string node_state_text(const NodeProgress& n, bool dry_run) {
     if (n.state == NodeState::skipped) return "NOT_STARTED";
@@ -274,6 +282,21 @@ int deploy_command(int argc, char** argv) {
             signals.async_wait(on_signal);
         };
     signals.async_wait(on_signal);
+    // Operator control (docs/OPERATIONS.md): SIGUSR1 pauses, SIGUSR2 resumes or approves a tier
+    // gate. The principal in the audit log is the local user running guardia.
+    asio::signal_set control_signals(ioc, SIGUSR1, SIGUSR2);
+    const std::string operator_name = "cli:" + local_user_name();
+    std::function<void(boost::system::error_code, int)> on_control =
+        [&](boost::system::error_code ec, int sig) {
+            if (ec) return;
+            const bool pause = sig == SIGUSR1;
+            const auto d = pause ? rollout.pause(operator_name) : rollout.resume(operator_name);
+            if (!d.allowed)
+                progress.note(std::string(pause ? "SIGUSR1" : "SIGUSR2") + ": not applied (" +
+                              std::string(to_string(d.refusal)) + ")");
+            control_signals.async_wait(on_control);
+        };
+    control_signals.async_wait(on_control);
 
     if (!quiet)
         std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
@@ -294,6 +317,7 @@ int deploy_command(int argc, char** argv) {
             progress.stop();
             flushed = co_await audit->durable();  // the report below is on disk first
             signals.cancel();
+            control_signals.cancel();
         },
         asio::detached);
     ioc.run();

@@ -2,6 +2,8 @@
 
 #include <boost/asio/post.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
 
 namespace guardia::cli {
@@ -45,6 +47,10 @@ void ProgressDisplay::tick() {
         last_plain_summary_ = Clock::now();
         for (const auto& t : rollout_.progress().tiers)
             if (t.active) print_line(tier_line(t));
+        if (rollout_.progress().control != deploy::ControlState::running)
+            print_line(std::string(to_string(rollout_.progress().control)) +
+                       ": no new node starts (resume: kill -USR2 " + std::to_string(::getpid()) +
+                       ")");
     }
     timer_.expires_after(std::chrono::milliseconds(terminal_ ? 200 : 1000));
     timer_.async_wait([this](boost::system::error_code ec) {
@@ -96,9 +102,12 @@ void ProgressDisplay::redraw() {
         failed += t.failed;
         running += t.in_flight;
     }
+    const std::string control = p.control == deploy::ControlState::running
+                                    ? std::string()
+                                    : "  " + std::string(to_string(p.control));
     std::fprintf(out_,
-                 "\x1b[1mrollout %s\x1b[0m  %zu/%zu done, %zu failed, %zu in flight, %s elapsed\n",
-                 p.rollout_id.c_str(), done, p.nodes.size(), failed, running,
+                 "\x1b[1mrollout %s\x1b[0m%s  %zu/%zu done, %zu failed, %zu in flight, %s elapsed\n",
+                 p.rollout_id.c_str(), control.c_str(), done, p.nodes.size(), failed, running,
                  clock_text(seconds_since(t0_)).c_str());
     block_lines_ = 1;
     for (const auto& t : p.tiers) {
@@ -115,6 +124,36 @@ void ProgressDisplay::print_line(const std::string& line) {
     std::fprintf(out_, "[%s] %s\n", clock_text(seconds_since(t0_)).c_str(), line.c_str());
     if (terminal_ && !stopped_) redraw();
     std::fflush(out_);
+}
+
+void ProgressDisplay::say(const std::string& line) {
+    if (!quiet_) return print_line(line);
+    std::fprintf(out_, "guardia: %s\n", line.c_str());
+    std::fflush(out_);
+}
+
+// Operator control is always said (also under --quiet): a paused rollout says how it goes on.
+void ProgressDisplay::control_changed(const deploy::RolloutReport& r, deploy::ControlRequest request,
+                                      const std::string& by) {
+    const std::string pid = std::to_string(::getpid());
+    switch (request) {
+        case deploy::ControlRequest::pause:
+            say("PAUSED by " + by + ": no new node starts; nodes in flight finish. Resume: kill -USR2 " +
+                pid + " (cancel: kill -INT " + pid + ")");
+            break;
+        case deploy::ControlRequest::resume:
+            say("RESUMED by " + by);
+            break;
+        case deploy::ControlRequest::abort:
+            say("ABORT: " + r.reason + " -- no new node starts; nodes in flight finish");
+            break;
+    }
+}
+
+void ProgressDisplay::tier_gate(const deploy::TierProgress& t) {
+    const std::string pid = std::to_string(::getpid());
+    say("tier " + std::to_string(t.tier) + " done: AWAITING_APPROVAL before the next tier. " +
+        "Approve: kill -USR2 " + pid + " (cancel: kill -INT " + pid + ")");
 }
 
 void ProgressDisplay::note(const std::string& line) {

@@ -25,6 +25,9 @@ class ProgressDisplay : public deploy::RolloutObserver {
     void node_finished(const deploy::NodeProgress&, const deploy::TierProgress&) override;
     void tier_finished(const deploy::TierProgress&) override;
     void gate_tripped(const deploy::TierProgress&, const std::string& reason) override;
+    void control_changed(const deploy::RolloutReport&, deploy::ControlRequest,
+                         const std::string& by) override;
+    void tier_gate(const deploy::TierProgress&) override;
     void note(const std::string& line);  // a permanent line (e.g. "cancelling...")
 
   private:
@@ -33,6 +36,7 @@ class ProgressDisplay : public deploy::RolloutObserver {
     void erase_block();
     std::string tier_line(const deploy::TierProgress& t) const;
     void print_line(const std::string& line);
+    void say(const std::string& line);  // print_line, also under --quiet
 
     boost::asio::steady_timer timer_;
     const deploy::Rollout& rollout_;

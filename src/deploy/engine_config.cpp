@@ -39,7 +39,8 @@ Result<void> read_tiers(const json::value& v, const std::string& src, RolloutCon
         if (!arr[i].is_object())
             return Error(errc::invalid_argument, src + ": " + at + ": must be an object");
         Section s(arr[i].get_object(), src, at);
-        GUARDIA_TRY(s.only({"tier", "batch_size", "mode", "strict_health", "min_sample"}));
+        GUARDIA_TRY(s.only({"tier", "batch_size", "mode", "strict_health", "min_sample", "bake_s",
+                            "approve"}));
         TierPolicy t;
         if (!s.find("tier")) return s.error("tier", "is required");
         GUARDIA_TRY(s.integer("tier", t.tier, 1, 99));
@@ -63,6 +64,10 @@ Result<void> read_tiers(const json::value& v, const std::string& src, RolloutCon
             return s.error("mode", "must be \"sliding\" or \"lockstep\"");
         GUARDIA_TRY(s.boolean("strict_health", t.strict_health));
         GUARDIA_TRY(s.integer("min_sample", t.min_sample, 0, 1000000));
+        std::int64_t bake = 0;
+        GUARDIA_TRY(s.integer("bake_s", bake, 0, 7 * 86400));
+        t.bake = std::chrono::seconds(bake);
+        GUARDIA_TRY(s.boolean("approve", t.approve));
         out.tiers.push_back(t);
     }
     return {};

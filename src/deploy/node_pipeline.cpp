@@ -997,11 +997,13 @@ asio::awaitable<Result<void>> Pipeline::restart() {
     co_return Result<void>{};
 }
 
-asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
-    const HealthSpec& spec = node_.health;
+}  // namespace
+
+http::HealthCheck health_check_for(const Node& node, int required_consecutive) {
+    const HealthSpec& spec = node.health;
     http::HealthCheck hc;
     hc.kind = spec.type;
-    hc.host = node_.host;
+    hc.host = node.host;
     hc.port = spec.port;
     hc.path = spec.path;
     hc.timeout = spec.timeout;
@@ -1013,9 +1015,17 @@ asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
     hc.tls_server_name = spec.tls_server_name;
     hc.insecure_skip_verify = spec.insecure_skip_verify;
     hc.command = spec.command;
-    hc.required_consecutive =
-        settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1;
-    hc.node = node_.name;
+    hc.required_consecutive = required_consecutive;
+    hc.node = node.name;
+    return hc;
+}
+
+namespace {
+
+asio::awaitable<Result<void>> Pipeline::health(const std::string& step_name) {
+    const HealthSpec& spec = node_.health;
+    const http::HealthCheck hc = health_check_for(
+        node_, settings_.strict_health.value_or(node_.tier == 1) ? settings_.strict_consecutive : 1);
     std::string detail = http::describe_target(hc);
     if (hc.required_consecutive > 1)
         detail += " (strict: " + std::to_string(hc.required_consecutive) + " consecutive " +

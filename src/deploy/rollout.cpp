@@ -1,5 +1,6 @@
 #include "guardia/deploy/rollout.hpp"
 
+#include "guardia/http/health_probe.hpp"
 #include "guardia/store/audit_writer.hpp"
 
 #include <spdlog/spdlog.h>
@@ -38,6 +39,93 @@ std::string_view to_string(RolloutStatus status) noexcept {
     return "UNKNOWN";
 }
 
+std::string_view to_string(ControlState state) noexcept {
+    switch (state) {
+        case ControlState::running:
+            return "RUNNING";
+        case ControlState::paused:
+            return "PAUSED";
+        case ControlState::awaiting_approval:
+            return "AWAITING_APPROVAL";
+        case ControlState::stopping:
+            return "STOPPING";
+    }
+    return "UNKNOWN";
+}
+
+std::string_view to_string(ControlRequest request) noexcept {
+    switch (request) {
+        case ControlRequest::pause:
+            return "pause";
+        case ControlRequest::resume:
+            return "resume";
+        case ControlRequest::abort:
+            return "abort";
+    }
+    return "unknown";
+}
+
+std::string_view to_string(ControlRefusal refusal) noexcept {
+    switch (refusal) {
+        case ControlRefusal::none:
+            return "none";
+        case ControlRefusal::already_paused:
+            return "already_paused";
+        case ControlRefusal::not_paused:
+            return "not_paused";
+        case ControlRefusal::awaiting_approval:
+            return "awaiting_approval";
+        case ControlRefusal::approver_required:
+            return "approver_required";
+        case ControlRefusal::operator_required:
+            return "operator_required";
+        case ControlRefusal::stopping:
+            return "rollout_stopping";
+    }
+    return "unknown";
+}
+
+ControlDecision decide_control(ControlState from, ControlRequest request, bool may_approve,
+                               bool may_operate) noexcept {
+    ControlDecision d;
+    auto to = [&d](ControlState next) {
+        d.allowed = true;
+        d.next = next;
+        return d;
+    };
+    auto refuse = [&d](ControlRefusal why) {
+        d.refusal = why;
+        return d;
+    };
+    if (from == ControlState::stopping) return refuse(ControlRefusal::stopping);
+    const bool opens_gate =
+        from == ControlState::awaiting_approval && request == ControlRequest::resume;
+    if (!may_operate && !opens_gate) return refuse(ControlRefusal::operator_required);
+    if (request == ControlRequest::abort) return to(ControlState::stopping);
+    switch (from) {
+        case ControlState::running:
+            return request == ControlRequest::pause ? to(ControlState::paused)
+                                                    : refuse(ControlRefusal::not_paused);
+        case ControlState::paused:
+            return request == ControlRequest::resume ? to(ControlState::running)
+                                                     : refuse(ControlRefusal::already_paused);
+        case ControlState::awaiting_approval:
+            if (request == ControlRequest::pause) return refuse(ControlRefusal::awaiting_approval);
+            return may_approve ? to(ControlState::running)
+                               : refuse(ControlRefusal::approver_required);
+        case ControlState::stopping:
+            break;
+    }
+    return refuse(ControlRefusal::stopping);
+}
+
+std::string_view stored_status(RolloutStatus status, ControlState control) noexcept {
+    if (status != RolloutStatus::running) return to_string(status);
+    if (control == ControlState::paused || control == ControlState::awaiting_approval)
+        return to_string(control);
+    return to_string(status);
+}
+
 Result<void> validate_rollout(const RolloutConfig& config, const Inventory& inventory) {
     auto bad = [](const std::string& field, const std::string& what) {
         return Error(errc::invalid_argument, "rollout." + field + ": " + what);
@@ -63,6 +151,17 @@ Result<void> validate_rollout(const RolloutConfig& config, const Inventory& inve
             return Error(errc::invalid_argument,
                          "node '" + n.name + "': field 'tier': tier " + std::to_string(n.tier) +
                              " is not in the rollout configuration (rollout.tiers)");
+    // The bake probes from the deploy host; a command check needs the node's SSH session,
+    // which a deployed node no longer holds while its tier bakes.
+    for (std::size_t i = 0; i < config.tiers.size(); ++i) {
+        if (config.tiers[i].bake.count() <= 0) continue;
+        for (const auto& n : inventory.nodes)
+            if (n.tier == config.tiers[i].tier && n.health.type == http::ProbeKind::command)
+                return bad("tiers[" + std::to_string(i) + "].bake_s",
+                           "node '" + n.name +
+                               "' has a command health check, which the bake cannot probe "
+                               "(use http, https or tcp for nodes of a baking tier)");
+    }
     return {};
 }
 
@@ -88,6 +187,8 @@ struct Rollout::Impl {
     struct Slot {
         explicit Slot(const asio::any_io_executor& ex) : deadline(ex) {}
         asio::cancellation_signal signal;
+        asio::cancellation_signal bake_signal;  // stops its bake probes (cancel())
+        bool baking = false;
         asio::steady_timer deadline;
         std::size_t tier_index = 0;
         bool body_started = false;  // only then may the signal be emitted (see cancel())
@@ -151,8 +252,18 @@ struct Rollout::Impl {
     asio::awaitable<void> node_body(std::size_t i);
     asio::awaitable<void> roll_back_deployed();
     void node_finished(std::size_t i, NodeReport r);
+    void judge_failure(std::size_t t, bool batch_boundary);
     void check_gate(std::size_t t, bool batch_boundary);
-    void abort(std::string reason);
+    void abort(std::string reason, const std::string& step = "GATE",
+               const std::string& principal = {});
+    asio::awaitable<void> bake_tier(std::size_t t, const std::vector<std::size_t>& members);
+    asio::awaitable<void> bake_node(std::size_t i, Clock::time_point until);
+    asio::awaitable<void> await_approval(std::size_t t);
+    ControlState control_state() const {
+        return stopping() || finished ? ControlState::stopping : report.control;
+    }
+    ControlDecision control(ControlRequest request, const std::string& principal,
+                            bool may_approve, bool may_operate, std::optional<AbortPolicy> policy);
     void stop_for_audit(const std::string& why);
     void request_stop(std::size_t i);
     void cancel(std::string reason);
@@ -169,7 +280,8 @@ struct Rollout::Impl {
     void notify() { wake.cancel(); }
 
     void audit(const std::string& step, const std::string& event, std::string detail,
-               std::optional<std::int64_t> duration_ms = std::nullopt) {
+               std::optional<std::int64_t> duration_ms = std::nullopt,
+               const std::string& principal = {}, const std::string& node = {}) {
         if (settings.logger)
             settings.logger->info("rollout {}: {} {} {}", settings.rollout_id, step, event, detail);
         if (!settings.audit) return;
@@ -180,6 +292,8 @@ struct Rollout::Impl {
         e.event = event;
         e.detail = std::move(detail);
         e.duration_ms = duration_ms;
+        e.principal = principal;
+        e.node = node;
         settings.audit->record(std::move(e));
     }
     void store_rollout() {
@@ -187,7 +301,7 @@ struct Rollout::Impl {
         store::RolloutRecord r;
         r.id = settings.rollout_id;
         r.sr_id = settings.sr_id;
-        r.status = std::string(to_string(report.status));
+        r.status = std::string(stored_status(report.status, report.control));
         r.reason = report.reason;
         r.created_ms = created_ms;
         r.owner = settings.owner;
@@ -229,6 +343,8 @@ struct Rollout::Impl {
     std::size_t in_flight = 0;
     bool aborted = false, cancelled = false;
     bool draining = false;    // aborted by stop_starting(), not by the gate
+    bool finished = false;    // run() has returned
+    std::optional<AbortPolicy> abort_policy;  // an operator's abort chose it
     asio::steady_timer wake;  // the scheduler's condition variable
     asio::steady_timer pace;  // spacing of node starts (connections per second)
     Clock::time_point next_start{};
@@ -256,10 +372,14 @@ asio::awaitable<RolloutReport> Rollout::Impl::run() {
         if (auto d = co_await settings.audit->durable(); !d) stop_for_audit(d.error().message);
     }
 
-    for (std::size_t t = 0; t < config.tiers.size(); ++t) co_await run_tier(t);
+    for (std::size_t t = 0; t < config.tiers.size(); ++t) {
+        co_await run_tier(t);
+        if (!stopping() && !dry_run && config.tiers[t].approve) co_await await_approval(t);
+    }
 
     // A drain (service stopping) is not a failure of the release: nothing is rolled back for it.
-    if (aborted && !draining && config.on_abort == AbortPolicy::roll_back_all && !dry_run)
+    if (aborted && !draining && abort_policy.value_or(config.on_abort) == AbortPolicy::roll_back_all &&
+        !dry_run)
         co_await roll_back_deployed();
 
     for (const auto& n : report.nodes) {
@@ -284,6 +404,7 @@ asio::awaitable<RolloutReport> Rollout::Impl::run() {
                                  : " node(s) failed (the safety gate held)");
     }
     report.duration = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+    finished = true;
     store_rollout();
     audit("ROLLOUT", "ROLLOUT_" + std::string(to_string(report.status)),
           std::to_string(report.deployed) + " deployed, " + std::to_string(report.failed) +
@@ -342,6 +463,7 @@ asio::awaitable<void> Rollout::Impl::run_tier(std::size_t t) {
     // The whole tier is judged once more at its end (a tier smaller than the minimum sample
     // is judged only here).
     if (!stopping()) check_gate(t, true);
+    if (!stopping() && !dry_run && policy.bake.count() > 0) co_await bake_tier(t, members);
     skip_rest();
     tier.active = false;
     tier.complete = true;
@@ -357,7 +479,11 @@ asio::awaitable<void> Rollout::Impl::run_tier(std::size_t t) {
 // Waits for a free session and for the pace of new connections, then spawns the node.
 // Returns false (nothing started) when the rollout stops meanwhile.
 asio::awaitable<bool> Rollout::Impl::start_node(std::size_t i) {
-    while (!stopping() && in_flight >= config.max_sessions) co_await wait_for_change();
+    // Paused (or a tier gate waiting): no node starts until resume. A node not started has
+    // no deadline running (its deadline starts with its pipeline).
+    while (!stopping() &&
+           (report.control != ControlState::running || in_flight >= config.max_sessions))
+        co_await wait_for_change();
     if (stopping()) co_return false;
     if (config.max_connections_per_second > 0) {
         const auto now = Clock::now();
@@ -453,17 +579,22 @@ void Rollout::Impl::node_finished(std::size_t i, NodeReport r) {
     store_node(i, dry_run ? (ok ? "DRY_RUN_OK" : "DRY_RUN_FAILED")
                           : std::string(to_string(progress.report.outcome)));
     if (observer) observer->node_finished(progress, tier);
-    if (!stopping()) {
-        std::size_t failed_total = 0;
-        for (const auto& tp : report.tiers) failed_total += tp.failed;
-        if (!dry_run && config.max_failed_nodes > 0 && failed_total >= config.max_failed_nodes)
-            abort(std::to_string(failed_total) +
-                  " node(s) failed: the rollout-wide cap (max_failed_nodes " +
-                  std::to_string(config.max_failed_nodes) + ") is reached");
-        else if (config.tiers[t].mode == WindowMode::sliding)
-            check_gate(t, false);
-    }
+    judge_failure(t, false);
     notify();
+}
+
+// After a node finished or failed its bake: the rollout-wide cap, then (sliding window, or a
+// bake failure: `batch_boundary`) the tier's gate.
+void Rollout::Impl::judge_failure(std::size_t t, bool batch_boundary) {
+    if (stopping()) return;
+    std::size_t failed_total = 0;
+    for (const auto& tp : report.tiers) failed_total += tp.failed;
+    if (!dry_run && config.max_failed_nodes > 0 && failed_total >= config.max_failed_nodes)
+        abort(std::to_string(failed_total) +
+              " node(s) failed: the rollout-wide cap (max_failed_nodes " +
+              std::to_string(config.max_failed_nodes) + ") is reached");
+    else if (batch_boundary || config.tiers[t].mode == WindowMode::sliding)
+        check_gate(t, batch_boundary);
 }
 
 // The safety gate. `batch_boundary`: a lock-step batch or the tier has just ended, so the
@@ -489,12 +620,182 @@ void Rollout::Impl::check_gate(std::size_t t, bool batch_boundary) {
     abort(reason);
 }
 
-void Rollout::Impl::abort(std::string reason) {
+void Rollout::Impl::abort(std::string reason, const std::string& step,
+                          const std::string& principal) {
     if (stopping()) return;
     aborted = true;
     report.reason = reason;
-    audit("GATE", "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts");
+    audit(step, "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts",
+          std::nullopt, principal);
     pace.cancel();
+    notify();
+}
+
+ControlDecision Rollout::Impl::control(ControlRequest request, const std::string& principal,
+                                       bool may_approve, bool may_operate,
+                                       std::optional<AbortPolicy> policy) {
+    const ControlState from = control_state();
+    const ControlDecision d = decide_control(from, request, may_approve, may_operate);
+    if (!d.allowed) return d;
+    const std::string who = principal.empty() ? std::string("an operator") : "'" + principal + "'";
+    switch (request) {
+        case ControlRequest::pause:
+            report.control = ControlState::paused;
+            report.control_by = principal;
+            audit("ROLLOUT", "ROLLOUT_PAUSED",
+                  "paused by " + who + ": no new node starts; " + std::to_string(in_flight) +
+                      " node(s) in flight finish their pipeline",
+                  std::nullopt, principal);
+            break;
+        case ControlRequest::resume:
+            report.control = ControlState::running;
+            report.control_by = principal;
+            if (from == ControlState::awaiting_approval) {
+                audit("TIER", "TIER_APPROVED",
+                      "tier " + std::to_string(report.awaiting_tier) + " approved by " + who +
+                          ": the next tier starts",
+                      std::nullopt, principal);
+                report.awaiting_tier = 0;
+            } else {
+                audit("ROLLOUT", "ROLLOUT_RESUMED", "resumed by " + who, std::nullopt, principal);
+            }
+            break;
+        case ControlRequest::abort: {
+            if (policy) abort_policy = policy;
+            const auto effective = abort_policy.value_or(config.on_abort);
+            audit("ROLLOUT", "ROLLOUT_ABORT_REQUESTED",
+                  "abort requested by " + who + " (on_abort " +
+                      (effective == AbortPolicy::roll_back_all ? "roll_back_all" : "keep_deployed") +
+                      ")",
+                  std::nullopt, principal);
+            report.control = ControlState::running;
+            report.control_by = principal;
+            report.awaiting_tier = 0;
+            abort("aborted by " + who, "ROLLOUT", principal);
+            break;
+        }
+    }
+    store_rollout();
+    if (observer) observer->control_changed(report, request, principal);
+    notify();
+    return d;
+}
+
+// After a tier with `approve` (and its bake): waits for a resume by an approver, unless no
+// later tier has a node. A pause at the boundary is honoured first.
+asio::awaitable<void> Rollout::Impl::await_approval(std::size_t t) {
+    bool more = false;
+    for (std::size_t u = t + 1; u < report.tiers.size(); ++u) more = more || report.tiers[u].total > 0;
+    if (!more || report.tiers[t].total == 0) co_return;
+    while (!stopping() && report.control == ControlState::paused) co_await wait_for_change();
+    if (stopping()) co_return;
+    const TierProgress& tier = report.tiers[t];
+    report.control = ControlState::awaiting_approval;
+    report.awaiting_tier = tier.tier;
+    audit("TIER", "TIER_APPROVAL_WAIT",
+          "tier " + std::to_string(tier.tier) + " done (" +
+              std::to_string(tier.finished - tier.failed) + " deployed, " +
+              std::to_string(tier.failed) + " failed): the next tier waits for an approver's resume");
+    store_rollout();
+    if (observer) observer->tier_gate(tier);
+    while (!stopping() && report.control == ControlState::awaiting_approval)
+        co_await wait_for_change();
+    // A pause right after the approval is honoured by start_node.
+}
+
+// Bake: the tier's DEPLOYED nodes are probed until the bake ends; a node that turns unhealthy
+// is rolled back from its backup (bake_node) and judged by the gate at once.
+asio::awaitable<void> Rollout::Impl::bake_tier(std::size_t t,
+                                               const std::vector<std::size_t>& members) {
+    const TierPolicy& policy = config.tiers[t];
+    TierProgress& tier = report.tiers[t];
+    std::vector<std::size_t> todo;
+    for (auto i : members)
+        if (report.nodes[i].state == NodeState::done &&
+            report.nodes[i].report.outcome == NodeOutcome::deployed)
+            todo.push_back(i);
+    if (todo.empty()) co_return;
+    tier.baking = true;
+    audit("TIER", "BAKE_START",
+          "tier " + std::to_string(policy.tier) + ": probing " + std::to_string(todo.size()) +
+              " deployed node(s) for " + std::to_string(policy.bake.count()) + " s");
+    const auto until = Clock::now() + policy.bake;
+    std::size_t running = todo.size();
+    for (auto i : todo) {
+        slots[i]->baking = true;
+        asio::co_spawn(executor, bake_node(i, until),
+                       asio::bind_cancellation_slot(slots[i]->bake_signal.slot(),
+                                                    [this, &running](std::exception_ptr) {
+                                                        --running;
+                                                        notify();
+                                                    }));
+    }
+    while (running > 0) co_await wait_for_change();
+    tier.baking = false;
+    audit("TIER", "BAKE_DONE",
+          "tier " + std::to_string(policy.tier) + ": " + std::to_string(tier.bake_failed) + " of " +
+              std::to_string(todo.size()) + " node(s) turned unhealthy" +
+              (stopping() ? " (the bake ended early: the rollout is stopping)" : ""));
+}
+
+asio::awaitable<void> Rollout::Impl::bake_node(std::size_t i, Clock::time_point until) {
+    const Node& node = inventory.nodes[i];
+    Slot& slot = *slots[i];
+    std::optional<Error> failure;
+    try {
+        asio::steady_timer pause_timer(executor);
+        while (!stopping() && Clock::now() < until) {
+            // The HEALTH step's check, non-strict: healthy once it answers 200 within the
+            // node's health timeout.
+            http::HealthCheck hc = health_check_for(node, 1);
+            auto r = co_await http::wait_healthy(hc);
+            if (stopping()) break;
+            if (!r) {
+                if (r.error().code != errc::cancelled) failure = r.error();
+                break;
+            }
+            pause_timer.expires_after(node.health.interval);
+            boost::system::error_code ec;
+            co_await pause_timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) break;
+        }
+    } catch (const std::exception&) {
+        // cancelled (the rollout was cancelled): the node stays as it is
+    }
+    slot.baking = false;  // from here on nothing cancels it: a half-done restore helps nobody
+    if (!failure || cancelled) co_return;
+    auto& progress = report.nodes[i];
+    const std::size_t t = slot.tier_index;
+    TierProgress& tier = report.tiers[t];
+    const std::string why = "node '" + node.name + "': BAKE: " + failure->message;
+    audit("BAKE", "BAKE_FAILED", why + "; rolling back from " + progress.report.backup_path,
+          std::nullopt, {}, node.name);
+    progress.step = "BAKE";
+    store_node(i, "RUNNING");  // a crash from here on: recovery restores it from its backup
+    NodeReport rb;
+    try {
+        const std::string backup = progress.report.backup_path;
+        rb = co_await rollback_node(node, backup, tier_settings[t]);
+    } catch (const std::exception& e) {
+        rb.outcome = NodeOutcome::rollback_failed;
+        rb.error = Error(errc::invalid_argument, std::string("rollback: ") + e.what());
+    }
+    NodeReport r = progress.report;
+    r.failed_step = "BAKE";
+    r.error = Error(failure->code, why);
+    if (rb.outcome == NodeOutcome::rolled_back) {
+        r.outcome = NodeOutcome::rolled_back;
+    } else {
+        r.outcome = NodeOutcome::rollback_failed;
+        r.rollback_error = rb.error.message;
+    }
+    progress.report = std::move(r);
+    progress.step = "BAKE";
+    ++tier.failed;
+    ++tier.bake_failed;
+    store_node(i, std::string(to_string(progress.report.outcome)));
+    if (observer) observer->node_finished(progress, tier);
+    judge_failure(t, true);
     notify();
 }
 
@@ -527,8 +828,13 @@ void Rollout::Impl::cancel(std::string reason) {
     else
         report.reason += "; then cancelled: " + reason;
     audit("ROLLOUT", "ROLLOUT_CANCEL", reason + "; nodes in flight are stopped and cleaned up");
-    for (std::size_t i = 0; i < slots.size(); ++i)
+    for (std::size_t i = 0; i < slots.size(); ++i) {
         if (report.nodes[i].state == NodeState::running) request_stop(i);
+        if (slots[i]->baking) {
+            slots[i]->baking = false;
+            slots[i]->bake_signal.emit(asio::cancellation_type::terminal);
+        }
+    }
     pace.cancel();
     notify();
 }
@@ -608,6 +914,23 @@ void Rollout::cancel(std::string reason) {
 void Rollout::stop_starting(std::string reason) {
     if (!impl_->stopping()) impl_->draining = true;
     impl_->abort(std::move(reason));
+}
+
+ControlDecision Rollout::pause(const std::string& principal) {
+    return impl_->control(ControlRequest::pause, principal, false, true, std::nullopt);
+}
+
+ControlDecision Rollout::resume(const std::string& principal, bool may_approve, bool may_operate) {
+    return impl_->control(ControlRequest::resume, principal, may_approve, may_operate,
+                          std::nullopt);
+}
+
+ControlDecision Rollout::abort(std::optional<AbortPolicy> on_abort, const std::string& principal) {
+    return impl_->control(ControlRequest::abort, principal, false, true, on_abort);
+}
+
+ControlState Rollout::control_state() const {
+    return impl_->control_state();
 }
 
 const RolloutReport& Rollout::progress() const {

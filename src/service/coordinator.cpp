@@ -91,6 +91,13 @@ json::object payload_of(const store::TaskRecord& t) {
     return std::move(v.get_object());
 }
 
+json::object tier_counts(const deploy::TierProgress& t) {
+    return json::object{{"total", t.total},
+                        {"deployed", t.finished - t.failed},
+                        {"failed", t.failed},
+                        {"not_started", t.total - t.started}};
+}
+
 // Which nodes of `report` ended on the new build.
 std::vector<deploy::Node> deployed_in(const deploy::RolloutReport& report) {
     std::vector<deploy::Node> out;
@@ -186,6 +193,17 @@ asio::awaitable<void> Coordinator::Impl::notify(std::string_view event, const st
     if (!r)
         logger->error("SR {}: could not queue the {} notification: {}", t.sr_id, event,
                       r.error().message);
+}
+
+void Coordinator::Impl::notify_later(std::string_view event, const store::TaskRecord& t,
+                                     json::object extra) {
+    if (!deps.notifier) return;
+    auto self = shared_from_this();
+    asio::co_spawn(
+        executor,
+        [self, ev = std::string(event), t, extra = std::move(extra)]() mutable
+        -> asio::awaitable<void> { co_await self->notify(ev, t, std::move(extra)); },
+        asio::detached);
 }
 
 // --- Impl: inventory, artifacts ---------------------------------------------------------------
@@ -977,11 +995,21 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
         std::make_unique<deploy::Rollout>(m.executor, std::move(*inventory), std::move(*specs),
                                           m.deps.engine.rollout, std::move(settings));
     Impl* self = &m;
-    w->step_timer = std::make_unique<StepTimer>([self](const std::string& step, double s) {
-        auto& st = self->stats.steps[step];
-        st.sum += s;
-        ++st.count;
-    });
+    std::weak_ptr<Work> weak = w;
+    w->step_timer = std::make_unique<WorkObserver>(
+        [self](const std::string& step, double s) {
+            auto& st = self->stats.steps[step];
+            st.sum += s;
+            ++st.count;
+        },
+        [self, weak](const deploy::TierProgress& tier) {
+            auto work = weak.lock();
+            if (!work) return;
+            json::object extra{{"tier", tier.tier},
+                               {"awaiting_approval", true},
+                               {"counts", tier_counts(tier)}};
+            self->notify_later(event_tier_gate, work->task, std::move(extra));
+        });
     w->rollout->set_observer(w->step_timer.get());
     if (m.stopping)  // drain() began while this trigger was hashing or writing DEPLOYING
         w->rollout->stop_starting("service stopping (SIGTERM): no new node starts");
@@ -1122,6 +1150,102 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::rollback(std::s
     a.status = 202;
     a.body = json::object{{"sr_id", sr_id}, {"status", to_string(TaskStatus::rolling_back)}};
     a.work = w;
+asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::control(ControlCall call,
+                                                                         std::string principal) {
+    Impl& m = *impl_;
+    const std::string sr_id = call.sr_id;
+    auto it = m.active.find(sr_id);
+    if (it == m.active.end() || it->second->kind != WorkKind::deploy || !it->second->rollout) {
+        auto task = co_await m.read([&](store::Database& db) { return db.task(sr_id); });
+        if (!task) co_return store_error(task.error());
+        if (!*task) co_return no_task(sr_id);
+        co_return ServiceError(ServiceErrc::no_rollout_in_flight,
+                               "SR " + sr_id + " has no rollout in flight (task " +
+                                   (*task)->status + "): nothing to " +
+                                   std::string(deploy::to_string(call.request)));
+    }
+    std::shared_ptr<Work> w = it->second;
+    deploy::Rollout& rollout = *w->rollout;
+    const deploy::ControlState before = rollout.control_state();
+    deploy::ControlDecision d;
+    switch (call.request) {
+        case deploy::ControlRequest::pause:
+            d = rollout.pause(principal);
+            break;
+        case deploy::ControlRequest::resume:
+            d = rollout.resume(principal, call.may_approve, call.may_operate);
+            break;
+        case deploy::ControlRequest::abort:
+            d = rollout.abort(call.on_abort, principal);
+            break;
+    }
+    if (!d.allowed) {
+        const std::string state(deploy::to_string(before));
+        ServiceError e;
+        if (d.refusal == deploy::ControlRefusal::operator_required) {
+            e = ServiceError(ServiceErrc::forbidden,
+                             "client '" + principal + "' lacks the role 'operate' that " +
+                                 std::string(deploy::to_string(call.request)) +
+                                 " needs (rollout " + w->rollout_id + " is " + state +
+                                 "; the role 'validate' only opens a tier gate)");
+        } else if (d.refusal == deploy::ControlRefusal::approver_required) {
+            e = ServiceError(ServiceErrc::approval_needs_validate,
+                             "rollout " + w->rollout_id + " waits for approval of tier " +
+                                 std::to_string(rollout.progress().awaiting_tier) +
+                                 ": only a client with the role 'validate' may resume it ('" +
+                                 principal + "' lacks it)");
+        } else {
+            std::string why;
+            switch (d.refusal) {
+                case deploy::ControlRefusal::already_paused:
+                    why = "it is paused already";
+                    break;
+                case deploy::ControlRefusal::not_paused:
+                    why = "it is not paused";
+                    break;
+                case deploy::ControlRefusal::awaiting_approval:
+                    why = "it waits for a tier approval already (no node starts)";
+                    break;
+                default:
+                    why = "it is stopping (aborted, cancelled or ending)";
+                    break;
+            }
+            e = ServiceError(ServiceErrc::control_refused,
+                             "cannot " + std::string(deploy::to_string(call.request)) +
+                                 " rollout " + w->rollout_id + " of SR " + sr_id + ": " + why);
+        }
+        e.details["state"] = state;
+        e.details["refusal"] = deploy::to_string(d.refusal);
+        co_return e;
+    }
+    // The audit rows and the rollouts row's new status are durable before the answer.
+    if (auto ok = co_await m.durable(); !ok) co_return store_error(ok.error());
+    const auto& p = rollout.progress();
+    json::object extra{{"principal", principal},
+                       {"rollout_state", deploy::to_string(rollout.control_state())}};
+    std::string_view hook = event_rollout_paused;
+    if (call.request == deploy::ControlRequest::resume) {
+        hook = event_rollout_resumed;
+        if (before == deploy::ControlState::awaiting_approval) extra["approved_tier"] = true;
+    } else if (call.request == deploy::ControlRequest::abort) {
+        hook = event_rollout_aborted;
+        extra["reason"] = p.reason;
+        const auto policy = call.on_abort.value_or(m.deps.engine.rollout.on_abort);
+        extra["on_abort"] =
+            policy == deploy::AbortPolicy::roll_back_all ? "roll_back_all" : "keep_deployed";
+    }
+    co_await m.notify(hook, w->task, std::move(extra));
+    Answer a;
+    a.status = call.request == deploy::ControlRequest::abort ? 202 : 200;
+    a.body = json::object{{"sr_id", sr_id},
+                          {"rollout_id", w->rollout_id},
+                          {"state", deploy::to_string(rollout.control_state())},
+                          {"previous_state", deploy::to_string(before)},
+                          {"by", principal}};
+    if (call.request == deploy::ControlRequest::abort) {
+        a.body["reason"] = p.reason;
+        a.work = w;
+    }
     co_return a;
 }
 

@@ -42,6 +42,20 @@ class StepTimer : public deploy::RolloutObserver {
     std::map<std::string, std::pair<std::string, Clock::time_point>> open_;
 };
 
+// A rollout's observer in the service: step timings, plus the tier gate's webhook.
+class WorkObserver : public StepTimer {
+  public:
+    WorkObserver(std::function<void(const std::string&, double)> sink,
+                 std::function<void(const deploy::TierProgress&)> on_gate)
+        : StepTimer(std::move(sink)), on_gate_(std::move(on_gate)) {}
+    void tier_gate(const deploy::TierProgress& t) override {
+        if (on_gate_) on_gate_(t);
+    }
+
+  private:
+    std::function<void(const deploy::TierProgress&)> on_gate_;
+};
+
 enum class WorkKind { deploy, verdict, rollback };
 
 struct Coordinator::Work {
@@ -54,7 +68,7 @@ struct Coordinator::Work {
     std::string rollout_id;
     std::int64_t created_ms = 0;
     std::unique_ptr<deploy::Rollout> rollout;
-    std::unique_ptr<StepTimer> step_timer;
+    std::unique_ptr<WorkObserver> step_timer;
     bool resumed = false;  // a PM rollback the previous process left unfinished
     bool operator_rollback = false;  // rollback kind: asked by an operator, not a PM's rejection
     bool done = false;
@@ -105,6 +119,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
                                                  const std::string& principal);
     boost::asio::awaitable<void> notify(std::string_view event, const store::TaskRecord& t,
                                         boost::json::object extra);
+    // The same, without waiting (from a rollout observer's callback on the loop).
+    void notify_later(std::string_view event, const store::TaskRecord& t,
+                      boost::json::object extra);
 
     // --- inventory, artifacts, claims ----------------------------------------------------------
     Result<deploy::Inventory> inventory_from(const std::vector<store::InventoryNodeRecord>& rows,

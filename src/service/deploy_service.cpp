@@ -34,6 +34,7 @@ bh::status http_status(ServiceErrc code) noexcept {
         case ServiceErrc::four_eyes:
         case ServiceErrc::path_refused:
         case ServiceErrc::path_form_disabled:
+        case ServiceErrc::approval_needs_validate:
             return bh::status::forbidden;
         case ServiceErrc::payload_too_large:
             return bh::status::payload_too_large;
@@ -42,6 +43,8 @@ bh::status http_status(ServiceErrc code) noexcept {
         case ServiceErrc::conflict:
         case ServiceErrc::node_claimed:
         case ServiceErrc::approval_mismatch:
+        case ServiceErrc::no_rollout_in_flight:
+        case ServiceErrc::control_refused:
             return bh::status::conflict;
         case ServiceErrc::checksum_mismatch:
         case ServiceErrc::idempotency_key_reused:
@@ -189,6 +192,7 @@ struct DeployService::Impl {
         std::vector<std::string_view> pattern;  // "*": any one segment
         std::optional<Role> role;               // nullopt: public (no token)
         Handler handler;
+        std::optional<Role> also_role{};        // a second role that admits the caller too
     };
     static const std::vector<Route>& routes();
 
@@ -210,6 +214,16 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> validation(const Call& c);
     asio::awaitable<http::Response> operator_rollback(const Call& c);
     asio::awaitable<http::Response> deploy_status(const Call& c);
+    asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
+    asio::awaitable<http::Response> pause(const Call& c) {
+        return control(c, deploy::ControlRequest::pause);
+    }
+    asio::awaitable<http::Response> resume(const Call& c) {
+        return control(c, deploy::ControlRequest::resume);
+    }
+    asio::awaitable<http::Response> abort(const Call& c) {
+        return control(c, deploy::ControlRequest::abort);
+    }
     asio::awaitable<http::Response> audit_page(const Call& c);
     asio::awaitable<http::Response> healthz(const Call& c);
     asio::awaitable<http::Response> metrics(const Call& c);
@@ -231,6 +245,10 @@ const std::vector<DeployService::Impl::Route>& DeployService::Impl::routes() {
         {bh::verb::post, {"api", "deploy", "trigger"}, R::submit, &Impl::trigger},
         {bh::verb::get, {"api", "deploy", "*"}, R::read, &Impl::deploy_status},
         {bh::verb::post, {"api", "deploy", "*", "rollback"}, R::operate, &Impl::operator_rollback},
+        // Operator control of a rollout in flight; a validate client may resume a tier gate.
+        {bh::verb::post, {"api", "deploy", "*", "pause"}, R::operate, &Impl::pause},
+        {bh::verb::post, {"api", "deploy", "*", "resume"}, R::operate, &Impl::resume, R::validate},
+        {bh::verb::post, {"api", "deploy", "*", "abort"}, R::operate, &Impl::abort},
         {bh::verb::get, {"api", "audit"}, R::read, &Impl::audit_page},
     };
     return table;
@@ -243,6 +261,7 @@ std::vector<RouteInfo> DeployService::routes() {
         i.method = std::string(bh::to_string(r.method));
         for (auto p : r.pattern) i.path += "/" + std::string(p == "*" ? "{}" : p);
         i.role = r.role;
+        i.also_role = r.also_role;
         out.push_back(std::move(i));
     }
     return out;
@@ -309,11 +328,16 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         r.set(bh::field::allow, allowed);
         co_return r;
     }
-    if (route->role && !who->roles.has(*route->role))
+    if (route->role && !who->roles.has(*route->role) &&
+        !(route->also_role && who->roles.has(*route->also_role)))
         co_return error_answer(
             req, ServiceError(ServiceErrc::forbidden,
                               "client '" + who->name + "' lacks the role '" +
-                                  std::string(to_string(*route->role)) + "' that " +
+                                  std::string(to_string(*route->role)) + "'" +
+                                  (route->also_role
+                                       ? " (or '" + std::string(to_string(*route->also_role)) + "')"
+                                       : std::string()) +
+                                  " that " +
                                   std::string(bh::to_string(route->method)) + " " +
                                   printable(req.target().substr(0, req.target().find('?'))) +
                                   " needs"));
@@ -552,6 +576,39 @@ asio::awaitable<http::Response> DeployService::Impl::operator_rollback(const Cal
     }
     auto r = co_await coordinator.rollback(c.seg[2], c.principal());
     co_return co_await work_answer(c, std::move(r), wait);
+// POST /api/deploy/{sr_id}/pause|resume|abort: the body is optional ({} or absent); abort
+// takes {"on_abort": "keep_deployed"|"roll_back_all"} (default: the configured policy).
+asio::awaitable<http::Response> DeployService::Impl::control(const Call& c,
+                                                             deploy::ControlRequest request) {
+    auto q = http::query_params(c.req.target());
+    if (!q) co_return error_answer(c.req, bad("malformed query string"));
+    Coordinator::ControlCall call;
+    call.sr_id = c.seg[2];
+    call.request = request;
+    call.may_operate = c.who && c.who->roles.has(Role::operate);
+    call.may_approve = c.who && c.who->roles.has(Role::validate);
+    if (!c.req.body().empty()) {
+        auto parsed = http::parse_json_object(c.req, coordinator.deps().service.max_json_depth);
+        if (auto* r = std::get_if<http::Response>(&parsed)) co_return std::move(*r);
+        auto& body = std::get<json::object>(parsed);
+        if (request == deploy::ControlRequest::abort) {
+            if (auto ok = only_fields(body, {"on_abort"}); !ok)
+                co_return error_answer(c.req, ok.error());
+            auto policy = optional_string(body, "on_abort", 32);
+            if (!policy) co_return error_answer(c.req, policy.error());
+            if (*policy == "keep_deployed")
+                call.on_abort = deploy::AbortPolicy::keep_deployed;
+            else if (*policy == "roll_back_all")
+                call.on_abort = deploy::AbortPolicy::roll_back_all;
+            else if (body.contains("on_abort"))
+                co_return error_answer(
+                    c.req, bad("on_abort: must be \"keep_deployed\" or \"roll_back_all\""));
+        } else if (auto ok = only_fields(body, {}); !ok) {
+            co_return error_answer(c.req, ok.error());
+        }
+    }
+    auto r = co_await coordinator.control(std::move(call), c.principal());
+    co_return co_await work_answer(c, std::move(r), wants_wait(*q));
 }
 
 // --- reading ----------------------------------------------------------------------------------
@@ -578,9 +635,13 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
         if (p.status == deploy::RolloutStatus::running) out["task_status"] = live->task_status;
         out["rollout"] = json::object{{"id", live->rollout_id},
                                       {"status", deploy::to_string(p.status)},
+                                      {"state", deploy::stored_status(p.status, p.control)},
                                       {"reason", p.reason},
                                       {"created_ms", live->created_ms},
                                       {"finished_ms", nullptr}};
+        if (p.control != deploy::ControlState::running)
+            out["rollout"].as_object()["state_by"] = p.control_by;
+        if (p.awaiting_tier != 0) out["rollout"].as_object()["awaiting_tier"] = p.awaiting_tier;
         for (const auto& n : p.nodes) {
             std::string state;
             switch (n.state) {
@@ -630,6 +691,7 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
             if ((*r)->finished_ms) finished = *(*r)->finished_ms;
             out["rollout"] = json::object{{"id", (*r)->id},
                                           {"status", (*r)->status},
+                                          {"state", (*r)->status},
                                           {"reason", (*r)->reason},
                                           {"created_ms", (*r)->created_ms},
                                           {"finished_ms", finished}};

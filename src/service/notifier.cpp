@@ -38,7 +38,9 @@ using SteadyClock = std::chrono::steady_clock;
 
 bool is_known_event(std::string_view event) {
     return event == event_pm_review_needed || event == event_deployment_failed ||
-           event == event_rollback_completed || event == event_rollback_failed;
+           event == event_rollback_completed || event == event_rollback_failed ||
+           event == event_rollout_paused || event == event_rollout_resumed ||
+           event == event_rollout_aborted || event == event_tier_gate;
 }
 
 namespace {
@@ -169,7 +171,8 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
         return field_error(source, at + ".event",
                            "unknown event '" + printable(*ev) +
                                "' (known: pm_review_needed, deployment_failed, "
-                               "rollback_completed, rollback_failed)");
+                               "rollback_completed, rollback_failed, rollout_paused, "
+                               "rollout_resumed, rollout_aborted, tier_gate)");
     hook.event = *ev;
 
     const auto* url = obj.if_contains("url");

@@ -38,6 +38,12 @@ std::string_view to_string(ServiceErrc code) noexcept {
             return "store_unavailable";
         case ServiceErrc::stopping:
             return "stopping";
+        case ServiceErrc::no_rollout_in_flight:
+            return "no_rollout_in_flight";
+        case ServiceErrc::control_refused:
+            return "control_refused";
+        case ServiceErrc::approval_needs_validate:
+            return "approval_needs_validate";
     }
     return "internal_error";
 }

@@ -31,6 +31,10 @@ namespace guardia::store {
 class AuditWriter;
 }
 
+namespace guardia::http {
+struct HealthCheck;
+}
+
 namespace guardia::deploy {
 
 class CredentialStore;
@@ -127,6 +131,10 @@ struct NodeReport {
     // recovery did, for the report. Empty otherwise.
     std::string stale_lock_recovery;
 };
+
+// The HEALTH step's check of `node` (its health spec: port, path, timeout, interval), needing
+// `required_consecutive` 200s in a row. The bake between tiers probes with the same check.
+http::HealthCheck health_check_for(const Node& node, int required_consecutive);
 
 // Runs the whole pipeline for one node. Never throws for node failures: they are the report.
 //

@@ -45,6 +45,13 @@ struct TierPolicy {
     // the batch size and 20 (so a tier-1 failure stops the rollout at once, while one
     // fast-failing node does not abort a large tier on its own).
     std::size_t min_sample = 0;
+    // Between tiers (issue 14): after the tier, its DEPLOYED nodes are probed for `bake` (the
+    // HEALTH step's check, non-strict, at each node's interval); a node that turns unhealthy is
+    // rolled back from its backup and counts as failed for the gate. `approve`: the rollout
+    // then waits for a resume by a principal allowed to approve (role validate in the
+    // service, SIGUSR2 in the CLI) before the next tier starts.
+    std::chrono::seconds bake{0};
+    bool approve = false;
 };
 
 struct RolloutConfig {
@@ -65,6 +72,31 @@ Result<void> validate_rollout(const RolloutConfig& config, const Inventory& inve
 enum class RolloutStatus { running, succeeded, failed, aborted, cancelled };
 std::string_view to_string(RolloutStatus status) noexcept;
 
+// Operator control of a rollout in flight: which request is allowed in which state and what it
+// leads to. `stopping`: the rollout aborts, is cancelled or has ended; nothing applies any more.
+// Paused: no new node starts, nodes in flight finish their pipeline. Awaiting approval: a tier
+// with `approve` ended and the next one starts on a resume by an approver only.
+enum class ControlState { running, paused, awaiting_approval, stopping };
+enum class ControlRequest { pause, resume, abort };
+enum class ControlRefusal { none, already_paused, not_paused, awaiting_approval, approver_required,
+                            operator_required, stopping };
+struct ControlDecision {
+    ControlDecision() {}
+    bool allowed = false;
+    ControlState next = ControlState::running;  // the state it leads to (allowed only)
+    ControlRefusal refusal = ControlRefusal::none;
+};
+// Pure. `may_approve`: the requester may open a tier gate (a resume while awaiting approval);
+// `may_operate`: the requester may pause, resume a pause and abort (an approver who may not
+// operate can only open a tier gate).
+ControlDecision decide_control(ControlState from, ControlRequest request, bool may_approve,
+                               bool may_operate = true) noexcept;
+std::string_view to_string(ControlState state) noexcept;     // "RUNNING", "PAUSED", ...
+std::string_view to_string(ControlRequest request) noexcept;  // "pause", "resume", "abort"
+std::string_view to_string(ControlRefusal refusal) noexcept;  // "already_paused", ...
+// The rollouts row's status while the rollout is in flight: RUNNING, PAUSED, AWAITING_APPROVAL.
+std::string_view stored_status(RolloutStatus status, ControlState control) noexcept;
+
 // Where a node stands in the rollout; `report` is meaningful once state is done.
 enum class NodeState { pending, running, done, skipped };
 
@@ -83,6 +115,8 @@ struct TierProgress {
     std::size_t total = 0, started = 0, finished = 0, failed = 0, in_flight = 0, skipped = 0;
     std::chrono::steady_clock::time_point started_at{}, finished_at{};
     bool active = false, complete = false;
+    bool baking = false;             // its bake runs (TierPolicy::bake)
+    std::size_t bake_failed = 0;     // nodes that turned unhealthy during the bake
 };
 
 struct RolloutReport {
@@ -99,6 +133,11 @@ struct RolloutReport {
     // Stopped because the audit log could not be written (see PipelineSettings::audit): no
     // node started after that, and no forward step began without its intent row.
     bool audit_failed = false;
+    // Operator control (pause / resume / abort, tier approval): the live state, who set it,
+    // and the tier whose approval is awaited (0: none).
+    ControlState control = ControlState::running;
+    std::string control_by;
+    int awaiting_tier = 0;
 };
 
 // Receives live progress on the loop's thread. Keep the calls cheap.
@@ -111,6 +150,11 @@ class RolloutObserver {
     virtual void node_finished(const NodeProgress&, const TierProgress&) {}
     virtual void tier_finished(const TierProgress&) {}
     virtual void gate_tripped(const TierProgress&, const std::string& /*reason*/) {}
+    // An operator request took effect (pause, resume, abort), or a tier gate opened (resume
+    // by an approver): `report.control` is the new state.
+    virtual void control_changed(const RolloutReport&, ControlRequest, const std::string& /*by*/) {}
+    // A tier with `approve` ended (after its bake): the rollout waits for an approver.
+    virtual void tier_gate(const TierProgress&) {}
 };
 
 class Rollout {
@@ -139,6 +183,21 @@ class Rollout {
     // abort policy roll_back_all does not apply: stopping the service is not a verdict on the
     // release. Idempotent; a later cancel() still cuts the drain short.
     void stop_starting(std::string reason);
+
+    // Operator control, on the loop's thread (decide_control() judges; a refused request
+    // changes nothing). Each one that takes effect is audited naming `principal`
+    // (ROLLOUT_PAUSED, ROLLOUT_RESUMED / TIER_APPROVED, ROLLOUT_ABORT_REQUESTED), written into
+    // the rollouts row's status and told to the observer.
+    //  pause: no node starts any more until resume; nodes in flight finish their pipeline.
+    //  resume: continues a paused rollout, or opens a tier gate (`may_approve` required).
+    //  abort: like the safety gate's abort (no node starts, nodes in flight finish, ABORTED
+    //    with a reason naming the principal); `on_abort` overrides the configured policy
+    //    (roll_back_all rolls back every node the rollout deployed).
+    ControlDecision pause(const std::string& principal);
+    ControlDecision resume(const std::string& principal, bool may_approve = true,
+                           bool may_operate = true);
+    ControlDecision abort(std::optional<AbortPolicy> on_abort, const std::string& principal);
+    ControlState control_state() const;
 
     // The live state, for progress display and the service's status endpoint.
     const RolloutReport& progress() const;

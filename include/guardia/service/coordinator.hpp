@@ -138,6 +138,22 @@ class Coordinator {
     // FAILED_ROLLBACK): the PM rollback's work, each node's release marker also checked.
     boost::asio::awaitable<ServiceResult<Answer>> rollback(std::string sr_id,
                                                            std::string principal);
+    // Operator control of the SR's rollout in flight (issue 14): pause, resume, abort, as the
+    // rollout's state machine (deploy::decide_control) allows. `may_approve`: the principal may
+    // open a tier gate (role validate). Each is audited naming the principal, durable before
+    // the answer, and sent as a webhook (rollout_paused / rollout_resumed / rollout_aborted).
+    // Errors: not_found (no task), no_rollout_in_flight, control_refused (details: state,
+    // refusal), approval_needs_validate. Answers 200 (pause, resume) or 202 (abort: nodes in
+    // flight finish; ?wait=true waits for the rollout's end).
+    struct ControlCall {
+        ControlCall() {}
+        std::string sr_id;
+        deploy::ControlRequest request = deploy::ControlRequest::pause;
+        std::optional<deploy::AbortPolicy> on_abort;
+        bool may_approve = false;  // role validate
+        bool may_operate = false;  // role operate
+    };
+    boost::asio::awaitable<ServiceResult<Answer>> control(ControlCall call, std::string principal);
     // The final answer of a rollout or rollback (?wait=true).
     boost::asio::awaitable<boost::json::object> wait(std::shared_ptr<Work> work);
 

@@ -28,6 +28,7 @@ struct RouteInfo {
     std::string method;
     std::string path;
     std::optional<Role> role;
+    std::optional<Role> also_role;  // a second role that admits the caller too
 };
 
 // The HTTP status each service error is answered with, and the answer itself:

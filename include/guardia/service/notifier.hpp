@@ -61,6 +61,11 @@ inline constexpr std::string_view event_pm_review_needed = "pm_review_needed";
 inline constexpr std::string_view event_deployment_failed = "deployment_failed";
 inline constexpr std::string_view event_rollback_completed = "rollback_completed";
 inline constexpr std::string_view event_rollback_failed = "rollback_failed";
+// Operator control of a rollout in flight (issue 14) and the tier gate (tiers[].approve).
+inline constexpr std::string_view event_rollout_paused = "rollout_paused";
+inline constexpr std::string_view event_rollout_resumed = "rollout_resumed";
+inline constexpr std::string_view event_rollout_aborted = "rollout_aborted";
+inline constexpr std::string_view event_tier_gate = "tier_gate";
 bool is_known_event(std::string_view event);
 
 // User-declared constructors on purpose: GCC 12 miscompiles a braced aggregate temporary

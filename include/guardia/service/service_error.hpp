@@ -28,6 +28,9 @@ enum class ServiceErrc {
     local_io_failed,         // the deploy host's own files could not be written
     store_unavailable,       // the store could not be read or written
     stopping,                // the service is draining: no new work
+    no_rollout_in_flight,    // pause/resume/abort: the SR has no rollout running
+    control_refused,         // pause/resume/abort: the rollout's state does not allow it
+    approval_needs_validate,  // resume of a tier gate by a client without the role validate
 };
 
 // The API's error code: "bad_request", "node_claimed", ... (docs/API.md).

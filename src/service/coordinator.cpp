@@ -1150,6 +1150,9 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::rollback(std::s
     a.status = 202;
     a.body = json::object{{"sr_id", sr_id}, {"status", to_string(TaskStatus::rolling_back)}};
     a.work = w;
+    co_return a;
+}
+
 asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::control(ControlCall call,
                                                                          std::string principal) {
     Impl& m = *impl_;

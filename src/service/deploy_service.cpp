@@ -576,6 +576,8 @@ asio::awaitable<http::Response> DeployService::Impl::operator_rollback(const Cal
     }
     auto r = co_await coordinator.rollback(c.seg[2], c.principal());
     co_return co_await work_answer(c, std::move(r), wait);
+}
+
 // POST /api/deploy/{sr_id}/pause|resume|abort: the body is optional ({} or absent); abort
 // takes {"on_abort": "keep_deployed"|"roll_back_all"} (default: the configured policy).
 asio::awaitable<http::Response> DeployService::Impl::control(const Call& c,

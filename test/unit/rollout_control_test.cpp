@@ -183,3 +183,28 @@ TEST_SUITE("service: operator control") {
         CHECK_FALSE(is_known_event("rollout_exploded"));
     }
 }
+
+TEST_SUITE("rollout control: bake and health types") {
+    TEST_CASE("a baking tier refuses a node whose health check is a command, naming both") {
+        RolloutConfig c;  // tiers 1, 2, 3
+        Inventory inv;
+        Node web;
+        web.name = "web-01";
+        web.tier = 2;
+        web.health.type = http::ProbeKind::tcp;
+        Node job;
+        job.name = "job-01";
+        job.tier = 2;
+        job.health.type = http::ProbeKind::command;
+        inv.nodes.push_back(web);
+        inv.nodes.push_back(job);
+        CHECK(validate_rollout(c, inv).has_value());  // no bake: a command check is fine
+        c.tiers[1].bake = std::chrono::seconds(60);
+        auto v = validate_rollout(c, inv);
+        REQUIRE_FALSE(v.has_value());
+        CHECK(v.error().message.find("rollout.tiers[1].bake_s: node 'job-01'") == 0);
+        c.tiers[1].bake = std::chrono::seconds(0);
+        c.tiers[2].bake = std::chrono::seconds(60);  // tier 3 bakes; job-01 is tier 2
+        CHECK(validate_rollout(c, inv).has_value());
+    }
+}

@@ -109,11 +109,12 @@ class CliTest(unittest.TestCase):
     maxDiff = None
 
     @classmethod
-    def setUpClass(cls):
+    def load_fleet(cls, fixture):
+        """Reads the fleet's description; returns {node: [fault kinds]} for the layout check."""
         if os.geteuid() != 0:
             raise AssertionError("the CLI tests need root (the fleet's client key and node files are root-only)")
         if not FLEET_DIR or not os.path.exists(os.path.join(FLEET_DIR, "fleet.json")):
-            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_CLI={FLEET_DIR!r} (fixture cli_fleet)")
+            raise AssertionError(f"no fleet at GUARDIA_TEST_FLEET_CLI={FLEET_DIR!r} (fixture {fixture})")
         if not os.access(GUARDIA, os.X_OK):
             raise AssertionError(f"guardia binary not found: {GUARDIA}")
         with open(os.path.join(FLEET_DIR, "fleet.json")) as f:
@@ -122,14 +123,18 @@ class CliTest(unittest.TestCase):
             cls.inv = {n["name"]: n for n in json.load(f)["nodes"]}
         cls.fnodes = {n["name"]: n for n in cls.info["nodes"]}
         cls.known_hosts = os.path.join(FLEET_DIR, "known_hosts")
-        kinds = {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
+        os.makedirs(WORK_ROOT, exist_ok=True)
+        os.chmod(WORK_ROOT, 0o711)
+        return {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
+
+    @classmethod
+    def setUpClass(cls):
+        kinds = cls.load_fleet("cli_fleet")
         want = {**{n: [] for n in HEALTHY}, REJECT_A: ["rejects_new_build"], REJECT_B: ["rejects_new_build"],
                 UNREACHABLE: ["unreachable"], **{n: ["health_slow"] for n in SLOW}}
         if kinds != want:
             raise AssertionError(f"the cli_fleet fixture is not what the tests expect: {kinds}")
         cls.slow_s = min(x["seconds"] for n in SLOW for x in cls.fnodes[n]["faults"])
-        os.makedirs(WORK_ROOT, exist_ok=True)
-        os.chmod(WORK_ROOT, 0o711)
 
     # ------------------------------------------------------------------ plumbing
     def setUp(self):
@@ -319,10 +324,10 @@ class CliTest(unittest.TestCase):
              self.inventory(base, "unknown-nested.json",
                             node_0001={"health": dict(self.inv["node-0001"]["health"], retries=3)}), None,
              "node 'node-0001': unknown field 'health.retries'"),
-            ("bad tier", self.inventory(base, "bad-tier.json", node_0003={"tier": 7}), None,
-             "node 'node-0003': field 'tier': must be an integer from 1 to 3"),
+            ("bad tier", self.inventory(base, "bad-tier.json", node_0003={"tier": 100}), None,
+             "node 'node-0003': field 'tier': must be an integer from 1 to 99"),
             ("tier as a string", self.inventory(base, "tier-string.json", node_0002={"tier": "2"}), None,
-             "node 'node-0002': field 'tier': must be an integer from 1 to 3"),
+             "node 'node-0002': field 'tier': must be an integer from 1 to 99"),
             ("tier not in the config", self.inventory(base, "tier-not-configured.json"),
              {"rollout": {"tiers": TIERS[:2]}},
              "node 'node-0003': field 'tier': tier 3 is not in the rollout configuration (rollout.tiers)"),

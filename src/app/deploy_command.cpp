@@ -43,7 +43,28 @@ const char* deploy_usage =
     "usage: guardia deploy --inventory FILE --artifact FILE [--artifact FILE ...]\n"
     "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
     "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
-    "                      [--json] [--quiet]\n";
+    "                      [--json] [--quiet]\n"
+    "\n"
+    "Rolls the artifacts out to the inventory's nodes, tier by tier, with backups, health\n"
+    "checks, rollback of failed nodes and the safety gate (docs/OPERATIONS.md).\n"
+    "\n"
+    "  --inventory FILE     the nodes to deploy to (required)\n"
+    "  --artifact FILE      a file to put in each node's deploy_path (required; repeat for\n"
+    "                       several; file names must differ)\n"
+    "  --sr-id ID           the service request the rollout belongs to (default: ADHOC-<time>)\n"
+    "  --config FILE        engine configuration (default: $GUARDIA_CONFIG, else\n"
+    "                       /etc/guardia/guardia.json if it exists, else built-in defaults)\n"
+    "  --db FILE            the audit database (default: the configuration's store.db,\n"
+    "                       else ./guardia.db)\n"
+    "  --dry-run            connect and check every node, change nothing\n"
+    "  --known-hosts FILE   SSH host keys (default: ssh.known_hosts, else ~/.ssh/known_hosts)\n"
+    "  --host-key-policy P  strict or accept-new (default: ssh.host_key_policy, else strict)\n"
+    "  --json               the report as one JSON document on stdout\n"
+    "  --quiet              no progress on stderr\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Exit 0 every node deployed (dry run: ready), 1 some node did not, 2 bad usage or input\n"
+    "(nothing started), 3 the audit log could not be written, 130 cancelled (SIGINT/SIGTERM).\n";
 
 std::string node_state_text(const NodeProgress& n, bool dry_run) {
     if (n.state == NodeState::skipped) return "NOT_STARTED";
@@ -151,10 +172,9 @@ int deploy_command(int argc, char** argv) {
             dry_run = true;
         else if (f == "--quiet")
             quiet = true;
-        else if (f == "--help") {
-            std::fputs(deploy_usage, stdout);
-            return 0;
-        } else
+        else if (f == "--help" || f == "-h")
+            return print_help(deploy_usage, common, true);
+        else
             throw UsageError("unknown option " + f + "\n" + deploy_usage);
     }
     if (artifact_paths.empty())
@@ -166,7 +186,7 @@ int deploy_command(int argc, char** argv) {
     Engine engine = load_engine(common);
     if (auto ok = validate_rollout(engine.config.rollout, engine.inventory); !ok)
         throw UsageError(
-            (common.config_path.empty() ? std::string("rollout defaults") : common.config_path) +
+            (engine.config_path.empty() ? std::string("rollout defaults") : engine.config_path) +
             ": " + ok.error().message);
     std::vector<ArtifactSpec> artifacts;
     std::set<std::string> names;
@@ -182,8 +202,7 @@ int deploy_command(int argc, char** argv) {
     const std::string stamp = utc_stamp_compact();
     const bool adhoc = sr_id.empty();
     if (adhoc) sr_id = "ADHOC-" + stamp;
-    std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
-    if (db.empty()) db = "guardia.db";
+    const std::string db = resolve_db_path(common, engine.config);
 
     PipelineSettings settings = engine.config.pipeline;
     settings.sr_id = sr_id;
@@ -266,9 +285,9 @@ int deploy_command(int argc, char** argv) {
     signals.async_wait(on_signal);
 
     if (!quiet)
-        std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
+        std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s, configuration %s\n",
                      dry_run ? "dry run on" : "deploying to", node_count,
-                     settings.rollout_id.c_str(), db.c_str());
+                     settings.rollout_id.c_str(), db.c_str(), describe_config(common).c_str());
     RolloutReport report;
     Result<void> flushed;
     asio::co_spawn(

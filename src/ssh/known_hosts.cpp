@@ -308,7 +308,11 @@ Result<void> KnownHosts::add_locked(std::string_view host, std::uint16_t port, c
         struct stat st {};
         if (::fstat(fd, &st) == 0 && st.st_size > 0) {
             char last = '\n';
-            if (::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') line.insert(0, "\n");
+            if (::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+                std::string glued = "\n";  // not line.insert(0, ...): GCC bug 105329 at -O3
+                glued += line;
+                line = std::move(glued);
+            }
         }
         ssize_t n = ::write(fd, line.data(), line.size());
         int saved = errno;

@@ -47,7 +47,11 @@ const char* audit_usage =
     "Checks the hash chain of the audit log in FILE (opened read-only) and reports the\n"
     "first altered, deleted or inserted row. Exit 0 intact, 3 broken, 2 bad input.\n"
     "The chain cannot see rows deleted from its end: keep the printed last id and hash\n"
-    "somewhere else and compare them later.\n";
+    "somewhere else and compare them later.\n"
+    "\n"
+    "  --db FILE    the audit database to check (required)\n"
+    "  --json       one JSON object on stdout\n"
+    "  -h, --help   this help\n";
 
 json::object report_json(const std::string& db, const store::ChainReport& r) {
     json::object o{{"db", db}, {"status", r.first_break ? "broken" : "intact"}, {"rows", r.rows}};
@@ -148,7 +152,7 @@ int audit_command(int argc, char** argv) {
     }
     const std::string sub = argv[2];
     if (sub.rfind("--", 0) == 0 && sub != "--help") return rollout_rows(argc, argv);
-    if (sub == "--help" || sub == "help") {
+    if (sub == "--help" || sub == "-h" || sub == "help") {
         std::fputs(audit_usage, stdout);
         return 0;
     }
@@ -162,7 +166,7 @@ int audit_command(int argc, char** argv) {
             db = args.value();
         else if (f == "--json")
             as_json = true;
-        else if (f == "--help") {
+        else if (f == "--help" || f == "-h") {
             std::fputs(audit_usage, stdout);
             return 0;
         } else

@@ -3,11 +3,14 @@
 #include "guardia/deploy/owner.hpp"
 
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <string_view>
 
 namespace guardia::cli {
 
@@ -18,6 +21,10 @@ Args::Args(int argc, char** argv, int first) {
 std::string Args::flag() {
     const std::string& a = args_[i_++];
     inline_value_.reset();
+    if (a == "-h") {
+        flag_ = "--help";
+        return flag_;
+    }
     if (a.rfind("--", 0) != 0 || a.size() < 3) throw UsageError("unexpected argument '" + a + "'");
     auto eq = a.find('=');
     if (eq != std::string::npos) {
@@ -67,6 +74,46 @@ bool common_flag(const std::string& flag, Args& args, Common& c) {
     return true;
 }
 
+namespace {
+
+struct ConfigChoice {
+    std::string path;  // "": built-in defaults
+    const char* rule;  // which rule chose it
+};
+
+ConfigChoice choose_config(const Common& c) {
+    if (!c.config_path.empty()) return {c.config_path, "--config"};
+    if (const char* env = std::getenv("GUARDIA_CONFIG"); env != nullptr && *env != '\0')
+        return {env, "GUARDIA_CONFIG"};
+    struct stat st {};
+    if (::stat(system_config_path, &st) == 0) return {system_config_path, "it exists"};
+    return {"", "no --config, GUARDIA_CONFIG or /etc/guardia/guardia.json"};
+}
+
+}  // namespace
+
+std::string resolve_config_path(const Common& c) {
+    return choose_config(c).path;
+}
+
+std::string describe_config(const Common& c) {
+    const ConfigChoice choice = choose_config(c);
+    return (choice.path.empty() ? std::string("built-in defaults") : choice.path) + " (" +
+           choice.rule + ")";
+}
+
+std::string resolve_db_path(const Common& c, const deploy::EngineConfig& config) {
+    if (!c.db_path.empty()) return c.db_path;
+    if (!config.db.empty()) return config.db;
+    return "guardia.db";
+}
+
+int print_help(const char* usage, const Common& c, bool reads_config) {
+    std::fputs(usage, stdout);
+    if (reads_config) std::printf("\nconfiguration now: %s\n", describe_config(c).c_str());
+    return 0;
+}
+
 void harden_process() {
     (void)::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     const struct rlimit none {0, 0};
@@ -76,10 +123,14 @@ void harden_process() {
 Engine load_engine(const Common& c, bool with_inventory) {
     harden_process();
     Engine e;
-    if (!c.config_path.empty()) {
-        auto cfg = deploy::load_engine_config(c.config_path);
-        if (!cfg) throw UsageError(cfg.error().message);
+    if (const ConfigChoice choice = choose_config(c); !choice.path.empty()) {
+        auto cfg = deploy::load_engine_config(choice.path);
+        if (!cfg)
+            throw UsageError(
+                (std::string_view(choice.rule) == "GUARDIA_CONFIG" ? "GUARDIA_CONFIG: " : "") +
+                cfg.error().message);
         e.config = std::move(*cfg);
+        e.config_path = choice.path;
     }
     if (with_inventory) {
         if (c.inventory_path.empty()) throw UsageError("--inventory FILE is required");

@@ -32,6 +32,7 @@ class Args {
     Args(int argc, char** argv, int first);
     bool done() const { return i_ >= args_.size(); }
     // The next argument when it is a flag ("--x" or "--x=v"); the value part is kept.
+    // "-h" is returned as "--help" (the only short flag).
     std::string flag();
     std::string value();              // the value of the flag just read
     std::vector<std::string> rest();  // everything after "--"
@@ -54,7 +55,25 @@ struct Common {
 // Handles a flag both commands share; false if `flag` is not one of them.
 bool common_flag(const std::string& flag, Args& args, Common& c);
 
+// The configuration file a command reads, in this order: --config FILE; else the
+// environment variable GUARDIA_CONFIG when set and not empty; else /etc/guardia/guardia.json
+// when it exists; else "" (the built-in defaults). Every command that reads a configuration
+// resolves it here (load_engine does).
+inline constexpr const char* system_config_path = "/etc/guardia/guardia.json";
+std::string resolve_config_path(const Common& c);
+// Which of those rules chose it, for --help and progress output:
+// "/x.json (--config)", "/x.json (GUARDIA_CONFIG)", "/etc/guardia/guardia.json (it exists)",
+// "built-in defaults (no --config, GUARDIA_CONFIG or /etc/guardia/guardia.json)".
+std::string describe_config(const Common& c);
+// The audit database: --db FILE, else the configuration's store.db, else ./guardia.db.
+std::string resolve_db_path(const Common& c, const deploy::EngineConfig& config);
+
+// Prints a command's usage text, then which configuration it would read (when
+// `reads_config`), on stdout: the answer to --help / -h (exit 0).
+int print_help(const char* usage, const Common& c, bool reads_config);
+
 struct Engine {
+    std::string config_path;  // the file read (resolve_config_path); "": built-in defaults
     deploy::EngineConfig config;
     deploy::Inventory inventory;
     std::shared_ptr<ssh::KnownHosts> known_hosts;

@@ -50,10 +50,37 @@ const char* deploy_usage =
     "usage: guardia deploy --inventory FILE --artifact FILE [--artifact FILE ...]\n"
     "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
     "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
-    "                      [--json] [--quiet]\n"
-    "                      [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID]\n"
-    "signals: SIGUSR1 pauses (no new node starts), SIGUSR2 resumes or approves a tier gate\n"
-    "         (rollout.tiers[].approve), SIGINT/SIGTERM cancel\n";
+    "                      [--json] [--quiet] [--limit PATTERNS] [--tier N]\n"
+    "                      [--retry-failed ROLLOUT_ID]\n"
+    "\n"
+    "Rolls the artifacts out to the inventory's nodes, tier by tier, with backups, health\n"
+    "checks, rollback of failed nodes and the safety gate (docs/OPERATIONS.md).\n"
+    "\n"
+    "  --inventory FILE     the nodes to deploy to (required)\n"
+    "  --artifact FILE      a file to put in each node's deploy_path (required; repeat for\n"
+    "                       several; file names must differ)\n"
+    "  --sr-id ID           the service request the rollout belongs to (default: ADHOC-<time>)\n"
+    "  --config FILE        engine configuration (default: $GUARDIA_CONFIG, else\n"
+    "                       /etc/guardia/guardia.json if it exists, else built-in defaults)\n"
+    "  --db FILE            the audit database (default: the configuration's store.db,\n"
+    "                       else ./guardia.db)\n"
+    "  --dry-run            connect and check every node, change nothing\n"
+    "  --known-hosts FILE   SSH host keys (default: ssh.known_hosts, else ~/.ssh/known_hosts)\n"
+    "  --host-key-policy P  strict or accept-new (default: ssh.host_key_policy, else strict)\n"
+    "  --json               the report as one JSON document on stdout\n"
+    "  --quiet              no progress on stderr\n"
+    "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
+    "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
+    "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
+    "  --retry-failed ID    only the nodes that did not end DEPLOYED in rollout ID (read\n"
+    "                       from the --db store); nothing left to retry: exit 0\n"
+    "  -h, --help           this help\n"
+    "\n"
+    "Signals: SIGUSR1 pauses (no new node starts, nodes in flight finish), SIGUSR2 resumes or\n"
+    "approves a tier gate (rollout.tiers[].approve), SIGINT/SIGTERM cancel.\n"
+    "\n"
+    "Exit 0 every node deployed (dry run: ready), 1 some node did not, 2 bad usage or input\n"
+    "(nothing started), 3 the audit log could not be written, 130 cancelled (SIGINT/SIGTERM).\n";
 
 std::string node_state_text(const NodeProgress& n, bool dry_run) {
     if (n.state == NodeState::skipped) return "NOT_STARTED";
@@ -162,11 +189,9 @@ int deploy_command(int argc, char** argv) {
             dry_run = true;
         else if (f == "--quiet")
             quiet = true;
-        else if (f == "--help") {
-            std::fputs(deploy_usage, stdout);
-            std::fputs(targeting_usage, stdout);
-            return 0;
-        } else
+        else if (f == "--help" || f == "-h")
+            return print_help(deploy_usage, common, true);
+        else
             throw UsageError("unknown option " + f + "\n" + deploy_usage);
     }
     if (artifact_paths.empty())
@@ -176,11 +201,11 @@ int deploy_command(int argc, char** argv) {
             throw UsageError("--sr-id must be letters, digits, '-', '_' or '.'");
 
     Engine engine = load_engine(common);
-    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine)))
+    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine.config)))
         return nothing_to_retry(targeting, "deploy", common.json);
     if (auto ok = validate_rollout(engine.config.rollout, engine.inventory); !ok)
         throw UsageError(
-            (common.config_path.empty() ? std::string("rollout defaults") : common.config_path) +
+            (engine.config_path.empty() ? std::string("rollout defaults") : engine.config_path) +
             ": " + ok.error().message);
     std::vector<ArtifactSpec> artifacts;
     std::set<std::string> names;
@@ -196,8 +221,7 @@ int deploy_command(int argc, char** argv) {
     const std::string stamp = utc_stamp_compact();
     const bool adhoc = sr_id.empty();
     if (adhoc) sr_id = "ADHOC-" + stamp;
-    std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
-    if (db.empty()) db = "guardia.db";
+    const std::string db = resolve_db_path(common, engine.config);
 
     PipelineSettings settings = engine.config.pipeline;
     settings.sr_id = sr_id;
@@ -299,9 +323,9 @@ int deploy_command(int argc, char** argv) {
     control_signals.async_wait(on_control);
 
     if (!quiet)
-        std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s\n",
+        std::fprintf(stderr, "guardia: %s %zu node(s), rollout %s, audit log %s, configuration %s\n",
                      dry_run ? "dry run on" : "deploying to", node_count,
-                     settings.rollout_id.c_str(), db.c_str());
+                     settings.rollout_id.c_str(), db.c_str(), describe_config(common).c_str());
     for (const auto& name : unverified_health)
         std::fprintf(stderr,
                      "guardia: warning: node '%s': its health check does not verify the "

@@ -32,7 +32,31 @@ const char* exec_usage =
     "usage: guardia exec --inventory FILE [--config FILE] [--known-hosts FILE]\n"
     "                    [--host-key-policy strict|accept-new] [--timeout SECONDS]\n"
     "                    [--max-sessions N] [--db FILE] [--json]\n"
-    "                    [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID] -- 'COMMAND'\n";
+    "                    [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID] -- 'COMMAND'\n"
+    "\n"
+    "Runs one command (checked by the command sanitizer and exec.allow) on every node of the\n"
+    "inventory and reports each node's exit code and output.\n"
+    "\n"
+    "  --inventory FILE     the nodes to run on (required)\n"
+    "  --config FILE        engine configuration (default: $GUARDIA_CONFIG, else\n"
+    "                       /etc/guardia/guardia.json if it exists, else built-in defaults)\n"
+    "  --known-hosts FILE   SSH host keys (default: ssh.known_hosts, else ~/.ssh/known_hosts)\n"
+    "  --host-key-policy P  strict or accept-new (default: ssh.host_key_policy, else strict)\n"
+    "  --timeout SECONDS    per node, for the command (default: 60; at most 86400)\n"
+    "  --max-sessions N     nodes at a time (default: rollout.max_sessions)\n"
+    "  --db FILE            audit the run in this database (default: the configuration's\n"
+    "                       store.db; without either nothing is audited)\n"
+    "  --json               one JSON document on stdout\n"
+    "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
+    "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
+    "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
+    "  --retry-failed ID    only the nodes that did not end DEPLOYED in rollout ID (read\n"
+    "                       from the --db store); nothing left to retry: exit 0\n"
+    "  -h, --help           this help\n"
+    "  -- 'COMMAND'         the command, after --\n"
+    "\n"
+    "Exit 0 the command exited 0 on every node, 1 some node failed, 2 bad usage or input or a\n"
+    "refused command (nothing sent), 130 cancelled.\n";
 
 std::string one_line(std::string s, std::size_t max) {
     while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
@@ -77,17 +101,15 @@ int exec_command(int argc, char** argv) {
                 throw UsageError("--max-sessions needs a positive integer");
             }
             if (max_sessions == 0) throw UsageError("--max-sessions needs a positive integer");
-        } else if (f == "--help") {
-            std::fputs(exec_usage, stdout);
-            std::fputs(targeting_usage, stdout);
-            return 0;
+        } else if (f == "--help" || f == "-h") {
+            return print_help(exec_usage, common, true);
         } else
             throw UsageError("unknown option " + f + "\n" + exec_usage);
     }
     if (command.empty()) throw UsageError(std::string("the command goes after --\n") + exec_usage);
 
     Engine engine = load_engine(common);
-    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine)))
+    if (!apply_targeting(targeting, engine, resolve_db_path(common, engine.config)))
         return nothing_to_retry(targeting, "exec", common.json);
     FanoutOptions o;
     o.max_sessions = max_sessions ? max_sessions : engine.config.rollout.max_sessions;
@@ -101,9 +123,12 @@ int exec_command(int argc, char** argv) {
     o.sr_id = "EXEC";
     o.run_id = "exec-" + utc_stamp_compact() + "-" + std::to_string(::getpid());
     std::unique_ptr<store::AuditWriter> audit;
-    if (!common.db_path.empty()) {
+    // --db, else the configuration's store.db; no ./guardia.db fallback: an ad-hoc exec
+    // without a store is not audited (as before).
+    const std::string db = common.db_path.empty() ? engine.config.db : common.db_path;
+    if (!db.empty()) {
         try {
-            audit = std::make_unique<store::AuditWriter>(common.db_path);
+            audit = std::make_unique<store::AuditWriter>(db);
         } catch (const std::exception& e) {
             throw UsageError(std::string("audit database: ") + e.what());
         }

@@ -2,16 +2,18 @@
 
 #include <boost/asio/post.hpp>
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 namespace guardia::cli {
 
 using Clock = std::chrono::steady_clock;
 using deploy::NodeOutcome;
-
-namespace {
 
 std::string clock_text(double seconds) {
     if (!(seconds >= 0) || std::isinf(seconds)) return "--:--";
@@ -24,15 +26,100 @@ std::string clock_text(double seconds) {
     return buf;
 }
 
+namespace {
+
+// A positive integer, or 0.
+std::size_t positive(const char* text) {
+    if (text == nullptr || *text == '\0') return 0;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long v = std::strtoull(text, &end, 10);
+    if (errno != 0 || *end != '\0' || text[0] == '-' || v == 0) return 0;
+    return static_cast<std::size_t>(v);
+}
+
 double seconds_since(Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// The width of the terminal behind `out` (TIOCGWINSZ), or $COLUMNS, or 0.
+std::size_t output_width(std::FILE* out, bool terminal) {
+    struct winsize ws {};
+    unsigned cols = 0;
+    if (terminal && ::ioctl(::fileno(out), TIOCGWINSZ, &ws) == 0) cols = ws.ws_col;
+    return choose_width(terminal, cols, std::getenv("COLUMNS"));
+}
+
 }  // namespace
+
+std::size_t choose_width(bool terminal, unsigned winsize_cols, const char* columns_env) {
+    if (terminal && winsize_cols > 0) return winsize_cols;
+    return positive(columns_env);
+}
+
+std::string fit_width(const std::string& line, std::size_t width, bool colour) {
+    if (width == 0) return line;
+    // Columns of the whole line first: most lines fit.
+    auto columns = [](const std::string& s, std::size_t limit, std::size_t& cut) {
+        std::size_t cols = 0;
+        cut = s.size();
+        for (std::size_t i = 0; i < s.size();) {
+            const auto c = static_cast<unsigned char>(s[i]);
+            if (c == 0x1b && i + 1 < s.size() && s[i + 1] == '[') {  // CSI: no column
+                std::size_t j = i + 2;
+                while (j < s.size() && !(s[j] >= '@' && s[j] <= '~')) ++j;
+                i = std::min(j + 1, s.size());
+                continue;
+            }
+            if (cols == limit && cut == s.size()) cut = i;
+            ++cols;
+            ++i;
+            while (i < s.size() && (static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) ++i;
+        }
+        return cols;
+    };
+    std::size_t cut = 0;
+    if (columns(line, width, cut) <= width) return line;
+    // Room for the ellipsis: keep width - 1 columns.
+    columns(line, width - 1, cut);
+    std::string out = line.substr(0, cut);
+    if (colour && out.find('\x1b') != std::string::npos) out += "\x1b[0m";
+    return out + "\u2026";
+}
+
+bool use_colour(bool terminal, const char* no_color_env) {
+    return terminal && (no_color_env == nullptr || *no_color_env == '\0');
+}
+
+std::size_t summary_threshold(const char* env) {
+    const std::size_t n = positive(env);
+    return n > 0 ? n : 1000;
+}
+
+std::string summary_line(const ProgressCounts& c, double elapsed_s) {
+    const double rate = elapsed_s > 0 ? static_cast<double>(c.finished) / elapsed_s : 0.0;
+    const std::size_t left = c.total - std::min(c.total, c.finished + c.not_started);
+    char buf[256];
+    std::snprintf(buf, sizeof buf,
+                  "summary: %zu/%zu done, %zu failed, %zu in flight, %.1f nodes/s, ETA %s",
+                  c.finished, c.total, c.failed, c.in_flight, rate,
+                  left == 0 ? "0:00"
+                            : (rate > 0 ? clock_text(static_cast<double>(left) / rate).c_str()
+                                        : "--:--"));
+    return buf;
+}
 
 ProgressDisplay::ProgressDisplay(boost::asio::any_io_executor ex, const deploy::Rollout& rollout,
                                  std::FILE* out, bool terminal, bool quiet)
-    : timer_(std::move(ex)), rollout_(rollout), out_(out), terminal_(terminal), quiet_(quiet) {}
+    : timer_(std::move(ex)),
+      rollout_(rollout),
+      out_(out),
+      terminal_(terminal),
+      quiet_(quiet),
+      colour_(use_colour(terminal, std::getenv("NO_COLOR"))),
+      summarise_(!terminal && rollout.progress().nodes.size() >=
+                                  summary_threshold(std::getenv("GUARDIA_PROGRESS_SUMMARY_NODES"))),
+      width_(output_width(out, terminal)) {}
 
 void ProgressDisplay::start() {
     if (quiet_) return;
@@ -45,8 +132,11 @@ void ProgressDisplay::tick() {
         redraw();
     else if (seconds_since(last_plain_summary_) >= 5.0) {
         last_plain_summary_ = Clock::now();
-        for (const auto& t : rollout_.progress().tiers)
-            if (t.active) print_line(tier_line(t));
+        if (summarise_)
+            print_summary();
+        else
+            for (const auto& t : rollout_.progress().tiers)
+                if (t.active) print_line(tier_line(t));
         if (rollout_.progress().control != deploy::ControlState::running)
             print_line(std::string(to_string(rollout_.progress().control)) +
                        ": no new node starts (resume: kill -USR2 " + std::to_string(::getpid()) +
@@ -93,8 +183,14 @@ void ProgressDisplay::erase_block() {
     block_lines_ = 0;
 }
 
+void ProgressDisplay::put(const std::string& line) {
+    std::fputs(fit_width(line, width_, colour_).c_str(), out_);
+    std::fputc('\n', out_);
+}
+
 void ProgressDisplay::redraw() {
     erase_block();
+    width_ = output_width(out_, terminal_);  // the terminal may have been resized
     const auto& p = rollout_.progress();
     std::size_t done = 0, failed = 0, running = 0;
     for (const auto& t : p.tiers) {
@@ -105,14 +201,17 @@ void ProgressDisplay::redraw() {
     const std::string control = p.control == deploy::ControlState::running
                                     ? std::string()
                                     : "  " + std::string(to_string(p.control));
-    std::fprintf(out_,
-                 "\x1b[1mrollout %s\x1b[0m%s  %zu/%zu done, %zu failed, %zu in flight, %s elapsed\n",
-                 p.rollout_id.c_str(), control.c_str(), done, p.nodes.size(), failed, running,
-                 clock_text(seconds_since(t0_)).c_str());
+    char head[512];
+    std::snprintf(head, sizeof head,
+                  "%srollout %s%s%s  %zu/%zu done, %zu failed, %zu in flight, %s elapsed",
+                  colour_ ? "\x1b[1m" : "", p.rollout_id.c_str(), colour_ ? "\x1b[0m" : "",
+                  control.c_str(), done, p.nodes.size(), failed, running,
+                  clock_text(seconds_since(t0_)).c_str());
+    put(head);
     block_lines_ = 1;
     for (const auto& t : p.tiers) {
         if (t.total == 0) continue;
-        std::fprintf(out_, "  %s\n", tier_line(t).c_str());
+        put("  " + tier_line(t));
         ++block_lines_;
     }
     std::fflush(out_);
@@ -121,7 +220,11 @@ void ProgressDisplay::redraw() {
 void ProgressDisplay::print_line(const std::string& line) {
     if (quiet_) return;
     if (terminal_) erase_block();
-    std::fprintf(out_, "[%s] %s\n", clock_text(seconds_since(t0_)).c_str(), line.c_str());
+    std::string stamped = "[";  // not "[" + std::string&&: GCC bug 105329 at -O3
+    stamped += clock_text(seconds_since(t0_));
+    stamped += "] ";
+    stamped += line;
+    put(stamped);
     if (terminal_ && !stopped_) redraw();
     std::fflush(out_);
 }
@@ -168,8 +271,9 @@ void ProgressDisplay::tier_started(const deploy::TierProgress& t) {
 void ProgressDisplay::node_finished(const deploy::NodeProgress& n, const deploy::TierProgress&) {
     const auto& r = n.report;
     const bool ok = r.outcome == NodeOutcome::deployed;
-    // On a terminal only failures get a line (the block shows the rest); plain output logs all.
-    if (ok && terminal_) return;
+    // On a terminal only failures get a line (the block shows the rest); plain output logs all,
+    // but for a large rollout (summaries instead).
+    if (ok && (terminal_ || summarise_)) return;
     std::string line =
         n.node.name + " " +
         std::string(rollout_.progress().dry_run && ok ? "READY" : to_string(r.outcome)) + " (" +
@@ -183,6 +287,20 @@ void ProgressDisplay::node_finished(const deploy::NodeProgress& n, const deploy:
 
 void ProgressDisplay::tier_finished(const deploy::TierProgress& t) {
     print_line(tier_line(t));
+    if (summarise_) print_summary();
+}
+
+void ProgressDisplay::print_summary() {
+    ProgressCounts c;
+    const auto& p = rollout_.progress();
+    c.total = p.nodes.size();
+    for (const auto& t : p.tiers) {
+        c.finished += t.finished;
+        c.failed += t.failed;
+        c.in_flight += t.in_flight;
+        c.not_started += t.skipped;
+    }
+    print_line(summary_line(c, seconds_since(t0_)));
 }
 
 void ProgressDisplay::gate_tripped(const deploy::TierProgress&, const std::string& reason) {

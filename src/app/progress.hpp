@@ -1,5 +1,10 @@
 // Live rollout progress on stderr: a redrawn block per tier on a terminal (done / failed /
 // in flight, rate, ETA), plain timestamped lines otherwise (logs, CI, pipes).
+//
+// Every line fits the terminal's width (cut with an ellipsis, never wrapped: the redrawn block
+// counts its lines); NO_COLOR turns colour off; output that is not a terminal never holds an
+// escape sequence. Plain output of a large rollout (summary_threshold() nodes or more) prints a
+// summary every 5 s and at each tier's end plus one line per failed node, not one per node.
 #pragma once
 
 #include "guardia/deploy/rollout.hpp"
@@ -13,6 +18,33 @@
 #include <string>
 
 namespace guardia::cli {
+
+// ---- pure formatting (unit-tested in test/unit/progress_format_test.cpp)
+
+// The width progress lines are cut to: `winsize_cols` (TIOCGWINSZ) when the output is a
+// terminal and it is known (> 0), else $COLUMNS when it is a positive integer, else 0 (no
+// limit).
+std::size_t choose_width(bool terminal, unsigned winsize_cols, const char* columns_env);
+// `line` cut to `width` columns ending in "…" when longer; 0: unchanged. UTF-8 sequences count
+// as one column and escape sequences (ESC [ ... letter) as none; an escape sequence cut off is
+// closed with a reset when colour is used (`colour`).
+std::string fit_width(const std::string& line, std::size_t width, bool colour);
+// Colour only on a terminal, and not when NO_COLOR is set to anything non-empty (no-color.org).
+bool use_colour(bool terminal, const char* no_color_env);
+// From how many nodes plain output summarises: GUARDIA_PROGRESS_SUMMARY_NODES (a positive
+// integer; meant for tests) or 1000.
+std::size_t summary_threshold(const char* env);
+
+struct ProgressCounts {
+    ProgressCounts() {}
+    std::size_t total = 0, finished = 0, failed = 0, in_flight = 0, not_started = 0;
+};
+// "summary: 420/1000 done, 3 failed, 50 in flight, 12.5 nodes/s, ETA 0:46"
+std::string summary_line(const ProgressCounts& c, double elapsed_s);
+// "1:05", "1:02:03"; "--:--" when unknown (negative, infinite, NaN).
+std::string clock_text(double seconds);
+
+// ---- the display
 
 class ProgressDisplay : public deploy::RolloutObserver {
   public:
@@ -37,11 +69,16 @@ class ProgressDisplay : public deploy::RolloutObserver {
     std::string tier_line(const deploy::TierProgress& t) const;
     void print_line(const std::string& line);
     void say(const std::string& line);  // print_line, also under --quiet
+    void put(const std::string& line);  // one line, cut to width_
+    void print_summary();
 
     boost::asio::steady_timer timer_;
     const deploy::Rollout& rollout_;
     std::FILE* out_;
     bool terminal_, quiet_, stopped_ = false;
+    bool colour_ = false;
+    bool summarise_ = false;  // plain output of a large rollout
+    std::size_t width_ = 0;   // 0: no limit
     int block_lines_ = 0;
     std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point last_plain_summary_ = t0_;

@@ -25,7 +25,7 @@ namespace json = boost::json;
 namespace {
 
 const char* recover_usage =
-    "usage: guardia recover --db FILE [--inventory FILE] [--config FILE]\n"
+    "usage: guardia recover [--db FILE] [--inventory FILE] [--config FILE]\n"
     "                       [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
     "                       [--force] [--json]\n"
     "\n"
@@ -34,12 +34,18 @@ const char* recover_usage =
     "under that rollout's lock is restored exactly from its backup and unlocked. Nodes are\n"
     "found in --inventory, else in the inventory the database recorded.\n"
     "\n"
-    "  --db FILE          the audit database of the interrupted rollout (required)\n"
-    "  --inventory FILE   the inventory it deployed to (default: the one recorded)\n"
-    "  --config FILE      engine configuration (credentials, timeouts)\n"
-    "  --known-hosts FILE, --host-key-policy P   as for guardia deploy\n"
-    "  --force            also recover rollouts run by a process on another host\n"
-    "  --json             one JSON object on stdout\n"
+    "  --db FILE            the audit database of the interrupted rollout (default: the\n"
+    "                       configuration's store.db, else ./guardia.db; it must exist)\n"
+    "  --inventory FILE     the inventory it deployed to (default: the one recorded)\n"
+    "  --config FILE        engine configuration (credentials, timeouts) (default:\n"
+    "                       $GUARDIA_CONFIG, else /etc/guardia/guardia.json if it exists,\n"
+    "                       else built-in defaults)\n"
+    "  --known-hosts FILE   SSH host keys (default: ssh.known_hosts, else ~/.ssh/known_hosts)\n"
+    "  --host-key-policy P  strict or accept-new (default: ssh.host_key_policy, else strict)\n"
+    "  --force              also recover rollouts whose process cannot be shown to be gone\n"
+    "                       (e.g. run on another host)\n"
+    "  --json               one JSON object on stdout\n"
+    "  -h, --help           this help\n"
     "\n"
     "Exit 0 all safe (or nothing to do), 1 something left to recover, 2 bad input,\n"
     "3 the audit database could not be written.\n";
@@ -55,17 +61,19 @@ int recover_command(int argc, char** argv) {
         if (common_flag(f, args, common)) continue;
         if (f == "--force")
             force = true;
-        else if (f == "--help" || f == "-h") {
-            std::fputs(recover_usage, stdout);
-            return 0;
-        } else
+        else if (f == "--help" || f == "-h")
+            return print_help(recover_usage, common, true);
+        else
             throw UsageError("unknown option " + f + "\n" + recover_usage);
     }
-    if (common.db_path.empty()) throw UsageError(std::string("--db FILE is required\n") + recover_usage);
+    Engine engine = load_engine(common, !common.inventory_path.empty());
+    const bool db_given = !common.db_path.empty();
+    common.db_path = resolve_db_path(common, engine.config);
     struct stat st {};
     if (::stat(common.db_path.c_str(), &st) != 0)
-        throw UsageError("--db " + common.db_path + ": no such database");
-    Engine engine = load_engine(common, !common.inventory_path.empty());
+        throw UsageError(db_given ? "--db " + common.db_path + ": no such database"
+                                  : "no such database: " + common.db_path +
+                                        " (the default: give --db FILE)\n" + recover_usage);
 
     std::unique_ptr<store::AuditWriter> audit;
     try {

@@ -40,11 +40,16 @@ namespace asio = boost::asio;
 namespace {
 
 constexpr const char* serve_usage =
-    "usage: guardia serve --config FILE [--port N] [--listen ADDRESS] [--db FILE]\n"
-    "  --config FILE     engine configuration with the \"service\" section (required)\n"
+    "usage: guardia serve [--config FILE] [--port N] [--listen ADDRESS] [--db FILE]\n"
+    "\n"
+    "The always-on service: HTTP API, rollouts, approvals, webhooks (docs/API.md).\n"
+    "\n"
+    "  --config FILE     engine configuration with the \"service\" section (default:\n"
+    "                    $GUARDIA_CONFIG, else /etc/guardia/guardia.json; one is required)\n"
     "  --port N          listen on port N instead of service.port (0: any free port)\n"
     "  --listen ADDRESS  listen on ADDRESS instead of service.listen_address\n"
     "  --db FILE         the store (default: store.db, else <service.state_dir>/guardia.db)\n"
+    "  -h, --help        this help\n"
     "Prints 'guardia: listening on http(s)://ADDRESS:PORT' once ready.\n";
 
 // Pings systemd's watchdog from the loop itself: a hung loop stops the pings and systemd
@@ -77,10 +82,7 @@ int serve_command(int argc, char** argv) {
     std::string listen;
     while (!args.done()) {
         const std::string f = args.flag();
-        if (f == "--help" || f == "-h") {
-            std::fputs(serve_usage, stdout);
-            return 0;
-        }
+        if (f == "--help" || f == "-h") return print_help(serve_usage, common, true);
         if (f == "--config")
             common.config_path = args.value();
         else if (f == "--db")
@@ -100,21 +102,24 @@ int serve_command(int argc, char** argv) {
         } else
             throw UsageError("unknown option " + f + "\n" + serve_usage);
     }
-    if (common.config_path.empty())
-        throw UsageError(std::string("--config FILE is required\n") + serve_usage);
+    // Without --config: GUARDIA_CONFIG, else /etc/guardia/guardia.json (resolve_config_path);
+    // the built-in defaults have no "service" section, so one of them is required.
+    if (resolve_config_path(common).empty())
+        throw UsageError(std::string("--config FILE is required (or GUARDIA_CONFIG, or ") +
+                         system_config_path + ")\n" + serve_usage);
 
     harden_process();  // before any token or key is read
     Engine engine = load_engine(common, false);
     // An API caller writes the inventory: keys only from ssh.key_dirs (default
     // /etc/guardia/keys), passwords only to the hosts they are bound to.
     engine.credentials->set_policy(deploy::service_credential_policy(engine.config.key_dirs));
-    auto scfg = service::parse_service_config(engine.config.service, common.config_path);
+    auto scfg = service::parse_service_config(engine.config.service, engine.config_path);
     if (!scfg) throw UsageError(scfg.error().message);
     if (port) scfg->port = static_cast<std::uint16_t>(*port);
     if (!listen.empty()) scfg->listen_address = listen;
     // Plain HTTP off loopback (--listen included) is refused here, before anything binds.
     if (auto ok = service::check_transport(*scfg); !ok) throw UsageError(ok.error().message);
-    auto ncfg = service::parse_notifier_config(engine.config.notifications, common.config_path);
+    auto ncfg = service::parse_notifier_config(engine.config.notifications, engine.config_path);
     if (!ncfg) throw UsageError(ncfg.error().message);
     auto loaded = service::ClientRegistry::load(*scfg);
     if (!loaded) throw UsageError(loaded.error().message);

@@ -21,12 +21,15 @@ bool reader_flag(const std::string& flag, Args& args, ReaderFlags& r) {
 
 std::string ReaderFlags::db_path() const {
     if (!db.empty()) return db;
-    if (!config.empty()) {
-        auto cfg = deploy::load_engine_config(config);
-        if (!cfg) throw UsageError(cfg.error().message);
-        if (!cfg->db.empty()) return cfg->db;
-    }
-    return "guardia.db";
+    // The configuration the other commands would read (--config, GUARDIA_CONFIG,
+    // /etc/guardia/guardia.json): its store.db is where their rollouts went.
+    Common c;
+    c.config_path = config;
+    const std::string path = resolve_config_path(c);
+    if (path.empty()) return "guardia.db";
+    auto cfg = deploy::load_engine_config(path);
+    if (!cfg) throw UsageError(cfg.error().message);
+    return resolve_db_path(c, *cfg);
 }
 
 store::RolloutReader open_reader(const std::string& db) {

@@ -10,13 +10,6 @@
 
 namespace guardia::cli {
 
-const char* const targeting_usage =
-    "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
-    "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
-    "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
-    "  --retry-failed ID    only the nodes that did not end DEPLOYED in rollout ID (read\n"
-    "                       from the --db store); nothing left to retry: exit 0\n";
-
 bool targeting_flag(const std::string& flag, Args& args, Targeting& t) {
     if (flag == "--limit") {
         auto v = deploy::parse_limit(args.value());
@@ -34,12 +27,6 @@ bool targeting_flag(const std::string& flag, Args& args, Targeting& t) {
         return false;
     }
     return true;
-}
-
-std::string resolve_db_path(const Common& common, const Engine& engine) {
-    if (!common.db_path.empty()) return common.db_path;
-    if (!engine.config.db.empty()) return engine.config.db;
-    return "guardia.db";
 }
 
 bool apply_targeting(Targeting& t, Engine& engine, const std::string& db) {

@@ -12,8 +12,6 @@
 
 namespace guardia::cli {
 
-// The usage lines of the three flags (appended to deploy's and exec's usage).
-extern const char* const targeting_usage;
 
 struct Targeting {
     deploy::TargetFilter filter;
@@ -23,9 +21,6 @@ struct Targeting {
 // Reads one targeting flag; false if `flag` is not one of them. Bad values throw UsageError.
 bool targeting_flag(const std::string& flag, Args& args, Targeting& t);
 
-// The store the command line reads and writes: --db, else the config's store.db, else
-// ./guardia.db.
-std::string resolve_db_path(const Common& common, const Engine& engine);
 
 // Narrows engine.inventory to the selection (reading --retry-failed's rollout from `db`).
 // Throws UsageError naming the culprit (a pattern, a tier, an unknown rollout, a database).

@@ -31,6 +31,9 @@ constexpr std::size_t max_path_length = 4096;
 constexpr std::size_t max_command_length = 8192;
 constexpr std::size_t max_label_length = 128;  // inst_id, system_name, password_ref
 constexpr std::int64_t max_health_seconds = 3600;
+// Tiers as the configuration's rollout.tiers accepts them; validate_rollout refuses a node
+// whose tier the configuration does not list.
+constexpr std::int64_t min_tier = 1, max_tier = 99;
 
 // ------------------------------------------------------------------ value checks
 //
@@ -141,11 +144,23 @@ struct NodeContext {
     std::string_view source;
     std::string label;
     const CommandPolicy* policy = nullptr;  // exec.allow, when the caller has one
+    // The node's fields (dotted: "user", "health.port") whose value came from the
+    // inventory's "defaults" (merge_defaults).
+    const std::set<std::string, std::less<>>* from_defaults = nullptr;
 
+    // " (from defaults.user)" when `field` came from the defaults, else "".
+    std::string origin(std::string_view field) const {
+        std::string out;  // appended, not " (" + std::string: GCC bug 105329 at -O3
+        if (from_defaults == nullptr || !from_defaults->contains(field)) return out;
+        out += " (from defaults.";
+        out += field;
+        out += ')';
+        return out;
+    }
     Error field_error(std::string_view field, std::string_view problem,
                       errc code = errc::invalid_argument) const {
         return Error(code, std::string(source) + ": " + label + ": field '" + std::string(field) +
-                               "': " + std::string(problem));
+                               "'" + origin(field) + ": " + std::string(problem));
     }
     Error node_error(std::string_view problem) const {
         return Error(errc::invalid_argument,
@@ -159,9 +174,10 @@ Result<void> check_fields(const json::object& obj, std::initializer_list<std::st
     for (const auto& kv : obj) {
         bool ok = false;
         for (auto k : known) ok = ok || kv.key() == k;
-        if (!ok)
-            return ctx.node_error("unknown field '" + std::string(prefix) + printable(kv.key()) +
-                                  "'");
+        if (!ok) {
+            const std::string field = std::string(prefix) + printable(kv.key());
+            return ctx.node_error("unknown field '" + field + "'" + ctx.origin(field));
+        }
     }
     return {};
 }
@@ -384,14 +400,14 @@ Result<HealthSpec> read_health(const FieldReader& node, const NodeContext& ctx) 
     return health;
 }
 
+// A node's fields; "defaults" may hold any of them but "name".
+const std::initializer_list<std::string_view> node_fields = {
+    "name",        "host",        "ssh_port",         "user",         "auth",
+    "deploy_path", "tier",        "inst_id",          "system_name",  "requires_restart",
+    "shutdown_cmd", "startup_cmd", "health"};
+
 Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {
-    if (auto r = check_fields(
-            obj,
-            {"name", "host", "ssh_port", "user", "auth", "deploy_path", "tier", "inst_id",
-             "system_name", "requires_restart", "shutdown_cmd", "startup_cmd", "health"},
-            "", ctx);
-        !r)
-        return r.error();
+    if (auto r = check_fields(obj, node_fields, "", ctx); !r) return r.error();
     FieldReader f(obj, "", ctx);
     Node node;
     std::int64_t port = node.ssh_port, tier = node.tier;
@@ -405,7 +421,7 @@ Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {
     node.auth = std::move(*auth);
     if (auto r = f.string("deploy_path", true, node.deploy_path, deploy_path_problem); !r)
         return r.error();
-    if (auto r = f.integer("tier", false, 1, 3, tier); !r) return r.error();
+    if (auto r = f.integer("tier", false, min_tier, max_tier, tier); !r) return r.error();
     node.tier = static_cast<int>(tier);
     if (auto r = f.string("inst_id", false, node.inst_id, label_problem); !r) return r.error();
     if (auto r = f.string("system_name", false, node.system_name, label_problem); !r)
@@ -425,6 +441,56 @@ Result<Node> read_node(const json::object& obj, const NodeContext& ctx) {
     if (!health) return health.error();
     node.health = std::move(*health);
     return node;
+}
+
+// ------------------------------------------------------------------ defaults
+
+// The top-level "defaults": an object of node fields ("name" excepted: names are unique).
+// Its values are checked in each node that takes them, where a message names both.
+Result<const json::object*> read_defaults(const json::object& root, const std::string& src) {
+    const auto* v = root.if_contains("defaults");
+    if (v == nullptr) return static_cast<const json::object*>(nullptr);
+    if (!v->is_object()) return Error(errc::invalid_argument, src + ": field 'defaults' must be an object");
+    for (const auto& kv : v->get_object()) {
+        if (kv.key() == "name")
+            return Error(errc::invalid_argument,
+                         src + ": defaults: field 'name' cannot have a default (names are unique)");
+        if (std::find(node_fields.begin(), node_fields.end(), kv.key()) == node_fields.end())
+            return Error(errc::invalid_argument,
+                         src + ": defaults: unknown field '" + printable(kv.key()) + "'");
+    }
+    return &v->get_object();
+}
+
+// The node with the defaults merged in (docs/OPERATIONS.md, "Defaults"): a field the node
+// sets wins; an object field both set ("health", "auth", ...) is merged key by key, one
+// level deep, the node's keys winning -- except "auth", whose keys are alternatives: a node's
+// non-empty "auth" replaces the defaults' one. `from_defaults` receives the dotted names of
+// the fields that came from the defaults.
+json::object merge_defaults(const json::object& node, const json::object& defaults,
+                            std::set<std::string, std::less<>>& from_defaults) {
+    json::object out = node;
+    for (const auto& kv : defaults) {
+        const std::string key(kv.key());
+        json::value* mine = out.if_contains(kv.key());
+        if (mine == nullptr) {
+            out.emplace(kv.key(), kv.value());
+            from_defaults.insert(key);
+            if (const auto* sub = kv.value().if_object())
+                for (const auto& s : *sub) from_defaults.insert(key + "." + std::string(s.key()));
+            continue;
+        }
+        auto* mine_obj = mine->if_object();
+        const auto* theirs = kv.value().if_object();
+        if (mine_obj == nullptr || theirs == nullptr) continue;  // the node's value wins
+        if (key == "auth" && !mine_obj->empty()) continue;
+        for (const auto& s : *theirs)
+            if (!mine_obj->contains(s.key())) {
+                mine_obj->emplace(s.key(), s.value());
+                from_defaults.insert(key + "." + std::string(s.key()));
+            }
+    }
+    return out;
 }
 
 // "node 'web-01'" when the node has a valid name, else its position "nodes[3]".
@@ -492,9 +558,11 @@ Result<Inventory> parse_inventory(std::string_view text, std::string_view source
     if (obj == nullptr)
         return Error(errc::invalid_argument, src + ": must be a JSON object {\"nodes\": [...]}");
     for (const auto& kv : *obj)
-        if (kv.key() != "nodes")
+        if (kv.key() != "nodes" && kv.key() != "defaults")
             return Error(errc::invalid_argument,
                          src + ": unknown field '" + printable(kv.key()) + "'");
+    auto defaults = read_defaults(*obj, src);
+    if (!defaults) return defaults.error();
     const auto* nodes = obj->if_contains("nodes");
     if (nodes == nullptr) return Error(errc::invalid_argument, src + ": field 'nodes' is required");
     if (!nodes->is_array() || nodes->get_array().empty())
@@ -506,9 +574,13 @@ Result<Inventory> parse_inventory(std::string_view text, std::string_view source
     const auto& array = nodes->get_array();
     inventory.nodes.reserve(array.size());
     for (std::size_t i = 0; i < array.size(); ++i) {
-        const NodeContext ctx{source, node_label(array[i], i), &policy};
+        std::set<std::string, std::less<>> from_defaults;
+        const NodeContext ctx{source, node_label(array[i], i), &policy, &from_defaults};
         if (!array[i].is_object()) return ctx.node_error("must be an object");
-        auto node = read_node(array[i].get_object(), ctx);
+        auto node = *defaults == nullptr
+                        ? read_node(array[i].get_object(), ctx)
+                        : read_node(merge_defaults(array[i].get_object(), **defaults, from_defaults),
+                                    ctx);
         if (!node) return node.error();
         if (auto [it, fresh] = names.emplace(node->name, i); !fresh)
             return ctx.field_error("name",

@@ -552,11 +552,19 @@ asio::awaitable<Result<void>> Pipeline::precheck() {
 // started costs the node a fork and exec.
 std::string Pipeline::precheck_script() const {
     std::string scripts, names;
+    // `+= ' '` then `+= quoted`, not `+= " " + quoted`: GCC 12 at -O3 raises a false
+    // -Werror=restrict on "literal" + std::string&& (GCC bug 105329).
     if (node_.requires_restart)
         for (const auto* cmd : {&node_.shutdown_cmd, &node_.startup_cmd})
-            for (const auto& path : paths_in(*cmd)) scripts += " " + shell_quote(path);
+            for (const auto& path : paths_in(*cmd)) {
+                scripts += ' ';
+                scripts += shell_quote(path);
+            }
     for (const auto& a : artifacts_)
-        if (!a.file_name.empty()) names += " " + shell_quote(a.file_name);
+        if (!a.file_name.empty()) {
+            names += ' ';
+            names += shell_quote(a.file_name);
+        }
     return "LC_ALL=C; d=" + d_ +
            "; [ -d \"$d\" ] || { echo \"deploy path $d does not exist or is not a directory\" >&2; "
            "exit 10; }"

@@ -259,7 +259,10 @@ std::vector<RouteInfo> DeployService::routes() {
     for (const auto& r : Impl::routes()) {
         RouteInfo i;
         i.method = std::string(bh::to_string(r.method));
-        for (auto p : r.pattern) i.path += "/" + std::string(p == "*" ? "{}" : p);
+        for (auto p : r.pattern) {  // not "/" + std::string: GCC bug 105329 at -O3
+            i.path += '/';
+            i.path += p == "*" ? std::string_view("{}") : std::string_view(p);
+        }
         i.role = r.role;
         i.also_role = r.also_role;
         out.push_back(std::move(i));

@@ -103,7 +103,13 @@ std::string sha256_fingerprint(std::string_view blob) {
 
 std::string known_hosts_name(std::string_view host, std::uint16_t port) {
     if (port == 22) return std::string(host);
-    return "[" + std::string(host) + "]:" + std::to_string(port);
+    // Appended piece by piece: "[" + std::string(...) makes GCC 12 at -O3 raise a false
+    // -Werror=restrict (GCC bug 105329).
+    std::string name = "[";
+    name += host;
+    name += "]:";
+    name += std::to_string(port);
+    return name;
 }
 
 bool KnownHosts::parse_line(std::string_view line, int line_no, Entry& out) {
@@ -302,7 +308,11 @@ Result<void> KnownHosts::add_locked(std::string_view host, std::uint16_t port, c
         struct stat st {};
         if (::fstat(fd, &st) == 0 && st.st_size > 0) {
             char last = '\n';
-            if (::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') line.insert(0, "\n");
+            if (::pread(fd, &last, 1, st.st_size - 1) == 1 && last != '\n') {
+                std::string glued = "\n";  // not line.insert(0, ...): GCC bug 105329 at -O3
+                glued += line;
+                line = std::move(glued);
+            }
         }
         ssize_t n = ::write(fd, line.data(), line.size());
         int saved = errno;

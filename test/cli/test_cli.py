@@ -131,6 +131,8 @@ class CliTest(unittest.TestCase):
             cls.inv = {n["name"]: n for n in json.load(f)["nodes"]}
         cls.fnodes = {n["name"]: n for n in cls.info["nodes"]}
         cls.known_hosts = os.path.join(FLEET_DIR, "known_hosts")
+        os.makedirs(WORK_ROOT, exist_ok=True)
+        os.chmod(WORK_ROOT, 0o711)
         return {name: [x["kind"] for x in n["faults"]] for name, n in cls.fnodes.items()}
 
     @classmethod
@@ -141,8 +143,6 @@ class CliTest(unittest.TestCase):
         if kinds != want:
             raise AssertionError(f"the cli_fleet fixture is not what the tests expect: {kinds}")
         cls.slow_s = min(x["seconds"] for n in SLOW for x in cls.fnodes[n]["faults"])
-        os.makedirs(WORK_ROOT, exist_ok=True)
-        os.chmod(WORK_ROOT, 0o711)
 
     # ------------------------------------------------------------------ plumbing
     def setUp(self):
@@ -332,10 +332,10 @@ class CliTest(unittest.TestCase):
              self.inventory(base, "unknown-nested.json",
                             node_0001={"health": dict(self.inv["node-0001"]["health"], retries=3)}), None,
              "node 'node-0001': unknown field 'health.retries'"),
-            ("bad tier", self.inventory(base, "bad-tier.json", node_0003={"tier": 7}), None,
-             "node 'node-0003': field 'tier': must be an integer from 1 to 3"),
+            ("bad tier", self.inventory(base, "bad-tier.json", node_0003={"tier": 100}), None,
+             "node 'node-0003': field 'tier': must be an integer from 1 to 99"),
             ("tier as a string", self.inventory(base, "tier-string.json", node_0002={"tier": "2"}), None,
-             "node 'node-0002': field 'tier': must be an integer from 1 to 3"),
+             "node 'node-0002': field 'tier': must be an integer from 1 to 99"),
             ("tier not in the config", self.inventory(base, "tier-not-configured.json"),
              {"rollout": {"tiers": TIERS[:2]}},
              "node 'node-0003': field 'tier': tier 3 is not in the rollout configuration (rollout.tiers)"),

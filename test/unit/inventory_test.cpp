@@ -142,9 +142,9 @@ const RuleCase rule_cases[] = {
     {"deploy_path newline", [](json::object& n) { n["deploy_path"] = "/app/x\ny"; },
      "node 'web-01': field 'deploy_path': must not contain control characters"},
     {"tier 0", [](json::object& n) { n["tier"] = 0; },
-     "node 'web-01': field 'tier': must be an integer from 1 to 3"},
-    {"tier 4", [](json::object& n) { n["tier"] = 4; },
-     "node 'web-01': field 'tier': must be an integer from 1 to 3"},
+     "node 'web-01': field 'tier': must be an integer from 1 to 99"},
+    {"tier 100", [](json::object& n) { n["tier"] = 100; },
+     "node 'web-01': field 'tier': must be an integer from 1 to 99"},
     {"inst_id control", [](json::object& n) { n["inst_id"] = "INST\n1"; },
      "node 'web-01': field 'inst_id': must not contain control characters"},
     {"system_name too long", [](json::object& n) { n["system_name"] = std::string(129, 's'); },
@@ -487,7 +487,7 @@ TEST_CASE("inventory: document shape") {
     json::object bad = example_node();
     bad["name"] = "web-02";
     bad["deploy_path"] = "/app/b";
-    bad["tier"] = 9;
+    bad["tier"] = 100;
     CHECK(error_of(parse_nodes(json::array{good, bad}))
               .find("nodes.json: node 'web-02': field 'tier'") == 0);
 }
@@ -547,4 +547,155 @@ TEST_CASE("inventory: conf/inventory.example.json parses, one node per tier and 
     CHECK(inv->nodes[1].ssh_port == 2222);
     CHECK(inv->nodes[2].ssh_port == 22);
     CHECK_FALSE(inv->nodes[2].requires_restart);
+}
+
+// ------------------------------------------------------------------ tiers and defaults
+
+TEST_CASE("inventory: tiers 1 to 99, as the configuration's rollout.tiers") {
+    for (int tier : {1, 3, 4, 7, 42, 99}) {
+        json::object n = example_node();
+        n["tier"] = tier;
+        auto inv = parse_nodes(json::array{n});
+        REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+        CHECK(inv->nodes[0].tier == tier);
+    }
+}
+
+namespace {
+
+// Two nodes that take everything but name, host and deploy_path from the defaults.
+json::object defaults_document() {
+    json::object defaults = example_node();
+    defaults.erase("name");
+    defaults.erase("host");
+    defaults.erase("deploy_path");
+    json::object root;
+    root["defaults"] = defaults;
+    root["nodes"] = json::array{
+        json::object{{"name", "web-01"}, {"host", "10.0.0.1"}, {"deploy_path", "/app/a"}},
+        json::object{{"name", "web-02"}, {"host", "10.0.0.2"}, {"deploy_path", "/app/b"}}};
+    return root;
+}
+
+Result<Inventory> parse_root(const json::object& root) {
+    return parse_inventory(json::serialize(root), "inv.json");
+}
+
+}  // namespace
+
+TEST_CASE("inventory: defaults fill every node's missing fields") {
+    auto inv = parse_root(defaults_document());
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    REQUIRE(inv->nodes.size() == 2);
+    for (const auto& n : inv->nodes) {
+        CHECK(n.user == "deploy");
+        CHECK(n.auth.key_file == "/etc/guardia/keys/id_ed25519");
+        CHECK(n.tier == 1);
+        CHECK(n.inst_id == "INST-001");
+        CHECK(n.shutdown_cmd == "sh /app/scripts/shutdown.sh");
+        CHECK(n.health.port == 8080);
+        CHECK(n.health.timeout.count() == 30);
+    }
+    CHECK(inv->nodes[1].host == "10.0.0.2");
+    CHECK(inv->nodes[1].deploy_path == "/app/b");
+}
+
+TEST_CASE("inventory: a node's own fields win; objects merge key by key, one level deep") {
+    json::object root = defaults_document();
+    auto& nodes = root["nodes"].as_array();
+    auto& n1 = nodes[0].as_object();
+    n1["user"] = "ops";
+    n1["tier"] = 3;
+    n1["health"] = json::object{{"port", 9090}};  // path, timeout_s, interval_s from defaults
+    auto& n2 = nodes[1].as_object();
+    n2["auth"] = json::object{{"agent", true}};  // replaces the defaults' key_file
+    n2["requires_restart"] = false;
+    auto inv = parse_root(root);
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    const auto& a = inv->nodes[0];
+    CHECK(a.user == "ops");
+    CHECK(a.tier == 3);
+    CHECK(a.health.port == 9090);
+    CHECK(a.health.path == "/");
+    CHECK(a.health.timeout.count() == 30);
+    CHECK(a.health.interval.count() == 2);
+    CHECK(a.auth.key_file == "/etc/guardia/keys/id_ed25519");
+    const auto& b = inv->nodes[1];
+    CHECK(b.user == "deploy");
+    CHECK(b.auth.agent);
+    CHECK(b.auth.key_file.empty());
+    CHECK_FALSE(b.requires_restart);
+    CHECK(b.health.port == 8080);
+}
+
+TEST_CASE("inventory: an error in a value from the defaults names defaults.<field> and the node") {
+    json::object root = defaults_document();
+    root["defaults"].as_object()["user"] = "-root";
+    CHECK(error_of(parse_root(root)) ==
+          "inv.json: node 'web-01': field 'user' (from defaults.user): must not start with '-'");
+
+    root = defaults_document();
+    root["defaults"].as_object()["health"].as_object()["port"] = 0;
+    root["nodes"].as_array()[0].as_object()["health"] = json::object{{"port", 8081}};
+    // web-01 sets its own port; web-02 takes the bad one.
+    CHECK(error_of(parse_root(root)) ==
+          "inv.json: node 'web-02': field 'health.port' (from defaults.health.port): must be an "
+          "integer from 1 to 65535");
+
+    root = defaults_document();
+    root["defaults"].as_object()["health"].as_object()["expect"] = 200;
+    CHECK(error_of(parse_root(root)) ==
+          "inv.json: node 'web-01': unknown field 'health.expect' (from defaults.health.expect)");
+
+    // The node's own bad value is its own.
+    root = defaults_document();
+    root["nodes"].as_array()[1].as_object()["tier"] = 0;
+    CHECK(error_of(parse_root(root)) ==
+          "inv.json: node 'web-02': field 'tier': must be an integer from 1 to 99");
+
+    // A default deploy_path for nodes on one host is the same directory twice.
+    root = defaults_document();
+    root["defaults"].as_object()["deploy_path"] = "/app/x";
+    root["defaults"].as_object()["host"] = "10.0.0.9";
+    for (auto& n : root["nodes"].as_array()) {
+        n.as_object().erase("deploy_path");
+        n.as_object().erase("host");
+    }
+    CHECK(error_of(parse_root(root)).find("inv.json: node 'web-02': field 'deploy_path' (from "
+                                          "defaults.deploy_path): same target directory as node "
+                                          "'web-01'") == 0);
+}
+
+TEST_CASE("inventory: the defaults object itself") {
+    json::object root = defaults_document();
+    root["defaults"] = json::array{};
+    CHECK(error_of(parse_root(root)) == "inv.json: field 'defaults' must be an object");
+    root = defaults_document();
+    root["defaults"].as_object()["name"] = "x";
+    CHECK(error_of(parse_root(root)) ==
+          "inv.json: defaults: field 'name' cannot have a default (names are unique)");
+    root = defaults_document();
+    root["defaults"].as_object()["usr"] = "x";
+    CHECK(error_of(parse_root(root)) == "inv.json: defaults: unknown field 'usr'");
+    // An empty defaults object changes nothing.
+    root = json::object{{"defaults", json::object{}}, {"nodes", json::array{example_node()}}};
+    auto inv = parse_root(root);
+    REQUIRE(inv.has_value());
+    CHECK(inv->nodes[0].user == "deploy");
+}
+
+TEST_CASE("inventory: conf/inventory.defaults.example.json parses") {
+    auto inv = load_inventory((source_root() / "conf" / "inventory.defaults.example.json").string());
+    REQUIRE_MESSAGE(inv.has_value(), (inv ? "" : inv.error().message));
+    REQUIRE(inv->nodes.size() == 4);
+    for (const auto& n : inv->nodes) CHECK(n.user == "deploy");
+    CHECK(inv->nodes[0].tier == 1);
+    CHECK(inv->nodes[1].tier == 2);
+    CHECK(inv->nodes[1].auth.key_file == "/etc/guardia/keys/id_ed25519");
+    CHECK(inv->nodes[2].auth.password_ref == "portal-03-deploy");
+    CHECK(inv->nodes[2].auth.key_file.empty());
+    CHECK(inv->nodes[3].tier == 3);
+    CHECK(inv->nodes[3].health.port == 9443);
+    CHECK(inv->nodes[3].health.path == "/health");
+    CHECK(inv->nodes[3].health.timeout.count() == 60);
 }

@@ -37,6 +37,14 @@ struct TempDir {
     std::filesystem::path path;
 };
 
+// prefix + n, appended: "literal" + std::to_string(n) makes GCC 12 at -O3 (Release) raise a
+// false -Werror=restrict (GCC bug 105329).
+std::string numbered(const char* prefix, long long n) {
+    std::string s = prefix;
+    s += std::to_string(n);
+    return s;
+}
+
 AuditEvent event(std::string sr, std::string rollout, std::string node, std::string name) {
     AuditEvent e;
     e.sr_id = std::move(sr);
@@ -166,7 +174,7 @@ TEST_CASE("store: read helpers page the audit log and return node results and ro
         writer.upsert_rollout(r);
         for (int i = 0; i < 25; ++i)
             writer.record(
-                event("SR-1", "R-1", "node-" + std::to_string(i % 3), "E" + std::to_string(i)));
+                event("SR-1", "R-1", numbered("node-", i % 3), numbered("E", i)));
         writer.record(event("SR-2", "R-2", "node-0", "OTHER"));
         NodeResult n;
         n.rollout_id = "R-1";
@@ -500,8 +508,8 @@ namespace {
 void write_events_with_principals(const std::string& path, int n) {
     AuditWriter writer(path);
     for (int i = 1; i <= n; ++i) {
-        auto e = event("SR-P", "R-P", "", "E" + std::to_string(i));
-        e.detail = "detail " + std::to_string(i);
+        auto e = event("SR-P", "R-P", "", numbered("E", i));
+        e.detail = numbered("detail ", i);
         if (i % 2 == 0) e.principal = i % 4 == 0 ? "ci-approvals" : "pm-portal";
         writer.record(e);
     }

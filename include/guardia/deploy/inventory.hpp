@@ -53,7 +53,7 @@ struct Node {
     std::string user;
     NodeAuth auth;
     std::string deploy_path;  // absolute, normalised, not a system directory
-    int tier = 2;             // 1 mission critical, 2 standard, 3 test/dev
+    int tier = 2;  // 1..99 (rollout.tiers; by default 1 critical, 2 standard, 3 test/dev)
     std::string inst_id, system_name;
     bool requires_restart = true;
     std::string shutdown_cmd, startup_cmd;  // both required when requires_restart
@@ -65,7 +65,7 @@ struct Inventory {
     std::vector<Node> nodes;
 };
 
-// Parses and validates an inventory document. `source` names it in messages (a file name).
+// Parses and validates an inventory document ("defaults" merged into nodes; `source`: its name).
 // Errors are errc::invalid_argument, or errc::security_violation when a shutdown/startup
 // command is refused by the command sanitizer; the first error found is returned:
 //   "nodes.json:3:17: invalid JSON: syntax error"

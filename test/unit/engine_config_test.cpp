@@ -125,7 +125,7 @@ TEST_SUITE("engine config") {
     }
 
     TEST_CASE("conf/guardia.json, the documented example, parses and holds the defaults") {
-        const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+        const auto root = std::filesystem::path(GUARDIA_SOURCE_ROOT);
         auto c = load_engine_config((root / "conf" / "guardia.json").string());
         REQUIRE_MESSAGE(c.has_value(), (c ? "" : c.error().message));
         const RolloutConfig defaults;

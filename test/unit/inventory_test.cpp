@@ -46,7 +46,7 @@ std::string error_of(const Result<Inventory>& r) {
 }
 
 std::filesystem::path source_root() {
-    return std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+    return std::filesystem::path(GUARDIA_SOURCE_ROOT);
 }
 
 struct RuleCase {

@@ -99,7 +99,7 @@ TEST_CASE("service config: the API token file must be private and long enough") 
 }
 
 TEST_CASE("service config: conf/guardia.json's service and notifications sections parse") {
-    const auto root = std::filesystem::path(__FILE__).parent_path().parent_path().parent_path();
+    const auto root = std::filesystem::path(GUARDIA_SOURCE_ROOT);
     const std::string path = (root / "conf" / "guardia.json").string();
     auto engine = guardia::deploy::load_engine_config(path);
     REQUIRE_MESSAGE(engine.has_value(), (engine ? "" : engine.error().message));

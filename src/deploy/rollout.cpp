@@ -627,6 +627,13 @@ void Rollout::Impl::abort(std::string reason, const std::string& step,
     report.reason = reason;
     audit(step, "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts",
           std::nullopt, principal);
+    // A baking tier's probes stop now: an abort (operator, gate, drain) must not wait for an
+    // unhealthy node's whole health timeout. A bake rollback already started is not touched.
+    for (auto& slot : slots)
+        if (slot->baking) {
+            slot->baking = false;
+            slot->bake_signal.emit(asio::cancellation_type::terminal);
+        }
     pace.cancel();
     notify();
 }

@@ -1398,7 +1398,10 @@ asio::awaitable<NodeReport> Pipeline::run_rollback(const std::string& backup_pat
     try {
         if (chain.ok()) chain.note("CONNECT", co_await connect());
         if (chain.ok()) chain.note("LOCK", co_await lock());
-        if (chain.ok() && !expected_live.empty())
+        // A marker to check (guardia rollback, operator rollback) is checked even when no
+        // artifact list is known: never restore over a release that is not the one to undo.
+        if (chain.ok() && (!expected_live.empty() || !expect_marker.rollout_id.empty() ||
+                           !expect_marker.sr_id.empty()))
             chain.note("VERIFY_LIVE", co_await verify_live(expected_live));
     } catch (const boost::system::system_error&) {
         note_cancelled(chain);

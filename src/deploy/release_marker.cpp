@@ -94,13 +94,18 @@ std::string inspect_script(const std::string& deploy_path) {
 
 NodeListing parse_listing(std::string_view out) {
     NodeListing l;
+    bool marker_seen = false;
     for (std::size_t pos = 0; pos < out.size();) {
         auto end = out.find('\n', pos);
         if (end == std::string_view::npos) end = out.size();
         const std::string_view line = out.substr(pos, end - pos);
         pos = end + 1;
-        if (line.substr(0, 7) == "MARKER ")
-            l.marker_text = std::string(line.substr(7));
+        // The marker (or NOMARKER) comes first: a later "MARKER" line can only come from a
+        // file name with a newline in it, and must not stand for the node's release.
+        if (line.substr(0, 7) == "MARKER " || line == "NOMARKER") {
+            if (!marker_seen && line != "NOMARKER") l.marker_text = std::string(line.substr(7));
+            marker_seen = true;
+        }
         else if (line == "NODIR")
             l.deploy_path_exists = false;
         else if (line.substr(0, 4) == "SHA " && line.size() > 4 + 64 + 1 && line[4 + 64] == ' ')

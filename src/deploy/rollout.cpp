@@ -1,5 +1,6 @@
 #include "guardia/deploy/rollout.hpp"
 
+#include "guardia/deploy/release_marker.hpp"
 #include "guardia/http/health_probe.hpp"
 #include "guardia/store/audit_writer.hpp"
 
@@ -278,6 +279,12 @@ struct Rollout::Impl {
         co_await wake.async_wait(asio::redirect_error(asio::use_awaitable, ec));
     }
     void notify() { wake.cancel(); }
+    // What a node this rollout deployed has in its release marker.
+    static MarkerExpectation own_release(const PipelineSettings& s) {
+        MarkerExpectation m;
+        m.rollout_id = s.rollout_id;
+        return m;
+    }
 
     void audit(const std::string& step, const std::string& event, std::string detail,
                std::optional<std::int64_t> duration_ms = std::nullopt,
@@ -627,6 +634,13 @@ void Rollout::Impl::abort(std::string reason, const std::string& step,
     report.reason = reason;
     audit(step, "ROLLOUT_ABORT", reason + "; nodes in flight finish, no new node starts",
           std::nullopt, principal);
+    // A baking tier's probes stop now: an abort (operator, gate, drain) must not wait for an
+    // unhealthy node's whole health timeout. A bake rollback already started is not touched.
+    for (auto& slot : slots)
+        if (slot->baking) {
+            slot->baking = false;
+            slot->bake_signal.emit(asio::cancellation_type::terminal);
+        }
     pace.cancel();
     notify();
 }
@@ -775,7 +789,10 @@ asio::awaitable<void> Rollout::Impl::bake_node(std::size_t i, Clock::time_point 
     NodeReport rb;
     try {
         const std::string backup = progress.report.backup_path;
-        rb = co_await rollback_node(node, backup, tier_settings[t]);
+        // The node was unlocked since it deployed: restore it only while it still runs this
+        // rollout's release (files, marker, backup), never over another rollout's.
+        rb = co_await rollback_release(node, backup, tier_settings[t], artifacts,
+                                       own_release(tier_settings[t]));
     } catch (const std::exception& e) {
         rb.outcome = NodeOutcome::rollback_failed;
         rb.error = Error(errc::invalid_argument, std::string("rollback: ") + e.what());
@@ -862,8 +879,11 @@ asio::awaitable<void> Rollout::Impl::roll_back_deployed() {
                 const auto& s = tier_settings[slots[i]->tier_index];
                 NodeReport r;
                 try {
-                    r = co_await rollback_node(inventory.nodes[i],
-                                               report.nodes[i].report.backup_path, s);
+                    // Nodes deployed long ago (a bake, a tier gate's wait) were unlocked
+                    // since: only one still on this rollout's release is restored.
+                    r = co_await rollback_release(inventory.nodes[i],
+                                                  report.nodes[i].report.backup_path, s,
+                                                  artifacts, own_release(s));
                 } catch (const std::exception& e) {
                     r.node = inventory.nodes[i].name;
                     r.outcome = NodeOutcome::rollback_failed;

@@ -17,7 +17,7 @@ Layout (checked in setUpClass; change both together):
 Each test owns its nodes:
   test_01 node-0001, node-0005, node-0006    test_04 node-0010, node-0011, node-0012
   test_02 node-0007, node-0008, node-0002, node-0009    test_05 node-0013, node-0014, node-0015
-  test_03 none (refusals only)               test_06 node-0003, node-0016    (node-0004 spare)
+  test_03 none (refusals only)               test_06 node-0003, node-0016    test_04b node-0004, node-0009 (never starts)
 
   test_operator_control.py [unittest args]   run (as root, like the fleet)
   test_operator_control.py --cleanup         kill guardia processes a killed run left, remove the work root
@@ -312,6 +312,39 @@ class OperatorControlTest(ServeTest):
         self.assertTrue(rb, "the rollback's steps follow BAKE_FAILED")
         self.assertFalse([r for r in self.events(sr, "BAKE_FAILED") if r["node"] != "node-0013"])
         self.wait_webhook(sr, "/fail", "deployment_failed")
+
+    # ================================================================== 4b. abort after a gate
+    def test_04b_abort_roll_back_all_never_overwrites_a_release_put_there_while_waiting(self):
+        """Tier 1 (node-0004) deployed and unlocked while the rollout waits at the tier gate;
+        meanwhile another release takes the node (its files and release marker change). An abort
+        with roll_back_all must refuse that node by name (VERIFY_LIVE), never restore this
+        rollout's backup over the other release. node-0009 (tier 2) never starts."""
+        tiers = {"node-0004": 1, "node-0009": 2}
+        sr = f"SR-GATEABORT-{self.tag}"
+        self.start_service(conf=self.op_config(
+            [{"tier": 1, "batch_size": "all", "mode": "sliding", "approve": True},
+             {"tier": 2, "batch_size": "all"}],
+            clients={"ops": ["operate", "read"]}))
+        before = self.fresh(*tiers)
+        arts = self.prepare(sr, tiers, "gateabort")
+        rid = self.trigger_ok(sr)
+        self.wait_states(sr, "the tier gate", lambda d, st: d["rollout"].get("state") == "AWAITING_APPROVAL")
+        dp = self.inv["node-0004"]["deploy_path"]
+        other = json.dumps({"rollout_id": "R-OTHER", "sr_id": "SR-OTHER", "artifacts": [],
+                            "activated_at": "2026-01-01T00:00:00Z", "owner": "someone"}).encode() + b"\n"
+        with open(dp + ".guardia-release", "wb") as f:
+            f.write(other)
+        self.ok(self.control(sr, "abort", {"on_abort": "roll_back_all"}, token=self.as_("ops")), 202)
+        self.wait_task(sr, "FAILED_ROLLBACK")
+        after = self.check(*tiers)
+        self.assert_deployed(before["node-0004"], after["node-0004"], arts)
+        with open(dp + ".guardia-release", "rb") as f:
+            self.assertEqual(f.read(), other, "the other release's marker stays")
+        self.assert_untouched(before, after, ["node-0009"])
+        rows = self.node_rows(rid)
+        self.assertEqual(rows["node-0004"]["status"], "ROLLBACK_BY_POLICY_FAILED", rows)
+        refused = [r for r in self.audit_rows(sr) if r["node"] == "node-0004" and r["step"] == "VERIFY_LIVE"]
+        self.assertTrue(any("R-OTHER" in (r["detail"] or "") for r in refused), refused)
 
     # ================================================================== 6. CLI signals
     def test_06_cli_deploy_paused_by_sigusr1_resumed_by_sigusr2(self):

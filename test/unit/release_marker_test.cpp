@@ -86,3 +86,26 @@ TEST_CASE("majority: nodes whose set of live sha256s is not the most common one"
     CHECK(differing_from_majority({"a", "b"}, {{"a", v1}, {"b", v2}}) == std::vector<std::string>{"b"});
     CHECK(differing_from_majority({}, {}).empty());
 }
+
+TEST_CASE("inspect listing: a file name cannot forge the marker line or a file's sum") {
+    // The script prints the marker first; a file named "x\nMARKER {...}" in the deploy path
+    // comes out of printf as a second MARKER line. Only the first one is the marker.
+    const std::string sha(64, 'a');
+    std::string out = "MARKER {\"rollout_id\":\"R-real\"}\n";
+    out += "SHA ";
+    out += sha;
+    out += " x\n";
+    out += "MARKER {\"rollout_id\":\"R-forged\"}\n";
+    const NodeListing l = parse_listing(out);
+    REQUIRE(l.marker_text.has_value());
+    CHECK(*l.marker_text == "{\"rollout_id\":\"R-real\"}");
+}
+
+TEST_CASE("inspect listing: no marker stays no marker whatever a file is named") {
+    const std::string sha(64, 'b');
+    std::string out = "NOMARKER\nSHA ";
+    out += sha;
+    out += " \nMARKER {\"rollout_id\":\"R-forged\"}\n";
+    const NodeListing l = parse_listing(out);
+    CHECK_FALSE(l.marker_text.has_value());
+}

@@ -1123,6 +1123,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::rollback(std::s
         co_return ServiceError(ServiceErrc::node_claimed,
                                "SR " + sr_id + " deployed to nodes another SR holds now: " +
                                    describe(busy) + ". Finish that SR first.");
+    if (m.stopping) co_return stopping_error();  // the service began to stop meanwhile
     if (m.active.count(sr_id))  // taken while the nodes were read
         co_return ServiceError(ServiceErrc::conflict,
                                "SR " + sr_id + " is " + m.active[sr_id]->task.status);

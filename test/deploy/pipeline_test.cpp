@@ -38,7 +38,15 @@ std::string fleet_tool() {
 
 // The node as `tools/fleet check` sees it.
 json::object check(const std::string& node) {
-    auto out = shell("'" + fleet_tool() + "' check --dir '" + fleet().dir + "' --node " + node + " --backups");
+    // Appended, not "'" + std::string&&: GCC 12 -O3 false -Werror=restrict (bug 105329).
+    std::string cmd(1, '\'');
+    cmd += fleet_tool();
+    cmd += "' check --dir '";
+    cmd += fleet().dir;
+    cmd += "' --node ";
+    cmd += node;
+    cmd += " --backups";
+    auto out = shell(cmd);
     return json::parse(out).at("nodes").at(node).as_object();
 }
 

@@ -33,7 +33,7 @@ using Names = std::vector<std::string>;
 
 store::NodeResult result(std::string node, std::string status) {
     store::NodeResult r;
-    r.rollout_id = "R";
+    r.rollout_id.push_back('R');  // not = "R": GCC 12 -O3 false -Werror=restrict (bug 105329)
     r.node = std::move(node);
     r.status = std::move(status);
     return r;

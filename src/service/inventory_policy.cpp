@@ -23,6 +23,17 @@ Result<void> admit_inventory(const deploy::Inventory& inventory, const deploy::E
     for (const auto& node : inventory.nodes)
         if (auto ok = credentials->admit(node, policy); !ok)
             return Error(ok.error().code, std::string(source) + ": " + ok.error().message);
+    // Tiers 1..99 parse; the service takes only those its rollout configuration runs, so that
+    // a node of an unlisted tier is refused at import, not at the next trigger.
+    for (const auto& node : inventory.nodes) {
+        bool listed = false;
+        for (const auto& t : engine.rollout.tiers) listed = listed || t.tier == node.tier;
+        if (!listed)
+            return Error(errc::invalid_argument,
+                         std::string(source) + ": node '" + node.name + "': field 'tier': tier " +
+                             std::to_string(node.tier) +
+                             " is not in the service's rollout configuration (rollout.tiers)");
+    }
     return {};
 }
 

@@ -270,6 +270,26 @@ TEST_SUITE("service inventory policy") {
         CHECK(nopw.error().message.find("request body: node 'b': field 'auth.password_ref': 'pw'") == 0);
     }
 
+    TEST_CASE("admit_inventory takes only the tiers the rollout configuration runs") {
+        TempDir t;
+        std::filesystem::create_directories(t.file("keys"));
+        write(t.file("keys/id"), "k");
+        Inventory inv;
+        Node a = node("a", "10.0.0.1");
+        a.auth.key_file = t.file("keys/id");
+        a.tier = 7;
+        inv.nodes.push_back(a);
+        EngineConfig e;  // tiers 1, 2, 3
+        e.key_dirs = std::vector<std::string>{t.file("keys")};
+        auto r = service::admit_inventory(inv, e, nullptr, "request body");
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().message ==
+              "request body: node 'a': field 'tier': tier 7 is not in the service's rollout "
+              "configuration (rollout.tiers)");
+        e.rollout.tiers.push_back(deploy::TierPolicy(7, 10, deploy::WindowMode::sliding, false));
+        CHECK(service::admit_inventory(inv, e, nullptr, "request body").has_value());
+    }
+
     TEST_CASE("the import's change summary") {
         namespace json = boost::json;
         std::vector<store::InventoryNodeRecord> stored(3);

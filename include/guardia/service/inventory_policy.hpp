@@ -25,7 +25,7 @@ namespace guardia::service {
 // in the credentials file, bound to hosts, and the node's host is one of them. `credentials`
 // may be null (then no password ref is admitted). The first refusal is returned, prefixed by
 // `source`: "request body: node 'web-01': field 'auth.key_file': '/root/k' outside ssh.key_dirs
-// [...]: ...".
+// [...]: ...". Every node's tier must be one of the configuration's rollout.tiers.
 Result<void> admit_inventory(const deploy::Inventory& inventory, const deploy::EngineConfig& engine,
                              const deploy::CredentialStore* credentials, std::string_view source);
 

@@ -453,6 +453,9 @@ asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
     auto self = shared_from_this();  // the service outlives no rollout of its own
     deploy::RolloutReport report = co_await w->rollout->run();
     ++stats.rollouts_by_status[std::string(deploy::to_string(report.status))];
+    stats.rollouts_by_duration
+        .try_emplace(std::string(deploy::to_string(report.status)), rollout_duration_buckets())
+        .first->second.observe(std::chrono::duration<double>(report.duration).count());
     for (const auto& n : report.nodes)
         if (n.state == deploy::NodeState::done)
             node_outcome_metric(deploy::to_string(n.report.outcome));
@@ -998,9 +1001,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
     std::weak_ptr<Work> weak = w;
     w->step_timer = std::make_unique<WorkObserver>(
         [self](const std::string& step, double s) {
-            auto& st = self->stats.steps[step];
-            st.sum += s;
-            ++st.count;
+            self->stats.steps.try_emplace(step, step_duration_buckets()).first->second.observe(s);
         },
         [self, weak](const deploy::TierProgress& tier) {
             auto work = weak.lock();

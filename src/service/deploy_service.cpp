@@ -2,6 +2,7 @@
 
 #include "guardia/core/json_input.hpp"
 #include "guardia/service/clients.hpp"
+#include "guardia/service/metrics.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
@@ -124,20 +125,6 @@ ServiceResult<void> only_fields(const json::object& o,
         if (std::find(known.begin(), known.end(), kv.key()) == known.end())
             return bad(printable(kv.key()) + ": unknown field");
     return {};
-}
-
-// Prometheus label values: backslash, quote and newline escaped.
-std::string label(std::string_view v) {
-    std::string out;
-    for (char c : v) {
-        if (c == '\\' || c == '"')
-            out += '\\', out += c;
-        else if (c == '\n')
-            out += "\\n";
-        else
-            out += c;
-    }
-    return out;
 }
 
 json::object tier_json(const deploy::TierProgress& t) {
@@ -818,59 +805,58 @@ asio::awaitable<http::Response> DeployService::Impl::healthz(const Call& c) {
 }
 
 asio::awaitable<http::Response> DeployService::Impl::metrics(const Call& c) {
+    // Exposition format: include/guardia/service/metrics.hpp; every metric: docs/OPERATIONS.md.
     const auto& deps = coordinator.deps();
     const auto& stats = coordinator.stats();
-    std::ostringstream m;
-    auto head = [&](const char* name, const char* type, const char* help) {
-        m << "# HELP " << name << ' ' << help << "\n# TYPE " << name << ' ' << type << '\n';
+    Exposition m;
+    auto single = [&](const char* name, const char* type, const char* help, std::uint64_t v) {
+        m.family(name, type, help);
+        m.sample(name, {}, v);
     };
-    head("guardia_rollouts_total", "counter", "Rollouts finished by this process, by status.");
-    for (const auto& [k, v] : stats.rollouts_by_status)
-        m << "guardia_rollouts_total{status=\"" << label(k) << "\"} " << v << '\n';
-    head("guardia_nodes_total", "counter", "Node outcomes in this process, by outcome.");
-    for (const auto& [k, v] : stats.nodes_by_outcome)
-        m << "guardia_nodes_total{outcome=\"" << label(k) << "\"} " << v << '\n';
-    head("guardia_step_duration_seconds", "summary", "Time nodes spent in each pipeline step.");
-    for (const auto& [k, v] : stats.steps) {
-        m << "guardia_step_duration_seconds_sum{step=\"" << label(k) << "\"} " << v.sum << '\n';
-        m << "guardia_step_duration_seconds_count{step=\"" << label(k) << "\"} " << v.count << '\n';
-    }
-    head("guardia_rollouts_running", "gauge", "Rollouts in flight.");
-    m << "guardia_rollouts_running " << coordinator.deploying() << '\n';
-    head("guardia_pm_rollbacks_running", "gauge", "PM-rejected releases being rolled back.");
-    m << "guardia_pm_rollbacks_running " << coordinator.rolling_back() << '\n';
-    head("guardia_nodes_claimed", "gauge",
-         "Nodes held by an SR (deploying, awaiting its PM verdict, or rolling back).");
-    m << "guardia_nodes_claimed " << coordinator.claims().size() << '\n';
-    head("guardia_ssh_sessions_open", "gauge", "SSH sessions open now.");
-    m << "guardia_ssh_sessions_open " << ssh::open_session_count() << '\n';
-    head("guardia_audit_queue_depth", "gauge", "Store writes queued, not yet committed.");
-    m << "guardia_audit_queue_depth " << deps.audit->queue_depth() << '\n';
-    head("guardia_store_degraded", "gauge",
-         "1 while the store cannot commit (audit or stop: no new work is accepted).");
-    m << "guardia_store_degraded " << (deps.audit->degraded() ? 1 : 0) << '\n';
-    head("guardia_audit_spilled_total", "counter",
-         "Store writes spilled to the journal at stop (replayed at the next start).");
-    m << "guardia_audit_spilled_total " << deps.audit->spilled() << '\n';
-    head("guardia_audit_replayed_total", "counter",
-         "Store writes replayed from the spill journal at start-up.");
-    m << "guardia_audit_replayed_total " << deps.audit->replayed() << '\n';
-    head("guardia_audit_committed_total", "counter", "Store writes committed.");
-    m << "guardia_audit_committed_total " << deps.audit->committed() << '\n';
-    head("guardia_audit_rejected_total", "counter", "Store writes refused by SQLite.");
-    m << "guardia_audit_rejected_total " << deps.audit->rejected() << '\n';
-    head("guardia_http_requests_total", "counter", "API requests answered, by status code.");
+    m.family("guardia_build_info", "gauge",
+             "Always 1; the labels name the version, commit and libraries of this binary.");
+    m.sample("guardia_build_info", build_info_labels(), std::uint64_t{1});
+    m.family("guardia_rollouts_total", "counter", "Rollouts finished by this process, by status.");
+    for (const auto& [k, v] : stats.rollouts_by_status) m.sample("guardia_rollouts_total", {{"status", k}}, v);
+    m.family("guardia_nodes_total", "counter", "Node outcomes in this process, by outcome.");
+    for (const auto& [k, v] : stats.nodes_by_outcome) m.sample("guardia_nodes_total", {{"outcome", k}}, v);
+    m.family("guardia_step_duration_seconds", "histogram", "Time nodes spent in each pipeline step.");
+    for (const auto& [k, h] : stats.steps) m.histogram("guardia_step_duration_seconds", {{"step", k}}, h);
+    m.family("guardia_rollout_duration_seconds", "histogram",
+             "Wall time of the rollouts this process finished, by final status.");
+    for (const auto& [k, h] : stats.rollouts_by_duration)
+        m.histogram("guardia_rollout_duration_seconds", {{"status", k}}, h);
+    single("guardia_rollouts_running", "gauge", "Rollouts in flight.", coordinator.deploying());
+    single("guardia_pm_rollbacks_running", "gauge", "PM-rejected releases being rolled back.",
+          coordinator.rolling_back());
+    single("guardia_nodes_claimed", "gauge",
+          "Nodes held by an SR (deploying, awaiting its PM verdict, or rolling back).",
+          coordinator.claims().size());
+    single("guardia_ssh_sessions_open", "gauge", "SSH sessions open now.", ssh::open_session_count());
+    single("guardia_audit_queue_depth", "gauge", "Store writes queued, not yet committed.",
+          deps.audit->queue_depth());
+    single("guardia_store_degraded", "gauge",
+          "1 while the store cannot commit (audit or stop: no new work is accepted).",
+          deps.audit->degraded() ? 1 : 0);
+    single("guardia_audit_spilled_total", "counter",
+          "Store writes spilled to the journal at stop (replayed at the next start).",
+          deps.audit->spilled());
+    single("guardia_audit_replayed_total", "counter",
+          "Store writes replayed from the spill journal at start-up.", deps.audit->replayed());
+    single("guardia_audit_committed_total", "counter", "Store writes committed.",
+          deps.audit->committed());
+    single("guardia_audit_rejected_total", "counter", "Store writes refused by SQLite.",
+          deps.audit->rejected());
+    m.family("guardia_http_requests_total", "counter", "API requests answered, by status code.");
     for (const auto& [k, v] : http_by_status)
-        m << "guardia_http_requests_total{code=\"" << k << "\"} " << v << '\n';
+        m.sample("guardia_http_requests_total", {{"code", std::to_string(k)}}, v);
     if (deps.notifier) {
-        head("guardia_notifications_delivered_total", "counter", "Webhooks delivered.");
-        m << "guardia_notifications_delivered_total " << deps.notifier->delivered() << '\n';
-        head("guardia_notifications_failed_attempts_total", "counter",
-             "Webhook attempts that failed (retried).");
-        m << "guardia_notifications_failed_attempts_total " << deps.notifier->failed_attempts()
-          << '\n';
-        head("guardia_notifications_pending", "gauge", "Webhooks waiting for delivery.");
-        m << "guardia_notifications_pending " << deps.notifier->pending() << '\n';
+        single("guardia_notifications_delivered_total", "counter", "Webhooks delivered.",
+              deps.notifier->delivered());
+        single("guardia_notifications_failed_attempts_total", "counter",
+              "Webhook attempts that failed (retried).", deps.notifier->failed_attempts());
+        single("guardia_notifications_pending", "gauge", "Webhooks waiting for delivery.",
+              deps.notifier->pending());
     }
     co_return http::text_response(c.req, bh::status::ok, m.str(),
                                   "text/plain; version=0.0.4; charset=utf-8");

@@ -739,6 +739,11 @@ asio::awaitable<void> Session::disconnect(std::chrono::milliseconds grace) {
 
 std::size_t open_session_count() noexcept { return g_open_sessions.load(); }
 
+const char* library_version() noexcept {
+    const char* v = libssh2_version(0);
+    return v ? v : "unknown";
+}
+
 std::string ExecResult::err_tail(std::size_t max) const {
     if (err.size() <= max) return err;
     return "..." + err.substr(err.size() - max);

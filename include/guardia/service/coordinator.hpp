@@ -14,6 +14,7 @@
 #include "guardia/deploy/rollout.hpp"
 #include "guardia/service/approvals.hpp"
 #include "guardia/service/claims.hpp"
+#include "guardia/service/metrics.hpp"
 #include "guardia/service/service_config.hpp"
 #include "guardia/service/service_error.hpp"
 #include "guardia/store/records.hpp"
@@ -183,13 +184,10 @@ class Coordinator {
     std::size_t rolling_back() const;
     const ClaimTable& claims() const;
 
-    struct StepStat {
-        double sum = 0;
-        std::uint64_t count = 0;
-    };
     struct Stats {
         std::map<std::string, std::uint64_t> rollouts_by_status, nodes_by_outcome;
-        std::map<std::string, StepStat> steps;
+        std::map<std::string, Histogram> steps;                // by step (step_duration_buckets)
+        std::map<std::string, Histogram> rollouts_by_duration;  // by final status
     };
     const Stats& stats() const;
     const DeployServiceDeps& deps() const;

@@ -181,5 +181,7 @@ private:
 
 // Sessions currently alive in this process (for metrics and leak tests).
 std::size_t open_session_count() noexcept;
+// The libssh2 version the process runs with (libssh2_version), e.g. "1.10.0".
+const char* library_version() noexcept;
 
 }  // namespace guardia::ssh

@@ -5,6 +5,10 @@
 #endif
 
 namespace guardia {
-const char* version() noexcept { return "0.1.0"; }
-const char* build_commit() noexcept { return GUARDIA_GIT_COMMIT; }
+const char* version() noexcept {
+    return "0.1.0";
 }
+const char* build_commit() noexcept {
+    return GUARDIA_GIT_COMMIT;
+}
+}  // namespace guardia

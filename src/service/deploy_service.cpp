@@ -817,46 +817,51 @@ asio::awaitable<http::Response> DeployService::Impl::metrics(const Call& c) {
              "Always 1; the labels name the version, commit and libraries of this binary.");
     m.sample("guardia_build_info", build_info_labels(), std::uint64_t{1});
     m.family("guardia_rollouts_total", "counter", "Rollouts finished by this process, by status.");
-    for (const auto& [k, v] : stats.rollouts_by_status) m.sample("guardia_rollouts_total", {{"status", k}}, v);
+    for (const auto& [k, v] : stats.rollouts_by_status)
+        m.sample("guardia_rollouts_total", {{"status", k}}, v);
     m.family("guardia_nodes_total", "counter", "Node outcomes in this process, by outcome.");
-    for (const auto& [k, v] : stats.nodes_by_outcome) m.sample("guardia_nodes_total", {{"outcome", k}}, v);
-    m.family("guardia_step_duration_seconds", "histogram", "Time nodes spent in each pipeline step.");
-    for (const auto& [k, h] : stats.steps) m.histogram("guardia_step_duration_seconds", {{"step", k}}, h);
+    for (const auto& [k, v] : stats.nodes_by_outcome)
+        m.sample("guardia_nodes_total", {{"outcome", k}}, v);
+    m.family("guardia_step_duration_seconds", "histogram",
+             "Time nodes spent in each pipeline step.");
+    for (const auto& [k, h] : stats.steps)
+        m.histogram("guardia_step_duration_seconds", {{"step", k}}, h);
     m.family("guardia_rollout_duration_seconds", "histogram",
              "Wall time of the rollouts this process finished, by final status.");
     for (const auto& [k, h] : stats.rollouts_by_duration)
         m.histogram("guardia_rollout_duration_seconds", {{"status", k}}, h);
     single("guardia_rollouts_running", "gauge", "Rollouts in flight.", coordinator.deploying());
     single("guardia_pm_rollbacks_running", "gauge", "PM-rejected releases being rolled back.",
-          coordinator.rolling_back());
+           coordinator.rolling_back());
     single("guardia_nodes_claimed", "gauge",
-          "Nodes held by an SR (deploying, awaiting its PM verdict, or rolling back).",
-          coordinator.claims().size());
-    single("guardia_ssh_sessions_open", "gauge", "SSH sessions open now.", ssh::open_session_count());
+           "Nodes held by an SR (deploying, awaiting its PM verdict, or rolling back).",
+           coordinator.claims().size());
+    single("guardia_ssh_sessions_open", "gauge", "SSH sessions open now.",
+           ssh::open_session_count());
     single("guardia_audit_queue_depth", "gauge", "Store writes queued, not yet committed.",
-          deps.audit->queue_depth());
+           deps.audit->queue_depth());
     single("guardia_store_degraded", "gauge",
-          "1 while the store cannot commit (audit or stop: no new work is accepted).",
-          deps.audit->degraded() ? 1 : 0);
+           "1 while the store cannot commit (audit or stop: no new work is accepted).",
+           deps.audit->degraded() ? 1 : 0);
     single("guardia_audit_spilled_total", "counter",
-          "Store writes spilled to the journal at stop (replayed at the next start).",
-          deps.audit->spilled());
+           "Store writes spilled to the journal at stop (replayed at the next start).",
+           deps.audit->spilled());
     single("guardia_audit_replayed_total", "counter",
-          "Store writes replayed from the spill journal at start-up.", deps.audit->replayed());
+           "Store writes replayed from the spill journal at start-up.", deps.audit->replayed());
     single("guardia_audit_committed_total", "counter", "Store writes committed.",
-          deps.audit->committed());
+           deps.audit->committed());
     single("guardia_audit_rejected_total", "counter", "Store writes refused by SQLite.",
-          deps.audit->rejected());
+           deps.audit->rejected());
     m.family("guardia_http_requests_total", "counter", "API requests answered, by status code.");
     for (const auto& [k, v] : http_by_status)
         m.sample("guardia_http_requests_total", {{"code", std::to_string(k)}}, v);
     if (deps.notifier) {
         single("guardia_notifications_delivered_total", "counter", "Webhooks delivered.",
-              deps.notifier->delivered());
+               deps.notifier->delivered());
         single("guardia_notifications_failed_attempts_total", "counter",
-              "Webhook attempts that failed (retried).", deps.notifier->failed_attempts());
+               "Webhook attempts that failed (retried).", deps.notifier->failed_attempts());
         single("guardia_notifications_pending", "gauge", "Webhooks waiting for delivery.",
-              deps.notifier->pending());
+               deps.notifier->pending());
     }
     co_return http::text_response(c.req, bh::status::ok, m.str(),
                                   "text/plain; version=0.0.4; charset=utf-8");

@@ -4,8 +4,8 @@
 #include <charconv>
 #include <cmath>
 
-#include <boost/version.hpp>
 #include <openssl/crypto.h>
+#include <boost/version.hpp>
 
 #include "guardia/ssh/session.hpp"
 #include "guardia/version.hpp"
@@ -13,7 +13,7 @@
 namespace guardia::service {
 
 const std::vector<double>& step_duration_buckets() {
-    static const std::vector<double> b{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,   2.5,
+    static const std::vector<double> b{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,  2.5,
                                        5,    10,    30,   60,  120,  300, 600};
     return b;
 }
@@ -64,8 +64,12 @@ std::string escape(std::string_view v, bool quote) {
 
 }  // namespace
 
-std::string escape_label_value(std::string_view v) { return escape(v, true); }
-std::string escape_help(std::string_view v) { return escape(v, false); }
+std::string escape_label_value(std::string_view v) {
+    return escape(v, true);
+}
+std::string escape_help(std::string_view v) {
+    return escape(v, false);
+}
 
 std::string format_value(double v) {
     if (std::isnan(v)) return "NaN";
@@ -105,8 +109,7 @@ void Exposition::sample(std::string_view name, const MetricLabels& labels, doubl
     out_.append(" ").append(format_value(v)).append("\n");
 }
 
-void Exposition::histogram(std::string_view name, const MetricLabels& labels,
-                           const Histogram& h) {
+void Exposition::histogram(std::string_view name, const MetricLabels& labels, const Histogram& h) {
     const std::string bucket = std::string(name) + "_bucket";
     const auto cum = h.cumulative();
     for (std::size_t i = 0; i < cum.size(); ++i) {

@@ -41,7 +41,10 @@ std::string StatusSet::describe() const {
     for (const auto& [lo, hi] : ranges_) {
         if (!out.empty()) out += ", ";
         out += std::to_string(lo);
-        if (hi != lo) out += "-" + std::to_string(hi);
+        if (hi != lo) {  // not "-" + std::to_string: GCC bug 105329 at -O3
+            out += '-';
+            out += std::to_string(hi);
+        }
     }
     return out;
 }

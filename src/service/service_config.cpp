@@ -1,6 +1,7 @@
 #include "guardia/service/service_config.hpp"
 
 #include "guardia/core/json_section.hpp"
+#include "guardia/http/client.hpp"
 
 #include <boost/asio/ip/address.hpp>
 
@@ -106,7 +107,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
                     "max_artifact_bytes", "max_header_bytes", "max_json_depth", "max_connections",
                     "request_timeout_s", "forbid_self_approval", "shutdown_grace_s", "clients",
                     "allow_plaintext", "idle_timeout_s", "max_connections_per_address",
-                    "four_eyes", "drop_dir"});
+                    "four_eyes", "drop_dir", "public_url"});
         !r)
         return r.error();
     Result<void> r;
@@ -138,6 +139,14 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
         return r.error();
     if (!(r = s.boolean("four_eyes", c.four_eyes))) return r.error();
     if (!(r = s.path("drop_dir", c.drop_dir))) return r.error();
+    if (!(r = s.string("public_url", c.public_url))) return r.error();
+    if (s.find("public_url")) {
+        auto url = http::parse_url(c.public_url);
+        if (!url) return s.error("public_url", url.error().message);
+        if (c.public_url.find_first_of("?#") != std::string::npos)
+            return s.error("public_url", "must not hold a query or a fragment");
+        while (!c.public_url.empty() && c.public_url.back() == '/') c.public_url.pop_back();
+    }
     if (const auto* tls = s.find("tls")) {
         if (!tls->is_object()) return s.error("tls", "must be an object");
         Section t(tls->get_object(), src, "service.tls");
@@ -150,6 +159,14 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     c.source = src;
     if (auto ok = check_transport(c); !ok) return ok.error();
     return c;
+}
+
+std::string console_base_url(const ServiceConfig& c, std::uint16_t port) {
+    if (!c.public_url.empty()) return c.public_url;
+    std::string host = c.listen_address;
+    if (host.find(':') != std::string::npos) host = "[" + host + "]";  // IPv6
+    return std::string(c.tls_cert_file.empty() ? "http" : "https") + "://" + host + ":" +
+           std::to_string(port);
 }
 
 bool is_loopback_address(std::string_view address) {

@@ -208,6 +208,8 @@ void Coordinator::Impl::notify_later(std::string_view event, const store::TaskRe
 
 void Coordinator::Impl::notify_tier(std::string_view event, const store::TaskRecord& t,
                                     const deploy::TierProgress& tier, const std::string& reason) {
+    // A tier the rollout skipped whole after a stop (gate, abort) is no news: no notice.
+    if (event == event_tier_finished && tier.started == 0) return;
     json::object extra{{"tier", tier.tier}, {"counts", tier_counts(tier)}};
     if (!reason.empty()) extra["reason"] = reason;  // gate_tripped: why the gate stopped it
     notify_later(event, t, std::move(extra));

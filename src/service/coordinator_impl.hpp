@@ -6,6 +6,7 @@
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/deploy/rollout.hpp"
 #include "guardia/service/coordinator.hpp"
+#include "guardia/service/notifier.hpp"
 #include "guardia/service/task_status.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
@@ -57,10 +58,10 @@ class WorkObserver : public StepTimer {
         std::function<void(std::string_view, const deploy::TierProgress&, const std::string&)>;
     void set_tier_notice(TierNotice notice) { tier_notice_ = std::move(notice); }
     void tier_finished(const deploy::TierProgress& t) override {
-        if (tier_notice_) tier_notice_("tier_finished", t, std::string());
+        if (tier_notice_) tier_notice_(event_tier_finished, t, std::string());
     }
     void gate_tripped(const deploy::TierProgress& t, const std::string& reason) override {
-        if (tier_notice_) tier_notice_("gate_tripped", t, reason);
+        if (tier_notice_) tier_notice_(event_gate_tripped, t, reason);
     }
 
   private:

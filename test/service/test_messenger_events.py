@@ -79,7 +79,8 @@ class MessengerEventsTest(ServeTest):
         self.start_service(conf=conf)
 
         sr = f"SR-MSG-{self.tag}"
-        tiers = {"node-0001": 1, "node-0002": 2, "node-0003": 2, "node-0004": 2}
+        # tier 2's failing node trips the gate; tier 3 never starts (and sends no tier_finished)
+        tiers = {"node-0001": 1, "node-0002": 2, "node-0004": 2, "node-0003": 3}
         self.fresh(*NODES)
         self.prepare(sr, tiers, "msg")
         rollout_id = self.trigger_ok(sr)
@@ -97,7 +98,8 @@ class MessengerEventsTest(ServeTest):
             return {d["headers"].get("x-guardia-event") for d in of(path)}
         self.wait_for("every event on both webhooks",
                       lambda: want <= events("/raw") and want <= events("/slack"), 60)
-        # tier_finished twice (tiers 1 and 2): wait for both on both webhooks
+        # tier_finished for tiers 1 and 2 on both webhooks; none for tier 3 (checked below, after
+        # deployment_failed, the last event, has arrived)
         self.wait_for("two tier_finished per webhook", lambda: all(
             sum(d["headers"].get("x-guardia-event") == "tier_finished" for d in of(p)) == 2
             for p in ("/raw", "/slack")), 60)
@@ -128,12 +130,21 @@ class MessengerEventsTest(ServeTest):
                 self.assertEqual((b["console_url"], b["review_url"]), (console, console + "/review"), b)
                 self.assertTrue(b["summary"].startswith(f"SR {sr} ({self.system_name}): "), b)
         started = raw["rollout_started"][0]
-        self.assertEqual((started["counts"]["total"], started["tiers"], started["status"]), (4, 2, "DEPLOYING"))
-        self.assertEqual(started["tier_sizes"], [{"tier": 1, "total": 1}, {"tier": 2, "total": 3}])
+        self.assertEqual((started["counts"]["total"], started["tiers"], started["status"]), (4, 3, "DEPLOYING"))
+        self.assertEqual(started["tier_sizes"], [{"tier": 1, "total": 1}, {"tier": 2, "total": 2},
+                                                 {"tier": 3, "total": 1}])
         by_tier = {b["tier"]: b for b in raw["tier_finished"]}
-        self.assertEqual(sorted(by_tier), [1, 2])
+        self.assertEqual(sorted(b["tier"] for b in raw["tier_finished"]), [1, 2])
+        # the store's outbox holds every notice queued: no tier_finished for tier 3, all delivered
+        rows = self.wait_for("every outbox row delivered", lambda: (lambda rs: rs if len(rs) >= 10 and all(
+            r["delivered_ms"] for r in rs) else None)(self.q("SELECT event, delivered_ms FROM outbox WHERE sr_id = ?",
+                                                            sr)), 60)
+        self.assertEqual(sorted(r["event"] for r in rows),
+                         sorted(2 * ["rollout_started", "tier_finished", "tier_finished", "gate_tripped",
+                                     "deployment_failed"]), rows)
+        self.assertTrue(all(r["delivered_ms"] for r in rows), rows)
         self.assertEqual(by_tier[1]["counts"], {"total": 1, "deployed": 1, "failed": 0, "not_started": 0})
-        self.assertEqual((by_tier[2]["counts"]["total"], by_tier[2]["counts"]["failed"]), (3, 1), by_tier[2])
+        self.assertEqual(by_tier[2]["counts"], {"total": 2, "deployed": 1, "failed": 1, "not_started": 0})
         gate = raw["gate_tripped"][0]
         self.assertEqual(gate["tier"], 2, gate)
         self.assertIn("safety gate: tier 2 failure rate", gate["reason"])

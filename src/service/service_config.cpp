@@ -1,13 +1,13 @@
 #include "guardia/service/service_config.hpp"
 
 #include "guardia/core/json_section.hpp"
-#include "guardia/http/client.hpp"
 
 #include <boost/asio/ip/address.hpp>
 
 #include <sys/stat.h>
 
 #include <fstream>
+#include <optional>
 #include <set>
 
 namespace guardia::service {
@@ -90,6 +90,29 @@ Result<std::vector<ClientSpec>> parse_clients(const json::value& v, const std::s
     return out;
 }
 
+// What is wrong with a service.public_url, if anything: an http(s) URL with a host, no
+// credentials, query, fragment, spaces or control characters. (Checked here rather than with
+// http::parse_url: the configuration's parsers link without the HTTP client.)
+std::optional<std::string> public_url_problem(std::string_view url) {
+    std::string_view rest;
+    if (url.rfind("https://", 0) == 0)
+        rest = url.substr(8);
+    else if (url.rfind("http://", 0) == 0)
+        rest = url.substr(7);
+    else
+        return "must be an http:// or https:// URL";
+    for (const char ch : url) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (u <= 0x20 || u == 0x7f) return "must not hold spaces or control characters";
+    }
+    if (url.find_first_of("?#") != std::string_view::npos)
+        return "must not hold a query or a fragment";
+    const auto host = rest.substr(0, rest.find('/'));
+    if (host.find('@') != std::string_view::npos) return "must not hold credentials";
+    if (host.empty() || host.front() == ':') return "has no host";
+    return std::nullopt;
+}
+
 }  // namespace
 
 Result<ServiceConfig> parse_service_config(const json::value& section, std::string_view source) {
@@ -141,11 +164,8 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     if (!(r = s.path("drop_dir", c.drop_dir))) return r.error();
     if (!(r = s.string("public_url", c.public_url))) return r.error();
     if (s.find("public_url")) {
-        auto url = http::parse_url(c.public_url);
-        if (!url) return s.error("public_url", url.error().message);
-        if (c.public_url.find_first_of("?#") != std::string::npos)
-            return s.error("public_url", "must not hold a query or a fragment");
-        while (!c.public_url.empty() && c.public_url.back() == '/') c.public_url.pop_back();
+        if (auto bad = public_url_problem(c.public_url)) return s.error("public_url", *bad);
+        while (c.public_url.back() == '/') c.public_url.pop_back();
     }
     if (const auto* tls = s.find("tls")) {
         if (!tls->is_object()) return s.error("tls", "must be an object");

@@ -251,8 +251,14 @@ TEST_CASE("service.public_url: the console links' base; validated; derived when 
     REQUIRE(v6.has_value());
     CHECK(console_base_url(*v6, 8443) == "https://[::1]:8443");
 
-    CHECK(error_of(R"({"token_file": "/t", "public_url": "ftp://h/"})")
-              .rfind("guardia.json: service.public_url: URL scheme must be http or https", 0) == 0);
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "ftp://h/"})") ==
+          "guardia.json: service.public_url: must be an http:// or https:// URL");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https://u:pw@h/"})") ==
+          "guardia.json: service.public_url: must not hold credentials");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https:///x"})") ==
+          "guardia.json: service.public_url: has no host");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https://h/a b"})") ==
+          "guardia.json: service.public_url: must not hold spaces or control characters");
     CHECK(error_of(R"({"token_file": "/t", "public_url": 8080})") ==
           "guardia.json: service.public_url: must be a string");
     CHECK(error_of(R"({"token_file": "/t", "public_url": "https://h/x?a=1"})") ==

@@ -121,6 +121,9 @@ int serve_command(int argc, char** argv) {
     if (auto ok = service::check_transport(*scfg); !ok) throw UsageError(ok.error().message);
     auto ncfg = service::parse_notifier_config(engine.config.notifications, engine.config_path);
     if (!ncfg) throw UsageError(ncfg.error().message);
+    if (auto ok = service::load_webhook_secrets(*ncfg, engine.config_path); !ok)
+        throw UsageError(ok.error().message);
+    ncfg->public_url = service::console_base_url(*scfg, scfg->port);
     auto loaded = service::ClientRegistry::load(*scfg);
     if (!loaded) throw UsageError(loaded.error().message);
     auto clients = std::make_shared<const service::ClientRegistry>(std::move(*loaded));
@@ -223,6 +226,8 @@ int serve_command(int argc, char** argv) {
                 server.start();
                 notifier.start();
                 const auto ep = server.local_endpoint();
+                if (scfg->public_url.empty())  // the real port (--port 0 lets the kernel pick)
+                    notifier.set_public_url(service::console_base_url(*scfg, ep.port()));
                 const std::string url = std::string(server.uses_tls() ? "https" : "http") + "://" +
                                         ep.address().to_string() + ":" + std::to_string(ep.port());
                 std::printf("guardia: listening on %s\n", url.c_str());

@@ -206,6 +206,29 @@ void Coordinator::Impl::notify_later(std::string_view event, const store::TaskRe
         asio::detached);
 }
 
+void Coordinator::Impl::notify_tier(std::string_view event, const store::TaskRecord& t,
+                                    const deploy::TierProgress& tier, const std::string& reason) {
+    // A tier the rollout skipped whole after a stop (gate, abort) is no news: no notice.
+    if (event == event_tier_finished && tier.started == 0) return;
+    json::object extra{{"tier", tier.tier}, {"counts", tier_counts(tier)}};
+    if (!reason.empty()) extra["reason"] = reason;  // gate_tripped: why the gate stopped it
+    notify_later(event, t, std::move(extra));
+}
+
+asio::awaitable<void> Coordinator::Impl::notify_started(std::shared_ptr<Work> w) {
+    const auto& p = w->rollout->progress();
+    json::array tiers;
+    for (const auto& tier : p.tiers)
+        if (tier.total > 0)
+            tiers.push_back(json::object{{"tier", tier.tier}, {"total", tier.total}});
+    const std::size_t tier_count = tiers.size();
+    json::object extra{{"counts", json::object{{"total", p.nodes.size()}}},
+                       {"tiers", tier_count},
+                       {"principal", w->principal}};
+    extra["tier_sizes"] = std::move(tiers);
+    co_await notify(event_rollout_started, w->task, std::move(extra));
+}
+
 // --- Impl: inventory, artifacts ---------------------------------------------------------------
 
 // Stored nodes are judged again, credentials too: the configuration (exec.allow, key_dirs,
@@ -451,6 +474,7 @@ asio::awaitable<void> Coordinator::Impl::wait_done(std::shared_ptr<Work> w) {
 
 asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
     auto self = shared_from_this();  // the service outlives no rollout of its own
+    co_await notify_started(w);
     deploy::RolloutReport report = co_await w->rollout->run();
     ++stats.rollouts_by_status[std::string(deploy::to_string(report.status))];
     stats.rollouts_by_duration
@@ -1010,6 +1034,11 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
                                {"awaiting_approval", true},
                                {"counts", tier_counts(tier)}};
             self->notify_later(event_tier_gate, work->task, std::move(extra));
+        });
+    w->step_timer->set_tier_notice(
+        [self, weak](std::string_view event, const deploy::TierProgress& tier,
+                     const std::string& reason) {
+            if (auto work = weak.lock()) self->notify_tier(event, work->task, tier, reason);
         });
     w->rollout->set_observer(w->step_timer.get());
     if (m.stopping)  // drain() began while this trigger was hashing or writing DEPLOYING

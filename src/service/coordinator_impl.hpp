@@ -6,6 +6,7 @@
 #include "guardia/deploy/node_pipeline.hpp"
 #include "guardia/deploy/rollout.hpp"
 #include "guardia/service/coordinator.hpp"
+#include "guardia/service/notifier.hpp"
 #include "guardia/service/task_status.hpp"
 #include "guardia/store/audit_writer.hpp"
 #include "guardia/store/database.hpp"
@@ -52,8 +53,20 @@ class WorkObserver : public StepTimer {
         if (on_gate_) on_gate_(t);
     }
 
+    // The tier_finished and gate_tripped webhooks: (event, tier, reason; empty for a tier).
+    using TierNotice =
+        std::function<void(std::string_view, const deploy::TierProgress&, const std::string&)>;
+    void set_tier_notice(TierNotice notice) { tier_notice_ = std::move(notice); }
+    void tier_finished(const deploy::TierProgress& t) override {
+        if (tier_notice_) tier_notice_(event_tier_finished, t, std::string());
+    }
+    void gate_tripped(const deploy::TierProgress& t, const std::string& reason) override {
+        if (tier_notice_) tier_notice_(event_gate_tripped, t, reason);
+    }
+
   private:
     std::function<void(const deploy::TierProgress&)> on_gate_;
+    TierNotice tier_notice_;
 };
 
 enum class WorkKind { deploy, verdict, rollback };
@@ -122,6 +135,11 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
     // The same, without waiting (from a rollout observer's callback on the loop).
     void notify_later(std::string_view event, const store::TaskRecord& t,
                       boost::json::object extra);
+    // tier_finished / gate_tripped (the tier's counts, the gate's reason), from the observer.
+    void notify_tier(std::string_view event, const store::TaskRecord& t,
+                     const deploy::TierProgress& tier, const std::string& reason);
+    // rollout_started: the node count and the tiers that have nodes; before the first node.
+    boost::asio::awaitable<void> notify_started(std::shared_ptr<Work> w);
 
     // --- inventory, artifacts, claims ----------------------------------------------------------
     Result<deploy::Inventory> inventory_from(const std::vector<store::InventoryNodeRecord>& rows,

@@ -1,4 +1,5 @@
 #include "guardia/service/notifier.hpp"
+#include "guardia/service/webhook_signature.hpp"
 
 #include "guardia/core/json_input.hpp"
 #include "guardia/core/local_io.hpp"
@@ -36,11 +37,23 @@ namespace json = boost::json;
 using std::chrono::milliseconds;
 using SteadyClock = std::chrono::steady_clock;
 
+const std::vector<std::string_view>& known_events() {
+    static const std::vector<std::string_view> all{
+        event_rollout_started,  event_tier_finished,      event_gate_tripped,
+        event_tier_gate,        event_rollout_paused,     event_rollout_resumed,
+        event_rollout_aborted,  event_pm_review_needed,   event_deployment_failed,
+        event_rollback_completed, event_rollback_failed};
+    return all;
+}
+
 bool is_known_event(std::string_view event) {
-    return event == event_pm_review_needed || event == event_deployment_failed ||
-           event == event_rollback_completed || event == event_rollback_failed ||
-           event == event_rollout_paused || event == event_rollout_resumed ||
-           event == event_rollout_aborted || event == event_tier_gate;
+    const auto& all = known_events();
+    return std::find(all.begin(), all.end(), event) != all.end();
+}
+
+bool WebhookConfig::subscribes(std::string_view ev) const {
+    if (events.empty()) return event == ev;
+    return std::find(events.begin(), events.end(), ev) != events.end();
 }
 
 namespace {
@@ -112,6 +125,27 @@ Result<std::string> string_field(const json::value& v, const std::string& source
     return std::string(v.get_string());
 }
 
+Result<std::string> known_event_field(const json::value& v, const std::string& source,
+                                      const std::string& field) {
+    auto ev = string_field(v, source, field);
+    if (!ev) return ev.error();
+    if (!is_known_event(*ev)) {
+        std::string known;
+        for (const auto e : known_events()) known += (known.empty() ? "" : ", ") + std::string(e);
+        return field_error(source, field,
+                           "unknown event '" + printable(*ev) + "' (known: " + known + ")");
+    }
+    return ev;
+}
+
+Result<std::string> absolute_path_field(const json::value& v, const std::string& source,
+                                        const std::string& field) {
+    auto p = string_field(v, source, field);
+    if (!p) return p.error();
+    if (p->empty() || p->front() != '/') return field_error(source, field, "must be an absolute path");
+    return p;
+}
+
 bool valid_webhook_name(std::string_view s) {
     return !s.empty() && s.size() <= max_name_length && std::all_of(s.begin(), s.end(), [](char c) {
         return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
@@ -156,24 +190,35 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
     const std::string at = "notifications.webhooks[" + std::to_string(index) + "]";
     if (!v.is_object()) return field_error(source, at, "must be an object");
     const auto& obj = v.get_object();
-    if (auto r =
-            only_keys(obj, source, at,
-                      {"name", "event", "url", "headers", "template", "timeout_ms", "ca_file"});
+    if (auto r = only_keys(obj, source, at,
+                           {"name", "event", "events", "url", "headers", "template", "timeout_ms",
+                            "ca_file", "secret_file"});
         !r)
         return r.error();
     WebhookConfig hook;
 
     const auto* event = obj.if_contains("event");
-    if (!event) return field_error(source, at + ".event", "is required");
-    auto ev = string_field(*event, source, at + ".event");
-    if (!ev) return ev.error();
-    if (!is_known_event(*ev))
-        return field_error(source, at + ".event",
-                           "unknown event '" + printable(*ev) +
-                               "' (known: pm_review_needed, deployment_failed, "
-                               "rollback_completed, rollback_failed, rollout_paused, "
-                               "rollout_resumed, rollout_aborted, tier_gate)");
-    hook.event = *ev;
+    const auto* events = obj.if_contains("events");
+    if (event && events) return field_error(source, at + ".events", "give event or events, not both");
+    if (!event && !events) return field_error(source, at + ".event", "is required");
+    if (event) {
+        auto ev = known_event_field(*event, source, at + ".event");
+        if (!ev) return ev.error();
+        hook.events.push_back(*ev);
+    } else {
+        if (!events->is_array() || events->get_array().empty())
+            return field_error(source, at + ".events", "must be a non-empty array of events");
+        const auto& arr = events->get_array();
+        for (std::size_t i = 0; i < arr.size(); ++i) {
+            auto ev = known_event_field(arr[i], source, at + ".events[" + std::to_string(i) + "]");
+            if (!ev) return ev.error();
+            if (std::find(hook.events.begin(), hook.events.end(), *ev) != hook.events.end())
+                return field_error(source, at + ".events[" + std::to_string(i) + "]",
+                                   "duplicate event '" + *ev + "'");
+            hook.events.push_back(*ev);
+        }
+    }
+    hook.event = hook.events.front();
 
     const auto* url = obj.if_contains("url");
     if (!url) return field_error(source, at + ".url", "is required");
@@ -209,6 +254,11 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
             return field_error(source, at + ".ca_file", "must be an absolute path");
         if (!parsed->https) return field_error(source, at + ".ca_file", "only for https URLs");
         hook.ca_file = *c;
+    }
+    if (const auto* sf = obj.if_contains("secret_file")) {
+        auto f = absolute_path_field(*sf, source, at + ".secret_file");
+        if (!f) return f.error();
+        hook.secret_file = *f;
     }
     return hook;
 }
@@ -340,8 +390,14 @@ Result<NotifierConfig> parse_notifier_config(const json::value& section,
     if (section.is_null()) return config;
     if (!section.is_object()) return field_error(source, "notifications", "must be an object");
     const auto& obj = section.get_object();
-    if (auto r = only_keys(obj, source, "notifications", {"webhooks", "retry"}); !r)
+    if (auto r = only_keys(obj, source, "notifications", {"webhooks", "retry", "signing_secret_file"});
+        !r)
         return r.error();
+    if (const auto* sf = obj.if_contains("signing_secret_file")) {
+        auto f = absolute_path_field(*sf, source, "notifications.signing_secret_file");
+        if (!f) return f.error();
+        config.signing_secret_file = *f;
+    }
     if (const auto* hooks = obj.if_contains("webhooks")) {
         if (!hooks->is_array())
             return field_error(source, "notifications.webhooks", "must be an array");
@@ -363,6 +419,83 @@ Result<NotifierConfig> parse_notifier_config(const json::value& section,
         if (auto r = read_retry(*retry, source, config.retry); !r) return r.error();
     }
     return config;
+}
+
+Result<void> load_webhook_secrets(NotifierConfig& config, std::string_view source_view) {
+    const std::string source(source_view);
+    std::map<std::string, Secret> by_file;  // one read per file
+    for (std::size_t i = 0; i < config.webhooks.size(); ++i) {
+        auto& hook = config.webhooks[i];
+        const bool own = !hook.secret_file.empty();
+        const std::string file = own ? hook.secret_file : config.signing_secret_file;
+        if (file.empty()) continue;
+        const std::string field = own ? "notifications.webhooks[" + std::to_string(i) +
+                                            "].secret_file"
+                                      : std::string("notifications.signing_secret_file");
+        auto it = by_file.find(file);
+        if (it == by_file.end()) {
+            Secret secret;
+            try {
+                secret = read_secret_file(file);
+            } catch (const std::exception& e) {
+                return field_error(source, field, e.what());  // names the file, not its content
+            }
+            if (secret.empty())
+                return field_error(source, field, "secret file " + file + " is empty");
+            it = by_file.emplace(file, std::move(secret)).first;
+        }
+        hook.secret = it->second;
+    }
+    return {};
+}
+
+void add_console_links(json::object& fields, std::string_view public_url) {
+    const auto* sr = fields.if_contains("sr_id");
+    if (public_url.empty() || !sr || !sr->is_string() || sr->get_string().empty()) return;
+    while (!public_url.empty() && public_url.back() == '/') public_url.remove_suffix(1);
+    const std::string console = std::string(public_url) + "/ui/#/sr/" +
+                                std::string(sr->get_string());
+    fields["console_url"] = console;
+    fields["review_url"] = console + "/review";
+}
+
+std::string event_summary(std::string_view event, const json::object& fields) {
+    const auto text = [&](std::string_view path) { return text_of(lookup(fields, path)); };
+    std::string sr = "SR " + text("sr_id");
+    if (const auto sys = text("system_name"); !sys.empty()) sr += " (" + sys + ")";
+    const std::string tier = "tier " + text("tier");
+    const auto with_reason = [&](std::string s) {
+        if (const auto r = text("reason"); !r.empty()) s += ": " + r;
+        return s;
+    };
+    const auto by = [&]() {
+        const auto p = text("principal");
+        return p.empty() ? std::string() : " by " + p;
+    };
+    if (event == event_rollout_started) {
+        std::string s = sr + ": rollout started on " + text("counts.total") + " node(s)";
+        if (const auto tiers = text("tiers"); !tiers.empty()) s += " in " + tiers + " tier(s)";
+        return s;
+    }
+    if (event == event_tier_finished)
+        return sr + ": " + tier + " finished: " + text("counts.deployed") + " deployed, " +
+               text("counts.failed") + " failed, " + text("counts.not_started") +
+               " not started";
+    if (event == event_gate_tripped) return with_reason(sr + ": " + tier + " tripped the gate");
+    if (event == event_tier_gate)
+        return sr + ": " + tier + " is done; an approver must resume the rollout";
+    if (event == event_rollout_paused) return sr + ": rollout paused" + by();
+    if (event == event_rollout_resumed) return sr + ": rollout resumed" + by();
+    if (event == event_rollout_aborted) return with_reason(sr + ": rollout aborted" + by());
+    if (event == event_pm_review_needed)
+        return sr + ": deployed on " + text("counts.deployed") + " of " + text("counts.total") +
+               " node(s); waiting for the PM's review";
+    if (event == event_deployment_failed) return with_reason(sr + ": deployment failed");
+    if (event == event_rollback_completed)
+        return sr + ": rollback completed (" + text("rolled_back") + " node(s))";
+    if (event == event_rollback_failed)
+        return sr + ": rollback failed on " + text("failed") + " node(s)";
+    return sr + ": " + std::string(event);
 }
 
 json::value render_template(const json::value& tmpl, const json::object& context) {
@@ -392,6 +525,9 @@ std::string render_body(const WebhookConfig& webhook, std::string_view event,
     context["event"] = event;
     context["delivery_id"] = delivery_id;
     context["ts_ms"] = ts_ms;
+    if (const auto* given = fields.if_contains("summary");
+        !given || !given->is_string() || given->get_string().empty())
+        context["summary"] = event_summary(event, fields);
     for (const auto& kv : fields)
         if (!context.contains(kv.key())) context[kv.key()] = kv.value();
     if (webhook.body_template.is_null()) return json::serialize(context);
@@ -422,6 +558,7 @@ struct Notifier::Impl : std::enable_shared_from_this<Impl> {
             by_name[hook.name] = &hook;
             for (const auto& h : hook.headers)
                 if (!h.second.empty()) secrets.push_back(h.second);
+            if (!hook.secret.empty()) secrets.push_back(hook.secret.reveal());
         }
     }
 
@@ -434,6 +571,7 @@ struct Notifier::Impl : std::enable_shared_from_this<Impl> {
 
     asio::any_io_executor ex;
     const NotifierConfig config;
+    std::string public_url = config.public_url;  // set_public_url()
     std::map<std::string, const WebhookConfig*> by_name;
     std::vector<std::string> secrets;  // header values: scrubbed from any text we keep
     store::AuditWriter& writer;
@@ -524,16 +662,18 @@ asio::awaitable<Result<std::size_t>> Notifier::Impl::enqueue(std::string_view ev
     std::string sr_id;
     if (const auto* sr = fields.if_contains("sr_id"); sr && sr->is_string())
         sr_id = std::string(sr->get_string());
+    json::object with_links = fields;
+    add_console_links(with_links, public_url);
     std::vector<store::OutboxRecord> rows;
     for (const auto& hook : config.webhooks) {
-        if (hook.event != event) continue;
+        if (!hook.subscribes(event)) continue;
         store::OutboxRecord row;
         row.id = random_delivery_id();
         row.event = std::string(event);
         row.sr_id = sr_id;
         row.url = hook.url;
         row.headers = json::serialize(json::object{{"webhook", hook.name}});
-        row.body = render_body(hook, event, row.id, now, fields);
+        row.body = render_body(hook, event, row.id, now, with_links);
         row.next_attempt_ms = now;
         row.created_ms = now;
         writer.upsert_outbox(row);
@@ -667,6 +807,13 @@ asio::awaitable<void> Notifier::Impl::attempt(std::string id) {
         headers.emplace_back("X-Guardia-Event", row.event);
         headers.emplace_back("X-Guardia-Delivery", row.id);
         for (const auto& h : hook->headers) headers.push_back(h);
+        if (!hook->secret.empty()) {
+            // Signed at send time, over the stored body's exact bytes (webhook_signature.hpp).
+            const std::int64_t ts = now_ms() / 1000;
+            headers.emplace_back(std::string(timestamp_header_name), std::to_string(ts));
+            headers.emplace_back(std::string(signature_header_name),
+                                 webhook_signature(hook->secret.reveal(), ts, row.body));
+        }
         http::ClientOptions options;
         options.tls = *tls;
         options.user_agent = "guardia-notifier";
@@ -829,6 +976,10 @@ asio::awaitable<Result<std::size_t>> Notifier::enqueue(std::string_view event,
                                                        const json::object& fields) {
     auto impl = impl_;
     co_return co_await impl->enqueue(event, fields);
+}
+
+void Notifier::set_public_url(std::string url) {
+    impl_->public_url = std::move(url);
 }
 
 void Notifier::start() {

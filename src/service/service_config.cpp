@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include <fstream>
+#include <optional>
 #include <set>
 
 namespace guardia::service {
@@ -89,6 +90,29 @@ Result<std::vector<ClientSpec>> parse_clients(const json::value& v, const std::s
     return out;
 }
 
+// What is wrong with a service.public_url, if anything: an http(s) URL with a host, no
+// credentials, query, fragment, spaces or control characters. (Checked here rather than with
+// http::parse_url: the configuration's parsers link without the HTTP client.)
+std::optional<std::string> public_url_problem(std::string_view url) {
+    std::string_view rest;
+    if (url.rfind("https://", 0) == 0)
+        rest = url.substr(8);
+    else if (url.rfind("http://", 0) == 0)
+        rest = url.substr(7);
+    else
+        return "must be an http:// or https:// URL";
+    for (const char ch : url) {
+        const auto u = static_cast<unsigned char>(ch);
+        if (u <= 0x20 || u == 0x7f) return "must not hold spaces or control characters";
+    }
+    if (url.find_first_of("?#") != std::string_view::npos)
+        return "must not hold a query or a fragment";
+    const auto host = rest.substr(0, rest.find('/'));
+    if (host.find('@') != std::string_view::npos) return "must not hold credentials";
+    if (host.empty() || host.front() == ':') return "has no host";
+    return std::nullopt;
+}
+
 }  // namespace
 
 Result<ServiceConfig> parse_service_config(const json::value& section, std::string_view source) {
@@ -106,7 +130,7 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
                     "max_artifact_bytes", "max_header_bytes", "max_json_depth", "max_connections",
                     "request_timeout_s", "forbid_self_approval", "shutdown_grace_s", "clients",
                     "allow_plaintext", "idle_timeout_s", "max_connections_per_address",
-                    "four_eyes", "drop_dir"});
+                    "four_eyes", "drop_dir", "public_url"});
         !r)
         return r.error();
     Result<void> r;
@@ -138,6 +162,11 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
         return r.error();
     if (!(r = s.boolean("four_eyes", c.four_eyes))) return r.error();
     if (!(r = s.path("drop_dir", c.drop_dir))) return r.error();
+    if (!(r = s.string("public_url", c.public_url))) return r.error();
+    if (s.find("public_url")) {
+        if (auto bad = public_url_problem(c.public_url)) return s.error("public_url", *bad);
+        while (c.public_url.back() == '/') c.public_url.pop_back();
+    }
     if (const auto* tls = s.find("tls")) {
         if (!tls->is_object()) return s.error("tls", "must be an object");
         Section t(tls->get_object(), src, "service.tls");
@@ -150,6 +179,14 @@ Result<ServiceConfig> parse_service_config(const json::value& section, std::stri
     c.source = src;
     if (auto ok = check_transport(c); !ok) return ok.error();
     return c;
+}
+
+std::string console_base_url(const ServiceConfig& c, std::uint16_t port) {
+    if (!c.public_url.empty()) return c.public_url;
+    std::string host = c.listen_address;
+    if (host.find(':') != std::string::npos) host = "[" + host + "]";  // IPv6
+    return std::string(c.tls_cert_file.empty() ? "http" : "https") + "://" + host + ":" +
+           std::to_string(port);
 }
 
 bool is_loopback_address(std::string_view address) {

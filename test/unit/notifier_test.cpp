@@ -2,6 +2,7 @@
 // delivery from the store's outbox to a real receiver on 127.0.0.1, with retries, give-up,
 // restart and shutdown. Delays are tens of milliseconds, so the file runs in a few seconds.
 #include "guardia/service/notifier.hpp"
+#include "guardia/service/webhook_signature.hpp"
 #include "../support/captured_log.hpp"
 #include "../support/fleet.hpp"
 
@@ -36,6 +37,8 @@
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <sys/stat.h>
 
 using namespace guardia;
 using namespace guardia::service;
@@ -777,4 +780,250 @@ TEST_CASE("the loop sleeps until the next attempt is due: no polling while idle"
     while (!stopped && Clock::now() < until) ioc.run_one_for(100ms);
     CHECK(stopped);
     CHECK(notifier.pending() == 1);
+}
+
+// ================================================================== signatures, events, links
+
+namespace {
+
+constexpr std::string_view signing_secret = "whsec-9d41c0b7e2f8a6";
+
+std::string write_secret(const TempDir& dir, const std::string& name, const std::string& text,
+                         unsigned mode = 0600) {
+    const std::string path = dir.file(name);
+    {
+        std::ofstream out(path, std::ios::binary);
+        out << text;
+    }
+    ::chmod(path.c_str(), mode);
+    return path;
+}
+
+std::int64_t unix_now() {
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
+
+TEST_CASE("notifier config: events lists, secret files and their errors") {
+    const auto cfg = parse(R"({
+      "signing_secret_file": "/etc/guardia/webhook.secret",
+      "webhooks": [
+        { "name": "chat", "events": ["rollout_started", "tier_finished", "gate_tripped"],
+          "url": "http://127.0.0.1:9000/", "secret_file": "/etc/guardia/chat.secret" },
+        { "event": "tier_gate", "url": "http://127.0.0.1:9001/" }
+      ]})");
+    CHECK(cfg.signing_secret_file == "/etc/guardia/webhook.secret");
+    REQUIRE(cfg.webhooks.size() == 2);
+    CHECK(cfg.webhooks[0].event == "rollout_started");
+    CHECK(cfg.webhooks[0].subscribes("gate_tripped"));
+    CHECK(cfg.webhooks[0].subscribes("tier_finished"));
+    CHECK_FALSE(cfg.webhooks[0].subscribes("tier_gate"));
+    CHECK(cfg.webhooks[0].secret_file == "/etc/guardia/chat.secret");
+    CHECK(cfg.webhooks[1].subscribes("tier_gate"));
+    CHECK(cfg.webhooks[1].secret_file.empty());
+    CHECK(cfg.webhooks[1].name == "tier_gate-1");
+    for (const auto ev : known_events()) CHECK(is_known_event(ev));
+    CHECK(known_events().size() == 11);
+
+    check_error(R"({"webhooks": [{"event": "tier_gate", "events": ["tier_gate"], "url": "http://h/"}]})",
+                "guardia.json: notifications.webhooks[0].events: give event or events, not both");
+    check_error(R"({"webhooks": [{"events": [], "url": "http://h/"}]})",
+                "guardia.json: notifications.webhooks[0].events: must be a non-empty array");
+    check_error(R"({"webhooks": [{"events": ["tier_gate", "nope"], "url": "http://h/"}]})",
+                "guardia.json: notifications.webhooks[0].events[1]: unknown event 'nope' (known: "
+                "rollout_started, tier_finished, gate_tripped,");
+    check_error(R"({"webhooks": [{"events": ["tier_gate", "tier_gate"], "url": "http://h/"}]})",
+                "guardia.json: notifications.webhooks[0].events[1]: duplicate event 'tier_gate'");
+    check_error(R"({"webhooks": [{"event": "tier_gate", "url": "http://h/", "secret_file": "s"}]})",
+                "guardia.json: notifications.webhooks[0].secret_file: must be an absolute path");
+    check_error(R"({"signing_secret_file": 3})",
+                "guardia.json: notifications.signing_secret_file: must be a string");
+}
+
+TEST_CASE("load_webhook_secrets: per webhook, else the section's; loose modes and empty files refused") {
+    TempDir dir;
+    const auto global = write_secret(dir, "global.secret", std::string(signing_secret) + "\n");
+    const auto own = write_secret(dir, "own.secret", "own-secret-value");
+    auto cfg = parse(R"({"signing_secret_file": ")" + global + R"(", "webhooks": [
+        {"event": "tier_gate", "url": "http://127.0.0.1:9/"},
+        {"event": "tier_gate", "url": "http://127.0.0.1:9/", "secret_file": ")" + own + R"("}]})");
+    REQUIRE(load_webhook_secrets(cfg, "guardia.json").has_value());
+    CHECK(cfg.webhooks[0].secret.reveal() == signing_secret);  // the trailing newline dropped
+    CHECK(cfg.webhooks[1].secret.reveal() == "own-secret-value");
+
+    auto unsigned_cfg = parse(R"({"webhooks": [{"event": "tier_gate", "url": "http://h/"}]})");
+    REQUIRE(load_webhook_secrets(unsigned_cfg, "guardia.json").has_value());
+    CHECK(unsigned_cfg.webhooks[0].secret.empty());
+
+    const auto loose = write_secret(dir, "loose.secret", "loose-secret-value", 0644);
+    auto bad = parse(R"({"webhooks": [{"event": "tier_gate", "url": "http://h/"},
+        {"event": "tier_gate", "url": "http://h/", "secret_file": ")" + loose + R"("}]})");
+    auto r = load_webhook_secrets(bad, "guardia.json");
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.rfind("guardia.json: notifications.webhooks[1].secret_file: secret file " +
+                                      loose + ": readable by group or others",
+                                  0) == 0);
+    CHECK(r.error().message.find("loose-secret-value") == std::string::npos);
+
+    const auto empty = write_secret(dir, "empty.secret", "\n");
+    auto none = parse(R"({"signing_secret_file": ")" + empty +
+                      R"(", "webhooks": [{"event": "tier_gate", "url": "http://h/"}]})");
+    r = load_webhook_secrets(none, "guardia.json");
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message == "guardia.json: notifications.signing_secret_file: secret file " +
+                                   empty + " is empty");
+    auto missing = parse(R"({"signing_secret_file": ")" + dir.file("nope") +
+                         R"(", "webhooks": [{"event": "tier_gate", "url": "http://h/"}]})");
+    r = load_webhook_secrets(missing, "guardia.json");
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(dir.file("nope")) != std::string::npos);
+}
+
+TEST_CASE("console links and the summary: every event about an SR gets them") {
+    json::object f{{"sr_id", "SR-7"}, {"system_name", "billing"}};
+    add_console_links(f, "https://guardia.example.com/");
+    CHECK(f.at("console_url").as_string() == "https://guardia.example.com/ui/#/sr/SR-7");
+    CHECK(f.at("review_url").as_string() == "https://guardia.example.com/ui/#/sr/SR-7/review");
+    json::object no_sr{{"status", "x"}};
+    add_console_links(no_sr, "https://guardia.example.com");
+    CHECK_FALSE(no_sr.contains("console_url"));
+    json::object no_url{{"sr_id", "SR-7"}};
+    add_console_links(no_url, "");
+    CHECK_FALSE(no_url.contains("console_url"));
+
+    const json::object fields{{"sr_id", "SR-7"},
+                              {"system_name", "billing"},
+                              {"tier", 2},
+                              {"tiers", 3},
+                              {"reason", "safety gate: tier 2 failure rate 50 %"},
+                              {"principal", "ops"},
+                              {"rolled_back", 4},
+                              {"failed", 1},
+                              {"counts", json::object{{"total", 10},
+                                                      {"deployed", 8},
+                                                      {"failed", 1},
+                                                      {"not_started", 1}}}};
+    for (const auto ev : known_events()) {
+        const auto s = event_summary(ev, fields);
+        CAPTURE(s);
+        CHECK(s.rfind("SR SR-7 (billing): ", 0) == 0);
+    }
+    CHECK(event_summary(event_tier_finished, fields) ==
+          "SR SR-7 (billing): tier 2 finished: 8 deployed, 1 failed, 1 not started");
+    CHECK(event_summary(event_gate_tripped, fields) ==
+          "SR SR-7 (billing): tier 2 tripped the gate: safety gate: tier 2 failure rate 50 %");
+    CHECK(event_summary(event_rollout_started, fields) ==
+          "SR SR-7 (billing): rollout started on 10 node(s) in 3 tier(s)");
+    CHECK(event_summary(event_rollout_paused, fields) == "SR SR-7 (billing): rollout paused by ops");
+
+    WebhookConfig hook;
+    const auto body = json::parse(render_body(hook, "tier_finished", "d-1", 5, fields));
+    CHECK(body.at("summary").as_string() == event_summary(event_tier_finished, fields));
+}
+
+// The attacking side: a receiver that checks every signature as docs/OPERATIONS.md says.
+TEST_CASE("signed deliveries: a verifying receiver accepts them and refuses tampering, replay and a wrong secret") {
+    TempDir dir;
+    CapturedLog log;
+    const std::string db = dir.file("guardia.db");
+    const auto secret_path = write_secret(dir, "webhook.secret", std::string(signing_secret));
+    asio::io_context ioc;
+    Receiver signed_rx(ioc);
+    Receiver plain_rx(ioc);
+    signed_rx.up();
+    plain_rx.up();
+    store::AuditWriter writer(db, writer_options(log));
+    writer.start();
+    auto cfg = parse(R"({"signing_secret_file": ")" + secret_path + R"(", "webhooks": [
+        {"name": "chat", "events": ["rollout_started", "gate_tripped"], "url": ")" +
+                     signed_rx.url("/chat") + R"(",
+         "template": {"text": "{{summary}} <{{review_url}}|review>", "n": "{{counts.total}}"}}],
+        "retry": {"initial_delay_ms": 50, "max_delay_ms": 200}})");
+    // A second webhook without any secret (no global one in its configuration).
+    auto plain = parse(R"({"webhooks": [{"name": "plain", "event": "rollout_started", "url": ")" +
+                       plain_rx.url("/plain") + R"("}]})");
+    cfg.webhooks.push_back(plain.webhooks[0]);
+    REQUIRE(load_webhook_secrets(cfg, "guardia.json").has_value());
+    cfg.webhooks[1].secret = Secret();  // the global secret applies to every webhook: undo it
+    cfg.public_url = "http://127.0.0.1:8080";
+    Notifier notifier(ioc.get_executor(), cfg, writer, db, log.logger);
+    notifier.set_public_url("https://guardia.example.com");
+    notifier.start();
+
+    const std::int64_t before = unix_now();
+    run(ioc, [&]() -> asio::awaitable<void> {
+        json::object started{{"sr_id", "SR-S"}, {"counts", json::object{{"total", 3}}}};
+        json::object tripped{{"sr_id", "SR-S"}, {"tier", 1}, {"reason", "safety gate: tier 1"}};
+        auto a = co_await notifier.enqueue(event_rollout_started, started);
+        auto b = co_await notifier.enqueue(event_gate_tripped, tripped);
+        REQUIRE(a.has_value());
+        REQUIRE(b.has_value());
+        CHECK(*a == 2);
+        CHECK(*b == 1);
+        {
+            const bool ok_ = co_await eventually([&] { return notifier.delivered() == 3; });
+            CHECK(ok_);
+        }
+        co_await notifier.stop();
+    });
+    const std::int64_t after = unix_now();
+
+    REQUIRE(signed_rx.requests.size() == 2);
+    for (const auto& req : signed_rx.requests) {
+        const auto ts = req.header("x-guardia-timestamp");
+        const auto sig = req.header("x-guardia-signature");
+        CAPTURE(req.body);
+        REQUIRE(!ts.empty());
+        CHECK(std::stoll(ts) >= before);
+        CHECK(std::stoll(ts) <= after);
+        CHECK(sig.rfind("sha256=", 0) == 0);
+        const auto now = unix_now();
+        CHECK(verify_webhook_signature(signing_secret, ts, sig, req.body, now, 300) ==
+              SignatureCheck::valid);
+        // Tampered body, wrong secret, replay an hour later: all refused.
+        std::string tampered = req.body;
+        tampered.replace(tampered.find("SR-S"), 4, "SR-X");
+        CHECK(verify_webhook_signature(signing_secret, ts, sig, tampered, now, 300) ==
+              SignatureCheck::mismatch);
+        CHECK(verify_webhook_signature("whsec-wrong", ts, sig, req.body, now, 300) ==
+              SignatureCheck::mismatch);
+        CHECK(verify_webhook_signature(signing_secret, ts, sig, req.body, now + 3600, 300) ==
+              SignatureCheck::stale);
+        const auto body = json::parse(req.body);
+        CHECK(body.at("text").as_string().find("|review>") != std::string::npos);
+        // The links use the URL given last (set_public_url), not the configured one.
+        CHECK(body.at("text").as_string().find(
+                  "<https://guardia.example.com/ui/#/sr/SR-S/review|review>") !=
+              std::string::npos);
+    }
+    const auto first = json::parse(signed_rx.requests[0].body);
+    CHECK(((first.at("n") == json::value(3)) ||
+           (json::parse(signed_rx.requests[1].body).at("n") == json::value(3))));
+    // The webhook without a secret gets no signature headers; its default body has the links.
+    REQUIRE(plain_rx.requests.size() == 1);
+    CHECK(plain_rx.requests[0].header("x-guardia-signature").empty());
+    CHECK(plain_rx.requests[0].header("x-guardia-timestamp").empty());
+    const auto plain_body = json::parse(plain_rx.requests[0].body);
+    CHECK(plain_body.at("console_url").as_string() == "https://guardia.example.com/ui/#/sr/SR-S");
+    CHECK(plain_body.at("review_url").as_string() ==
+          "https://guardia.example.com/ui/#/sr/SR-S/review");
+    CHECK(plain_body.at("summary").as_string() == "SR SR-S: rollout started on 3 node(s)");
+
+    // The secret is nowhere in the store's files nor in the log.
+    auto check_files = [&] {
+        for (const auto* suffix : {"", "-wal", "-shm", "-journal"}) {
+            const auto bytes = file_bytes(db + suffix);
+            CAPTURE(suffix);
+            CHECK(bytes.find(signing_secret) == std::string::npos);
+        }
+    };
+    CHECK((file_bytes(db).find("SR-S") != std::string::npos ||
+           file_bytes(db + "-wal").find("SR-S") != std::string::npos));  // the rows are there
+    check_files();
+    writer.stop();
+    check_files();
+    CHECK(log.text().find(signing_secret) == std::string::npos);
 }

@@ -114,7 +114,6 @@ TEST_CASE("service config: conf/guardia.json's service and notifications section
     CHECK(n->webhooks[0].event == "pm_review_needed");
 }
 
-TEST_SUITE_END();
 
 TEST_CASE("service: the large artifact body limit only for an artifact PUT by a submitter") {
     namespace bh = boost::beast::http;
@@ -235,3 +234,35 @@ TEST_CASE("service config: clients, transport and connection settings") {
     }
     CHECK_FALSE(guardia::service::is_loopback_address("localhost"));  // numeric only
 }
+
+TEST_CASE("service.public_url: the console links' base; validated; derived when absent") {
+    using guardia::service::console_base_url;
+    auto p = parse(R"({"token_file": "/t", "public_url": "https://guardia.example.com/ops/"})");
+    REQUIRE(p.has_value());
+    CHECK(p->public_url == "https://guardia.example.com/ops");  // trailing slash dropped
+    CHECK(console_base_url(*p, 8080) == "https://guardia.example.com/ops");
+
+    auto d = parse(R"({"token_file": "/t", "port": 0})");
+    REQUIRE(d.has_value());
+    CHECK(d->public_url.empty());
+    CHECK(console_base_url(*d, 41234) == "http://127.0.0.1:41234");
+    auto v6 = parse(R"({"token_file": "/t", "listen_address": "::1",
+                        "tls": {"cert_file": "/c.pem", "key_file": "/k.pem"}})");
+    REQUIRE(v6.has_value());
+    CHECK(console_base_url(*v6, 8443) == "https://[::1]:8443");
+
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "ftp://h/"})") ==
+          "guardia.json: service.public_url: must be an http:// or https:// URL");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https://u:pw@h/"})") ==
+          "guardia.json: service.public_url: must not hold credentials");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https:///x"})") ==
+          "guardia.json: service.public_url: has no host");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https://h/a b"})") ==
+          "guardia.json: service.public_url: must not hold spaces or control characters");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": 8080})") ==
+          "guardia.json: service.public_url: must be a string");
+    CHECK(error_of(R"({"token_file": "/t", "public_url": "https://h/x?a=1"})") ==
+          "guardia.json: service.public_url: must not hold a query or a fragment");
+}
+
+TEST_SUITE_END();

@@ -17,7 +17,9 @@
 // column, only {"webhook": "<name>"}; the headers are taken from the current configuration
 // by that name when the delivery is sent. A delivery whose webhook was removed from the
 // configuration gives up with an error naming it. (Secrets must therefore not be put in the
-// URL or the template: those are stored.)
+// URL or the template: those are stored.) The same holds for a webhook's signing secret: each
+// attempt is signed at send time over the stored body (X-Guardia-Timestamp and
+// X-Guardia-Signature, webhook_signature.hpp) with the secret the configuration holds.
 //
 // Scheduling: deliveries go in order of next attempt; at most one attempt per webhook at a
 // time (a receiver that is down is not hammered by parallel connects, and one that is up
@@ -30,6 +32,7 @@
 #pragma once
 
 #include "guardia/core/error.hpp"
+#include "guardia/core/secret.hpp"
 #include "guardia/store/records.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -66,14 +69,24 @@ inline constexpr std::string_view event_rollout_paused = "rollout_paused";
 inline constexpr std::string_view event_rollout_resumed = "rollout_resumed";
 inline constexpr std::string_view event_rollout_aborted = "rollout_aborted";
 inline constexpr std::string_view event_tier_gate = "tier_gate";
+// A rollout's course (issue 15): it started, a tier ended (its counts), the safety gate
+// stopped it (the reason).
+inline constexpr std::string_view event_rollout_started = "rollout_started";
+inline constexpr std::string_view event_tier_finished = "tier_finished";
+inline constexpr std::string_view event_gate_tripped = "gate_tripped";
 bool is_known_event(std::string_view event);
+// Every event above, in a stable order (documentation, error messages, tests).
+const std::vector<std::string_view>& known_events();
 
 // User-declared constructors on purpose: GCC 12 miscompiles a braced aggregate temporary
 // passed by value to a coroutine (see ssh/session.hpp).
 struct WebhookConfig {
     WebhookConfig() {}
     std::string name;   // unique; default "<event>-<index>"
-    std::string event;  // one of the events above
+    std::string event;  // one of the events above (the first of `events`)
+    // Every event the webhook subscribes to: "event" (one) or "events" (a list) in the file.
+    std::vector<std::string> events;
+    bool subscribes(std::string_view ev) const;
     std::string url;    // validated http(s) URL
     // Sent with every delivery; never stored nor logged (may hold secrets).
     std::vector<std::pair<std::string, std::string>> headers;
@@ -82,6 +95,11 @@ struct WebhookConfig {
     boost::json::value body_template;
     std::chrono::milliseconds timeout{10000};  // per attempt: connect, TLS, send, answer
     std::string ca_file;                       // https only: trusted besides the system CAs
+    // Signing (webhook_signature.hpp): "secret_file" here, else the section's
+    // signing_secret_file; empty: deliveries are not signed. The secret is read at start-up
+    // by load_webhook_secrets(), never stored in the outbox, logged or audited.
+    std::string secret_file;
+    Secret secret;
 };
 
 struct RetryPolicy {
@@ -98,16 +116,35 @@ struct NotifierConfig {
     std::vector<WebhookConfig> webhooks;
     RetryPolicy retry;
     std::size_t max_concurrent = 4;  // attempts in flight, across webhooks (not in the file)
+    std::string signing_secret_file;  // the default secret_file of every webhook
+    // The console's base URL (service.public_url, or derived from the listen address; not in
+    // the "notifications" section): every event with an sr_id gets console_url and review_url.
+    std::string public_url;
 };
 
 // Reads the engine configuration's "notifications" section (null: no webhooks):
-//   { "webhooks": [ { "name", "event", "url", "headers": {..}, "template": <json>,
-//                     "timeout_ms", "ca_file" } ],
-//     "retry": { "initial_delay_ms", "max_delay_ms", "max_attempts" } }
+//   { "webhooks": [ { "name", "event" | "events": [..], "url", "headers": {..},
+//                     "template": <json>, "timeout_ms", "ca_file", "secret_file" } ],
+//     "retry": { "initial_delay_ms", "max_delay_ms", "max_attempts" },
+//     "signing_secret_file": "/abs/path" }
 // Unknown keys and bad values are errc::invalid_argument naming the field:
 // "<source>: notifications.webhooks[1].url: ...". Header values are never quoted.
 Result<NotifierConfig> parse_notifier_config(const boost::json::value& section,
                                              std::string_view source);
+
+// Reads every webhook's signing secret (its secret_file, else signing_secret_file): the file
+// must not be readable by group or others and must hold a non-empty secret (one trailing
+// newline dropped). Start-up work (blocking). Errors name the file and the field, never the
+// secret: "<source>: notifications.webhooks[1].secret_file: ...".
+Result<void> load_webhook_secrets(NotifierConfig& config, std::string_view source);
+
+// The links every event about an SR carries: console_url "<public_url>/ui/#/sr/<sr_id>" and
+// review_url "<console_url>/review", added to `fields` when public_url and sr_id are set.
+void add_console_links(boost::json::object& fields, std::string_view public_url);
+
+// A one-line, human-readable text of the event for messengers ("summary" in the context),
+// from its fields (sr_id, system_name, tier, counts, reason, principal, ...).
+std::string event_summary(std::string_view event, const boost::json::object& fields);
 
 // Renders a template against `context`. In every string (object keys excepted),
 // "{{name}}" or "{{a.b}}" (a path into nested objects; spaces inside the braces allowed) is
@@ -118,7 +155,8 @@ boost::json::value render_template(const boost::json::value& tmpl,
                                    const boost::json::object& context);
 
 // The body of one delivery. The context (and the default body, without a template) is
-// {"event", "delivery_id", "ts_ms", ...fields}; a field cannot override the first three.
+// {"event", "delivery_id", "ts_ms", "summary", ...fields}; a field cannot override the first
+// three (nor "summary", when it is not empty).
 std::string render_body(const WebhookConfig& webhook, std::string_view event,
                         std::string_view delivery_id, std::int64_t ts_ms,
                         const boost::json::object& fields);
@@ -144,6 +182,10 @@ class Notifier {
     // and are scheduled anyway).
     boost::asio::awaitable<Result<std::size_t>> enqueue(std::string_view event,
                                                         const boost::json::object& fields);
+
+    // Replaces NotifierConfig::public_url for the events enqueued from now on (the service
+    // learns its real port only once it listens).
+    void set_public_url(std::string url);
 
     // Spawns the delivery loop on the executor. It first loads the undelivered rows from the
     // store (what a crash or a stop left), retrying with backoff while the store cannot be

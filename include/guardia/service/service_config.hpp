@@ -49,8 +49,16 @@ struct ServiceConfig {
     // "drop_dir": the only directory the path form of staging (POST /api/tasks/{sr}/artifacts
     // with "path") reads from (absolute); empty: the path form is disabled (docs/SECURITY.md).
     std::string drop_dir;
+    // "public_url": how operators reach the service (e.g. https://guardia.example.com, behind
+    // a proxy); the messengers' links to the console start with it. Empty: derived from
+    // listen_address and the port (console_base_url).
+    std::string public_url;
     std::string source;  // the configuration file's name, for errors found after parsing
 };
+
+// The console's base URL: public_url, else "http(s)://<listen_address>:<port>" (IPv6 in
+// brackets), `port` being the one the service listens on.
+std::string console_base_url(const ServiceConfig& config, std::uint16_t port);
 
 // `section` is the raw "service" value (null when absent: then token_file is missing).
 Result<ServiceConfig> parse_service_config(const boost::json::value& section,

@@ -3,6 +3,7 @@
 #include "guardia/core/json_input.hpp"
 #include "guardia/service/clients.hpp"
 #include "guardia/service/metrics.hpp"
+#include "guardia/service/console.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
@@ -145,6 +146,17 @@ std::string lower(std::string s) {
     return s;
 }
 
+// An audit row as GET /api/audit (and the console's node detail) shows it.
+json::object audit_row_json(const store::AuditRow& r) {
+    json::value exit_code = nullptr, duration = nullptr;
+    if (r.exit_code) exit_code = *r.exit_code;
+    if (r.duration_ms) duration = *r.duration_ms;
+    return json::object{{"id", r.id},           {"ts_ms", r.ts_ms},   {"rollout_id", r.rollout_id},
+                        {"node", r.node},       {"step", r.step},     {"event", r.event},
+                        {"exit_code", exit_code}, {"duration_ms", duration}, {"detail", r.detail},
+                        {"principal", r.principal}};
+}
+
 bool wants_wait(const std::map<std::string, std::string>& q) {
     auto it = q.find("wait");
     return it != q.end() && (it->second == "true" || it->second == "1");
@@ -162,6 +174,7 @@ struct DeployService::Impl {
 
     std::shared_ptr<const ClientRegistry> clients;
     Coordinator coordinator;
+    SessionStore sessions;  // the console's sign-ins (console.hpp)
     std::shared_ptr<spdlog::logger> logger;
     std::map<unsigned, std::uint64_t> http_by_status;
 
@@ -184,6 +197,16 @@ struct DeployService::Impl {
     static const std::vector<Route>& routes();
 
     asio::awaitable<http::Response> handle(http::Request req);
+    bool tls() const { return !coordinator.deps().service.tls_cert_file.empty(); }
+    // Who sends a request: its Bearer token's client, else its session cookie's (with the
+    // session's csrf value); nullopt for neither.
+    struct Caller {
+        Principal who;
+        std::optional<std::string> session_csrf;  // set: authenticated by a session cookie
+    };
+    std::optional<Caller> authenticate(const http::Request& req);
+    std::optional<http::Response> admit(const http::Request& head);
+    http::Response ui_session(const http::Request& req);
     asio::awaitable<http::Response> dispatch(const http::Request& req,
                                              const std::vector<std::string>& seg);
 
@@ -201,6 +224,8 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> validation(const Call& c);
     asio::awaitable<http::Response> operator_rollback(const Call& c);
     asio::awaitable<http::Response> deploy_status(const Call& c);
+    asio::awaitable<http::Response> list_tasks(const Call& c);
+    asio::awaitable<http::Response> node_detail(const Call& c);
     asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
     asio::awaitable<http::Response> pause(const Call& c) {
         return control(c, deploy::ControlRequest::pause);
@@ -225,12 +250,14 @@ const std::vector<DeployService::Impl::Route>& DeployService::Impl::routes() {
         {bh::verb::post, {"api", "inventory"}, R::admin, &Impl::import_inventory},
         {bh::verb::get, {"api", "inventory"}, R::read, &Impl::list_inventory},
         {bh::verb::post, {"api", "tasks"}, R::submit, &Impl::create_task},
+        {bh::verb::get, {"api", "tasks"}, R::read, &Impl::list_tasks},
         {bh::verb::get, {"api", "tasks", "*"}, R::read, &Impl::get_task},
         {bh::verb::post, {"api", "tasks", "*", "artifacts"}, R::submit, &Impl::stage_from_path},
         {bh::verb::put, {"api", "tasks", "*", "artifacts", "*"}, R::submit, &Impl::stage_upload},
         {bh::verb::post, {"api", "tasks", "*", "validation"}, R::validate, &Impl::validation},
         {bh::verb::post, {"api", "deploy", "trigger"}, R::submit, &Impl::trigger},
         {bh::verb::get, {"api", "deploy", "*"}, R::read, &Impl::deploy_status},
+        {bh::verb::get, {"api", "deploy", "*", "nodes", "*"}, R::read, &Impl::node_detail},
         {bh::verb::post, {"api", "deploy", "*", "rollback"}, R::operate, &Impl::operator_rollback},
         // Operator control of a rollout in flight; a validate client may resume a tier gate.
         {bh::verb::post, {"api", "deploy", "*", "pause"}, R::operate, &Impl::pause},
@@ -265,7 +292,12 @@ asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
                                    "the request path is not a valid URL path");
     } else {
         try {
-            res = co_await dispatch(req, *seg);
+            if (seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session")
+                res = ui_session(req);
+            else if (is_ui_path(*seg))  // the console's files: public, outside the route table
+                res = ui_static_answer(req, *seg);
+            else
+                res = co_await dispatch(req, *seg);
         } catch (const std::exception& e) {
             logger->error("{} {}: {}", std::string(req.method_string()), std::string(req.target()),
                           e.what());
@@ -303,11 +335,25 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         if (r.method == req.method()) route = &r;
     }
     const Principal* who = nullptr;
+    std::optional<Caller> caller;  // in this frame: a session may end while the handler runs
     // Everything but a body-less GET of /healthz needs a token (the same rule as the server's
     // admit hook): an anonymous client learns nothing about the API beyond /healthz.
     if (needs_token || !anonymous_request_allowed(req)) {
-        who = clients->authenticate(req);
-        if (!who) co_return unauthorized_response(req);  // the same answer as the server's admit
+        caller = authenticate(req);
+        if (!caller) co_return unauthorized_response(req);  // the same answer as the server's admit
+        who = &caller->who;
+        // A cookie comes along by itself: a state-changing request must prove our page sent it.
+        if (caller->session_csrf) {
+            if (const auto v = csrf_check(req, *caller->session_csrf, tls()); v != CsrfVerdict::ok) {
+                logger->warn("{} {}: refused for client '{}': csrf {}",
+                             std::string(req.method_string()),
+                             printable(req.target().substr(0, req.target().find('?'))), who->name,
+                             to_string(v));
+                co_return http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                               "a session's state-changing request needs its "
+                                               "X-Guardia-CSRF header, from this origin");
+            }
+        }
     }
     if (!path_known)
         co_return http::error_response(req, bh::status::not_found, "not_found",
@@ -351,6 +397,106 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
     }
     const Call call{req, who, seg};
     co_return co_await (this->*(route->handler))(call);
+}
+
+// --- the console's sessions ---------------------------------------------------------------------
+
+namespace {
+
+std::int64_t wall_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+json::object session_json(const Session& s) {
+    json::array roles;
+    for (auto r : s.who.roles.names()) roles.push_back(json::string(r));
+    return json::object{{"principal", s.who.name},
+                        {"roles", std::move(roles)},
+                        {"csrf", s.csrf},
+                        {"expires_ms", s.expires_ms}};
+}
+
+}  // namespace
+
+std::optional<DeployService::Impl::Caller> DeployService::Impl::authenticate(
+    const http::Request& req) {
+    if (bearer_token(req)) {  // a Bearer header decides alone: a bad one is not rescued by a cookie
+        const Principal* p = clients->authenticate(req);
+        if (!p) return std::nullopt;
+        return Caller{*p, std::nullopt};
+    }
+    const auto cookie = cookie_value(req, session_cookie_name);
+    if (!cookie) return std::nullopt;
+    auto s = sessions.find(*cookie, wall_ms());
+    if (!s) return std::nullopt;
+    return Caller{std::move(s->who), std::move(s->csrf)};
+}
+
+std::optional<http::Response> DeployService::Impl::admit(const http::Request& head) {
+    if (anonymous_request_allowed(head)) return std::nullopt;
+    const auto seg = http::path_segments(head.target());
+    // Signing in: the token is in the body (at most 4 KiB, request_body_limit); signing out and
+    // asking who one is: the cookie, checked by the handler.
+    if (seg && seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session") return std::nullopt;
+    if (authenticate(head)) return std::nullopt;
+    return unauthorized_response(head);
+}
+
+http::Response DeployService::Impl::ui_session(const http::Request& req) {
+    http::Response res;
+    const auto cookie = cookie_value(req, session_cookie_name);
+    std::optional<Session> current;
+    if (cookie) current = sessions.find(*cookie, wall_ms());
+    if (req.method() == bh::verb::post) {
+        // A page of another origin may not sign a browser in (login CSRF): a JSON body already
+        // needs a CORS preflight, and an Origin header must be ours.
+        const auto verdict = csrf_check(req, "", tls());
+        auto parsed = http::parse_json_object(req, 2);
+        if (verdict == CsrfVerdict::foreign_origin) {
+            res = http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                       "sign in from this service's own pages");
+        } else if (auto* r = std::get_if<http::Response>(&parsed)) {
+            res = std::move(*r);
+        } else {
+            const auto& body = std::get<json::object>(parsed);
+            const auto* t = body.if_contains("token");
+            const Principal* p =
+                t && t->is_string() ? clients->authenticate(std::string_view(t->get_string()))
+                                    : nullptr;
+            if (!p) {
+                res = unauthorized_response(req);
+            } else {
+                if (cookie) sessions.close(*cookie);  // a new sign-in replaces the old session
+                auto opened = sessions.open(*p, wall_ms());
+                logger->info("console: session opened for client '{}'", p->name);
+                res = http::json_response(req, bh::status::ok, session_json(opened.session));
+                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, tls()));
+            }
+        }
+    } else if (req.method() == bh::verb::get || req.method() == bh::verb::head) {
+        res = current ? http::json_response(req, bh::status::ok, session_json(*current))
+                      : unauthorized_response(req);
+    } else if (req.method() == bh::verb::delete_) {
+        if (!current) {
+            res = unauthorized_response(req);
+        } else if (csrf_check(req, current->csrf, tls()) != CsrfVerdict::ok) {
+            res = http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                       "signing out needs the session's X-Guardia-CSRF header");
+        } else {
+            sessions.close(*cookie);
+            logger->info("console: session closed for client '{}'", current->who.name);
+            res = http::text_response(req, bh::status::no_content, "", "text/plain");
+            res.set(bh::field::set_cookie, session_clear_cookie(tls()));
+        }
+    } else {
+        res = http::error_response(req, bh::status::method_not_allowed, "method_not_allowed",
+                                   "use GET, POST, DELETE on this path");
+        res.set(bh::field::allow, "GET, POST, DELETE");
+    }
+    add_ui_security_headers(res);
+    return res;
 }
 
 asio::awaitable<http::Response> DeployService::Impl::work_answer(
@@ -621,6 +767,19 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
     auto count = [&](const char* k) { counts[k] = counts[k].as_int64() + 1; };
     json::array nodes;
     json::array tiers;
+    json::value gate = nullptr;
+    std::string rid_for_times;
+    const double ratio = coordinator.deps().engine.rollout.failure_threshold;
+    auto gate_json = [&](const deploy::TierProgress& t, const std::string& reason) {
+        const bool tripped =
+            t.finished > 0 && static_cast<double>(t.failed) / static_cast<double>(t.finished) > ratio;
+        return json::value(json::object{{"tier", t.tier},
+                                        {"failed", t.failed},
+                                        {"done", t.finished},
+                                        {"max_failure_ratio", ratio},
+                                        {"tripped", tripped},
+                                        {"reason", tripped ? reason : std::string()}});
+    };
 
     if (auto live = coordinator.live(sr_id)) {
         const auto& p = *live->progress;
@@ -660,6 +819,10 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
                                       n.report.error.message, n.report.backup_path));
         }
         for (const auto& t : p.tiers) tiers.push_back(tier_json(t));
+        // The current tier: the last one that started.
+        for (const auto& t : p.tiers)
+            if (t.started > 0 || t.active) gate = gate_json(t, p.reason);
+        rid_for_times = live->rollout_id;
     } else if ((*task)->rollout_id.empty()) {
         out["rollout"] = nullptr;
     } else {
@@ -731,12 +894,152 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
         for (auto& [tier, t] : per_tier) {
             t.tier = static_cast<int>(tier);
             tiers.push_back(tier_json(t));
+            if (t.started > 0) gate = gate_json(t, *r ? (*r)->reason : std::string());
         }
+        rid_for_times = rid;
     }
+    // Console extensions: each node's start and end (node_results), the task's artifacts and
+    // the safety gate of the current (or last) tier.
+    std::map<std::string, std::pair<json::value, json::value>> times;
+    if (!rid_for_times.empty()) {
+        auto rows = co_await coordinator.read(
+            [&](store::Database& db) { return db.node_results(rid_for_times); });
+        if (rows)
+            for (const auto& n : *rows)
+                times[n.node] = {n.started_ms ? json::value(*n.started_ms) : json::value(nullptr),
+                                 n.finished_ms ? json::value(*n.finished_ms) : json::value(nullptr)};
+    }
+    for (auto& v : nodes) {
+        auto& o = v.as_object();
+        auto it = times.find(std::string(o["name"].as_string()));
+        o["started_ms"] = it == times.end() ? json::value(nullptr) : it->second.first;
+        o["finished_ms"] = it == times.end() ? json::value(nullptr) : it->second.second;
+    }
+    auto arts =
+        co_await coordinator.read([&](store::Database& db) { return db.artifacts_for(sr_id); });
+    json::array art_list;
+    if (arts)
+        for (const auto& a : *arts)
+            art_list.push_back(json::object{{"name", a.name}, {"sha256", a.sha256}, {"size", a.size}});
+    out["artifacts"] = std::move(art_list);
+    out["gate"] = std::move(gate);
     out["counts"] = std::move(counts);
     out["tiers"] = std::move(tiers);
     out["nodes"] = std::move(nodes);
     co_return http::json_response(c.req, bh::status::ok, out);
+}
+
+asio::awaitable<http::Response> DeployService::Impl::list_tasks(const Call& c) {
+    auto q = http::query_params(c.req.target());
+    if (!q) co_return error_answer(c.req, bad("malformed query string"));
+    if (auto ok = only_fields(json::object{[&] {
+                                  json::object o;
+                                  for (const auto& [k, v] : *q) o[k] = v;
+                                  return o;
+                              }()},
+                              {"status", "requester", "approver", "q", "limit", "before"});
+        !ok)
+        co_return error_answer(c.req, bad("query " + ok.error().message));
+    store::Database::TaskFilter f;
+    f.status = (*q)["status"];
+    f.requester = (*q)["requester"];
+    f.approver = (*q)["approver"];
+    f.text = (*q)["q"];
+    if (f.text.size() > 256) co_return error_answer(c.req, bad("q: longer than 256"));
+    auto number = [](const std::string& text, std::int64_t& into) {
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), into);
+        return !text.empty() && ec == std::errc() && end == text.data() + text.size();
+    };
+    std::int64_t limit = 50, before = 0;
+    if (!(*q)["limit"].empty() && (!number((*q)["limit"], limit) || limit < 1 || limit > 200))
+        co_return error_answer(c.req, bad("limit: an integer from 1 to 200"));
+    if (!(*q)["before"].empty()) {
+        if (!number((*q)["before"], before) || before < 0)
+            co_return error_answer(c.req, bad("before: an updated_ms value (integer)"));
+        f.before_updated_ms = before;
+    }
+    f.limit = static_cast<int>(limit);
+    auto rows = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
+    if (!rows)
+        co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                   "the store could not be read or written: " +
+                                                       rows.error().message));
+    json::array tasks;
+    for (const auto& t : *rows) {
+        auto o = task_json(t, {});
+        o.erase("artifacts");
+        tasks.push_back(std::move(o));
+    }
+    json::value next = nullptr;
+    if (static_cast<std::int64_t>(rows->size()) == limit) next = rows->back().updated_ms;
+    co_return http::json_response(c.req, bh::status::ok,
+                                  json::object{{"tasks", std::move(tasks)}, {"next_before", next}});
+}
+
+asio::awaitable<http::Response> DeployService::Impl::node_detail(const Call& c) {
+    const std::string sr_id = c.seg[2], node = c.seg[4];
+    auto task = co_await coordinator.read([&](store::Database& db) { return db.task(sr_id); });
+    auto unavailable = [&](const Error& e) {
+        return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                "the store could not be read or written: " +
+                                                    e.message));
+    };
+    if (!task) co_return unavailable(task.error());
+    if (!*task)
+        co_return error_answer(c.req,
+                               ServiceError(ServiceErrc::not_found, "no task " + printable(sr_id)));
+    const std::string rid = (*task)->rollout_id, inst = (*task)->inst_id,
+                      sys = (*task)->system_name;
+    auto row = co_await coordinator.read(
+        [&](store::Database& db) { return db.node_result(rid, node); });
+    if (!row) co_return unavailable(row.error());
+    if (rid.empty() || !*row)
+        co_return error_answer(c.req, ServiceError(ServiceErrc::not_found,
+                                                   "no node " + printable(node) + " in the rollout of " +
+                                                       printable(sr_id)));
+    auto inv = co_await coordinator.read(
+        [&](store::Database& db) { return db.inventory_nodes(inst, sys); });
+    auto audit =
+        co_await coordinator.read([&](store::Database& db) { return db.audit_for_rollout(rid); });
+    if (!inv) co_return unavailable(inv.error());
+    if (!audit) co_return unavailable(audit.error());
+    std::int64_t tier = 0;
+    for (const auto& n : *inv)
+        if (n.name == node) {
+            auto v = json::parse(n.payload);
+            const auto* t = v.as_object().if_contains("tier");
+            tier = t && t->is_int64() ? t->as_int64() : 2;
+        }
+    std::vector<store::AuditRow> mine;
+    json::array rows;
+    for (const auto& r : *audit) {
+        if (r.node != node) continue;
+        mine.push_back(r);
+        rows.push_back(audit_row_json(r));
+    }
+    json::array steps;
+    for (const auto& s : step_spans(mine))
+        steps.push_back(json::object{
+            {"step", s.step},
+            {"status", s.status},
+            {"started_ms", s.started_ms},
+            {"duration_ms", s.duration_ms ? json::value(*s.duration_ms) : json::value(nullptr)},
+            {"exit_code", s.exit_code ? json::value(*s.exit_code) : json::value(nullptr)},
+            {"detail", s.detail}});
+    const auto& n = **row;
+    co_return http::json_response(
+        c.req, bh::status::ok,
+        json::object{{"sr_id", sr_id},
+                     {"rollout_id", rid},
+                     {"name", node},
+                     {"tier", tier},
+                     {"state", lower(n.status)},
+                     {"step", n.step},
+                     {"error", n.error},
+                     {"started_ms", n.started_ms ? json::value(*n.started_ms) : json::value(nullptr)},
+                     {"finished_ms", n.finished_ms ? json::value(*n.finished_ms) : json::value(nullptr)},
+                     {"steps", std::move(steps)},
+                     {"audit", std::move(rows)}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::audit_page(const Call& c) {
@@ -763,21 +1066,7 @@ asio::awaitable<http::Response> DeployService::Impl::audit_page(const Call& c) {
                                                    "the store could not be read or written: " +
                                                        rows.error().message));
     json::array events;
-    for (const auto& r : *rows) {
-        json::value exit_code = nullptr, duration = nullptr;
-        if (r.exit_code) exit_code = *r.exit_code;
-        if (r.duration_ms) duration = *r.duration_ms;
-        events.push_back(json::object{{"id", r.id},
-                                      {"ts_ms", r.ts_ms},
-                                      {"rollout_id", r.rollout_id},
-                                      {"node", r.node},
-                                      {"step", r.step},
-                                      {"event", r.event},
-                                      {"exit_code", exit_code},
-                                      {"duration_ms", duration},
-                                      {"detail", r.detail},
-                                      {"principal", r.principal}});
-    }
+    for (const auto& r : *rows) events.push_back(audit_row_json(r));
     json::value next = nullptr;
     if (static_cast<int>(rows->size()) == limit) next = rows->back().id;
     co_return http::json_response(
@@ -878,6 +1167,10 @@ DeployService::~DeployService() = default;
 
 asio::awaitable<std::size_t> DeployService::recover() {
     co_return co_await impl_->coordinator.recover();
+}
+
+std::optional<http::Response> DeployService::admit(const http::Request& head) {
+    return impl_->admit(head);
 }
 
 asio::awaitable<http::Response> DeployService::handle(http::Request request) {

@@ -169,7 +169,8 @@ case $(package_state) in
 esac
 left=""
 for f in $files; do
-    [ -f "$f" ] || [ -L "$f" ] && left="$left $f"
+    [ -d "$f" ] && continue   # directories are shared (/lib is a symlink to usr/lib)
+    if [ -e "$f" ] || [ -L "$f" ]; then left="$left $f"; fi
 done
 [ -z "$left" ] || fail "purge left the package's files:$left"
 for path in /usr/bin/guardia "$unit" /etc/guardia /var/lib/guardia \

@@ -21,6 +21,11 @@ int usage(std::FILE* out) {
     std::fprintf(
         out,
         "usage: guardia <command> [options]\n"
+        "       guardia --help | --version\n"
+        "\n"
+        "Guardia rolls artifacts out to Linux nodes over SSH, tier by tier, with backups, health\n"
+        "checks, automatic rollback of failed nodes and a hash-chained audit log; nothing is\n"
+        "installed on the nodes. `guardia serve` runs it as a service with an HTTP API.\n"
         "\n"
         "commands:\n"
         "  deploy      a tiered rollout of artifacts to an inventory (guardia deploy --help)\n"
@@ -35,6 +40,10 @@ int usage(std::FILE* out) {
         "  inspect     which release runs on each node (guardia inspect --help)\n"
         "  version     print the version\n"
         "  help        show this help; help COMMAND: that command's help (as COMMAND --help)\n"
+        "\n"
+        "options:\n"
+        "  -h, --help  this help\n"
+        "  --version   print the version (as the version command)\n"
         "\n"
         "Every command takes -h / --help. The configuration: --config FILE, else $GUARDIA_CONFIG,\n"
         "else /etc/guardia/guardia.json if it exists, else built-in defaults.\n"

@@ -1,6 +1,7 @@
 #include "guardia/service/clients.hpp"
 
 #include "guardia/core/digest.hpp"
+#include "guardia/service/console.hpp"
 #include "guardia/service/service_config.hpp"
 
 #include <array>
@@ -137,7 +138,9 @@ bool anonymous_request_allowed(const http::Request& head) {
     namespace bh = http::beast_http;
     if (head.method() != bh::verb::get && head.method() != bh::verb::head) return false;
     const auto seg = http::path_segments(head.target());
-    if (!seg || seg->size() != 1 || (*seg)[0] != "healthz") return false;
+    // /healthz, and the console's static files under /ui (they hold no data).
+    const bool healthz = seg && seg->size() == 1 && (*seg)[0] == "healthz";
+    if (!healthz && !(seg && is_ui_path(*seg))) return false;
     if (head.count(bh::field::transfer_encoding)) return false;
     if (auto it = head.find(bh::field::content_length); it != head.end() && it->value() != "0")
         return false;

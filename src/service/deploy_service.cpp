@@ -2,6 +2,7 @@
 
 #include "guardia/core/json_input.hpp"
 #include "guardia/service/clients.hpp"
+#include "guardia/service/console.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
@@ -278,7 +279,10 @@ asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
                                    "the request path is not a valid URL path");
     } else {
         try {
-            res = co_await dispatch(req, *seg);
+            if (is_ui_path(*seg))  // the console's files: public, outside the API's route table
+                res = ui_static_answer(req, *seg);
+            else
+                res = co_await dispatch(req, *seg);
         } catch (const std::exception& e) {
             logger->error("{} {}: {}", std::string(req.method_string()), std::string(req.target()),
                           e.what());

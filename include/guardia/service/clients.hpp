@@ -79,8 +79,8 @@ class ClientRegistry {
 // WWW-Authenticate: Bearer (the server's admit hook and the service's router give the same).
 http::Response unauthorized_response(const http::Request& req);
 
-// The one request an anonymous client may make: GET or HEAD of /healthz (decoded, no query
-// needed) announcing no body (no Content-Length above 0, no Transfer-Encoding). Everything else
+// The requests an anonymous client may make: GET or HEAD of /healthz or of a console file under
+// /ui (decoded, no query needed) announcing no body (no Content-Length above 0, no Transfer-Encoding). Everything else
 // needs a known token, checked from the head (server admit hook) and again by the router.
 bool anonymous_request_allowed(const http::Request& head);
 

@@ -38,6 +38,13 @@ export function fmtTime(ms) {
   return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
 }
 
+/** Time of day only (the drawer's rows are all from one rollout). */
+export function fmtClock(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  return d.toTimeString().slice(0, 8);
+}
+
 export function fmtDuration(ms) {
   if (ms === null || ms === undefined || ms < 0) return '—';
   if (ms < 1000) return `${ms} ms`;

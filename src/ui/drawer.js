@@ -1,6 +1,6 @@
 // The node drawer: GET /api/deploy/{sr}/nodes/{node}: its steps with durations, its audit
 // trail, its error in full.
-import {h, clear, fmtTime, fmtDuration, badge} from './dom.js';
+import {h, clear, fmtClock, fmtDuration, badge} from './dom.js';
 import {api, enc} from './api.js';
 
 export class NodeDrawer {
@@ -63,7 +63,7 @@ export class NodeDrawer {
     else this.body.append(h('table', {class: 'grid-table small', id: 'drawer-steps'},
       h('thead', null, h('tr', null, ['step', 'status', 'started', 'duration', 'exit', 'detail'].map((t) => h('th', {scope: 'col', text: t})))),
       h('tbody', null, steps.map((s) => h('tr', {class: /FAIL|ERROR/.test(s.status || '') ? 'row-bad' : ''},
-        h('td', {text: s.step}), h('td', null, badge(s.status)), h('td', {text: fmtTime(s.started_ms)}),
+        h('td', {text: s.step}), h('td', null, badge(s.status)), h('td', {text: fmtClock(s.started_ms)}),
         h('td', {class: 'num', text: fmtDuration(s.duration_ms)}), h('td', {class: 'num', text: s.exit_code ?? '—'}),
         h('td', {class: 'detail', text: s.detail || ''}))))));
     this.body.append(h('h3', {text: 'Audit trail'}));
@@ -72,7 +72,7 @@ export class NodeDrawer {
     else this.body.append(h('table', {class: 'grid-table small', id: 'drawer-audit'},
       h('thead', null, h('tr', null, ['time', 'step', 'event', 'exit', 'duration', 'by', 'detail'].map((t) => h('th', {scope: 'col', text: t})))),
       h('tbody', null, audit.map((a) => h('tr', {class: /FAIL/.test(a.event || '') ? 'row-bad' : ''},
-        h('td', {text: fmtTime(a.ts_ms)}), h('td', {text: a.step || ''}), h('td', {text: a.event}),
+        h('td', {text: fmtClock(a.ts_ms)}), h('td', {text: a.step || ''}), h('td', {text: a.event}),
         h('td', {class: 'num', text: a.exit_code ?? ''}), h('td', {class: 'num', text: a.duration_ms ? fmtDuration(a.duration_ms) : ''}),
         h('td', {text: a.principal || ''}), h('td', {class: 'detail', text: a.detail || ''}))))));
   }

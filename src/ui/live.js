@@ -184,6 +184,7 @@ export class LiveRollout {
       frag.append(h('section', {class: 'tier', data: {tier: String(tier)}},
                     h('h2', null, `Tier ${tier}`, stats), grid));
     }
+    if (!list.length) frag.append(h('p', {class: 'muted', id: 'no-nodes', text: 'No rollout yet: the nodes appear once the task is triggered.'}));
     this.tiers.append(frag);
   }
 
@@ -256,7 +257,10 @@ export class LiveRollout {
     const g = this.doc.gate;
     clear(this.gate);
     this.gate.className = 'gate';
-    if (!g) { this.gate.append(h('span', {class: 'muted', text: 'Safety gate: no rollout yet'})); return; }
+    if (!g) {
+      this.gate.append(h('span', {class: 'muted', text: this.doc.rollout ? 'Safety gate: no verdict yet' : 'Safety gate: no rollout yet'}));
+      return;
+    }
     const pct = g.max_failure_ratio !== undefined ? `${Math.round(g.max_failure_ratio * 1000) / 10}%` : '?';
     this.gate.classList.add(g.tripped ? 'tripped' : 'holding');
     this.gate.append(h('b', {text: g.tripped ? 'Safety gate TRIPPED' : 'Safety gate holding'}),

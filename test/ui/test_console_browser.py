@@ -3,10 +3,12 @@
 Selenium (Debian chromium + chromium-driver + python3-selenium) against the real `guardia
 serve` and a real fleet (the ui_fleet fixture of test/ui/CMakeLists.txt).
 
-The setup goes through the API with a Bearer token (inventory, task, staged artifacts); then,
-in the browser: sign in as the operator, trigger, watch the cells turn green and the faulty
-node fail and get rolled back, open its drawer and read its error, sign out, sign in as the
-PM, reject with a comment on the review page and watch every node rolled back. The outcome is
+The setup goes through the API with a Bearer token (inventory, tasks, staged artifacts); then,
+in the browser: sign in as the operator, trigger SR-A, watch the cells turn green and the
+faulty node fail and get rolled back, open its drawer and read its error, roll the task back
+(a rollout with a failed node ends FAILED_ROLLBACK: there is no PM review of it); trigger SR-B
+on the nine healthy nodes, sign out, sign in as the PM, reject SR-B with a comment on the
+review page and watch every node rolled back. The outcome is
 asserted in the page (the cells' data-state attributes, the counts), on the nodes (every file
 back to its old checksum: `tools/fleet check`) and in the store (audit rows and principals).
 Screenshots go to GUARDIA_UI_SHOTS.
@@ -60,7 +62,7 @@ FAULTY = "node-0009"
 TIERS = {n: (1 if i < 2 else 2 if i < 6 else 3) for i, n in enumerate(NODES)}   # 2 / 4 / 4 nodes
 UI_TIMEOUT = 150          # a state the page must reach (a whole rollout fits in it)
 # The same per-tier shape as the service tests, and a gate that lets one failed node of four
-# in tier 3 pass: the rollout succeeds and waits for the PM.
+# in tier 3 pass (the gate holds; the rollout still ends FAILED, its task FAILED_ROLLBACK).
 ROLLOUT = {"tiers": test_serve.TIERS, "failure_threshold_percent": 50}
 
 # Read in the page: {node: [state, group, has-error]} of every cell.
@@ -182,6 +184,10 @@ class ConsoleBrowserTest(ServeTest):
                 for e in self.els("#counts [data-count]")}
 
     # ------------------------------------------------------------------ the test
+    def final_cells(self, what, want):
+        """Wait until every cell shows the state want[node]; returns the cells."""
+        return self.wait(what, lambda d: (lambda c: c if {n: s for n, (s, _, _) in c.items()} == want else None)(self.cells()))
+
     def test_console_operator_and_pm_end_to_end(self):
         tokens = {"ops": secrets.token_hex(24), "pm": secrets.token_hex(24)}
         digest = lambda t: hashlib.sha256(t.encode()).hexdigest()   # noqa: E731
@@ -193,13 +199,17 @@ class ConsoleBrowserTest(ServeTest):
         self.start_service(conf=conf)
         self.start_browser()
 
-        # -- setup through the API (Bearer): inventory, task, staged artifacts
-        sr = f"SR-UI-{self.tag}"
+        # -- setup through the API (Bearer): inventory, task, staged artifacts. A rollout with a
+        # failed node ends FAILED_ROLLBACK (no PM review), so two tasks: SR-A on all ten nodes
+        # (node-0009 fails and is rolled back; the operator then rolls the rest back), SR-B on
+        # the nine healthy ones (the PM rejects it).
+        sr_a, sr_b = f"SR-UI-A-{self.tag}", f"SR-UI-B-{self.tag}"
+        healthy = [n for n in NODES if n != FAULTY]
         before = self.fresh(*NODES)
         self.import_inventory(TIERS)
-        self.create_task(sr, requester="alice", title="Console end-to-end")
-        arts = self.artifacts("ui")
-        self.stage(sr, arts)
+        self.create_task(sr_a, requester="alice", title="Console end-to-end: operator")
+        arts_a = self.artifacts("ui-a")
+        self.stage(sr_a, arts_a)
 
         # the console is served with its security headers
         r = self.api("GET", "/ui/", token=False)
@@ -214,42 +224,34 @@ class ConsoleBrowserTest(ServeTest):
         self.assertIn("Unknown token", self.wait("the sign-in error", lambda d: self.visible("#signin-error")).text)
         self.sign_in(tokens["ops"], "ops")
 
-        # -- the task list shows the SR, live
-        row = self.wait(f"{sr} in the task list", lambda d: self.visible(f'#task-rows tr[data-sr="{sr}"]'))
+        # -- the task list shows the SR
+        row = self.wait(f"{sr_a} in the task list", lambda d: self.visible(f'#task-rows tr[data-sr="{sr_a}"]'))
         self.assertEqual(row.get_attribute("data-status"), "CREATED")
         self.assertIn("alice", row.text)
         row.find_element(By.CSS_SELECTOR, "a").click()
 
-        # -- the rollout view: every node a pending cell; the operator may trigger
-        self.wait("10 cells", lambda d: len(self.cells()) == len(NODES))
-        self.assertEqual(self.text("#sr-id"), sr)
+        # -- the rollout view: no rollout yet; the operator may trigger
         trigger = self.wait("the trigger button", lambda d: self.visible("#act-trigger"))
+        self.assertEqual(self.text("#sr-id"), sr_a)
         self.assertEqual(self.els("#act-pause") + self.els("#act-rollback"), [], "nothing to pause or roll back yet")
-        self.driver.execute_script(WATCH_JS)
         trigger.click()
 
         # cells turn green while the rollout runs: a screenshot mid-way
+        self.wait("10 cells", lambda d: len(self.cells()) == len(NODES))
+        self.driver.execute_script(WATCH_JS)
         self.wait("a deployed cell", lambda d: any(s == "deployed" for s, _, _ in self.cells().values()))
-        self.wait("the task DEPLOYING with a pause button", lambda d: self.visible("#act-pause"))
+        self.wait("the pause button while the rollout runs", lambda d: self.visible("#act-pause"))
         self.shot("02-rollout-live")
-        self.wait("the rollout to wait for the PM",
-                  lambda d: self.text("#task-status") == "PENDING_PM_VALIDATION", timeout=UI_TIMEOUT)
-        cells = self.wait("every cell final", lambda d: (lambda c: c if all(
-            s not in ("pending", "running") for s, _, _ in c.values()) else None)(self.cells()))
-        self.assertEqual({n: s for n, (s, _, _) in cells.items()},
-                         {n: ("rolled_back" if n == FAULTY else "deployed") for n in NODES}, cells)
+        cells = self.final_cells("every healthy cell green, the faulty one rolled back",
+                                 {n: ("rolled_back" if n == FAULTY else "deployed") for n in NODES})
+        self.wait("the task FAILED_ROLLBACK", lambda d: self.text("#task-status") == "FAILED_ROLLBACK")
         self.assertEqual(cells[FAULTY][1:], ["rolledback", True], "the faulty cell: amber with its error")
         seen = self.driver.execute_script("return window.__seen")
         self.assertIn("running", seen.get(FAULTY, []), seen)
         self.assertEqual(seen[FAULTY][-1], "rolledback", seen)
-        for n in NODES:
-            if n != FAULTY:
-                self.assertEqual(seen[n][-1], "deployed", seen)
-        self.assertEqual(self.counts()["deployed"], 9, self.counts())
-        self.assertEqual(self.counts()["failed"], 1, self.counts())
+        self.wait("the counts", lambda d: (self.counts().get("deployed"), self.counts().get("failed")) == (9, 1))
         self.assertEqual(self.counts()["total"], 10, self.counts())
-        api_doc = self.deploy_status(sr)
-        self.assertEqual(api_doc["task_status"], "PENDING_PM_VALIDATION")
+        api_doc = self.deploy_status(sr_a)
         faulty_err = {n["name"]: n for n in api_doc["nodes"]}[FAULTY]["error"]
         self.assertTrue(faulty_err, api_doc)
 
@@ -265,31 +267,49 @@ class ConsoleBrowserTest(ServeTest):
         self.el("body").send_keys(Keys.ESCAPE)
         self.wait("the drawer to close", lambda d: not self.visible("#drawer"))
 
-        # -- the PM: no operator button, the review page, reject with a comment
+        # -- the operator rolls every deployed node back; the faulty one stays as it is
+        self.wait("the operator's rollback button", lambda d: self.visible("#act-rollback")).click()
+        self.final_cells("the operator's rollback of SR-A",
+                         {n: ("rolled_back" if n == FAULTY else "rolled_back_by_pm") for n in NODES})
+        self.wait("SR-A ROLLED_BACK", lambda d: self.text("#task-status") == "ROLLED_BACK")
+        self.wait("the counts after the rollback", lambda d: self.counts().get("rolled_back") == 9)
+        mid = self.check(*NODES)
+        for n in NODES:
+            self.assert_restored(before[n], mid[n])
+
+        # -- SR-B on the nine healthy nodes, triggered by the operator, reviewed by the PM
+        self.system_name = f"{self.system_name}-b"
+        self.import_inventory({n: TIERS[n] for n in healthy})
+        self.create_task(sr_b, requester="alice", title="Console end-to-end: PM review")
+        arts_b = self.artifacts("ui-b")
+        self.stage(sr_b, arts_b)
+        self.driver.get(f"{self.base}/ui/#/sr/{sr_b}")
+        self.wait("the trigger button of SR-B", lambda d: self.visible("#act-trigger")).click()
+        self.final_cells("SR-B deployed", {n: "deployed" for n in healthy})
+        self.wait("SR-B waiting for the PM", lambda d: self.text("#task-status") == "PENDING_PM_VALIDATION")
+
         self.sign_out()
         self.sign_in(tokens["pm"], "carol-pm")
-        self.driver.get(f"{self.base}/ui/#/sr/{sr}")
-        self.wait("the rollout view as the PM", lambda d: len(self.cells()) == len(NODES))
+        self.driver.get(f"{self.base}/ui/#/sr/{sr_b}")
         self.wait("the PM review link", lambda d: self.visible("#act-review"))
+        self.wait("the cells as the PM", lambda d: len(self.cells()) == len(healthy))
         self.assertEqual([e.get_attribute("id") for e in self.els("#actions button")], [], "the PM has no operate/submit")
-        self.driver.get(f"{self.base}/ui/#/sr/{sr}/review")
-        self.wait("the review page's node table", lambda d: len(self.els("#review-node-table tbody tr")) == len(NODES))
+        self.el("#act-review").click()
+        self.wait("the review page's node table", lambda d: len(self.els("#review-node-table tbody tr")) == len(healthy))
         shas = self.wait("the artifacts and their sha256", lambda d: [e.text for e in self.els("#review-artifacts tr td.mono")])
-        self.assertEqual(sorted(shas), sorted(sha256(b) for b in arts.values()))
+        self.assertEqual(sorted(shas), sorted(sha256(b) for b in arts_b.values()))
         comment = self.wait("the verdict form", lambda d: self.visible("#verdict-comment"))
         self.assertEqual(self.el("#pm-id").get_attribute("value"), "carol-pm")
         comment.send_keys("the login page is broken on node-0003")
-        self.driver.execute_script(WATCH_JS)
         self.shot("04-review")
         self.el("#verdict-reject").click()
         self.wait("the verdict to be recorded", lambda d: self.visible("#verdict-ok"))
-        self.wait("the task ROLLED_BACK", lambda d: self.text("#task-status") == "ROLLED_BACK")
-        cells = self.wait("every deployed cell rolled back by the PM", lambda d: (lambda c: c if all(
-            s == ("rolled_back" if n == FAULTY else "rolled_back_by_pm") for n, (s, _, _) in c.items()) else None)(self.cells()))
-        self.assertTrue(all(g == "reverted" for n, (_, g, _) in cells.items() if n != FAULTY), cells)
-        self.wait("the counts after the rollback", lambda d: self.counts().get("rolled_back") == 9)
-        self.assertEqual((self.counts()["deployed"], self.counts()["failed"]), (0, 1), self.counts())
-        self.assertTrue(self.visible("#verdict-closed"))
+        self.final_cells("every node of SR-B rolled back by the PM", {n: "rolled_back_by_pm" for n in healthy})
+        self.wait("SR-B ROLLED_BACK", lambda d: self.text("#task-status") == "ROLLED_BACK")
+        self.wait("the counts after the PM's rollback", lambda d: self.counts().get("rolled_back") == 9)
+        self.assertEqual((self.counts()["deployed"], self.counts()["failed"]), (0, 0), self.counts())
+        self.assertTrue(all(g == "reverted" for _, g, _ in self.cells().values()), self.cells())
+        self.wait("the closed verdict", lambda d: self.visible("#verdict-closed"))
         self.shot("05-rolled-back")
 
         # -- the nodes: every file back to its old checksum, services up, nothing left behind
@@ -297,18 +317,22 @@ class ConsoleBrowserTest(ServeTest):
         for n in NODES:
             self.assert_restored(before[n], after[n])
         # -- the store: who did what
-        rows = self.audit_rows(sr)
-        by_principal = {(r["event"], r["principal"]) for r in rows}
-        self.assertTrue(any(p == "ops" for _, p in by_principal), sorted(by_principal))
-        self.assertTrue(any(p == "carol-pm" for _, p in by_principal), sorted(by_principal))
-        for n in NODES:
-            if n != FAULTY:
+        tasks = {t["sr_id"]: t for t in self.q("SELECT sr_id, status, approver FROM tasks")}
+        self.assertEqual((tasks[sr_a]["status"], tasks[sr_a]["approver"]), ("ROLLED_BACK", "ops"))
+        self.assertEqual((tasks[sr_b]["status"], tasks[sr_b]["approver"]), ("ROLLED_BACK", "ops"))
+        rows_a, rows_b = self.audit_rows(sr_a), self.audit_rows(sr_b)
+        self.assertTrue([r for r in rows_a if r["event"] == "TASK_ROLLING_BACK" and r["principal"] == "ops"],
+                        sorted({(r["event"], r["principal"]) for r in rows_a}))
+        self.assertTrue([r for r in rows_b if r["principal"] == "carol-pm"],
+                        sorted({(r["event"], r["principal"]) for r in rows_b}))
+        for rows in (rows_a, rows_b):
+            for n in healthy:
                 self.assertTrue([r for r in rows if r["node"] == n and r["event"] == "ROLLBACK_OK"], f"{n}: no ROLLBACK_OK")
-        t = self.q("SELECT status, approver FROM tasks WHERE sr_id = ?", sr)
-        self.assertEqual(t, [{"status": "ROLLED_BACK", "approver": "ops"}])
+        self.assertTrue([r for r in rows_a if r["node"] == FAULTY and r["step"] == "SUMMARY" and r["event"] == "DEPLOY_FAILED"])
 
-        # -- no script error and no CSP violation in the whole session
-        severe = [e for e in self.browser_log() if e.get("level") == "SEVERE"]
+        # -- no script error and no CSP violation in the whole session (the network entries are
+        # the expected 401s of the sign-in page)
+        severe = [e for e in self.browser_log() if e.get("level") == "SEVERE" and e.get("source") != "network"]
         self.assertEqual(severe, [], "browser console errors")
 
 

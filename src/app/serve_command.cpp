@@ -192,11 +192,8 @@ int serve_command(int argc, char** argv) {
         // an undecodable path or an unknown path included, without a known token is answered
         // 401 and the connection closed (the role is the route table's business). An admitted
         // anonymous request is thus tiny and cannot hold a slot while it trickles a body.
-        so.admit = [clients](const http::Request& head) -> std::optional<http::Response> {
-            if (service::anonymous_request_allowed(head)) return std::nullopt;
-            if (clients->authenticate(head)) return std::nullopt;
-            return service::unauthorized_response(head);
-        };
+        // A console session cookie counts as the token of its client (DeployService::admit).
+        so.admit = [&svc](const http::Request& head) { return svc.admit(head); };
         http::Server server(ioc.get_executor(), std::move(so),
                             [&svc](http::Request r) { return svc.handle(std::move(r)); });
 

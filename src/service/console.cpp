@@ -1,8 +1,14 @@
 #include "guardia/service/console.hpp"
 
+#include "guardia/core/digest.hpp"
 #include "guardia/core/json_input.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
 #include <algorithm>
+#include <array>
+#include <stdexcept>
 
 namespace guardia::service {
 
@@ -65,6 +71,132 @@ http::Response ui_static_answer(const http::Request& req, const std::vector<std:
     }
     add_ui_security_headers(res);
     return res;
+}
+
+// --- sessions ---------------------------------------------------------------------------------
+
+namespace {
+
+std::string_view trim_blanks(std::string_view v) {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+    return v;
+}
+
+// 256 bits from OpenSSL's CSPRNG as 64 lower-case hex characters.
+std::string random_256() {
+    std::array<unsigned char, 32> bytes{};
+    if (RAND_bytes(bytes.data(), static_cast<int>(bytes.size())) != 1)
+        throw std::runtime_error("RAND_bytes failed: no session can be opened");
+    return to_hex(bytes.data(), bytes.size());
+}
+
+bool well_formed(std::string_view cookie) {
+    return cookie.size() == 64 && std::all_of(cookie.begin(), cookie.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+           });
+}
+
+bool same_secret(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && !a.empty() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+}  // namespace
+
+std::optional<std::string_view> cookie_value(const http::Request& req, std::string_view name) {
+    for (auto it = req.find(bh::field::cookie); it != req.end() && it->name() == bh::field::cookie;
+         ++it) {
+        std::string_view rest = it->value();
+        while (!rest.empty()) {
+            const auto semi = rest.find(';');
+            std::string_view pair = trim_blanks(rest.substr(0, semi));
+            rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
+            const auto eq = pair.find('=');
+            if (eq == std::string_view::npos) continue;
+            if (trim_blanks(pair.substr(0, eq)) != name) continue;
+            std::string_view v = trim_blanks(pair.substr(eq + 1));
+            if (v.size() >= 2 && v.front() == '"' && v.back() == '"') v = v.substr(1, v.size() - 2);
+            return v;
+        }
+    }
+    return std::nullopt;
+}
+
+std::string_view to_string(CsrfVerdict v) {
+    switch (v) {
+        case CsrfVerdict::ok:
+            return "ok";
+        case CsrfVerdict::missing_token:
+            return "missing_token";
+        case CsrfVerdict::wrong_token:
+            return "wrong_token";
+        case CsrfVerdict::foreign_origin:
+            return "foreign_origin";
+    }
+    return "unknown";
+}
+
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls) {
+    if (req.method() == bh::verb::get || req.method() == bh::verb::head) return CsrfVerdict::ok;
+    if (auto it = req.find(bh::field::origin); it != req.end()) {
+        const std::string_view host = req[bh::field::host];
+        const std::string own = std::string(tls ? "https://" : "http://") + std::string(host);
+        if (host.empty() || trim_blanks(it->value()) != own) return CsrfVerdict::foreign_origin;
+    }
+    const auto it = req.find(csrf_header);
+    if (it == req.end()) return CsrfVerdict::missing_token;
+    if (!same_secret(trim_blanks(it->value()), session_csrf)) return CsrfVerdict::wrong_token;
+    return CsrfVerdict::ok;
+}
+
+SessionStore::SessionStore(SessionLimits limits) : limits_(limits) {}
+
+SessionStore::Opened SessionStore::open(const Principal& who, std::int64_t now_ms) {
+    // Room first: expired sessions go, then (at the cap) the oldest.
+    std::erase_if(by_digest_, [&](const auto& kv) { return kv.second.expires_ms <= now_ms; });
+    while (!by_digest_.empty() && by_digest_.size() >= limits_.max_sessions) {
+        auto oldest = std::min_element(by_digest_.begin(), by_digest_.end(), [](auto& a, auto& b) {
+            return a.second.created_ms < b.second.created_ms;
+        });
+        by_digest_.erase(oldest);
+    }
+    Opened o;
+    o.cookie = random_256();
+    o.session.who = who;
+    o.session.csrf = random_256();
+    o.session.created_ms = o.session.last_used_ms = now_ms;
+    o.session.expires_ms = std::min(now_ms + limits_.max_age_ms, now_ms + limits_.idle_ms);
+    by_digest_[sha256_hex(o.cookie)] = o.session;
+    return o;
+}
+
+std::optional<Session> SessionStore::find(std::string_view cookie, std::int64_t now_ms) {
+    if (!well_formed(cookie)) return std::nullopt;
+    const auto it = by_digest_.find(sha256_hex(cookie));
+    if (it == by_digest_.end()) return std::nullopt;
+    Session& s = it->second;
+    if (now_ms >= s.expires_ms) {
+        by_digest_.erase(it);
+        return std::nullopt;
+    }
+    s.last_used_ms = now_ms;
+    s.expires_ms = std::min(s.created_ms + limits_.max_age_ms, now_ms + limits_.idle_ms);
+    return s;
+}
+
+bool SessionStore::close(std::string_view cookie) {
+    if (!well_formed(cookie)) return false;
+    return by_digest_.erase(sha256_hex(cookie)) > 0;
+}
+
+std::string session_set_cookie(std::string_view cookie, bool tls) {
+    return std::string(session_cookie_name) + "=" + std::string(cookie) +
+           "; Path=/; HttpOnly; SameSite=Strict" + (tls ? "; Secure" : "");
+}
+
+std::string session_clear_cookie(bool tls) {
+    return std::string(session_cookie_name) + "=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict" +
+           (tls ? "; Secure" : "");
 }
 
 }  // namespace guardia::service

@@ -176,6 +176,7 @@ struct DeployService::Impl {
 
     std::shared_ptr<const ClientRegistry> clients;
     Coordinator coordinator;
+    SessionStore sessions;  // the console's sign-ins (console.hpp)
     std::shared_ptr<spdlog::logger> logger;
     std::map<unsigned, std::uint64_t> http_by_status;
 
@@ -198,6 +199,16 @@ struct DeployService::Impl {
     static const std::vector<Route>& routes();
 
     asio::awaitable<http::Response> handle(http::Request req);
+    bool tls() const { return !coordinator.deps().service.tls_cert_file.empty(); }
+    // Who sends a request: its Bearer token's client, else its session cookie's (with the
+    // session's csrf value); nullopt for neither.
+    struct Caller {
+        Principal who;
+        std::optional<std::string> session_csrf;  // set: authenticated by a session cookie
+    };
+    std::optional<Caller> authenticate(const http::Request& req);
+    std::optional<http::Response> admit(const http::Request& head);
+    http::Response ui_session(const http::Request& req);
     asio::awaitable<http::Response> dispatch(const http::Request& req,
                                              const std::vector<std::string>& seg);
 
@@ -279,7 +290,9 @@ asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
                                    "the request path is not a valid URL path");
     } else {
         try {
-            if (is_ui_path(*seg))  // the console's files: public, outside the API's route table
+            if (seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session")
+                res = ui_session(req);
+            else if (is_ui_path(*seg))  // the console's files: public, outside the route table
                 res = ui_static_answer(req, *seg);
             else
                 res = co_await dispatch(req, *seg);
@@ -320,11 +333,25 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         if (r.method == req.method()) route = &r;
     }
     const Principal* who = nullptr;
+    std::optional<Caller> caller;  // in this frame: a session may end while the handler runs
     // Everything but a body-less GET of /healthz needs a token (the same rule as the server's
     // admit hook): an anonymous client learns nothing about the API beyond /healthz.
     if (needs_token || !anonymous_request_allowed(req)) {
-        who = clients->authenticate(req);
-        if (!who) co_return unauthorized_response(req);  // the same answer as the server's admit
+        caller = authenticate(req);
+        if (!caller) co_return unauthorized_response(req);  // the same answer as the server's admit
+        who = &caller->who;
+        // A cookie comes along by itself: a state-changing request must prove our page sent it.
+        if (caller->session_csrf) {
+            if (const auto v = csrf_check(req, *caller->session_csrf, tls()); v != CsrfVerdict::ok) {
+                logger->warn("{} {}: refused for client '{}': csrf {}",
+                             std::string(req.method_string()),
+                             printable(req.target().substr(0, req.target().find('?'))), who->name,
+                             to_string(v));
+                co_return http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                               "a session's state-changing request needs its "
+                                               "X-Guardia-CSRF header, from this origin");
+            }
+        }
     }
     if (!path_known)
         co_return http::error_response(req, bh::status::not_found, "not_found",
@@ -368,6 +395,106 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
     }
     const Call call{req, who, seg};
     co_return co_await (this->*(route->handler))(call);
+}
+
+// --- the console's sessions ---------------------------------------------------------------------
+
+namespace {
+
+std::int64_t wall_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+json::object session_json(const Session& s) {
+    json::array roles;
+    for (auto r : s.who.roles.names()) roles.push_back(json::string(r));
+    return json::object{{"principal", s.who.name},
+                        {"roles", std::move(roles)},
+                        {"csrf", s.csrf},
+                        {"expires_ms", s.expires_ms}};
+}
+
+}  // namespace
+
+std::optional<DeployService::Impl::Caller> DeployService::Impl::authenticate(
+    const http::Request& req) {
+    if (bearer_token(req)) {  // a Bearer header decides alone: a bad one is not rescued by a cookie
+        const Principal* p = clients->authenticate(req);
+        if (!p) return std::nullopt;
+        return Caller{*p, std::nullopt};
+    }
+    const auto cookie = cookie_value(req, session_cookie_name);
+    if (!cookie) return std::nullopt;
+    auto s = sessions.find(*cookie, wall_ms());
+    if (!s) return std::nullopt;
+    return Caller{std::move(s->who), std::move(s->csrf)};
+}
+
+std::optional<http::Response> DeployService::Impl::admit(const http::Request& head) {
+    if (anonymous_request_allowed(head)) return std::nullopt;
+    const auto seg = http::path_segments(head.target());
+    // Signing in: the token is in the body (at most 4 KiB, request_body_limit); signing out and
+    // asking who one is: the cookie, checked by the handler.
+    if (seg && seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session") return std::nullopt;
+    if (authenticate(head)) return std::nullopt;
+    return unauthorized_response(head);
+}
+
+http::Response DeployService::Impl::ui_session(const http::Request& req) {
+    http::Response res;
+    const auto cookie = cookie_value(req, session_cookie_name);
+    std::optional<Session> current;
+    if (cookie) current = sessions.find(*cookie, wall_ms());
+    if (req.method() == bh::verb::post) {
+        // A page of another origin may not sign a browser in (login CSRF): a JSON body already
+        // needs a CORS preflight, and an Origin header must be ours.
+        const auto verdict = csrf_check(req, "", tls());
+        auto parsed = http::parse_json_object(req, 2);
+        if (verdict == CsrfVerdict::foreign_origin) {
+            res = http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                       "sign in from this service's own pages");
+        } else if (auto* r = std::get_if<http::Response>(&parsed)) {
+            res = std::move(*r);
+        } else {
+            const auto& body = std::get<json::object>(parsed);
+            const auto* t = body.if_contains("token");
+            const Principal* p =
+                t && t->is_string() ? clients->authenticate(std::string_view(t->get_string()))
+                                    : nullptr;
+            if (!p) {
+                res = unauthorized_response(req);
+            } else {
+                if (cookie) sessions.close(*cookie);  // a new sign-in replaces the old session
+                auto opened = sessions.open(*p, wall_ms());
+                logger->info("console: session opened for client '{}'", p->name);
+                res = http::json_response(req, bh::status::ok, session_json(opened.session));
+                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, tls()));
+            }
+        }
+    } else if (req.method() == bh::verb::get || req.method() == bh::verb::head) {
+        res = current ? http::json_response(req, bh::status::ok, session_json(*current))
+                      : unauthorized_response(req);
+    } else if (req.method() == bh::verb::delete_) {
+        if (!current) {
+            res = unauthorized_response(req);
+        } else if (csrf_check(req, current->csrf, tls()) != CsrfVerdict::ok) {
+            res = http::error_response(req, bh::status::forbidden, "csrf_failed",
+                                       "signing out needs the session's X-Guardia-CSRF header");
+        } else {
+            sessions.close(*cookie);
+            logger->info("console: session closed for client '{}'", current->who.name);
+            res = http::text_response(req, bh::status::no_content, "", "text/plain");
+            res.set(bh::field::set_cookie, session_clear_cookie(tls()));
+        }
+    } else {
+        res = http::error_response(req, bh::status::method_not_allowed, "method_not_allowed",
+                                   "use GET, POST, DELETE on this path");
+        res.set(bh::field::allow, "GET, POST, DELETE");
+    }
+    add_ui_security_headers(res);
+    return res;
 }
 
 asio::awaitable<http::Response> DeployService::Impl::work_answer(
@@ -891,6 +1018,10 @@ DeployService::~DeployService() = default;
 
 asio::awaitable<std::size_t> DeployService::recover() {
     co_return co_await impl_->coordinator.recover();
+}
+
+std::optional<http::Response> DeployService::admit(const http::Request& head) {
+    return impl_->admit(head);
 }
 
 asio::awaitable<http::Response> DeployService::handle(http::Request request) {

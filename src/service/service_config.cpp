@@ -180,6 +180,11 @@ Result<void> check_transport(const ServiceConfig& c) {
 
 std::size_t request_body_limit(const http::Request& head, const ClientRegistry& clients,
                                std::size_t artifact_limit) {
+    if (head.method() == http::beast_http::verb::post) {  // the console's sign-in: a token
+        auto seg = http::path_segments(head.target());
+        if (seg && seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session")
+            return ui_session_body_limit;
+    }
     if (head.method() != http::beast_http::verb::put) return 0;
     const Principal* p = clients.authenticate(head);
     if (!p || !p->roles.has(Role::submit)) return 0;

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -89,6 +90,132 @@ class ConsoleApiTest(ServeTest):
         # Not a way around the API's tokens: a POST to a file is refused, /api still needs a token.
         self.assertEqual(self.api("POST", "/ui/index.html", token=False).status, 401)
         self.assertEqual(self.api("GET", "/api/tasks/SR-X", token=False).status, 401)
+
+    # ================================================================== 2. sessions and CSRF
+    def clients_config(self, clients, **kw):
+        conf = self.config(**kw)
+        self.tokens = {name: secrets.token_hex(20) for name in clients}
+        conf["service"]["clients"] = [
+            {"name": name, "token_sha256": hashlib.sha256(self.tokens[name].encode()).hexdigest(),
+             "roles": roles} for name, roles in clients.items()]
+        return conf
+
+    def sign_in(self, who):
+        r = self.api("POST", "/ui/session", {"token": self.tokens[who]}, token=False)
+        self.assertEqual(r.status, 200, r)
+        self.assert_ui_headers(r)
+        m = re.fullmatch(r"guardia_session=([0-9a-f]{64}); Path=/; HttpOnly; SameSite=Strict",
+                         r.header("set-cookie") or "")
+        self.assertTrue(m, f"cookie attributes: {r.header('set-cookie')!r}")
+        doc = r.json
+        self.assertEqual(set(doc), {"principal", "roles", "csrf", "expires_ms"}, doc)
+        self.assertRegex(doc["csrf"], r"^[0-9a-f]{64}$")
+        self.assertNotEqual(doc["csrf"], m.group(1))
+        return m.group(1), doc
+
+    def as_cookie(self, cookie, csrf=None, origin=None):
+        h = {"Cookie": f"guardia_session={cookie}"}
+        if csrf is not None:
+            h["X-Guardia-CSRF"] = csrf
+        if origin is not None:
+            h["Origin"] = origin
+        return h
+
+    def test_02_session_sign_in_and_cookie(self):
+        """POST /ui/session with a client token opens a session: the cookie's attributes, the
+        document (principal, roles, csrf, expiry); GET /ui/session gives it back for the cookie;
+        the cookie authenticates /api and /metrics with the client's roles; an unknown token is
+        401 without a cookie; a body over 4 KiB is 413; DELETE signs out (cookie cleared, the
+        old cookie then 401 everywhere)."""
+        self.start_service(conf=self.clients_config({"pm": ["read", "validate"], "ops": ["operate", "read"]}))
+        cookie, doc = self.sign_in("pm")
+        self.assertEqual((doc["principal"], doc["roles"]), ("pm", ["validate", "read"]), doc)
+        now_ms = time.time() * 1000
+        self.assertTrue(now_ms + 3500e3 < doc["expires_ms"] < now_ms + 3700e3, doc)  # 1 h idle first
+        r = self.api("GET", "/ui/session", token=False, headers=self.as_cookie(cookie))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual((r.json["principal"], r.json["csrf"]), ("pm", doc["csrf"]))
+        self.assert_ui_headers(r)
+        # The cookie authenticates reads like the token does.
+        r = self.api("GET", "/api/tasks/SR-NONE", token=False, headers=self.as_cookie(cookie))
+        self.assert_error(r, 404, "not_found")
+        r = self.api("GET", "/metrics", token=False, headers=self.as_cookie(cookie))
+        self.assertEqual(r.status, 200, r)
+        # An unknown token: 401 and no cookie.
+        r = self.api("POST", "/ui/session", {"token": "x" * 40}, token=False)
+        self.assert_error(r, 401, "unauthorized")
+        self.assertIsNone(r.header("set-cookie"))
+        r = self.api("POST", "/ui/session", {"token": self.tokens["pm"], "pad": "y" * 5000}, token=False)
+        self.assertEqual(r.status, 413, r)
+        # Sign out: needs the CSRF header, clears the cookie, forgets the session.
+        r = self.api("DELETE", "/ui/session", token=False, headers=self.as_cookie(cookie))
+        self.assert_error(r, 403, "csrf_failed")
+        r = self.api("DELETE", "/ui/session", token=False, headers=self.as_cookie(cookie, doc["csrf"]))
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(r.header("set-cookie"),
+                         "guardia_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict")
+        for method, path in (("GET", "/ui/session"), ("GET", "/api/tasks/SR-NONE"), ("GET", "/metrics")):
+            with self.subTest(after="sign-out", path=path):
+                self.assert_error(self.api(method, path, token=False, headers=self.as_cookie(cookie)),
+                                  401, "unauthorized")
+        # An unknown or malformed cookie is an unknown token.
+        for bad in ("0" * 64, "zz", cookie.upper()):
+            with self.subTest(cookie=bad):
+                self.assert_error(self.api("GET", "/api/tasks/SR-NONE", token=False,
+                                           headers=self.as_cookie(bad)), 401, "unauthorized")
+
+    def test_03_csrf_attacks(self):
+        """Each attack on a cookie-authenticated state-changing request is refused before it does
+        anything: no X-Guardia-CSRF, a wrong one, a foreign (or "null") Origin, the csrf value
+        without the cookie; a read-only session trying pause is 403 by role. The same request
+        with the header and our origin goes through (the task is created; the audit row names
+        the client)."""
+        self.start_service(conf=self.clients_config({"sub": ["submit", "read"], "ro": ["read"]}))
+        cookie, doc = self.sign_in("sub")
+        own = f"http://127.0.0.1:{self.svc.port}"
+        body = {"sr_id": f"SR-CSRF-{self.tag}", "inst_id": self.inst_id, "system_name": self.system_name,
+                "requester": "alice"}
+        attacks = {"no header": self.as_cookie(cookie),
+                   "wrong csrf": self.as_cookie(cookie, "0" * 64),
+                   "csrf of another length": self.as_cookie(cookie, doc["csrf"][:-1]),
+                   "foreign origin": self.as_cookie(cookie, doc["csrf"], "http://evil.example"),
+                   "null origin": self.as_cookie(cookie, doc["csrf"], "null"),
+                   "origin of another port": self.as_cookie(cookie, doc["csrf"], f"http://127.0.0.1:{self.svc.port + 1}")}
+        for what, h in attacks.items():
+            with self.subTest(attack=what):
+                self.assert_error(self.api("POST", "/api/tasks", body, token=False, headers=h), 403, "csrf_failed")
+        # The csrf value alone (stolen, no cookie) is nothing.
+        r = self.api("POST", "/api/tasks", body, token=False, headers={"X-Guardia-CSRF": doc["csrf"]})
+        self.assert_error(r, 401, "unauthorized")
+        self.assertEqual(self.q("SELECT * FROM tasks WHERE sr_id = ?", body["sr_id"]), [])
+        # The legitimate request.
+        r = self.api("POST", "/api/tasks", body, token=False, headers=self.as_cookie(cookie, doc["csrf"], own))
+        self.assertEqual(r.status, 201, r)
+        rows = self.q("SELECT * FROM tasks WHERE sr_id = ?", body["sr_id"])
+        self.assertEqual(len(rows), 1, rows)
+        audit = [a for a in self.audit_rows(body["sr_id"]) if a["principal"] == "sub"]
+        self.assertTrue(audit, self.audit_rows(body["sr_id"]))
+        # A read-only session: pause is a role matter (403 forbidden), whatever its csrf.
+        ro_cookie, ro = self.sign_in("ro")
+        r = self.api("POST", f"/api/deploy/{body['sr_id']}/pause", token=False,
+                     headers=self.as_cookie(ro_cookie, ro["csrf"], own))
+        self.assert_error(r, 403, "forbidden")
+        # A cookie of one session with the csrf of another: refused.
+        r = self.api("POST", "/api/tasks", dict(body, sr_id=body["sr_id"] + "-2"), token=False,
+                     headers=self.as_cookie(cookie, ro["csrf"]))
+        self.assert_error(r, 403, "csrf_failed")
+        # Bearer clients are unchanged: no CSRF header needed.
+        self.assertEqual(self.api("POST", "/api/tasks", dict(body, sr_id=body["sr_id"] + "-3"),
+                                  token=f"Bearer {self.tokens['sub']}").status, 201)
+        # The secrets never show: not in the log, not in the store.
+        self.svc.signal(15)
+        self.assertEqual(self.svc.wait_exit(60), 0, self.svc.log())
+        log = self.svc.log(tail=100000)
+        with open(self.db, "rb") as f:
+            store = f.read()
+        for secret in (cookie, doc["csrf"], ro_cookie, self.tokens["sub"], self.tokens["ro"]):
+            self.assertNotIn(secret, log)
+            self.assertNotIn(secret.encode(), store)
 
 
 load_tests = own_tests(ConsoleApiTest)

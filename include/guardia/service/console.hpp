@@ -8,7 +8,11 @@
 #pragma once
 
 #include "guardia/http/api_util.hpp"
+#include "guardia/service/clients.hpp"
 
+#include <cstdint>
+#include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -43,5 +47,76 @@ bool is_ui_path(const std::vector<std::string>& seg);
 // 302 to /ui/, of /ui/ is index.html, of /ui/<file> that file; an unknown file is 404, another
 // method 405. Public: the files hold no data.
 http::Response ui_static_answer(const http::Request& req, const std::vector<std::string>& seg);
+
+// --- sessions (POST/GET/DELETE /ui/session) ----------------------------------------------------
+//
+// A browser signs in with a client token once and then holds a session cookie; the cookie
+// authenticates /api/* and /metrics like the client's Bearer token, with the client's roles.
+// Its value is 256 random bits (OpenSSL RAND_bytes), kept by the service only as its SHA-256
+// (a memory dump does not hold a usable cookie), looked up by that digest (a timing difference
+// of the lookup tells an attacker about digests, not about cookies). Because the browser sends
+// the cookie by itself, every state-changing request it authenticates must also prove that the
+// page of this origin sent it: the X-Guardia-CSRF header carries the session's csrf value
+// (a page of another origin cannot read it; compared in constant time), and an Origin header,
+// when present, must be this service's own.
+
+inline constexpr std::string_view session_cookie_name = "guardia_session";
+inline constexpr std::string_view csrf_header = "X-Guardia-CSRF";
+
+// The value of cookie `name` in the request's Cookie header(s) ("a=1; b=2"); the first one
+// when it appears more than once; nullopt when absent.
+std::optional<std::string_view> cookie_value(const http::Request& req, std::string_view name);
+
+enum class CsrfVerdict : std::uint8_t {
+    ok,              // safe method, or the header matches and the origin is ours (or absent)
+    missing_token,   // a state-changing request without X-Guardia-CSRF
+    wrong_token,     // X-Guardia-CSRF differs from the session's value
+    foreign_origin,  // Origin is not scheme://<Host header> of this service (or "null")
+};
+std::string_view to_string(CsrfVerdict);
+// The decision for a request authenticated by a session cookie whose csrf value is
+// `session_csrf`; `tls`: the service speaks HTTPS (the scheme its own origin has).
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls);
+
+struct Session {
+    Principal who;
+    std::string csrf;           // 256 random bits, hex; given to the page, echoed in the header
+    std::int64_t created_ms = 0;
+    std::int64_t last_used_ms = 0;
+    std::int64_t expires_ms = 0;  // min(created + max_age, last_used + idle)
+};
+
+struct SessionLimits {
+    SessionLimits() {}
+    std::size_t max_sessions = 1000;            // beyond: the oldest is evicted
+    std::int64_t max_age_ms = 8 * 3600 * 1000;  // from sign-in
+    std::int64_t idle_ms = 3600 * 1000;         // since the last request
+};
+
+// In memory only: a restart signs everyone out. Single-threaded (the service's executor).
+class SessionStore {
+  public:
+    explicit SessionStore(SessionLimits limits = SessionLimits());
+    struct Opened {
+        std::string cookie;  // the cookie's value: returned once, never stored
+        Session session;
+    };
+    Opened open(const Principal& who, std::int64_t now_ms);
+    // The live session of a cookie value, its idle clock reset; nullopt (and forgotten) when
+    // unknown, malformed, expired or idle too long.
+    std::optional<Session> find(std::string_view cookie, std::int64_t now_ms);
+    // Forgets the session; false when there was none.
+    bool close(std::string_view cookie);
+    std::size_t size() const { return by_digest_.size(); }
+
+  private:
+    SessionLimits limits_;
+    std::map<std::string, Session, std::less<>> by_digest_;  // SHA-256 hex of the cookie
+};
+
+// Set-Cookie values: the session (HttpOnly, SameSite=Strict, Path=/, Secure under TLS) and
+// its removal (Max-Age=0).
+std::string session_set_cookie(std::string_view cookie, bool tls);
+std::string session_clear_cookie(bool tls);
 
 }  // namespace guardia::service

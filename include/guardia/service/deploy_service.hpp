@@ -49,6 +49,11 @@ class DeployService {
     // Never throws for node failures; returns how many rollouts/tasks it recovered.
     boost::asio::awaitable<std::size_t> recover();
 
+    // The server's admit hook: a request head is let in when it is public (GET /healthz, the
+    // console's files, /ui/session) or carries a known Bearer token or a live session cookie;
+    // else the 401 to send. A cookie's CSRF proof is checked later, by the router.
+    std::optional<http::Response> admit(const http::Request& head);
+
     // The HTTP entry point (the server's handler).
     boost::asio::awaitable<http::Response> handle(http::Request request);
 

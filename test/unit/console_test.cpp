@@ -1,0 +1,145 @@
+// The web console's pure parts (service/console.hpp): the embedded files, the Cookie header,
+// the CSRF / Origin decision and the session store's expiry, idle expiry and cap.
+#include "guardia/service/console.hpp"
+
+#include <doctest/doctest.h>
+
+#include <set>
+#include <string>
+
+using namespace guardia::service;
+namespace bh = boost::beast::http;
+
+namespace {
+
+guardia::http::Request request(bh::verb method, std::string target = "/api/tasks") {
+    guardia::http::Request r{method, target, 11};
+    r.set(bh::field::host, "127.0.0.1:8080");
+    return r;
+}
+
+Principal principal(std::string name) {
+    Principal p;
+    p.name = std::move(name);
+    p.roles.add(Role::read);
+    return p;
+}
+
+}  // namespace
+
+TEST_CASE("console assets: index.html is embedded, types by extension") {
+    REQUIRE(find_ui_asset("index.html") != nullptr);
+    CHECK(find_ui_asset("index.html")->bytes.find("<html") != std::string_view::npos);
+    CHECK(find_ui_asset("nope.js") == nullptr);
+    CHECK(ui_content_type("app.js") == "text/javascript; charset=utf-8");
+    CHECK(ui_content_type("style.css") == "text/css; charset=utf-8");
+    CHECK(ui_content_type("logo.svg") == "image/svg+xml");
+    CHECK(ui_content_type("index.html") == "text/html; charset=utf-8");
+    CHECK(ui_content_type("README").empty());
+    CHECK(ui_content_type("x.map").empty());
+}
+
+TEST_CASE("cookie_value: pairs, blanks, quotes, several headers, first wins") {
+    auto r = request(bh::verb::get);
+    CHECK_FALSE(cookie_value(r, "guardia_session").has_value());
+    r.insert(bh::field::cookie, "a=1; guardia_session=abc ;b=2");
+    REQUIRE(cookie_value(r, "guardia_session").has_value());
+    CHECK(*cookie_value(r, "guardia_session") == "abc");
+    CHECK(*cookie_value(r, "b") == "2");
+    CHECK_FALSE(cookie_value(r, "guardia").has_value());      // no prefix match
+    CHECK_FALSE(cookie_value(r, "session").has_value());      // no suffix match
+    auto q = request(bh::verb::get);
+    q.insert(bh::field::cookie, "junk; x_guardia_session=evil");
+    q.insert(bh::field::cookie, "guardia_session=\"v1\"; guardia_session=v2");
+    REQUIRE(cookie_value(q, "guardia_session").has_value());
+    CHECK(*cookie_value(q, "guardia_session") == "v1");
+}
+
+TEST_CASE("csrf_check: safe methods pass; state changes need the header and our origin") {
+    const std::string csrf(64, 'a');
+    CHECK(csrf_check(request(bh::verb::get), csrf, false) == CsrfVerdict::ok);
+    CHECK(csrf_check(request(bh::verb::head), csrf, false) == CsrfVerdict::ok);
+    for (auto m : {bh::verb::post, bh::verb::put, bh::verb::delete_, bh::verb::patch}) {
+        auto r = request(m);
+        CHECK(csrf_check(r, csrf, false) == CsrfVerdict::missing_token);
+        r.set(csrf_header, std::string(64, 'b'));
+        CHECK(csrf_check(r, csrf, false) == CsrfVerdict::wrong_token);
+        r.set(csrf_header, csrf.substr(1));
+        CHECK(csrf_check(r, csrf, false) == CsrfVerdict::wrong_token);
+        r.set(csrf_header, csrf);
+        CHECK(csrf_check(r, csrf, false) == CsrfVerdict::ok);
+        r.set(bh::field::origin, "http://127.0.0.1:8080");
+        CHECK(csrf_check(r, csrf, false) == CsrfVerdict::ok);
+        CHECK(csrf_check(r, csrf, true) == CsrfVerdict::foreign_origin);  // we speak https
+        r.set(bh::field::origin, "https://127.0.0.1:8080");
+        CHECK(csrf_check(r, csrf, true) == CsrfVerdict::ok);
+        for (const char* o : {"null", "http://evil.example", "http://127.0.0.1:8081",
+                              "http://127.0.0.1:8080.evil.example", ""}) {
+            r.set(bh::field::origin, o);
+            CHECK_MESSAGE(csrf_check(r, csrf, false) == CsrfVerdict::foreign_origin, o);
+        }
+    }
+    // An empty session csrf (the sign-in's origin check) never matches a header.
+    auto r = request(bh::verb::post);
+    r.set(csrf_header, "");
+    CHECK(csrf_check(r, "", false) == CsrfVerdict::wrong_token);
+}
+
+TEST_CASE("sessions: random cookies and csrf values, found by cookie only, closed") {
+    SessionStore store;
+    auto a = store.open(principal("pm"), 1000);
+    auto b = store.open(principal("ops"), 1000);
+    CHECK(a.cookie.size() == 64);
+    CHECK(a.session.csrf.size() == 64);
+    std::set<std::string> distinct{a.cookie, b.cookie, a.session.csrf, b.session.csrf};
+    CHECK(distinct.size() == 4);
+    REQUIRE(store.find(a.cookie, 2000).has_value());
+    CHECK(store.find(a.cookie, 2000)->who.name == "pm");
+    CHECK(store.find(b.cookie, 2000)->who.name == "ops");
+    CHECK_FALSE(store.find(a.session.csrf, 2000).has_value());  // the csrf value is no cookie
+    CHECK_FALSE(store.find("", 2000).has_value());
+    CHECK_FALSE(store.find(std::string(64, 'g'), 2000).has_value());
+    CHECK(store.close(a.cookie));
+    CHECK_FALSE(store.close(a.cookie));
+    CHECK_FALSE(store.find(a.cookie, 2000).has_value());
+    CHECK(store.size() == 1);
+}
+
+TEST_CASE("sessions: idle expiry, absolute expiry, the cap evicts the oldest") {
+    SessionLimits l;
+    l.max_sessions = 3;
+    l.max_age_ms = 10'000;
+    l.idle_ms = 4'000;
+    SessionStore store(l);
+    auto s = store.open(principal("pm"), 0);
+    CHECK(s.session.expires_ms == 4'000);
+    // Used every 3 s it lives until its absolute end.
+    for (std::int64_t t = 3'000; t < 10'000; t += 3'000) {
+        auto f = store.find(s.cookie, t);
+        REQUIRE(f.has_value());
+        CHECK(f->expires_ms == std::min<std::int64_t>(10'000, t + 4'000));
+    }
+    CHECK_FALSE(store.find(s.cookie, 10'000).has_value());  // 8 h (here 10 s) after sign-in
+    CHECK(store.size() == 0);
+    auto idle = store.open(principal("pm"), 20'000);
+    CHECK(store.find(idle.cookie, 23'999).has_value());
+    CHECK_FALSE(store.find(idle.cookie, 28'000).has_value());  // idle 4 s
+    auto o1 = store.open(principal("a"), 30'000);
+    auto o2 = store.open(principal("b"), 30'001);
+    auto o3 = store.open(principal("c"), 30'002);
+    auto o4 = store.open(principal("d"), 30'003);
+    CHECK(store.size() == 3);
+    CHECK_FALSE(store.find(o1.cookie, 30'004).has_value());
+    CHECK(store.find(o2.cookie, 30'004).has_value());
+    CHECK(store.find(o4.cookie, 30'004).has_value());
+}
+
+TEST_CASE("session cookies: attributes, Secure under TLS, removal") {
+    const std::string v(64, 'c');
+    CHECK(session_set_cookie(v, false) ==
+          "guardia_session=" + v + "; Path=/; HttpOnly; SameSite=Strict");
+    CHECK(session_set_cookie(v, true) ==
+          "guardia_session=" + v + "; Path=/; HttpOnly; SameSite=Strict; Secure");
+    CHECK(session_clear_cookie(false) ==
+          "guardia_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
+}

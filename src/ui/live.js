@@ -296,8 +296,12 @@ export class LiveRollout {
     const d = this.doc;
     const st = rolloutState(d);
     const has = this.ctx.has;
-    clear(this.actions);
     const task = d.task_status;
+    // Rebuilt only when what it offers changes: a re-render would drop focus and typed text.
+    const key = `${task}|${st}|${d.rollout ? d.rollout.awaiting_tier : ''}`;
+    if (key === this.actionsKey) return;
+    this.actionsKey = key;
+    clear(this.actions);
     const btn = (id, label, cls, fn) => h('button', {type: 'button', class: `btn ${cls}`, id, text: label, on: {click: fn}});
     if (has('submit') && (task === 'CREATED' || task === 'FAILED_ROLLBACK')) {
       const approver = h('input', {id: 'approver', type: 'text', placeholder: 'approver id', 'aria-label': 'Approver id',
@@ -328,6 +332,8 @@ export class LiveRollout {
       await api(method, path, body);
       this.actionOk.textContent = okText;
       this.actionOk.hidden = false;
+      clearTimeout(this.okTimer);
+      this.okTimer = setTimeout(() => { this.actionOk.hidden = true; }, 5000);
     } catch (e) {
       this.actionMsg.textContent = e.message;
       this.actionMsg.hidden = false;
@@ -340,5 +346,6 @@ export class LiveRollout {
     if (this.es) this.es.close();
     if (this.frame) cancelAnimationFrame(this.frame);
     clearInterval(this.tick);
+    clearTimeout(this.okTimer);
   }
 }

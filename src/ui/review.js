@@ -67,10 +67,10 @@ export function mountReview(root, route, ctx) {
     }
     clear(info);
     const row = (k, v) => [h('dt', {text: k}), h('dd', null, v)];
-    info.append(row('status', badge(task.status)), row('title', task.title || '—'),
-      row('system', `${task.inst_id} / ${task.system_name}`), row('requester', task.requester || '—'),
-      row('approver', task.approver || '—'), row('rollout', task.rollout_id || '—'),
-      row('updated', fmtTime(task.updated_ms)));
+    info.append(...row('status', badge(task.status)), ...row('title', task.title || '—'),
+      ...row('system', `${task.inst_id} / ${task.system_name}`), ...row('requester', task.requester || '—'),
+      ...row('approver', task.approver || '—'), ...row('rollout', task.rollout_id || '—'),
+      ...row('updated', fmtTime(task.updated_ms)));
     if (task.reason) info.append(...row('reason', task.reason));
     clear(arts);
     const approved = task.approved_artifacts || {};

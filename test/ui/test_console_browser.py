@@ -167,6 +167,10 @@ class ConsoleBrowserTest(ServeTest):
         self.console_log += self.driver.get_log("browser")
         return self.console_log
 
+    def click(self, what, css):
+        """Wait for a visible element and click it (again if the page replaced it meanwhile)."""
+        self.wait(what, lambda d: self.visible(css) and (self.el(css).click() or True))
+
     def sign_in(self, token, principal):
         self.driver.get(self.base + "/ui/")
         field = self.wait("the sign-in form", lambda d: self.visible("#token"))
@@ -231,10 +235,10 @@ class ConsoleBrowserTest(ServeTest):
         row.find_element(By.CSS_SELECTOR, "a").click()
 
         # -- the rollout view: no rollout yet; the operator may trigger
-        trigger = self.wait("the trigger button", lambda d: self.visible("#act-trigger"))
+        self.wait("the trigger button", lambda d: self.visible("#act-trigger"))
         self.assertEqual(self.text("#sr-id"), sr_a)
         self.assertEqual(self.els("#act-pause") + self.els("#act-rollback"), [], "nothing to pause or roll back yet")
-        trigger.click()
+        self.click("the trigger button", "#act-trigger")
 
         # cells turn green while the rollout runs: a screenshot mid-way
         self.wait("10 cells", lambda d: len(self.cells()) == len(NODES))
@@ -268,7 +272,7 @@ class ConsoleBrowserTest(ServeTest):
         self.wait("the drawer to close", lambda d: not self.visible("#drawer"))
 
         # -- the operator rolls every deployed node back; the faulty one stays as it is
-        self.wait("the operator's rollback button", lambda d: self.visible("#act-rollback")).click()
+        self.click("the operator's rollback button", "#act-rollback")
         self.final_cells("the operator's rollback of SR-A",
                          {n: ("rolled_back" if n == FAULTY else "rolled_back_by_pm") for n in NODES})
         self.wait("SR-A ROLLED_BACK", lambda d: self.text("#task-status") == "ROLLED_BACK")
@@ -284,7 +288,7 @@ class ConsoleBrowserTest(ServeTest):
         arts_b = self.artifacts("ui-b")
         self.stage(sr_b, arts_b)
         self.driver.get(f"{self.base}/ui/#/sr/{sr_b}")
-        self.wait("the trigger button of SR-B", lambda d: self.visible("#act-trigger")).click()
+        self.click("the trigger button of SR-B", "#act-trigger")
         self.final_cells("SR-B deployed", {n: "deployed" for n in healthy})
         self.wait("SR-B waiting for the PM", lambda d: self.text("#task-status") == "PENDING_PM_VALIDATION")
 
@@ -294,7 +298,7 @@ class ConsoleBrowserTest(ServeTest):
         self.wait("the PM review link", lambda d: self.visible("#act-review"))
         self.wait("the cells as the PM", lambda d: len(self.cells()) == len(healthy))
         self.assertEqual([e.get_attribute("id") for e in self.els("#actions button")], [], "the PM has no operate/submit")
-        self.el("#act-review").click()
+        self.click("the PM review link", "#act-review")
         self.wait("the review page's node table", lambda d: len(self.els("#review-node-table tbody tr")) == len(healthy))
         shas = self.wait("the artifacts and their sha256", lambda d: [e.text for e in self.els("#review-artifacts tr td.mono")])
         self.assertEqual(sorted(shas), sorted(sha256(b) for b in arts_b.values()))
@@ -302,7 +306,7 @@ class ConsoleBrowserTest(ServeTest):
         self.assertEqual(self.el("#pm-id").get_attribute("value"), "carol-pm")
         comment.send_keys("the login page is broken on node-0003")
         self.shot("04-review")
-        self.el("#verdict-reject").click()
+        self.click("the reject button", "#verdict-reject")
         self.wait("the verdict to be recorded", lambda d: self.visible("#verdict-ok"))
         self.final_cells("every node of SR-B rolled back by the PM", {n: "rolled_back_by_pm" for n in healthy})
         self.wait("SR-B ROLLED_BACK", lambda d: self.text("#task-status") == "ROLLED_BACK")
@@ -310,6 +314,9 @@ class ConsoleBrowserTest(ServeTest):
         self.assertEqual((self.counts()["deployed"], self.counts()["failed"]), (0, 0), self.counts())
         self.assertTrue(all(g == "reverted" for _, g, _ in self.cells().values()), self.cells())
         self.wait("the closed verdict", lambda d: self.visible("#verdict-closed"))
+        self.driver.get(f"{self.base}/ui/#/sr/{sr_b}")
+        self.wait("SR-B's rollout view after the rollback", lambda d: self.text("#task-status") == "ROLLED_BACK" and (
+            lambda c: len(c) == len(healthy) and all(g == "reverted" for _, g, _ in c.values()))(self.cells()))
         self.shot("05-rolled-back")
 
         # -- the nodes: every file back to its old checksum, services up, nothing left behind

@@ -47,7 +47,7 @@ export function fmtClock(ms) {
 
 export function fmtDuration(ms) {
   if (ms === null || ms === undefined || ms < 0) return '—';
-  if (ms < 1000) return `${ms} ms`;
+  if (ms < 1000) return `${Math.round(ms)} ms`;
   const s = ms / 1000;
   if (s < 60) return `${s.toFixed(1)} s`;
   const m = Math.floor(s / 60);

@@ -265,7 +265,7 @@ export class LiveRollout {
     this.gate.classList.add(g.tripped ? 'tripped' : 'holding');
     this.gate.append(h('b', {text: g.tripped ? 'Safety gate TRIPPED' : 'Safety gate holding'}),
       ` · tier ${g.tier}: ${g.failed} failed of ${g.done} finished (limit ${pct})`,
-      g.reason ? h('span', {class: 'gate-reason', text: ` · ${g.reason}`}) : null);
+      h('span', {class: 'gate-reason', text: g.reason ? ` · ${g.reason}` : ''}));
     this.gate.dataset.tripped = String(!!g.tripped);
   }
 

@@ -73,6 +73,30 @@ http::Response ui_static_answer(const http::Request& req, const std::vector<std:
     return res;
 }
 
+std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows) {
+    std::vector<StepSpan> out;
+    for (const auto& r : rows) {
+        if (r.event == "STEP_START") {
+            StepSpan s;
+            s.step = r.step;
+            s.status = "RUNNING";
+            s.started_ms = r.ts_ms;
+            s.detail = r.detail;
+            out.push_back(std::move(s));
+        } else if (r.event == "STEP_OK" || r.event == "STEP_FAILED") {
+            auto open = std::find_if(out.rbegin(), out.rend(), [&](const StepSpan& s) {
+                return s.step == r.step && s.status == "RUNNING";
+            });
+            if (open == out.rend()) continue;
+            open->status = r.event == "STEP_OK" ? "OK" : "FAIL";
+            open->duration_ms = r.duration_ms;
+            open->exit_code = r.exit_code;
+            if (!r.detail.empty()) open->detail = r.detail;
+        }
+    }
+    return out;
+}
+
 // --- sessions ---------------------------------------------------------------------------------
 
 namespace {

@@ -159,6 +159,17 @@ std::string lower(std::string s) {
     return s;
 }
 
+// An audit row as GET /api/audit (and the console's node detail) shows it.
+json::object audit_row_json(const store::AuditRow& r) {
+    json::value exit_code = nullptr, duration = nullptr;
+    if (r.exit_code) exit_code = *r.exit_code;
+    if (r.duration_ms) duration = *r.duration_ms;
+    return json::object{{"id", r.id},           {"ts_ms", r.ts_ms},   {"rollout_id", r.rollout_id},
+                        {"node", r.node},       {"step", r.step},     {"event", r.event},
+                        {"exit_code", exit_code}, {"duration_ms", duration}, {"detail", r.detail},
+                        {"principal", r.principal}};
+}
+
 bool wants_wait(const std::map<std::string, std::string>& q) {
     auto it = q.find("wait");
     return it != q.end() && (it->second == "true" || it->second == "1");
@@ -226,6 +237,8 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> validation(const Call& c);
     asio::awaitable<http::Response> operator_rollback(const Call& c);
     asio::awaitable<http::Response> deploy_status(const Call& c);
+    asio::awaitable<http::Response> list_tasks(const Call& c);
+    asio::awaitable<http::Response> node_detail(const Call& c);
     asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
     asio::awaitable<http::Response> pause(const Call& c) {
         return control(c, deploy::ControlRequest::pause);
@@ -250,12 +263,14 @@ const std::vector<DeployService::Impl::Route>& DeployService::Impl::routes() {
         {bh::verb::post, {"api", "inventory"}, R::admin, &Impl::import_inventory},
         {bh::verb::get, {"api", "inventory"}, R::read, &Impl::list_inventory},
         {bh::verb::post, {"api", "tasks"}, R::submit, &Impl::create_task},
+        {bh::verb::get, {"api", "tasks"}, R::read, &Impl::list_tasks},
         {bh::verb::get, {"api", "tasks", "*"}, R::read, &Impl::get_task},
         {bh::verb::post, {"api", "tasks", "*", "artifacts"}, R::submit, &Impl::stage_from_path},
         {bh::verb::put, {"api", "tasks", "*", "artifacts", "*"}, R::submit, &Impl::stage_upload},
         {bh::verb::post, {"api", "tasks", "*", "validation"}, R::validate, &Impl::validation},
         {bh::verb::post, {"api", "deploy", "trigger"}, R::submit, &Impl::trigger},
         {bh::verb::get, {"api", "deploy", "*"}, R::read, &Impl::deploy_status},
+        {bh::verb::get, {"api", "deploy", "*", "nodes", "*"}, R::read, &Impl::node_detail},
         {bh::verb::post, {"api", "deploy", "*", "rollback"}, R::operate, &Impl::operator_rollback},
         // Operator control of a rollout in flight; a validate client may resume a tier gate.
         {bh::verb::post, {"api", "deploy", "*", "pause"}, R::operate, &Impl::pause},
@@ -765,6 +780,19 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
     auto count = [&](const char* k) { counts[k] = counts[k].as_int64() + 1; };
     json::array nodes;
     json::array tiers;
+    json::value gate = nullptr;
+    std::string rid_for_times;
+    const double ratio = coordinator.deps().engine.rollout.failure_threshold;
+    auto gate_json = [&](const deploy::TierProgress& t, const std::string& reason) {
+        const bool tripped =
+            t.finished > 0 && static_cast<double>(t.failed) / static_cast<double>(t.finished) > ratio;
+        return json::value(json::object{{"tier", t.tier},
+                                        {"failed", t.failed},
+                                        {"done", t.finished},
+                                        {"max_failure_ratio", ratio},
+                                        {"tripped", tripped},
+                                        {"reason", tripped ? reason : std::string()}});
+    };
 
     if (auto live = coordinator.live(sr_id)) {
         const auto& p = *live->progress;
@@ -804,6 +832,10 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
                                       n.report.error.message, n.report.backup_path));
         }
         for (const auto& t : p.tiers) tiers.push_back(tier_json(t));
+        // The current tier: the last one that started.
+        for (const auto& t : p.tiers)
+            if (t.started > 0 || t.active) gate = gate_json(t, p.reason);
+        rid_for_times = live->rollout_id;
     } else if ((*task)->rollout_id.empty()) {
         out["rollout"] = nullptr;
     } else {
@@ -875,12 +907,152 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
         for (auto& [tier, t] : per_tier) {
             t.tier = static_cast<int>(tier);
             tiers.push_back(tier_json(t));
+            if (t.started > 0) gate = gate_json(t, *r ? (*r)->reason : std::string());
         }
+        rid_for_times = rid;
     }
+    // Console extensions: each node's start and end (node_results), the task's artifacts and
+    // the safety gate of the current (or last) tier.
+    std::map<std::string, std::pair<json::value, json::value>> times;
+    if (!rid_for_times.empty()) {
+        auto rows = co_await coordinator.read(
+            [&](store::Database& db) { return db.node_results(rid_for_times); });
+        if (rows)
+            for (const auto& n : *rows)
+                times[n.node] = {n.started_ms ? json::value(*n.started_ms) : json::value(nullptr),
+                                 n.finished_ms ? json::value(*n.finished_ms) : json::value(nullptr)};
+    }
+    for (auto& v : nodes) {
+        auto& o = v.as_object();
+        auto it = times.find(std::string(o["name"].as_string()));
+        o["started_ms"] = it == times.end() ? json::value(nullptr) : it->second.first;
+        o["finished_ms"] = it == times.end() ? json::value(nullptr) : it->second.second;
+    }
+    auto arts =
+        co_await coordinator.read([&](store::Database& db) { return db.artifacts_for(sr_id); });
+    json::array art_list;
+    if (arts)
+        for (const auto& a : *arts)
+            art_list.push_back(json::object{{"name", a.name}, {"sha256", a.sha256}, {"size", a.size}});
+    out["artifacts"] = std::move(art_list);
+    out["gate"] = std::move(gate);
     out["counts"] = std::move(counts);
     out["tiers"] = std::move(tiers);
     out["nodes"] = std::move(nodes);
     co_return http::json_response(c.req, bh::status::ok, out);
+}
+
+asio::awaitable<http::Response> DeployService::Impl::list_tasks(const Call& c) {
+    auto q = http::query_params(c.req.target());
+    if (!q) co_return error_answer(c.req, bad("malformed query string"));
+    if (auto ok = only_fields(json::object{[&] {
+                                  json::object o;
+                                  for (const auto& [k, v] : *q) o[k] = v;
+                                  return o;
+                              }()},
+                              {"status", "requester", "approver", "q", "limit", "before"});
+        !ok)
+        co_return error_answer(c.req, bad("query " + ok.error().message));
+    store::Database::TaskFilter f;
+    f.status = (*q)["status"];
+    f.requester = (*q)["requester"];
+    f.approver = (*q)["approver"];
+    f.text = (*q)["q"];
+    if (f.text.size() > 256) co_return error_answer(c.req, bad("q: longer than 256"));
+    auto number = [](const std::string& text, std::int64_t& into) {
+        const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), into);
+        return !text.empty() && ec == std::errc() && end == text.data() + text.size();
+    };
+    std::int64_t limit = 50, before = 0;
+    if (!(*q)["limit"].empty() && (!number((*q)["limit"], limit) || limit < 1 || limit > 200))
+        co_return error_answer(c.req, bad("limit: an integer from 1 to 200"));
+    if (!(*q)["before"].empty()) {
+        if (!number((*q)["before"], before) || before < 0)
+            co_return error_answer(c.req, bad("before: an updated_ms value (integer)"));
+        f.before_updated_ms = before;
+    }
+    f.limit = static_cast<int>(limit);
+    auto rows = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
+    if (!rows)
+        co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                   "the store could not be read or written: " +
+                                                       rows.error().message));
+    json::array tasks;
+    for (const auto& t : *rows) {
+        auto o = task_json(t, {});
+        o.erase("artifacts");
+        tasks.push_back(std::move(o));
+    }
+    json::value next = nullptr;
+    if (static_cast<std::int64_t>(rows->size()) == limit) next = rows->back().updated_ms;
+    co_return http::json_response(c.req, bh::status::ok,
+                                  json::object{{"tasks", std::move(tasks)}, {"next_before", next}});
+}
+
+asio::awaitable<http::Response> DeployService::Impl::node_detail(const Call& c) {
+    const std::string sr_id = c.seg[2], node = c.seg[4];
+    auto task = co_await coordinator.read([&](store::Database& db) { return db.task(sr_id); });
+    auto unavailable = [&](const Error& e) {
+        return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                "the store could not be read or written: " +
+                                                    e.message));
+    };
+    if (!task) co_return unavailable(task.error());
+    if (!*task)
+        co_return error_answer(c.req,
+                               ServiceError(ServiceErrc::not_found, "no task " + printable(sr_id)));
+    const std::string rid = (*task)->rollout_id, inst = (*task)->inst_id,
+                      sys = (*task)->system_name;
+    auto row = co_await coordinator.read(
+        [&](store::Database& db) { return db.node_result(rid, node); });
+    if (!row) co_return unavailable(row.error());
+    if (rid.empty() || !*row)
+        co_return error_answer(c.req, ServiceError(ServiceErrc::not_found,
+                                                   "no node " + printable(node) + " in the rollout of " +
+                                                       printable(sr_id)));
+    auto inv = co_await coordinator.read(
+        [&](store::Database& db) { return db.inventory_nodes(inst, sys); });
+    auto audit =
+        co_await coordinator.read([&](store::Database& db) { return db.audit_for_rollout(rid); });
+    if (!inv) co_return unavailable(inv.error());
+    if (!audit) co_return unavailable(audit.error());
+    std::int64_t tier = 0;
+    for (const auto& n : *inv)
+        if (n.name == node) {
+            auto v = json::parse(n.payload);
+            const auto* t = v.as_object().if_contains("tier");
+            tier = t && t->is_int64() ? t->as_int64() : 2;
+        }
+    std::vector<store::AuditRow> mine;
+    json::array rows;
+    for (const auto& r : *audit) {
+        if (r.node != node) continue;
+        mine.push_back(r);
+        rows.push_back(audit_row_json(r));
+    }
+    json::array steps;
+    for (const auto& s : step_spans(mine))
+        steps.push_back(json::object{
+            {"step", s.step},
+            {"status", s.status},
+            {"started_ms", s.started_ms},
+            {"duration_ms", s.duration_ms ? json::value(*s.duration_ms) : json::value(nullptr)},
+            {"exit_code", s.exit_code ? json::value(*s.exit_code) : json::value(nullptr)},
+            {"detail", s.detail}});
+    const auto& n = **row;
+    co_return http::json_response(
+        c.req, bh::status::ok,
+        json::object{{"sr_id", sr_id},
+                     {"rollout_id", rid},
+                     {"name", node},
+                     {"tier", tier},
+                     {"state", lower(n.status)},
+                     {"step", n.step},
+                     {"error", n.error},
+                     {"started_ms", n.started_ms ? json::value(*n.started_ms) : json::value(nullptr)},
+                     {"finished_ms", n.finished_ms ? json::value(*n.finished_ms) : json::value(nullptr)},
+                     {"steps", std::move(steps)},
+                     {"audit", std::move(rows)}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::audit_page(const Call& c) {
@@ -907,21 +1079,7 @@ asio::awaitable<http::Response> DeployService::Impl::audit_page(const Call& c) {
                                                    "the store could not be read or written: " +
                                                        rows.error().message));
     json::array events;
-    for (const auto& r : *rows) {
-        json::value exit_code = nullptr, duration = nullptr;
-        if (r.exit_code) exit_code = *r.exit_code;
-        if (r.duration_ms) duration = *r.duration_ms;
-        events.push_back(json::object{{"id", r.id},
-                                      {"ts_ms", r.ts_ms},
-                                      {"rollout_id", r.rollout_id},
-                                      {"node", r.node},
-                                      {"step", r.step},
-                                      {"event", r.event},
-                                      {"exit_code", exit_code},
-                                      {"duration_ms", duration},
-                                      {"detail", r.detail},
-                                      {"principal", r.principal}});
-    }
+    for (const auto& r : *rows) events.push_back(audit_row_json(r));
     json::value next = nullptr;
     if (static_cast<int>(rows->size()) == limit) next = rows->back().id;
     co_return http::json_response(

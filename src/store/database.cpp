@@ -573,6 +573,26 @@ Result<std::vector<TaskRecord>> Database::tasks_in_status(std::string_view statu
                                 read_task);
 }
 
+Result<std::vector<TaskRecord>> Database::tasks_page(const TaskFilter& f) {
+    // An empty filter is "any": each condition is bound, never spliced into the SQL.
+    auto stmt = Statement::prepare(
+        db_.get(), "SELECT " + std::string(task_columns) +
+                       " FROM tasks WHERE (?1 = '' OR status = ?1) AND (?2 = '' OR requester = ?2)"
+                       " AND (?3 = '' OR approver = ?3) AND (?4 = '' OR"
+                       " instr(lower(sr_id), lower(?4)) > 0 OR instr(lower(system_name), lower(?4)) > 0"
+                       " OR instr(lower(coalesce(json_extract(payload, '$.title'), '')), lower(?4)) > 0)"
+                       " AND (?5 IS NULL OR updated_ms < ?5)"
+                       " ORDER BY updated_ms DESC, sr_id DESC LIMIT ?6");
+    if (!stmt) return stmt.error();
+    stmt->bind(1, f.status);
+    stmt->bind(2, f.requester);
+    stmt->bind(3, f.approver);
+    stmt->bind(4, f.text);
+    stmt->bind(5, f.before_updated_ms);
+    stmt->bind(6, static_cast<std::int64_t>(f.limit));
+    return read_all<TaskRecord>(db_.get(), *stmt, "store " + path_ + ": listing tasks", read_task);
+}
+
 Result<std::vector<InventoryNodeRecord>> Database::inventory_nodes(std::string_view inst_id,
                                                                    std::string_view system_name) {
     // Empty inst_id: the whole inventory.

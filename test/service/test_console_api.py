@@ -109,6 +109,7 @@ class ConsoleApiTest(ServeTest):
         self.assertTrue(m, f"cookie attributes: {r.header('set-cookie')!r}")
         doc = r.json
         self.assertEqual(set(doc), {"principal", "roles", "csrf", "expires_ms"}, doc)
+        self.assertNotIn(self.tokens[who].encode(), r.data)   # the token is never echoed
         self.assertRegex(doc["csrf"], r"^[0-9a-f]{64}$")
         self.assertNotEqual(doc["csrf"], m.group(1))
         return m.group(1), doc
@@ -216,6 +217,99 @@ class ConsoleApiTest(ServeTest):
         for secret in (cookie, doc["csrf"], ro_cookie, self.tokens["sub"], self.tokens["ro"]):
             self.assertNotIn(secret, log)
             self.assertNotIn(secret.encode(), store)
+
+    # ================================================================== 3. read routes
+    def test_04_task_list_filters_and_paging(self):
+        """GET /api/tasks: newest updated_ms first; status / requester / approver / q filters;
+        limit and before page through without loss; bad parameters are 400 naming them."""
+        self.start_service(conf=self.clients_config({"pm": ["read"], "sub": ["submit", "read"]}))
+        self.token = self.tokens["sub"]
+        made = []
+        for i, (req, title) in enumerate([("alice", "Payroll hotfix"), ("bob", "Search index"),
+                                          ("alice", "payroll v2"), ("carol", "Other")]):
+            sr = f"SR-L{i}-{self.tag}"
+            self.create_task(sr, requester=req, title=title)
+            made.append(sr)
+            time.sleep(0.002)   # distinct updated_ms (the order under test), not a timing guess
+        self.token = self.tokens["pm"]
+        d = self.ok(self.api("GET", "/api/tasks"))
+        self.assertEqual([t["sr_id"] for t in d["tasks"]], made[::-1])
+        self.assertIsNone(d["next_before"])
+        self.assertNotIn("artifacts", d["tasks"][0])
+        self.assertEqual(d["tasks"][0]["requester"], "carol")
+        ups = [t["updated_ms"] for t in d["tasks"]]
+        self.assertEqual(ups, sorted(ups, reverse=True))
+        sel = lambda **q: [t["sr_id"] for t in self.ok(self.api("GET", "/api/tasks", query=q))["tasks"]]
+        self.assertEqual(sel(requester="alice"), [made[2], made[0]])
+        self.assertEqual(sel(q="PAYROLL"), [made[2], made[0]])
+        self.assertEqual(sel(q=f"L1-{self.tag}"), [made[1]])
+        self.assertEqual(sel(q=f"sys-{self.tag}", requester="bob"), [made[1]])
+        self.assertEqual(sel(status="CREATED", approver="nobody"), [])
+        self.assertEqual(sel(status="DEPLOYING"), [])
+        # Paging: two by two, without loss or repeat.
+        seen, before = [], None
+        while True:
+            q = {"limit": 2, **({"before": before} if before is not None else {})}
+            page = self.ok(self.api("GET", "/api/tasks", query=q))
+            seen += [t["sr_id"] for t in page["tasks"]]
+            before = page["next_before"]
+            if before is None:
+                break
+            self.assertEqual(before, page["tasks"][-1]["updated_ms"])
+        self.assertEqual(seen, made[::-1])
+        for q, field in (({"limit": 0}, "limit"), ({"limit": 201}, "limit"), ({"limit": "x"}, "limit"),
+                         ({"before": "-1"}, "before"), ({"sort": "x"}, "sort")):
+            with self.subTest(query=q):
+                self.assert_error(self.api("GET", "/api/tasks", query=q), 400, "bad_request", field)
+        self.assert_error(self.api("GET", "/api/tasks", token=False), 401, "unauthorized")
+
+    def test_05_rollout_document_and_node_detail(self):
+        """A rollout of 8 nodes, node-0008 failing its new build: GET /api/deploy/{sr} carries
+        started_ms / finished_ms per node, the artifacts and the gate of the tier; GET
+        /api/deploy/{sr}/nodes/{node} gives the pipeline's steps (durations from the audit rows)
+        and the node's audit trail exactly as GET /api/audit has it; 404 for an unknown SR or
+        node."""
+        tiers = {n: 2 for n in CON_HEALTHY + CON_REJECT}
+        sr = f"SR-DOC-{self.tag}"
+        conf = self.config(rollout={"tiers": [{"tier": 2, "batch_size": "all"}], "failure_threshold_percent": 50})
+        self.start_service(conf=conf)
+        self.fresh(*tiers)
+        arts = self.prepare(sr, tiers, "doc")
+        before = self.deploy_status(sr)
+        self.assertIsNone(before["gate"])
+        self.assertEqual(sorted((a["name"], a["sha256"], a["size"]) for a in before["artifacts"]),
+                         sorted((n, hashlib.sha256(b).hexdigest(), len(b)) for n, b in arts.items()))
+        t0 = time.time() * 1000
+        self.trigger_ok(sr)
+        d = self.wait_task(sr, "FAILED_ROLLBACK")   # one node failed: the task says so
+        states = {n["name"]: n["state"] for n in d["nodes"]}
+        self.assertEqual(states, {**{n: "deployed" for n in CON_HEALTHY}, "node-0008": "rolled_back"}, d)
+        for n in d["nodes"]:
+            with self.subTest(node=n["name"]):
+                self.assertIsInstance(n["started_ms"], int, n)
+                self.assertIsInstance(n["finished_ms"], int, n)
+                self.assertTrue(t0 - 5000 <= n["started_ms"] <= n["finished_ms"] <= time.time() * 1000, n)
+        self.assertEqual(d["gate"], {"tier": 2, "failed": 1, "done": 8, "max_failure_ratio": 0.5,
+                                     "tripped": False, "reason": ""}, d)
+        self.assertEqual(len(d["artifacts"]), 2)
+        api_audit = self.api_audit(sr, limit=1000)
+        for node in ("node-0001", "node-0008"):
+            with self.subTest(node=node):
+                nd = self.ok(self.api("GET", f"/api/deploy/{sr}/nodes/{node}"))
+                self.assertEqual((nd["name"], nd["tier"], nd["state"]), (node, 2, states[node]), nd)
+                self.assertEqual(nd["audit"], [e for e in api_audit if e["node"] == node])
+                rows = [e for e in nd["audit"] if e["event"] in ("STEP_OK", "STEP_FAILED")]
+                ends = [(e["step"], "OK" if e["event"] == "STEP_OK" else "FAIL", e["duration_ms"]) for e in rows]
+                # Steps nest (ROLLBACK holds RESTORE ...): listed by start, ended in any order.
+                self.assertEqual(sorted((s["step"], s["status"], s["duration_ms"]) for s in nd["steps"]),
+                                 sorted(ends), nd["steps"])
+                starts = [e["ts_ms"] for e in nd["audit"] if e["event"] == "STEP_START"]
+                self.assertEqual([s["started_ms"] for s in nd["steps"]], starts)
+                self.assertIn("PRECHECK", [s["step"] for s in nd["steps"]])
+                statuses = {s["status"] for s in nd["steps"]}
+                self.assertEqual(statuses, {"OK"} if node == "node-0001" else {"OK", "FAIL"}, nd["steps"])
+        self.assert_error(self.api("GET", f"/api/deploy/{sr}/nodes/node-0099"), 404, "not_found", "node-0099")
+        self.assert_error(self.api("GET", f"/api/deploy/SR-NONE-{self.tag}/nodes/node-0001"), 404, "not_found")
 
 
 load_tests = own_tests(ConsoleApiTest)

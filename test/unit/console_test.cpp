@@ -143,3 +143,38 @@ TEST_CASE("session cookies: attributes, Secure under TLS, removal") {
     CHECK(session_clear_cookie(false) ==
           "guardia_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict");
 }
+
+TEST_CASE("step_spans: starts open steps, ends close the latest open one, nesting, running") {
+    auto row = [](std::string step, std::string event, std::int64_t ts,
+                  std::optional<std::int64_t> dur = std::nullopt, std::string detail = {}) {
+        guardia::store::AuditRow r;
+        r.step = std::move(step);
+        r.event = std::move(event);
+        r.ts_ms = ts;
+        r.duration_ms = dur;
+        r.detail = std::move(detail);
+        return r;
+    };
+    std::vector<guardia::store::AuditRow> rows{
+        row("PRECHECK", "STEP_START", 10),     row("PRECHECK", "STEP_OK", 15, 5),
+        row("", "NODE_CLAIMED", 16),           row("HEALTH", "STEP_START", 20),
+        row("HEALTH", "STEP_FAILED", 40, 20, "503"), row("ROLLBACK", "STEP_START", 41),
+        row("RESTORE", "STEP_START", 42),      row("RESTORE", "STEP_OK", 50, 8),
+        row("ROLLBACK", "STEP_OK", 55, 14),    row("VERIFY", "STEP_START", 60),
+        row("GHOST", "STEP_OK", 61, 1)};  // an end without a start is ignored
+    const auto spans = step_spans(rows);
+    REQUIRE(spans.size() == 5);
+    CHECK(spans[0].step == "PRECHECK");
+    CHECK(spans[0].status == "OK");
+    CHECK(spans[0].started_ms == 10);
+    CHECK(spans[0].duration_ms == std::optional<std::int64_t>(5));
+    CHECK(spans[1].status == "FAIL");
+    CHECK(spans[1].detail == "503");
+    CHECK(spans[2].step == "ROLLBACK");
+    CHECK(spans[2].duration_ms == std::optional<std::int64_t>(14));
+    CHECK(spans[3].step == "RESTORE");
+    CHECK(spans[3].status == "OK");
+    CHECK(spans[4].step == "VERIFY");
+    CHECK(spans[4].status == "RUNNING");
+    CHECK_FALSE(spans[4].duration_ms.has_value());
+}

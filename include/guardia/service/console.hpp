@@ -9,6 +9,7 @@
 
 #include "guardia/http/api_util.hpp"
 #include "guardia/service/clients.hpp"
+#include "guardia/store/records.hpp"
 
 #include <cstdint>
 #include <map>
@@ -47,6 +48,19 @@ bool is_ui_path(const std::vector<std::string>& seg);
 // 302 to /ui/, of /ui/ is index.html, of /ui/<file> that file; an unknown file is 404, another
 // method 405. Public: the files hold no data.
 http::Response ui_static_answer(const http::Request& req, const std::vector<std::string>& seg);
+
+// The steps of one node's pipeline from its audit rows (oldest first): each STEP_START opens a
+// step, the next STEP_OK / STEP_FAILED of that step closes it (status OK / FAIL, its duration,
+// exit code and detail); a step never closed is RUNNING. Rows of other events are skipped.
+struct StepSpan {
+    std::string step;
+    std::string status;  // "OK", "FAIL", "RUNNING"
+    std::int64_t started_ms = 0;
+    std::optional<std::int64_t> duration_ms;
+    std::optional<int> exit_code;
+    std::string detail;
+};
+std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows);
 
 // --- sessions (POST/GET/DELETE /ui/session) ----------------------------------------------------
 //

@@ -84,6 +84,16 @@ class Database {
     // The service's records. Empty optional / vector when there is none.
     Result<std::optional<TaskRecord>> task(std::string_view sr_id);
     Result<std::vector<TaskRecord>> tasks_in_status(std::string_view status);
+    // A page of tasks, newest updated_ms first (ties: sr_id descending), matching every filter
+    // that is set: status / requester / approver exactly, `text` as a case-insensitive
+    // substring of sr_id, the title (payload) or system_name, `before_updated_ms` strictly.
+    struct TaskFilter {
+        TaskFilter() {}
+        std::string status, requester, approver, text;
+        std::optional<std::int64_t> before_updated_ms;
+        int limit = 50;
+    };
+    Result<std::vector<TaskRecord>> tasks_page(const TaskFilter& filter);
     // Nodes of one (inst_id, system_name); the whole inventory when inst_id is empty.
     Result<std::vector<InventoryNodeRecord>> inventory_nodes(std::string_view inst_id,
                                                              std::string_view system_name);

@@ -102,7 +102,7 @@ export class LiveRollout {
       this.live.className = 'live off';
       if (this.es.readyState === EventSource.CLOSED) {
         // EventSource hides the answer: ask the API why (unknown SR, signed out, too many streams).
-        api('GET', `/api/deploy/${enc(this.sr)}`).then(() => this.showError('The live stream was refused (too many open streams?); reload to retry.'),
+        api('GET', `/api/deploy/${enc(this.sr)}`).then(() => this.showError(`The service refused the live stream /api/deploy/${this.sr}/events (at most 16 streams per client: close other tabs); reload to retry.`),
                                                        (e) => this.showError(e.message));
       }
     });

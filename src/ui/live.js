@@ -101,8 +101,10 @@ export class LiveRollout {
       this.live.textContent = this.es.readyState === EventSource.CLOSED ? 'stream closed' : 'reconnecting…';
       this.live.className = 'live off';
       if (this.es.readyState === EventSource.CLOSED) {
-        // EventSource hides the answer: ask the API why (unknown SR, signed out, too many streams).
-        api('GET', `/api/deploy/${enc(this.sr)}`).then(() => this.showError(`The service refused the live stream /api/deploy/${this.sr}/events (at most 16 streams per client: close other tabs); reload to retry.`),
+        // EventSource hides the answer: ask the API why (unknown SR, signed out). When the
+        // document reads fine but the stream is refused (a proxy that breaks event streams, a
+        // service without them, too many streams), read the document every 2 s instead.
+        api('GET', `/api/deploy/${enc(this.sr)}`).then((d) => { this.applySnapshot(d); this.startPolling(); },
                                                        (e) => this.showError(e.message));
       }
     });
@@ -127,6 +129,16 @@ export class LiveRollout {
       this.summaryDirty = true;
       this.schedule();
     });
+  }
+
+  startPolling() {
+    if (this.poll) return;
+    this.live.textContent = 'polling every 2 s (no live stream)';
+    this.live.className = 'live off';
+    this.live.title = `The service refused /api/deploy/${this.sr}/events (at most 16 streams per client: close other tabs)`;
+    this.poll = setInterval(() => {
+      api('GET', `/api/deploy/${enc(this.sr)}`).then((d) => this.applySnapshot(d), (e) => this.showError(e.message));
+    }, 2000);
   }
 
   /** A node or rollout this view does not know yet (a trigger): read the whole document again. */
@@ -346,6 +358,7 @@ export class LiveRollout {
     if (this.es) this.es.close();
     if (this.frame) cancelAnimationFrame(this.frame);
     clearInterval(this.tick);
+    clearInterval(this.poll);
     clearTimeout(this.okTimer);
   }
 }

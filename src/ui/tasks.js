@@ -86,7 +86,13 @@ export function mountTasks(root, _route, _ctx) {
 
   const es = new EventSource('/api/events');
   es.addEventListener('open', () => { live.textContent = 'live'; live.className = 'live on'; });
-  es.addEventListener('error', () => { live.textContent = 'reconnecting…'; live.className = 'live off'; });
+  let poll = 0;
+  es.addEventListener('error', () => {
+    live.className = 'live off';
+    if (es.readyState !== EventSource.CLOSED) { live.textContent = 'reconnecting…'; return; }
+    live.textContent = 'polling every 5 s (no live stream)';       // the stream was refused
+    if (!poll) poll = setInterval(() => load(false), 5000);
+  });
   es.addEventListener('task', (e) => {
     const t = JSON.parse(e.data);
     tasks.set(t.sr_id, {...(tasks.get(t.sr_id) || {}), ...t});
@@ -94,5 +100,5 @@ export function mountTasks(root, _route, _ctx) {
   });
   load(false);
 
-  return {unmount() { es.close(); clearTimeout(timer); }};
+  return {unmount() { es.close(); clearTimeout(timer); clearInterval(poll); }};
 }

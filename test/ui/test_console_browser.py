@@ -25,6 +25,7 @@ Missing Chromium, chromedriver or Selenium fails the test: it never skips.
 """
 
 import hashlib
+import http.client
 import os
 import secrets
 import sys
@@ -167,6 +168,16 @@ class ConsoleBrowserTest(ServeTest):
         self.console_log += self.driver.get_log("browser")
         return self.console_log
 
+    def has_stream(self, sr):
+        """Does the service offer GET /api/deploy/{sr}/events (the head only)?"""
+        c = http.client.HTTPConnection(self.svc.host, self.svc.port, timeout=10)
+        try:
+            c.request("GET", f"/api/deploy/{sr}/events", headers={"Authorization": f"Bearer {self.token}"})
+            r = c.getresponse()
+            return r.status == 200 and r.getheader("Content-Type", "").startswith("text/event-stream")
+        finally:
+            c.close()
+
     def click(self, what, css):
         """Wait for a visible element and click it (again if the page replaced it meanwhile)."""
         self.wait(what, lambda d: self.visible(css) and (self.el(css).click() or True))
@@ -243,6 +254,12 @@ class ConsoleBrowserTest(ServeTest):
         # cells turn green while the rollout runs: a screenshot mid-way
         self.wait("10 cells", lambda d: len(self.cells()) == len(NODES))
         self.driver.execute_script(WATCH_JS)
+        # One event stream per view; a service that refuses it gets the page's 2 s fallback.
+        if self.has_stream(sr_a):
+            self.wait("the live stream", lambda d: self.text("#rollout-live") == "live")
+        else:
+            self.wait("the polling fallback", lambda d: "polling" in self.text("#rollout-live"))
+            print("\nNOTE: this service has no /api/deploy/{sr}/events stream: the console polled", file=sys.stderr)
         self.wait("a deployed cell", lambda d: any(s == "deployed" for s, _, _ in self.cells().values()))
         self.wait("the pause button while the rollout runs", lambda d: self.visible("#act-pause"))
         self.shot("02-rollout-live")

@@ -29,7 +29,8 @@ export class NodeDrawer {
     this.last = Date.now();
     try {
       const d = await api('GET', `/api/deploy/${enc(this.sr)}/nodes/${enc(name)}`);
-      if (this.name === name) this.render(d);
+      const text = JSON.stringify(d);
+      if (this.name === name && (first || text !== this.shown)) { this.shown = text; this.render(d); }
     } catch (e) {
       if (this.name === name) clear(this.body).append(h('p', {class: 'error', role: 'alert', text: e.message}));
     }

@@ -202,6 +202,7 @@ export class LiveRollout {
 
   queue(n) {
     const prev = this.nodes.get(n.name) || {};
+    if (Object.keys(n).every((k) => prev[k] === n[k])) return;      // nothing new (a re-read)
     const merged = {...prev, ...n};
     this.nodes.set(n.name, merged);
     this.pending.set(n.name, merged);

@@ -198,7 +198,9 @@ int serve_command(int argc, char** argv) {
         // A console session cookie counts as the token of its client (DeployService::admit).
         so.admit = [&svc](const http::Request& head) { return svc.admit(head); };
         http::Server server(ioc.get_executor(), std::move(so),
-                            [&svc](http::Request r) { return svc.handle(std::move(r)); });
+                            http::StreamingHandler([&svc](http::Request r) {
+                                return svc.handle_streaming(std::move(r));
+                            }));
 
         asio::signal_set signals(ioc, SIGTERM, SIGINT);
         auto watchdog_stop = std::make_shared<bool>(false);

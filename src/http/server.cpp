@@ -9,6 +9,7 @@
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/ssl/error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
@@ -115,6 +116,7 @@ struct ConnState {
         handling,  // the handler runs
         writing,   // the answer is being written
         closing,   // answered with Connection: close, draining
+        streaming,  // a streamed answer is being written
     };
     Phase phase = Phase::starting;
     beast::tcp_stream* tcp = nullptr;  // the coroutine's lowest layer; null outside it
@@ -136,7 +138,7 @@ using ConnList = std::list<ConnState>;
 }  // namespace
 
 struct Server::Impl {
-    Impl(asio::any_io_executor ex, ServerOptions o, Handler h)
+    Impl(asio::any_io_executor ex, ServerOptions o, StreamingHandler h)
         : executor(std::move(ex)),
           options(std::move(o)),
           handler(std::move(h)),
@@ -157,7 +159,7 @@ struct Server::Impl {
 
     asio::any_io_executor executor;
     ServerOptions options;
-    Handler handler;
+    StreamingHandler handler;
     std::shared_ptr<spdlog::logger> log;
     tcp::acceptor acceptor;
     std::optional<ssl::context> tls;
@@ -172,6 +174,7 @@ struct Server::Impl {
     std::uint64_t served = 0;
     std::uint64_t rejected = 0;
     std::uint64_t evicted = 0;
+    std::size_t streams = 0;                            // connections in Phase::streaming
     std::size_t evicting = 0;                           // sessions marked evicted, not yet gone
     std::map<asio::ip::address, std::size_t> per_address;  // sessions per client address
 };
@@ -331,6 +334,73 @@ std::optional<Refusal> refusal_for(const Impl& impl, const TimedRead& r, std::si
     return std::nullopt;  // network errors: reset, closed by shutdown, ...
 }
 
+// Counts a connection as streaming while it lives.
+class StreamingPhase {
+  public:
+    StreamingPhase(Impl& impl, ConnState& c) : impl_(impl) {
+        c.phase = ConnState::Phase::streaming;
+        ++impl_.streams;
+    }
+    ~StreamingPhase() { --impl_.streams; }
+    StreamingPhase(const StreamingPhase&) = delete;
+    StreamingPhase& operator=(const StreamingPhase&) = delete;
+
+  private:
+    Impl& impl_;
+};
+
+// Writes a streamed answer (see Reply in server.hpp): the head, then each chunk of the
+// producer, until it ends, the peer closes (or sends anything), or shutdown closes the socket.
+template <class Stream>
+asio::awaitable<void> stream_answer(Impl& impl, ConnState& conn, Stream& stream, Response& head,
+                                    StreamProducer producer, bool is_head,
+                                    const std::string& what) {
+    using asio::experimental::make_parallel_group;
+    using asio::experimental::wait_for_one;
+    const ServerOptions& o = impl.options;
+    auto& tcp = beast::get_lowest_layer(stream);
+    StreamingPhase streaming(impl, conn);
+    beast_http::response<beast_http::empty_body> h(head.base());
+    h.erase(beast_http::field::content_length);
+    h.erase(beast_http::field::transfer_encoding);
+    h.keep_alive(false);
+    beast_http::response_serializer<beast_http::empty_body> sr(h);
+    tcp.expires_after(o.write_timeout);
+    auto [ec, n] = co_await beast_http::async_write_header(stream, sr, tuple_awaitable);
+    (void)n;
+    tcp.expires_never();
+    if (ec) co_return;
+    ++impl.served;
+    impl.log->debug("http: {} from {}: {} (stream)", what, conn.peer, head.result_int());
+    std::array<char, 512> sink;
+    while (!is_head && !impl.stopping) {
+        // The raw socket's read: the peer's close (or any byte: a stream carries no request)
+        // ends the stream. Reading below TLS is fine: nothing is read from this stream again.
+        auto [order, e_next, chunk, e_read, n_read] =
+            co_await make_parallel_group(
+                asio::co_spawn(co_await asio::this_coro::executor, producer(), asio::deferred),
+                tcp.socket().async_read_some(asio::buffer(sink), asio::deferred))
+                .async_wait(wait_for_one(), asio::use_awaitable);
+        (void)n_read;
+        if (order[0] == 1 || e_next || !chunk) {
+            if (e_next && !is_cancellation(e_next))
+                impl.log->error("http: stream of {} to {} failed: {}", what, conn.peer,
+                                describe(e_next));
+            break;
+        }
+        (void)e_read;
+        tcp.expires_after(o.write_timeout);
+        auto [ew, nw] = co_await asio::async_write(stream, asio::buffer(*chunk), tuple_awaitable);
+        (void)nw;
+        tcp.expires_never();
+        if (ew) {
+            impl.log->debug("http: stream of {} to {} ended: {}", what, conn.peer, ew.message());
+            co_return;
+        }
+    }
+    if (tcp.socket().is_open()) co_await close_gracefully(impl, conn, stream);
+}
+
 // The requests of one connection, one at a time, until either side closes.
 template <class Stream>
 asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream,
@@ -485,9 +555,12 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         const std::string what =
             std::string(req.method_string()) + " " + std::string(path_only(req.target()));
         std::optional<Response> res;
+        StreamProducer producer;
         std::string failure;
         try {
-            res = co_await impl.handler(std::move(req));
+            Reply reply = co_await impl.handler(std::move(req));
+            res = std::move(reply.head);
+            producer = std::move(reply.stream);
         } catch (const std::exception& e) {
             failure = e.what();
         } catch (...) {
@@ -496,6 +569,10 @@ asio::awaitable<void> serve_requests(Impl& impl, ConnState& conn, Stream& stream
         // Shutdown's grace is over: the connection is being closed under us.
         if (cs.cancelled() != asio::cancellation_type::none) co_return;
         const bool threw = !res.has_value();
+        if (!threw && producer) {
+            co_await stream_answer(impl, conn, stream, *res, std::move(producer), is_head, what);
+            co_return;
+        }
         if (threw) {
             impl.log->error("http: handler failed on {} from {}: {}", what, conn.peer, failure);
             Request shape;
@@ -712,6 +789,15 @@ Result<void> load_tls(ssl::context& ctx, const TlsFiles& files) {
 
 Server::Server(asio::any_io_executor executor, ServerOptions options, Handler handler) {
     if (!handler) throw std::invalid_argument("http::Server needs a handler");
+    StreamingHandler wrapped = [h = std::move(handler)](Request req) -> asio::awaitable<Reply> {
+        Response res = co_await h(std::move(req));
+        co_return Reply(std::move(res));
+    };
+    impl_ = std::make_shared<Impl>(std::move(executor), std::move(options), std::move(wrapped));
+}
+
+Server::Server(asio::any_io_executor executor, ServerOptions options, StreamingHandler handler) {
+    if (!handler) throw std::invalid_argument("http::Server needs a handler");
     impl_ = std::make_shared<Impl>(std::move(executor), std::move(options), std::move(handler));
 }
 
@@ -798,8 +884,10 @@ asio::awaitable<void> Server::shutdown(milliseconds grace) {
     // sent a request yet either.
     for (ConnList* list : {&impl->sessions, &impl->turning_away}) {
         for (ConnState& c : *list) {
-            const bool quiet =
-                c.phase == ConnState::Phase::idle || c.phase == ConnState::Phase::starting;
+            // Streams never finish on their own: they end now, not when the grace is over.
+            const bool quiet = c.phase == ConnState::Phase::idle ||
+                               c.phase == ConnState::Phase::starting ||
+                               c.phase == ConnState::Phase::streaming;
             if (quiet && c.tcp) c.tcp->close();
         }
     }
@@ -836,6 +924,10 @@ std::uint64_t Server::requests_rejected() const {
 
 std::uint64_t Server::connections_evicted() const {
     return impl_->evicted;
+}
+
+std::size_t Server::open_streams() const {
+    return impl_->streams;
 }
 
 }  // namespace guardia::http

@@ -4,6 +4,7 @@
 #include "guardia/service/clients.hpp"
 #include "guardia/service/metrics.hpp"
 #include "guardia/service/console.hpp"
+#include "guardia/service/live_hub.hpp"
 #include "guardia/service/notifier.hpp"
 #include "guardia/service/staging_policy.hpp"
 #include "guardia/ssh/session.hpp"
@@ -12,6 +13,8 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <charconv>
@@ -166,12 +169,13 @@ bool wants_wait(const std::map<std::string, std::string>& q) {
 
 // --- the API --------------------------------------------------------------------------------
 
-struct DeployService::Impl {
+struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     Impl(asio::any_io_executor ex, DeployServiceDeps d)
-        : clients(d.clients), coordinator(std::move(ex), std::move(d)) {
+        : executor(ex), clients(d.clients), coordinator(std::move(ex), std::move(d)) {
         logger = coordinator.deps().logger ? coordinator.deps().logger : spdlog::default_logger();
     }
 
+    asio::any_io_executor executor;
     std::shared_ptr<const ClientRegistry> clients;
     Coordinator coordinator;
     SessionStore sessions;  // the console's sign-ins (console.hpp)
@@ -184,6 +188,7 @@ struct DeployService::Impl {
         const http::Request& req;
         const Principal* who;
         const std::vector<std::string>& seg;
+        http::StreamProducer* stream = nullptr;  // a stream route's answer, when allowed
         std::string principal() const { return who ? who->name : std::string(); }
     };
     using Handler = asio::awaitable<http::Response> (Impl::*)(const Call&);
@@ -196,7 +201,11 @@ struct DeployService::Impl {
     };
     static const std::vector<Route>& routes();
 
-    asio::awaitable<http::Response> handle(http::Request req);
+    asio::awaitable<http::Response> handle(http::Request req) {
+        return handle_streaming(std::move(req), nullptr);
+    }
+    asio::awaitable<http::Response> handle_streaming(http::Request req,
+                                                     http::StreamProducer* stream);
     bool tls() const { return !coordinator.deps().service.tls_cert_file.empty(); }
     // Who sends a request: its Bearer token's client, else its session cookie's (with the
     // session's csrf value); nullopt for neither.
@@ -208,7 +217,8 @@ struct DeployService::Impl {
     std::optional<http::Response> admit(const http::Request& head);
     http::Response ui_session(const http::Request& req);
     asio::awaitable<http::Response> dispatch(const http::Request& req,
-                                             const std::vector<std::string>& seg);
+                                             const std::vector<std::string>& seg,
+                                             http::StreamProducer* stream);
 
     asio::awaitable<http::Response> work_answer(const Call& c,
                                                 ServiceResult<Coordinator::Answer> r,
@@ -226,6 +236,12 @@ struct DeployService::Impl {
     asio::awaitable<http::Response> deploy_status(const Call& c);
     asio::awaitable<http::Response> list_tasks(const Call& c);
     asio::awaitable<http::Response> node_detail(const Call& c);
+    // Live updates (Server-Sent Events, live_hub.hpp).
+    asio::awaitable<http::Response> deploy_events(const Call& c);
+    asio::awaitable<http::Response> task_events(const Call& c);
+    std::optional<http::Response> open_stream(const Call& c);  // limits; nullopt: admitted
+    std::size_t streams_open = 0;
+    std::map<std::string, std::size_t> streams_by_principal;
     asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
     asio::awaitable<http::Response> pause(const Call& c) {
         return control(c, deploy::ControlRequest::pause);
@@ -258,6 +274,8 @@ const std::vector<DeployService::Impl::Route>& DeployService::Impl::routes() {
         {bh::verb::post, {"api", "deploy", "trigger"}, R::submit, &Impl::trigger},
         {bh::verb::get, {"api", "deploy", "*"}, R::read, &Impl::deploy_status},
         {bh::verb::get, {"api", "deploy", "*", "nodes", "*"}, R::read, &Impl::node_detail},
+        {bh::verb::get, {"api", "deploy", "*", "events"}, R::read, &Impl::deploy_events},
+        {bh::verb::get, {"api", "events"}, R::read, &Impl::task_events},
         {bh::verb::post, {"api", "deploy", "*", "rollback"}, R::operate, &Impl::operator_rollback},
         // Operator control of a rollout in flight; a validate client may resume a tier gate.
         {bh::verb::post, {"api", "deploy", "*", "pause"}, R::operate, &Impl::pause},
@@ -284,7 +302,8 @@ std::vector<RouteInfo> DeployService::routes() {
     return out;
 }
 
-asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
+asio::awaitable<http::Response> DeployService::Impl::handle_streaming(
+    http::Request req, http::StreamProducer* stream) {
     http::Response res;
     auto seg = http::path_segments(req.target());
     if (!seg) {
@@ -297,7 +316,7 @@ asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
             else if (is_ui_path(*seg))  // the console's files: public, outside the route table
                 res = ui_static_answer(req, *seg);
             else
-                res = co_await dispatch(req, *seg);
+                res = co_await dispatch(req, *seg, stream);
         } catch (const std::exception& e) {
             logger->error("{} {}: {}", std::string(req.method_string()), std::string(req.target()),
                           e.what());
@@ -310,7 +329,8 @@ asio::awaitable<http::Response> DeployService::Impl::handle(http::Request req) {
 }
 
 asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Request& req,
-                                                              const std::vector<std::string>& seg) {
+                                                              const std::vector<std::string>& seg,
+                                                              http::StreamProducer* stream) {
     auto matches = [&](const Route& r) {
         if (r.pattern.size() != seg.size()) return false;
         for (std::size_t i = 0; i < seg.size(); ++i)
@@ -395,7 +415,7 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
             co_return r;
         }
     }
-    const Call call{req, who, seg};
+    const Call call{req, who, seg, stream};
     co_return co_await (this->*(route->handler))(call);
 }
 
@@ -929,6 +949,138 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_status(const Call& c
     co_return http::json_response(c.req, bh::status::ok, out);
 }
 
+// --- live updates (Server-Sent Events) -----------------------------------------------------
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One open stream: counted in the service's limits while it lives (the server drops the
+// producer, and with it this state, when the stream ends).
+struct LiveStream {
+    LiveStream(asio::any_io_executor ex, std::size_t& all, std::size_t& mine)
+        : timer(std::move(ex)), all_(all), mine_(mine) {
+        ++all_;
+        ++mine_;
+    }
+    ~LiveStream() {
+        --all_;
+        --mine_;
+    }
+    LiveStream(const LiveStream&) = delete;
+    LiveStream& operator=(const LiveStream&) = delete;
+
+    // Waits for the next reading (the first one at once), and the keepalive when due.
+    asio::awaitable<void> next_tick() {
+        if (started) {
+            timer.expires_after(live_flush_interval);
+            co_await timer.async_wait(asio::use_awaitable);
+        }
+        started = true;
+    }
+    std::string frame(const std::vector<LiveMessage>& msgs) {
+        std::string out;
+        for (const auto& m : msgs) out += sse_event(++seq, to_string(m.event), json::serialize(m.data));
+        if (!out.empty() || Clock::now() - last_sent >= live_keepalive_interval) {
+            if (out.empty()) out = sse_keepalive();
+            last_sent = Clock::now();
+        }
+        return out;
+    }
+
+    asio::steady_timer timer;
+    bool started = false;
+    std::uint64_t seq = 0;
+    Clock::time_point last_sent = Clock::now();
+    RolloutDiff rollout;
+    TaskListDiff tasks;
+
+  private:
+    std::size_t& all_;
+    std::size_t& mine_;
+};
+
+http::Response event_stream_head(const http::Request& req) {
+    http::Response res{bh::status::ok, req.version()};
+    res.set(bh::field::content_type, "text/event-stream");
+    res.set(bh::field::cache_control, "no-cache");
+    res.set("X-Accel-Buffering", "no");
+    return res;
+}
+
+}  // namespace
+
+std::optional<http::Response> DeployService::Impl::open_stream(const Call& c) {
+    if (!c.stream)
+        return http::error_response(c.req, bh::status::not_acceptable, "not_streaming",
+                                    "this entry point cannot answer with a stream");
+    auto& mine = streams_by_principal[c.principal()];
+    if (streams_open >= max_live_streams || mine >= max_live_streams_per_principal) {
+        if (mine == 0) streams_by_principal.erase(c.principal());
+        return http::error_response(
+            c.req, bh::status::too_many_requests, "too_many_streams",
+            "at most " + std::to_string(max_live_streams) + " live streams in all and " +
+                std::to_string(max_live_streams_per_principal) + " per client ('" +
+                c.principal() + "' has " + std::to_string(mine) + ")");
+    }
+    return std::nullopt;
+}
+
+asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c) {
+    const std::string sr_id = c.seg[2];
+    // The document a viewer would GET, read the same way (404 for an unknown SR).
+    auto self = shared_from_this();
+    auto read_doc = [self, sr_id, req = c.req]() -> asio::awaitable<http::Response> {
+        const std::vector<std::string> seg{"api", "deploy", sr_id};
+        const Call call{req, nullptr, seg};
+        co_return co_await self->deploy_status(call);
+    };
+    http::Response first = co_await read_doc();
+    if (first.result() != bh::status::ok) co_return first;
+    if (auto refused = open_stream(c)) co_return std::move(*refused);
+    auto st = std::make_shared<LiveStream>(executor, streams_open,
+                                           streams_by_principal[c.principal()]);
+    *c.stream = [st, read_doc]() -> asio::awaitable<std::optional<std::string>> {
+        for (;;) {
+            co_await st->next_tick();
+            http::Response r = co_await read_doc();
+            if (r.result() != bh::status::ok) co_return std::nullopt;  // the task is gone
+            boost::system::error_code ec;
+            auto doc = json::parse(r.body(), ec);
+            if (ec || !doc.is_object()) co_return std::nullopt;
+            std::string chunk = st->frame(st->rollout.update(doc.as_object()));
+            if (!chunk.empty()) co_return chunk;
+        }
+    };
+    co_return event_stream_head(c.req);
+}
+
+asio::awaitable<http::Response> DeployService::Impl::task_events(const Call& c) {
+    if (auto refused = open_stream(c)) co_return std::move(*refused);
+    auto st = std::make_shared<LiveStream>(executor, streams_open,
+                                           streams_by_principal[c.principal()]);
+    auto self = shared_from_this();
+    http::Request req = c.req;
+    req.target("/api/tasks?limit=200");
+    *c.stream = [self, st, req]() -> asio::awaitable<std::optional<std::string>> {
+        for (;;) {
+            co_await st->next_tick();
+            const std::vector<std::string> seg{"api", "tasks"};
+            const Call call{req, nullptr, seg};
+            http::Response r = co_await self->list_tasks(call);
+            if (r.result() != bh::status::ok) continue;
+            boost::system::error_code ec;
+            auto doc = json::parse(r.body(), ec);
+            if (ec || !doc.is_object() || !doc.as_object().contains("tasks")) continue;
+            const auto& tasks = doc.as_object().at("tasks");
+            if (!tasks.is_array()) continue;
+            std::string chunk = st->frame(st->tasks.update(tasks.as_array()));
+            if (!chunk.empty()) co_return chunk;
+        }
+    };
+    co_return event_stream_head(c.req);
+}
+
 asio::awaitable<http::Response> DeployService::Impl::list_tasks(const Call& c) {
     auto q = http::query_params(c.req.target());
     if (!q) co_return error_answer(c.req, bad("malformed query string"));
@@ -1175,6 +1327,12 @@ std::optional<http::Response> DeployService::admit(const http::Request& head) {
 
 asio::awaitable<http::Response> DeployService::handle(http::Request request) {
     co_return co_await impl_->handle(std::move(request));
+}
+
+asio::awaitable<http::Reply> DeployService::handle_streaming(http::Request request) {
+    http::StreamProducer stream;
+    http::Response res = co_await impl_->handle_streaming(std::move(request), &stream);
+    co_return http::Reply(std::move(res), std::move(stream));
 }
 
 asio::awaitable<void> DeployService::drain(std::chrono::milliseconds grace) {

@@ -109,6 +109,26 @@ struct ServerOptions {
 // handler is cancelled (Asio terminal cancellation) and must then return promptly.
 using Handler = std::function<boost::asio::awaitable<Response>(Request)>;
 
+// A streamed answer (Server-Sent Events and the like): the server writes `head` (status and
+// fields as the handler set them; the server adds Connection: close and drops any
+// Content-Length), then each chunk `next()` yields, as it comes, until it yields nullopt.
+// The body is close-delimited (HTTP/1.0 style, legal in HTTP/1.1): a stream never carries a
+// second request, every client handles it, and no chunk framing is needed. Each write is
+// bounded by write_timeout. The server stops the stream (cancelling a pending next(), Asio
+// terminal cancellation: it must then return promptly) when the peer closes or sends anything
+// (a read pending on the socket completes) or when shutdown() begins: streams are closed at
+// the start of shutdown, not held until the grace ends. A stream holds its connection slot.
+using StreamProducer = std::function<boost::asio::awaitable<std::optional<std::string>>()>;
+struct Reply {
+    Reply() {}
+    Reply(Response r) : head(std::move(r)) {}  // NOLINT: a plain answer converts implicitly
+    Reply(Response r, StreamProducer p) : head(std::move(r)), stream(std::move(p)) {}
+    Response head;          // a plain answer, or the head of a stream
+    StreamProducer stream;  // set: a streamed answer
+};
+// A handler that may answer with a stream.
+using StreamingHandler = std::function<boost::asio::awaitable<Reply>(Request)>;
+
 // How the server sets up the parser of each request before reading its head: header limit
 // max_header_bytes (clamped to 32 bits; over it -> 431), no body limit until the head is known
 // (then body_limit_for or max_body_bytes). Exposed for the fuzz target of the request head
@@ -129,6 +149,7 @@ class Server {
   public:
     // Throws std::invalid_argument for an empty handler (a programming error).
     Server(boost::asio::any_io_executor executor, ServerOptions options, Handler handler);
+    Server(boost::asio::any_io_executor executor, ServerOptions options, StreamingHandler handler);
     ~Server();
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
@@ -156,6 +177,7 @@ class Server {
     std::uint64_t requests_rejected() const;
     // Connections closed to make room for a new one (see "Connection slots" above).
     std::uint64_t connections_evicted() const;
+    std::size_t open_streams() const;  // streamed answers in progress
 
     struct Impl;  // in server.cpp; shared with the connection coroutines, which may outlive us
 

@@ -56,6 +56,10 @@ class DeployService {
 
     // The HTTP entry point (the server's handler).
     boost::asio::awaitable<http::Response> handle(http::Request request);
+    // The same, able to answer with a stream (the live routes, GET /api/deploy/{sr}/events and
+    // GET /api/events): what `guardia serve` gives its server. Through handle() those routes
+    // answer 406.
+    boost::asio::awaitable<http::Reply> handle_streaming(http::Request request);
 
     // Graceful stop: triggers are refused from now on (503); running rollouts start no new
     // node and their in-flight nodes finish (deployed or rolled back); past `grace` they are

@@ -254,12 +254,9 @@ class ConsoleBrowserTest(ServeTest):
         # cells turn green while the rollout runs: a screenshot mid-way
         self.wait("10 cells", lambda d: len(self.cells()) == len(NODES))
         self.driver.execute_script(WATCH_JS)
-        # One event stream per view; a service that refuses it gets the page's 2 s fallback.
-        if self.has_stream(sr_a):
-            self.wait("the live stream", lambda d: self.text("#rollout-live") == "live")
-        else:
-            self.wait("the polling fallback", lambda d: "polling" in self.text("#rollout-live"))
-            print("\nNOTE: this service has no /api/deploy/{sr}/events stream: the console polled", file=sys.stderr)
+        # One event stream per view: the page must be fed by it (not by its polling fallback).
+        self.assertTrue(self.has_stream(sr_a), "GET /api/deploy/{sr}/events must answer an event stream")
+        self.wait("the live stream", lambda d: self.text("#rollout-live") == "live")
         self.wait("a deployed cell", lambda d: any(s == "deployed" for s, _, _ in self.cells().values()))
         self.wait("the pause button while the rollout runs", lambda d: self.visible("#act-pause"))
         self.shot("02-rollout-live")

@@ -493,16 +493,17 @@ asio::awaitable<bool> Rollout::Impl::start_node(std::size_t i) {
         co_await wait_for_change();
     if (stopping()) co_return false;
     if (config.max_connections_per_second > 0) {
-        const auto now = Clock::now();
-        if (next_start > now) {
+        if (next_start > Clock::now()) {
             pace.expires_at(next_start);
             boost::system::error_code ec;
             co_await pace.async_wait(asio::redirect_error(asio::use_awaitable, ec));
             if (stopping()) co_return false;
         }
+        // The next slot counts from when this node really starts: a timer that fired late
+        // (a loaded machine) must not let the next start follow closer than the pace allows.
         const auto gap = std::chrono::duration_cast<Clock::duration>(
             std::chrono::duration<double>(1.0 / config.max_connections_per_second));
-        next_start = std::max(next_start, now) + gap;
+        next_start = std::max(next_start, Clock::now()) + gap;
     }
     auto& progress = report.nodes[i];
     TierProgress& tier = report.tiers[slots[i]->tier_index];

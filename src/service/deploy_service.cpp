@@ -958,8 +958,11 @@ using Clock = std::chrono::steady_clock;
 // One open stream: counted in the service's limits while it lives (the server drops the
 // producer, and with it this state, when the stream ends).
 struct LiveStream {
-    LiveStream(asio::any_io_executor ex, std::size_t& all, std::size_t& mine)
-        : timer(std::move(ex)), all_(all), mine_(mine) {
+    // `owner` (the service's Impl, which holds the counters) lives at least as long as this:
+    // the server may destroy a stream's producer after the service (at teardown).
+    LiveStream(std::shared_ptr<const void> owner, asio::any_io_executor ex, std::size_t& all,
+               std::size_t& mine)
+        : timer(std::move(ex)), owner_(std::move(owner)), all_(all), mine_(mine) {
         ++all_;
         ++mine_;
     }
@@ -996,6 +999,7 @@ struct LiveStream {
     TaskListDiff tasks;
 
   private:
+    std::shared_ptr<const void> owner_;
     std::size_t& all_;
     std::size_t& mine_;
 };
@@ -1038,7 +1042,7 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c
     http::Response first = co_await read_doc();
     if (first.result() != bh::status::ok) co_return first;
     if (auto refused = open_stream(c)) co_return std::move(*refused);
-    auto st = std::make_shared<LiveStream>(executor, streams_open,
+    auto st = std::make_shared<LiveStream>(shared_from_this(), executor, streams_open,
                                            streams_by_principal[c.principal()]);
     *c.stream = [st, read_doc]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
@@ -1057,7 +1061,7 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c
 
 asio::awaitable<http::Response> DeployService::Impl::task_events(const Call& c) {
     if (auto refused = open_stream(c)) co_return std::move(*refused);
-    auto st = std::make_shared<LiveStream>(executor, streams_open,
+    auto st = std::make_shared<LiveStream>(shared_from_this(), executor, streams_open,
                                            streams_by_principal[c.principal()]);
     auto self = shared_from_this();
     http::Request req = c.req;

@@ -1019,11 +1019,12 @@ std::optional<http::Response> DeployService::Impl::open_stream(const Call& c) {
         return http::error_response(c.req, bh::status::not_acceptable, "not_streaming",
                                     "this entry point cannot answer with a stream");
     auto& mine = streams_by_principal[c.principal()];
-    if (streams_open >= max_live_streams || mine >= max_live_streams_per_principal) {
+    const std::size_t allowed = live_streams_allowed(coordinator.deps().service.max_connections);
+    if (streams_open >= allowed || mine >= max_live_streams_per_principal) {
         if (mine == 0) streams_by_principal.erase(c.principal());
         return http::error_response(
             c.req, bh::status::too_many_requests, "too_many_streams",
-            "at most " + std::to_string(max_live_streams) + " live streams in all and " +
+            "at most " + std::to_string(allowed) + " live streams in all and " +
                 std::to_string(max_live_streams_per_principal) + " per client ('" +
                 c.principal() + "' has " + std::to_string(mine) + ")");
     }

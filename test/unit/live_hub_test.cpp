@@ -79,3 +79,12 @@ TEST_CASE("task list diff: nothing at first, then one task event per changed tas
     CHECK(ev[0].data.at("sr_id") == "SR-1");
     CHECK(ev[1].data.at("sr_id") == "SR-3");
 }
+
+TEST_CASE("live streams: at most a quarter of the connection slots, at least one, at most 256") {
+    using guardia::service::live_streams_allowed;
+    CHECK(live_streams_allowed(256) == 64);  // the default max_connections
+    CHECK(live_streams_allowed(64) == 16);
+    CHECK(live_streams_allowed(3) == 1);
+    CHECK(live_streams_allowed(0) == 1);
+    CHECK(live_streams_allowed(100000) == 256);
+}

@@ -23,9 +23,15 @@ namespace guardia::service {
 // How often a stream looks for changes (the coalescing window), and its keepalive period.
 inline constexpr std::chrono::milliseconds live_flush_interval{250};
 inline constexpr std::chrono::milliseconds live_keepalive_interval{15000};
-// Open streams: in all, and per principal (beyond: 429 too_many_streams).
+// Open streams: in all, and per principal (beyond: 429 too_many_streams). A stream holds a
+// connection slot that is never evicted, so streams may take at most a quarter of the
+// service's connection slots: the API stays reachable for pause, abort and the PM's verdict.
 inline constexpr std::size_t max_live_streams = 256;
 inline constexpr std::size_t max_live_streams_per_principal = 16;
+inline constexpr std::size_t live_streams_allowed(std::size_t max_connections) {
+    const std::size_t quarter = max_connections / 4;
+    return quarter == 0 ? 1 : (quarter < max_live_streams ? quarter : max_live_streams);
+}
 
 // One SSE event: "id: <id>\nevent: <event>\ndata: <line>\n" per line of `data`, then a blank
 // line. A '\r' in data is dropped (SSE treats it as a line end; JSON never needs it raw).

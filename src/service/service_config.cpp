@@ -217,7 +217,8 @@ Result<void> check_transport(const ServiceConfig& c) {
 
 std::size_t request_body_limit(const http::Request& head, const ClientRegistry& clients,
                                std::size_t artifact_limit) {
-    if (head.method() == http::beast_http::verb::post) {  // the console's sign-in: a token
+    {  // the console's session: admitted without credentials, so a small body whatever the
+       // method (a sign-in carries a token; the other methods need none)
         auto seg = http::path_segments(head.target());
         if (seg && seg->size() == 2 && (*seg)[0] == "ui" && (*seg)[1] == "session")
             return ui_session_body_limit;

@@ -157,6 +157,11 @@ TEST_CASE("service: the large artifact body limit only for an artifact PUT by a 
                                   "Bearer " + token),
                              *reg, 100) == 0);
     CHECK(request_body_limit(head(bh::verb::put, artifact, "Bearer "), *reg, 100) == 0);
+    // The console's session path is admitted without credentials: a small body for every
+    // method, so that an anonymous client never gets max_body_bytes buffered there.
+    for (auto m : {bh::verb::post, bh::verb::delete_, bh::verb::get, bh::verb::put, bh::verb::patch})
+        CHECK(request_body_limit(head(m, "/ui/session", ""), *reg, 1 << 30) ==
+              guardia::service::ui_session_body_limit);
 }
 
 TEST_CASE("service config: clients, transport and connection settings") {

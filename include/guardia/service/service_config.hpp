@@ -68,7 +68,7 @@ Result<ServiceConfig> parse_service_config(const boost::json::value& section,
 // body_limit_for): an artifact upload, PUT /api/tasks/{sr}/artifacts/{name}, by a principal
 // holding Role::submit may be up to `artifact_limit` bytes; anything else gets 0 (the server's
 // max_body_bytes). An anonymous client never gets a large body buffered. The console's sign-in,
-// POST /ui/session, which anyone may send, gets ui_session_body_limit.
+// /ui/session, which anyone may send (any method), gets ui_session_body_limit.
 inline constexpr std::size_t ui_session_body_limit = 4096;
 std::size_t request_body_limit(const http::Request& head, const ClientRegistry& clients,
                                std::size_t artifact_limit);

@@ -56,7 +56,9 @@ StreamingHandler stream_handler(Seen& seen) {
                 ++seen.producers_cancelled;
                 throw boost::system::system_error(ec);
             }
-            co_return "c" + std::to_string((*n)++);
+            std::string chunk = "c";  // not "c" + std::to_string: GCC bug 105329 at -O3
+            chunk += std::to_string((*n)++);
+            co_return chunk;
         };
         co_return Reply(std::move(head), std::move(next));
     };

@@ -134,6 +134,12 @@ Result<ClientRegistry> ClientRegistry::load(const ServiceConfig& config) {
     return reg;
 }
 
+// Defined here, not in console.cpp: the admission rule below needs it, and the fuzz subject
+// (test/fuzz) compiles this file without the console and its embedded assets.
+bool is_ui_path(const std::vector<std::string>& seg) {
+    return !seg.empty() && seg[0] == "ui";
+}
+
 bool anonymous_request_allowed(const http::Request& head) {
     namespace bh = http::beast_http;
     if (head.method() != bh::verb::get && head.method() != bh::verb::head) return false;

@@ -41,10 +41,6 @@ void add_ui_security_headers(http::Response& res) {
     res.set(bh::field::cache_control, "no-cache");
 }
 
-bool is_ui_path(const std::vector<std::string>& seg) {
-    return !seg.empty() && seg[0] == "ui";
-}
-
 http::Response ui_static_answer(const http::Request& req, const std::vector<std::string>& seg) {
     http::Response res;
     const std::string_view target = req.target();

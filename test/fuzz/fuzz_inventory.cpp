@@ -55,7 +55,7 @@ void check_node(const guardia::deploy::Node& n, std::set<std::string>& names) {
         GUARDIA_FUZZ_CHECK(is_normal_absolute_path(n.auth.key_file), n.auth.key_file);
     GUARDIA_FUZZ_CHECK(is_normal_absolute_path(n.deploy_path), n.deploy_path);
     GUARDIA_FUZZ_CHECK(!guardia::is_system_path(n.deploy_path), n.deploy_path);
-    GUARDIA_FUZZ_CHECK(n.tier >= 1 && n.tier <= 3, n.name);
+    GUARDIA_FUZZ_CHECK(n.tier >= 1 && n.tier <= 99, n.name);
     GUARDIA_FUZZ_CHECK(!has_control(n.inst_id) && !has_control(n.system_name), n.name);
     for (const std::string* cmd : {&n.shutdown_cmd, &n.startup_cmd, &n.health.command}) {
         GUARDIA_FUZZ_CHECK(cmd->find_first_of(std::string_view("\0\n\r", 3)) == std::string::npos,

@@ -38,6 +38,25 @@ bool matches(const Spec& spec, When when, std::string_view step, std::string_vie
     return spec.when == when && spec.step == step && (spec.node.empty() || spec.node == node);
 }
 
+std::optional<Pause> parse_pause(std::string_view text) {
+    const auto colon = text.find(':');
+    if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+    Pause p;
+    p.point = std::string(text.substr(0, colon));
+    for (char c : p.point)
+        if (!((c >= 'A' && c <= 'Z') || c == '_')) return std::nullopt;
+    const auto digits = text.substr(colon + 1);
+    if (digits.empty() || digits.size() > 6) return std::nullopt;
+    long ms = 0;
+    for (char c : digits) {
+        if (c < '0' || c > '9') return std::nullopt;
+        ms = ms * 10 + (c - '0');
+    }
+    if (ms < 1 || ms > 600000) return std::nullopt;
+    p.delay = std::chrono::milliseconds(ms);
+    return p;
+}
+
 #ifdef GUARDIA_FAILPOINTS
 namespace {
 
@@ -67,6 +86,22 @@ const std::optional<Spec>& armed() {
 }
 
 }  // namespace
+
+std::chrono::milliseconds pause_at(std::string_view point) {
+    static const std::optional<Pause> pause = [] {
+        const char* text = std::getenv("GUARDIA_FAILPOINT_PAUSE");
+        if (text == nullptr || *text == '\0') return std::optional<Pause>();
+        auto p = parse_pause(text);
+        if (!p)
+            std::fprintf(stderr,
+                         "guardia: GUARDIA_FAILPOINT_PAUSE='%s' is not <POINT>:<ms>: no pause "
+                         "armed\n",
+                         text);
+        return p;
+    }();
+    if (!pause || pause->point != point) return std::chrono::milliseconds(0);
+    return pause->delay;
+}
 
 void hit(When when, std::string_view step, std::string_view node) {
     const auto& spec = armed();

@@ -2,6 +2,7 @@
 
 #include "coordinator_impl.hpp"
 
+#include "guardia/core/failpoint.hpp"
 #include "guardia/core/json_input.hpp"
 #include "guardia/core/local_io.hpp"
 #include "guardia/deploy/credential_store.hpp"
@@ -55,6 +56,16 @@ void StepTimer::next(const std::string& node, const std::string& step) {
 }
 
 namespace {
+
+// Test builds only (GUARDIA_FAILPOINT_PAUSE=<point>:<ms>): holds a race window open on the loop.
+asio::awaitable<void> failpoint_pause(const char* point) {
+    const auto delay = failpoint::pause_at(point);
+    if (delay.count() == 0) co_return;
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    timer.expires_after(delay);
+    boost::system::error_code ec;
+    co_await timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+}
 
 std::string utc_compact() {
     const std::time_t t = std::time(nullptr);
@@ -465,6 +476,12 @@ void Coordinator::Impl::end_work(const std::string& sr_id, const std::shared_ptr
     changed.cancel();
 }
 
+asio::awaitable<void> Coordinator::Impl::settle(const std::string& sr_id) {
+    for (auto it = active.find(sr_id); it != active.end() && it->second->finishing;
+         it = active.find(sr_id))
+        co_await wait_done(it->second);
+}
+
 asio::awaitable<void> Coordinator::Impl::wait_done(std::shared_ptr<Work> w) {
     while (!w->done) {
         boost::system::error_code ec;
@@ -505,7 +522,9 @@ asio::awaitable<void> Coordinator::Impl::run_deploy(std::shared_ptr<Work> w) {
                          std::to_string(report.failed) + " failed, " +
                          std::to_string(report.skipped) + " not started";
     if (!reason.empty()) detail += "; " + reason;
+    w->finishing = true;
     (void)co_await advance(w->task, event, task_reason, detail, w->principal);
+    co_await failpoint_pause("WORK_FINISH");
     json::object counts{{"total", report.nodes.size()},
                         {"deployed", report.deployed},
                         {"failed", report.failed},
@@ -613,7 +632,9 @@ asio::awaitable<void> Coordinator::Impl::run_pm_rollback(std::shared_ptr<Work> w
                  "they are); see GET /api/deploy/" +
                  w->task.sr_id + " and the audit log";
     const TaskEvent event = good ? TaskEvent::rollback_succeeded : TaskEvent::rollback_failed;
+    w->finishing = true;
     (void)co_await advance(w->task, event, reason, e.detail, w->principal);
+    co_await failpoint_pause("WORK_FINISH");
     json::object extra;
     extra["rolled_back"] = ok;
     extra["failed"] = failed;
@@ -773,6 +794,7 @@ asio::awaitable<ServiceResult<store::ArtifactRecord>> Coordinator::stage(StageRe
     if (!valid_sha256(sha256))
         co_return ServiceError(ServiceErrc::bad_request,
                                "sha256: required, 64 hexadecimal characters");
+    co_await m.settle(sr_id);
     auto t = co_await m.read([&](store::Database& db) { return db.task(sr_id); });
     if (!t) co_return store_error(t.error());
     if (!*t) co_return no_task(sr_id);
@@ -902,6 +924,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
         }
     }
 
+    co_await m.settle(sr_id);
     auto task = co_await m.read([&](store::Database& db) { return db.task(sr_id); });
     if (!task) co_return store_error(task.error());
     if (!*task) co_return no_task(sr_id);
@@ -1065,6 +1088,7 @@ asio::awaitable<ServiceResult<Coordinator::Answer>> Coordinator::trigger(Trigger
 }
 
 asio::awaitable<ServiceResult<store::TaskRecord>> Coordinator::Impl::idle_task(std::string sr_id) {
+    co_await settle(sr_id);
     auto task = co_await read([&](store::Database& db) { return db.task(sr_id); });
     if (!task) co_return store_error(task.error());
     if (!*task) co_return no_task(sr_id);

@@ -84,6 +84,10 @@ struct Coordinator::Work {
     std::unique_ptr<WorkObserver> step_timer;
     bool resumed = false;  // a PM rollback the previous process left unfinished
     bool operator_rollback = false;  // rollback kind: asked by an operator, not a PM's rejection
+    // The work's final status is recorded (and readable through the API) but the work still
+    // holds the SR for its last steps (webhook, answer): a request that read that status waits
+    // for the end rather than being refused (settle()).
+    bool finishing = false;
     bool done = false;
     boost::json::object final_body;  // the ?wait=true answer
     boost::asio::steady_timer done_signal;
@@ -174,6 +178,9 @@ struct Coordinator::Impl : std::enable_shared_from_this<Coordinator::Impl> {
         const std::function<boost::asio::awaitable<void>(std::size_t)>& fn);
     void end_work(const std::string& sr_id, const std::shared_ptr<Work>& w);
     static boost::asio::awaitable<void> wait_done(std::shared_ptr<Work> w);
+    // Waits while the SR's work is only finishing (its final status is already recorded), so
+    // that a client acting on that status is not refused with a conflict.
+    boost::asio::awaitable<void> settle(const std::string& sr_id);
     boost::asio::awaitable<void> run_deploy(std::shared_ptr<Work> w);
     boost::asio::awaitable<void> run_pm_rollback(std::shared_ptr<Work> w);
     // verify_live: check each node still runs the approved release before restoring it (off

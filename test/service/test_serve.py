@@ -1461,6 +1461,45 @@ class ServeTest(unittest.TestCase):
         for n in names:
             self.assert_restored(before[n], after[n])
 
+    # ================================================================== 14. act on a final status at once
+    def test_14_a_final_status_can_be_acted_on_as_soon_as_it_shows(self):
+        # A work's final status is readable before the service is done with the SR (webhook,
+        # answer). GUARDIA_FAILPOINT_PAUSE holds that window open for 3 s after every final
+        # status: a trigger posted as soon as FAILED_ROLLBACK shows and a verdict posted as soon
+        # as PENDING_PM_VALIDATION shows must wait for the window to close, not be refused with
+        # 409 "SR ... is PENDING_PM_VALIDATION" (seen in the sanitizer pass under load).
+        names = ["node-0013", "node-0014"]
+        tiers = {n: 2 for n in names}
+        sr = f"SR-SETTLE-{self.tag}"
+        saved = os.environ.get("GUARDIA_FAILPOINT_PAUSE")
+        os.environ["GUARDIA_FAILPOINT_PAUSE"] = "WORK_FINISH:3000"
+        try:
+            self.start_service()
+        finally:
+            if saved is None:
+                os.environ.pop("GUARDIA_FAILPOINT_PAUSE", None)
+            else:
+                os.environ["GUARDIA_FAILPOINT_PAUSE"] = saved
+        before = self.fresh(*names)
+        arts = self.prepare(sr, tiers, "settle")
+        lock = self.inv["node-0013"]["deploy_path"] + ".lock"
+        os.mkdir(lock)
+        try:
+            with open(os.path.join(lock, "owner"), "w") as f:
+                f.write(f"owner=someone-else\nrollout=R-other\nsince={int(time.time())}\n")
+            self.trigger_ok(sr)
+            self.wait_task(sr, "FAILED_ROLLBACK")
+        finally:
+            shutil.rmtree(lock, ignore_errors=True)
+        self.trigger_ok(sr)       # at once: inside the window
+        self.wait_task(sr, "PENDING_PM_VALIDATION", passing=("DEPLOYING", "FAILED_ROLLBACK"))
+        r = self.api("POST", f"/api/tasks/{sr}/validation", {"verdict": "rejected", "pm_id": "carol"},
+                     query={"wait": "true"}, timeout=ROLLOUT_TIMEOUT)
+        self.assertEqual(self.ok(r), {"sr_id": sr, "status": "ROLLED_BACK", "rolled_back": 2, "failed": 0})
+        after = self.check(*names)
+        for n in names:
+            self.assert_restored(before[n], after[n])
+
 
 # ---------------------------------------------------------------------- cleanup (ctest)
 

@@ -31,6 +31,20 @@ TEST_CASE("failpoint specs: <when>:<STEP>[@<node>]") {
         CHECK_MESSAGE(!failpoint::parse(bad).has_value(), bad);
 }
 
+TEST_CASE("failpoint pauses: <POINT>:<ms>") {
+    auto p = failpoint::parse_pause("WORK_FINISH:1500");
+    REQUIRE(p.has_value());
+    CHECK(p->point == "WORK_FINISH");
+    CHECK(p->delay == std::chrono::milliseconds(1500));
+    for (const char* bad : {"", "WORK_FINISH", ":10", "WORK_FINISH:", "WORK_FINISH:0",
+                            "WORK_FINISH:600001", "WORK_FINISH:1234567", "work_finish:10",
+                            "WORK_FINISH:1s", "WORK_FINISH:-5"})
+        CHECK_MESSAGE(!failpoint::parse_pause(bad).has_value(), bad);
+#ifndef GUARDIA_FAILPOINTS
+    CHECK(failpoint::pause_at("WORK_FINISH") == std::chrono::milliseconds(0));
+#endif
+}
+
 TEST_CASE("failpoints are compiled only into test builds") {
 #ifdef GUARDIA_FAILPOINTS
     CHECK(failpoint::enabled);

@@ -5,10 +5,10 @@ interface of the kernel's getdelays.c), machine-wide once a listener registers f
 pid, parent pid at exit, name, uid and the process's own CPU time (cpu_run_virtual_total: the
 scheduler's exact sum_exec_runtime in ns; children not included). Needs CAP_NET_ADMIN (root).
 
-Why the bench needs it: a fleet's CPU read from /proc (the sshd listener's utime + stime and
-the children it reaped) misses most of it: OpenSSH's privileged monitor exits without waiting
-for its post-auth child, so that child, and every shell and command it ran, is reaped by init
-and never added to the listener's reaped-children time.
+What it gives that /proc cannot: which process of a connection's tree spent what (/proc only
+sums a process's reaped children, once they are gone). What it lacks: the record is taken when
+the process starts to exit, so the exit itself (freeing its memory) is not in it; rusage and
+/proc's reaped time include it.
 """
 import os
 import socket
@@ -131,9 +131,3 @@ def subtree(children, r):
         todo.extend(children[id(x)])
     return out
 
-
-def tree_cpu_s(records, root_pids):
-    """CPU seconds of every exited process that descends from one of root_pids (the roots'
-    own CPU not included: they are alive)."""
-    children, pending = exit_tree(records)
-    return sum(x["cpu_us"] for pid in root_pids for r in pending.get(pid, ()) for x in subtree(children, r)) / 1e6

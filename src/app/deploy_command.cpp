@@ -144,21 +144,16 @@ json::object report_json(const RolloutReport& r) {
 void print_text_report(const RolloutReport& r, std::FILE* out, bool every) {
     std::fprintf(out, "\n%s report: rollout %s (sr %s)%s\n", r.dry_run ? "Dry-run" : "Rollout",
                  r.rollout_id.c_str(), r.sr_id.c_str(),
-                 every ? "" : ", summary: the nodes that did not deploy (--report full or --json: every node)");
+                 every ? ""
+                       : ", summary: the nodes that did not deploy (--report full or --json: every "
+                         "node)");
     std::fprintf(out, "%-24s %4s  %-16s %-16s %9s  %s\n", "NODE", "TIER", "OUTCOME", "STEP", "TIME",
                  "DETAIL");
-    std::size_t rows = 0, more = 0;
+    ReportRows rows(every);
     for (const auto& n : r.nodes) {
-        if (!every) {
-            const bool fine = n.state == NodeState::skipped ||
-                              (n.state == NodeState::done && n.report.outcome == NodeOutcome::deployed);
-            if (fine) continue;
-            if (rows == kSummaryReportRows) {
-                ++more;
-                continue;
-            }
-            ++rows;
-        }
+        if (!rows.show(n.state == NodeState::skipped ||
+                       (n.state == NodeState::done && n.report.outcome == NodeOutcome::deployed)))
+            continue;
         std::string detail;
         if (n.state == NodeState::done && n.report.outcome != NodeOutcome::deployed) {
             detail = n.report.error.message;
@@ -179,9 +174,9 @@ void print_text_report(const RolloutReport& r, std::FILE* out, bool every) {
                      node_state_text(n, r.dry_run).c_str(), n.step.c_str(), time.c_str(),
                      detail.c_str());
     }
-    if (more > 0)
+    if (rows.more() > 0)
         std::fprintf(out, "... and %zu more node(s) that did not deploy (--report full or --json)\n",
-                     more);
+                     rows.more());
     std::fprintf(out, "\n%s: %zu node(s): %zu %s, %zu failed, %zu not started, in %.1f s\n",
                  std::string(to_string(r.status)).c_str(), r.nodes.size(), r.deployed,
                  r.dry_run ? "ready" : "deployed", r.failed, r.skipped,

@@ -197,16 +197,9 @@ int exec_command(int argc, char** argv) {
         const bool every = report_every_node(report_mode, results.size());
         if (!every)
             std::printf("summary: only the nodes that failed (--report full or --json: every node)\n");
-        std::size_t rows = 0, more = 0;
+        ReportRows rows(every);
         for (const auto& r : results) {
-            if (!every) {
-                if (r.succeeded()) continue;
-                if (rows == kSummaryReportRows) {
-                    ++more;
-                    continue;
-                }
-                ++rows;
-            }
+            if (!rows.show(r.succeeded())) continue;
             std::string status, detail;
             if (r.ran && r.exit_signal.empty())
                 status = "exit " + std::to_string(r.exit_code);
@@ -223,8 +216,9 @@ int exec_command(int argc, char** argv) {
             std::printf("%-24s %-10s %6lld ms  %s\n", r.node.c_str(), status.c_str(),
                         static_cast<long long>(r.duration.count()), detail.c_str());
         }
-        if (more > 0)
-            std::printf("... and %zu more node(s) that failed (--report full or --json)\n", more);
+        if (rows.more() > 0)
+            std::printf("... and %zu more node(s) that failed (--report full or --json)\n",
+                        rows.more());
         std::printf("\n%zu of %zu node(s) ok%s\n", ok, n, cancelled ? " (cancelled)" : "");
     }
     if (cancelled) return 130;

@@ -117,6 +117,17 @@ bool report_every_node(ReportMode mode, std::size_t nodes, std::size_t threshold
     return nodes < threshold;
 }
 
+bool ReportRows::show(bool succeeded) {
+    if (every_) return true;
+    if (succeeded) return false;
+    if (shown_ == kSummaryReportRows) {
+        ++more_;
+        return false;
+    }
+    ++shown_;
+    return true;
+}
+
 ReportMode report_mode_flag(const std::string& value) {
     if (auto m = parse_report_mode(value)) return *m;
     std::string what = "--report: expected full, summary or auto, got '";

@@ -48,6 +48,19 @@ bool report_every_node(ReportMode mode, std::size_t nodes, std::size_t threshold
 // A summary report names at most this many nodes that did not succeed, then says how many more
 // there are and where they are (--json, --report full): its output stays under 500 lines.
 inline constexpr std::size_t kSummaryReportRows = 400;
+// Which rows a plain report prints, one call of show() per node in order: every row, or (a
+// summary) only the nodes that did not succeed, at most kSummaryReportRows of them; more()
+// counts those left out beyond that.
+class ReportRows {
+  public:
+    explicit ReportRows(bool every) : every_(every) {}
+    bool show(bool succeeded);
+    std::size_t more() const { return more_; }
+
+  private:
+    bool every_;
+    std::size_t shown_ = 0, more_ = 0;
+};
 // The value of --report; throws UsageError (cli.hpp) naming the flag and the accepted values.
 ReportMode report_mode_flag(const std::string& value);
 // report_every_node() with the threshold of GUARDIA_PROGRESS_SUMMARY_NODES (else 1000).

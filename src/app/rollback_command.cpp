@@ -276,22 +276,16 @@ int rollback_command(int argc, char** argv) {
         const bool every = report_every_node(report_mode, rows.size());
         if (!every)
             std::printf("summary: only the nodes not restored (--report full or --json: every node)\n");
-        std::size_t listed = 0, more = 0;
+        ReportRows listed(every);
         for (const auto& r : rows) {
-            if (!every) {
-                if (r.status == "ROLLED_BACK") continue;
-                if (listed == kSummaryReportRows) {
-                    ++more;
-                    continue;
-                }
-                ++listed;
-            }
+            if (!listed.show(r.status == "ROLLED_BACK")) continue;
             std::printf("%-24s %-16s %s\n", r.node.c_str(), r.status.c_str(),
                         r.status == "ROLLED_BACK" ? ("restored from " + r.backup_path).c_str()
                                                   : r.error.c_str());
         }
-        if (more > 0)
-            std::printf("... and %zu more node(s) not restored (--report full or --json)\n", more);
+        if (listed.more() > 0)
+            std::printf("... and %zu more node(s) not restored (--report full or --json)\n",
+                        listed.more());
         std::printf("%zu of %zu node(s) restored\n", restored, rows.size());
     }
     if (!flushed) {

@@ -208,3 +208,19 @@ TEST_CASE("report: --report full|summary|auto, auto summarises from the threshol
     CHECK_FALSE(report_every_node(ReportMode::summary, 1, 1000));
     CHECK(kSummaryReportRows < 500);
 }
+
+TEST_CASE("report: a summary lists only what did not succeed, at most kSummaryReportRows") {
+    ReportRows all(true);
+    CHECK(all.show(true));
+    CHECK(all.show(false));
+    CHECK(all.more() == 0);
+    ReportRows summary(false);
+    CHECK_FALSE(summary.show(true));
+    std::size_t shown = 0;
+    for (std::size_t i = 0; i < kSummaryReportRows + 7; ++i) {
+        shown += summary.show(false) ? 1 : 0;
+        CHECK_FALSE(summary.show(true));
+    }
+    CHECK(shown == kSummaryReportRows);
+    CHECK(summary.more() == 7);
+}

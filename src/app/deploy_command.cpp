@@ -51,7 +51,7 @@ const char* deploy_usage =
     "                      [--sr-id ID] [--config FILE] [--dry-run] [--db FILE]\n"
     "                      [--known-hosts FILE] [--host-key-policy strict|accept-new]\n"
     "                      [--json] [--quiet] [--limit PATTERNS] [--tier N]\n"
-    "                      [--retry-failed ROLLOUT_ID]\n"
+    "                      [--retry-failed ROLLOUT_ID] [--report full|summary|auto]\n"
     "\n"
     "Rolls the artifacts out to the inventory's nodes, tier by tier, with backups, health\n"
     "checks, rollback of failed nodes and the safety gate (docs/OPERATIONS.md).\n"
@@ -69,6 +69,9 @@ const char* deploy_usage =
     "  --host-key-policy P  strict or accept-new (default: ssh.host_key_policy, else strict)\n"
     "  --json               the report as one JSON document on stdout\n"
     "  --quiet              no progress on stderr\n"
+    "  --report MODE        the plain report: full (a row per node), summary (counts and the\n"
+    "                       nodes that did not deploy) or auto (default: full below 1,000\n"
+    "                       nodes, summary from 1,000); --json always lists every node\n"
     "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
     "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
     "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
@@ -136,12 +139,21 @@ json::object report_json(const RolloutReport& r) {
     return o;
 }
 
-void print_text_report(const RolloutReport& r, std::FILE* out) {
-    std::fprintf(out, "\n%s report: rollout %s (sr %s)\n", r.dry_run ? "Dry-run" : "Rollout",
-                 r.rollout_id.c_str(), r.sr_id.c_str());
+// `every`: a row per node; else (a summary) rows only for the nodes that did not deploy (at
+// most kSummaryReportRows), never for those not started.
+void print_text_report(const RolloutReport& r, std::FILE* out, bool every) {
+    std::fprintf(out, "\n%s report: rollout %s (sr %s)%s\n", r.dry_run ? "Dry-run" : "Rollout",
+                 r.rollout_id.c_str(), r.sr_id.c_str(),
+                 every ? ""
+                       : ", summary: the nodes that did not deploy (--report full or --json: every "
+                         "node)");
     std::fprintf(out, "%-24s %4s  %-16s %-16s %9s  %s\n", "NODE", "TIER", "OUTCOME", "STEP", "TIME",
                  "DETAIL");
+    ReportRows rows(every);
     for (const auto& n : r.nodes) {
+        if (!rows.show(n.state == NodeState::skipped ||
+                       (n.state == NodeState::done && n.report.outcome == NodeOutcome::deployed)))
+            continue;
         std::string detail;
         if (n.state == NodeState::done && n.report.outcome != NodeOutcome::deployed) {
             detail = n.report.error.message;
@@ -162,6 +174,9 @@ void print_text_report(const RolloutReport& r, std::FILE* out) {
                      node_state_text(n, r.dry_run).c_str(), n.step.c_str(), time.c_str(),
                      detail.c_str());
     }
+    if (rows.more() > 0)
+        std::fprintf(out, "... and %zu more node(s) that did not deploy (--report full or --json)\n",
+                     rows.more());
     std::fprintf(out, "\n%s: %zu node(s): %zu %s, %zu failed, %zu not started, in %.1f s\n",
                  std::string(to_string(r.status)).c_str(), r.nodes.size(), r.deployed,
                  r.dry_run ? "ready" : "deployed", r.failed, r.skipped,
@@ -176,6 +191,7 @@ int deploy_command(int argc, char** argv) {
     std::vector<std::string> artifact_paths;
     std::string sr_id;
     bool dry_run = false, quiet = false;
+    ReportMode report_mode = ReportMode::automatic;
     Targeting targeting;
     Args args(argc, argv, 2);
     while (!args.done()) {
@@ -189,6 +205,8 @@ int deploy_command(int argc, char** argv) {
             dry_run = true;
         else if (f == "--quiet")
             quiet = true;
+        else if (f == "--report")
+            report_mode = report_mode_flag(args.value());
         else if (f == "--help" || f == "-h")
             return print_help(deploy_usage, common, true);
         else
@@ -354,7 +372,7 @@ int deploy_command(int argc, char** argv) {
     if (common.json)
         std::cout << json::serialize(report_json(report)) << std::endl;
     else
-        print_text_report(report, stdout);
+        print_text_report(report, stdout, report_every_node(report_mode, report.nodes.size()));
     if (audit_failed) return 3;
     switch (report.status) {
         case RolloutStatus::succeeded:

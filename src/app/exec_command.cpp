@@ -5,6 +5,7 @@
 // sanitizer refuses (nothing sent); 130 cancelled by SIGINT/SIGTERM.
 #include "cli.hpp"
 #include "commands.hpp"
+#include "progress.hpp"
 #include "targeting_flags.hpp"
 
 #include "guardia/deploy/fanout.hpp"
@@ -31,7 +32,7 @@ namespace {
 const char* exec_usage =
     "usage: guardia exec --inventory FILE [--config FILE] [--known-hosts FILE]\n"
     "                    [--host-key-policy strict|accept-new] [--timeout SECONDS]\n"
-    "                    [--max-sessions N] [--db FILE] [--json]\n"
+    "                    [--max-sessions N] [--db FILE] [--json] [--report full|summary|auto]\n"
     "                    [--limit PATTERNS] [--tier N] [--retry-failed ROLLOUT_ID] -- 'COMMAND'\n"
     "\n"
     "Runs one command (checked by the command sanitizer and exec.allow) on every node of the\n"
@@ -47,6 +48,9 @@ const char* exec_usage =
     "  --db FILE            audit the run in this database (default: the configuration's\n"
     "                       store.db; without either nothing is audited)\n"
     "  --json               one JSON document on stdout\n"
+    "  --report MODE        the plain report: full (a line per node), summary (counts and the\n"
+    "                       nodes that failed) or auto (default: full below 1,000 nodes,\n"
+    "                       summary from 1,000); --json always lists every node\n"
     "  --limit PATTERNS     only the nodes whose names match (comma-separated names or\n"
     "                       globs *, ?, [...]; repeatable); a pattern matching no node is an error\n"
     "  --tier N             only the nodes of tier N (1..99; comma list or repeatable)\n"
@@ -75,6 +79,7 @@ int exec_command(int argc, char** argv) {
     double timeout_s = 60;
     std::size_t max_sessions = 0;
     std::string command;
+    ReportMode report_mode = ReportMode::automatic;
     Targeting targeting;
     Args args(argc, argv, 2);
     while (!args.done()) {
@@ -101,6 +106,8 @@ int exec_command(int argc, char** argv) {
                 throw UsageError("--max-sessions needs a positive integer");
             }
             if (max_sessions == 0) throw UsageError("--max-sessions needs a positive integer");
+        } else if (f == "--report") {
+            report_mode = report_mode_flag(args.value());
         } else if (f == "--help" || f == "-h") {
             return print_help(exec_usage, common, true);
         } else
@@ -187,7 +194,12 @@ int exec_command(int argc, char** argv) {
                                                   {"nodes", std::move(nodes)}})
                   << std::endl;
     } else {
+        const bool every = report_every_node(report_mode, results.size());
+        if (!every)
+            std::printf("summary: only the nodes that failed (--report full or --json: every node)\n");
+        ReportRows rows(every);
         for (const auto& r : results) {
+            if (!rows.show(r.succeeded())) continue;
             std::string status, detail;
             if (r.ran && r.exit_signal.empty())
                 status = "exit " + std::to_string(r.exit_code);
@@ -204,6 +216,9 @@ int exec_command(int argc, char** argv) {
             std::printf("%-24s %-10s %6lld ms  %s\n", r.node.c_str(), status.c_str(),
                         static_cast<long long>(r.duration.count()), detail.c_str());
         }
+        if (rows.more() > 0)
+            std::printf("... and %zu more node(s) that failed (--report full or --json)\n",
+                        rows.more());
         std::printf("\n%zu of %zu node(s) ok%s\n", ok, n, cancelled ? " (cancelled)" : "");
     }
     if (cancelled) return 130;

@@ -1,5 +1,7 @@
 #include "progress.hpp"
 
+#include "cli.hpp"
+
 #include <boost/asio/post.hpp>
 
 #include <sys/ioctl.h>
@@ -94,6 +96,49 @@ bool use_colour(bool terminal, const char* no_color_env) {
 std::size_t summary_threshold(const char* env) {
     const std::size_t n = positive(env);
     return n > 0 ? n : 1000;
+}
+
+std::optional<ReportMode> parse_report_mode(std::string_view text) {
+    if (text == "full") return ReportMode::full;
+    if (text == "summary") return ReportMode::summary;
+    if (text == "auto") return ReportMode::automatic;
+    return std::nullopt;
+}
+
+bool report_every_node(ReportMode mode, std::size_t nodes, std::size_t threshold) {
+    switch (mode) {
+        case ReportMode::full:
+            return true;
+        case ReportMode::summary:
+            return false;
+        case ReportMode::automatic:
+            break;
+    }
+    return nodes < threshold;
+}
+
+bool ReportRows::show(bool succeeded) {
+    if (every_) return true;
+    if (succeeded) return false;
+    if (shown_ == kSummaryReportRows) {
+        ++more_;
+        return false;
+    }
+    ++shown_;
+    return true;
+}
+
+ReportMode report_mode_flag(const std::string& value) {
+    if (auto m = parse_report_mode(value)) return *m;
+    std::string what = "--report: expected full, summary or auto, got '";
+    what += value;
+    what += "'";
+    throw UsageError(what);
+}
+
+bool report_every_node(ReportMode mode, std::size_t nodes) {
+    return report_every_node(mode, nodes,
+                             summary_threshold(std::getenv("GUARDIA_PROGRESS_SUMMARY_NODES")));
 }
 
 std::string summary_line(const ProgressCounts& c, double elapsed_s) {

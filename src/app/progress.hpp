@@ -15,7 +15,9 @@
 #include <chrono>
 #include <cstdio>
 #include <deque>
+#include <optional>
 #include <string>
+#include <string_view>
 
 namespace guardia::cli {
 
@@ -34,6 +36,35 @@ bool use_colour(bool terminal, const char* no_color_env);
 // From how many nodes plain output summarises: GUARDIA_PROGRESS_SUMMARY_NODES (a positive
 // integer; meant for tests) or 1000.
 std::size_t summary_threshold(const char* env);
+
+// What the plain (non-JSON) report of deploy, exec and rollback lists (--report): `full` a row
+// per node; `summary` the counts and only the nodes that did not succeed; `automatic` (the
+// default) full below summary_threshold() nodes, summary at or above.
+enum class ReportMode { full, summary, automatic };
+// "full", "summary" or "auto"; anything else: nullopt.
+std::optional<ReportMode> parse_report_mode(std::string_view text);
+// Whether the plain report of `nodes` nodes has a row per node.
+bool report_every_node(ReportMode mode, std::size_t nodes, std::size_t threshold);
+// A summary report names at most this many nodes that did not succeed, then says how many more
+// there are and where they are (--json, --report full): its output stays under 500 lines.
+inline constexpr std::size_t kSummaryReportRows = 400;
+// Which rows a plain report prints, one call of show() per node in order: every row, or (a
+// summary) only the nodes that did not succeed, at most kSummaryReportRows of them; more()
+// counts those left out beyond that.
+class ReportRows {
+  public:
+    explicit ReportRows(bool every) : every_(every) {}
+    bool show(bool succeeded);
+    std::size_t more() const { return more_; }
+
+  private:
+    bool every_;
+    std::size_t shown_ = 0, more_ = 0;
+};
+// The value of --report; throws UsageError (cli.hpp) naming the flag and the accepted values.
+ReportMode report_mode_flag(const std::string& value);
+// report_every_node() with the threshold of GUARDIA_PROGRESS_SUMMARY_NODES (else 1000).
+bool report_every_node(ReportMode mode, std::size_t nodes);
 
 struct ProgressCounts {
     ProgressCounts() {}

@@ -16,6 +16,7 @@
 #include "cli.hpp"
 #include "cli_recovery.hpp"
 #include "commands.hpp"
+#include "progress.hpp"
 
 #include "guardia/deploy/release_marker.hpp"
 #include "guardia/store/audit_writer.hpp"
@@ -47,6 +48,7 @@ namespace {
 const char* rollback_usage =
     "usage: guardia rollback --rollout ID [--db FILE] [--config FILE] [--inventory FILE]\n"
     "                        [--known-hosts FILE] [--host-key-policy strict|accept-new] [--json]\n"
+    "                        [--report full|summary|auto]\n"
     "\n"
     "Restores every node that rollout ID deployed from the backup that rollout took of it.\n"
     "A node that no longer runs that rollout's release (its files differ, its release marker\n"
@@ -60,6 +62,9 @@ const char* rollback_usage =
     "  --known-hosts FILE known_hosts to verify host keys with\n"
     "  --host-key-policy P  strict (default) or accept-new\n"
     "  --json             one JSON object on stdout\n"
+    "  --report MODE      the plain report: full (a line per node), summary (counts and the\n"
+    "                     nodes not restored) or auto (default: full below 1,000 nodes,\n"
+    "                     summary from 1,000); --json always lists every node\n"
     "  -h, --help         this text\n"
     "\n"
     "Exit 0 every node restored, 1 some node refused or failed, 2 bad input (unknown rollout),\n"
@@ -93,12 +98,15 @@ store::NodeResult row_for(const std::string& rollout_id, const std::string& node
 int rollback_command(int argc, char** argv) {
     Common common;
     std::string target;
+    ReportMode report_mode = ReportMode::automatic;
     Args args(argc, argv, 2);
     while (!args.done()) {
         const std::string f = args.flag();
         if (common_flag(f, args, common)) continue;
         if (f == "--rollout")
             target = args.value();
+        else if (f == "--report")
+            report_mode = report_mode_flag(args.value());
         else if (f == "--help" || f == "-h") {
             std::fputs(rollback_usage, stdout);
             return 0;
@@ -265,10 +273,19 @@ int rollback_command(int argc, char** argv) {
     } else {
         std::printf("guardia rollback: rollout %s (rollback of %s, SR %s)\n", id.c_str(),
                     target.c_str(), sr_id.c_str());
-        for (const auto& r : rows)
+        const bool every = report_every_node(report_mode, rows.size());
+        if (!every)
+            std::printf("summary: only the nodes not restored (--report full or --json: every node)\n");
+        ReportRows listed(every);
+        for (const auto& r : rows) {
+            if (!listed.show(r.status == "ROLLED_BACK")) continue;
             std::printf("%-24s %-16s %s\n", r.node.c_str(), r.status.c_str(),
                         r.status == "ROLLED_BACK" ? ("restored from " + r.backup_path).c_str()
                                                   : r.error.c_str());
+        }
+        if (listed.more() > 0)
+            std::printf("... and %zu more node(s) not restored (--report full or --json)\n",
+                        listed.more());
         std::printf("%zu of %zu node(s) restored\n", restored, rows.size());
     }
     if (!flushed) {

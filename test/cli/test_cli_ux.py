@@ -10,7 +10,10 @@
     node and tier named) with one that does not;
   - plain (non-terminal) progress of a rollout at or above the summary threshold prints
     summaries and failed nodes only, cut to COLUMNS, without escape sequences; on a terminal
-    (a pty) lines fit its width and NO_COLOR removes the colour.
+    (a pty) lines fit its width and NO_COLOR removes the colour;
+  - at or above that threshold the plain report (deploy, exec) names only the nodes that did not
+    succeed, every one of them, under 500 lines; --report full|summary|auto chooses; --json is
+    complete.
 
 It reuses test_cli.py's plumbing (CliTest) with its own fleet (fixture cli_ux_fleet).
 Environment: as test_cli.py (GUARDIA_TEST_FLEET_CLI, GUARDIA_CLI_WORK, GUARDIA_BIN, ...).
@@ -241,6 +244,70 @@ class CliUxTest(CliTest):
         for n in names:
             self.assertRegex(r.err, rf"(?m)^\[[0-9:]+\] {n} READY")
         self.assertNotIn("summary:", r.err)
+
+    # ================================================================== report
+    def test_7_report_summary_at_the_threshold(self):
+        """--report auto at/above GUARDIA_PROGRESS_SUMMARY_NODES: the plain report names only the
+        nodes that did not deploy (every one of them), under 500 lines; full/summary on request;
+        --json still lists every node."""
+        names = ["node-0003", "node-0004", "node-0005", REJECT]
+        before = self.check(*names)
+        arts = self.artifacts("report")
+        inv = self.inventory({n: 2 for n in names})
+        conf = self.write_json("report.json", config(threshold=100))
+        art_args = [x for p, _ in arts.values() for x in ("--artifact", p)]
+        env = {"GUARDIA_PROGRESS_SUMMARY_NODES": "4", "COLUMNS": None, "NO_COLOR": None}
+
+        def rows(out):
+            return [line.split()[0] for line in out.splitlines() if re.match(r"node-\d{4} ", line)]
+
+        r = self.guardia_env("deploy", "--inventory", inv, "--known-hosts", self.known_hosts, "--db",
+                             self.path("report.db"), "--config", conf, *art_args, env=env)
+        self.assertEqual(r.rc, 1, r)
+        self.assertLess(len(r.out.splitlines()) + len(r.err.splitlines()), 500, r)
+        self.assertEqual(rows(r.out), [REJECT], r.out)       # the failed node, and only it
+        self.assertRegex(r.out, rf"(?m)^{REJECT} +2 +ROLLED_BACK ")
+        self.assertIn("summary: the nodes that did not deploy", r.out)
+        self.assertRegex(r.out, r"(?m)^FAILED: 4 node\(s\): 3 deployed, 1 failed, 0 not started")
+        after = self.check(*names)
+        for n in names[:3]:
+            self.assert_deployed(before[n], after[n], arts)
+        self.assert_restored(before[REJECT], after[REJECT])
+        rollout_id = re.search(r"(?m)^Rollout report: rollout (\S+)", r.out).group(1)
+        with sqlite3.connect(self.path("report.db")) as db:
+            got = dict(db.execute("SELECT node, status FROM node_results WHERE rollout_id = ?", (rollout_id,)))
+        self.assertEqual(got, {**{n: "DEPLOYED" for n in names[:3]}, REJECT: "ROLLED_BACK"})
+
+        # on request: every node (a dry run: nothing changes), or the summary below the threshold
+        dry = ["deploy", "--dry-run", "--inventory", inv, "--known-hosts", self.known_hosts, "--db",
+               self.path("report-dry.db"), "--config", conf, *art_args]
+        r = self.guardia_env(*dry, "--report", "full", env=env)
+        self.assertEqual((r.rc, rows(r.out)), (0, names), r)
+        r = self.guardia_env(*dry, env=env)
+        self.assertEqual((r.rc, rows(r.out)), (0, []), r)
+        self.assertRegex(r.out, r"(?m)^SUCCEEDED: 4 node\(s\): 4 ready")
+        r = self.guardia_env(*dry, "--report", "summary", env={"GUARDIA_PROGRESS_SUMMARY_NODES": None})
+        self.assertEqual((r.rc, rows(r.out)), (0, []), r)
+        r = self.guardia_env(*dry, "--report", "auto", "--json", env=env)
+        self.assertEqual((r.rc, sorted(n["name"] for n in r.json["nodes"])), (0, sorted(names)), r)
+        r = self.guardia_env(*dry, "--report", "brief", env=env)
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("--report: expected full, summary or auto, got 'brief'", r.err)
+        self.assert_untouched(after, self.check(*names))
+
+        # guardia exec: the same rule (auto at the threshold: only the nodes that failed)
+        two = self.inventory({n: 2 for n in names[:2]}, name="two.json")
+        exec_env = {"GUARDIA_PROGRESS_SUMMARY_NODES": "2"}
+        r = self.guardia_env("exec", "--inventory", two, "--known-hosts", self.known_hosts, "--", "true",
+                             env=exec_env)
+        self.assertEqual((r.rc, rows(r.out)), (0, []), r)
+        self.assertRegex(r.out, r"(?m)^2 of 2 node\(s\) ok")
+        r = self.guardia_env("exec", "--inventory", two, "--known-hosts", self.known_hosts, "--", "false",
+                             env=exec_env)
+        self.assertEqual((r.rc, rows(r.out)), (1, names[:2]), r)
+        r = self.guardia_env("exec", "--inventory", two, "--known-hosts", self.known_hosts, "--report", "full",
+                             "--", "true", env=exec_env)
+        self.assertEqual((r.rc, rows(r.out)), (0, names[:2]), r)
 
     def run_on_pty(self, args, cols, env):
         """guardia with stderr on a pty of `cols` columns (stdout a pipe): (rc, stderr text)."""

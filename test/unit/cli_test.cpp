@@ -188,3 +188,39 @@ TEST_CASE("progress: a summary line says done, failed, in flight, rate and ETA")
     CHECK(clock_text(3723) == "1:02:03");
     CHECK(clock_text(-1) == "--:--");
 }
+
+TEST_CASE("report: --report full|summary|auto, auto summarises from the threshold") {
+    CHECK(parse_report_mode("full") == ReportMode::full);
+    CHECK(parse_report_mode("summary") == ReportMode::summary);
+    CHECK(parse_report_mode("auto") == ReportMode::automatic);
+    CHECK_FALSE(parse_report_mode("").has_value());
+    CHECK_FALSE(parse_report_mode("Full").has_value());
+    CHECK_FALSE(parse_report_mode("summary ").has_value());
+    CHECK_THROWS_WITH_AS(report_mode_flag("brief"),
+                         "--report: expected full, summary or auto, got 'brief'", UsageError);
+    // auto: a row per node below the threshold, a summary at and above it
+    CHECK(report_every_node(ReportMode::automatic, 999, 1000));
+    CHECK_FALSE(report_every_node(ReportMode::automatic, 1000, 1000));
+    CHECK_FALSE(report_every_node(ReportMode::automatic, 10000, 1000));
+    CHECK(report_every_node(ReportMode::automatic, 0, 1000));
+    // explicit modes whatever the size
+    CHECK(report_every_node(ReportMode::full, 10000, 1000));
+    CHECK_FALSE(report_every_node(ReportMode::summary, 1, 1000));
+    CHECK(kSummaryReportRows < 500);
+}
+
+TEST_CASE("report: a summary lists only what did not succeed, at most kSummaryReportRows") {
+    ReportRows all(true);
+    CHECK(all.show(true));
+    CHECK(all.show(false));
+    CHECK(all.more() == 0);
+    ReportRows summary(false);
+    CHECK_FALSE(summary.show(true));
+    std::size_t shown = 0;
+    for (std::size_t i = 0; i < kSummaryReportRows + 7; ++i) {
+        shown += summary.show(false) ? 1 : 0;
+        CHECK_FALSE(summary.show(true));
+    }
+    CHECK(shown == kSummaryReportRows);
+    CHECK(summary.more() == 7);
+}

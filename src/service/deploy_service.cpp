@@ -13,12 +13,15 @@
 
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <algorithm>
 #include <charconv>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <sstream>
 
@@ -242,6 +245,8 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     std::optional<http::Response> open_stream(const Call& c);  // limits; nullopt: admitted
     std::size_t streams_open = 0;
     std::map<std::string, std::size_t> streams_by_principal;
+    // The reading each SR's streams share (SharedReading below), while any of them lives.
+    std::map<std::string, std::weak_ptr<struct SharedReading>> live_readings;
     asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
     asio::awaitable<http::Response> pause(const Call& c) {
         return control(c, deploy::ControlRequest::pause);
@@ -973,13 +978,17 @@ struct LiveStream {
     LiveStream(const LiveStream&) = delete;
     LiveStream& operator=(const LiveStream&) = delete;
 
-    // Waits for the next reading (the first one at once), and the keepalive when due.
-    asio::awaitable<void> next_tick() {
-        if (started) {
-            timer.expires_after(live_flush_interval);
-            co_await timer.async_wait(asio::use_awaitable);
+    // Waits for the next reading: the first one at once (slot 0: a reading of its own), then
+    // the start of the next tick of the common grid (live_slot), whose number it returns.
+    asio::awaitable<std::uint64_t> next_tick() {
+        if (!started) {
+            started = true;
+            co_return 0;
         }
-        started = true;
+        const std::uint64_t slot = live_slot(Clock::now()) + 1;
+        timer.expires_at(live_slot_start(slot));
+        co_await timer.async_wait(asio::use_awaitable);
+        co_return slot;
     }
     std::string frame(const std::vector<LiveMessage>& msgs) {
         std::string out;
@@ -1003,6 +1012,66 @@ struct LiveStream {
     std::size_t& all_;
     std::size_t& mine_;
 };
+
+}  // namespace
+
+// The rollout document of one SR as its streams last read it, shared by all of them: on each
+// tick of the grid the first stream to wake reads it, the others wait for that reading (the
+// `ready` timer never expires: cancelling it wakes them) instead of reading it again. Held by
+// the SR's streams; the service keeps a weak reference per SR.
+struct SharedReading {
+    explicit SharedReading(asio::any_io_executor ex) : ready(std::move(ex)) {
+        ready.expires_at(Clock::time_point::max());
+    }
+    std::uint64_t slot = 0;  // the tick `doc` was read for (0: none yet)
+    bool reading = false;    // a stream is reading for a newer tick
+    std::shared_ptr<const json::object> doc;  // null: the task is gone or unreadable
+    asio::steady_timer ready;
+};
+
+namespace {
+
+using ReadDoc = std::function<asio::awaitable<http::Response>()>;
+
+// The document as of tick `slot` (a newer one if there is); null when it cannot be read. Slot 0
+// (a stream's first reading) is always a reading of its own.
+asio::awaitable<std::shared_ptr<const json::object>> read_shared(SharedReading& r,
+                                                                 std::uint64_t slot,
+                                                                 const ReadDoc& read_doc) {
+    auto read_now = [&]() -> asio::awaitable<std::shared_ptr<const json::object>> {
+        http::Response res = co_await read_doc();
+        if (res.result() != bh::status::ok) co_return nullptr;
+        boost::system::error_code ec;
+        auto doc = json::parse(res.body(), ec);
+        if (ec || !doc.is_object()) co_return nullptr;
+        co_return std::make_shared<const json::object>(std::move(doc.as_object()));
+    };
+    if (slot == 0) co_return co_await read_now();
+    while (r.slot < slot) {
+        if (!r.reading) {
+            // This stream reads for everyone; if it is cancelled half way (its viewer left),
+            // the guard wakes the others and one of them reads instead.
+            r.reading = true;
+            struct Done {
+                SharedReading& r;
+                ~Done() {
+                    r.reading = false;
+                    r.ready.cancel();
+                }
+            } done{r};
+            auto doc = co_await read_now();
+            r.doc = std::move(doc);
+            r.slot = slot;
+            co_return r.doc;
+        }
+        boost::system::error_code ec;
+        co_await r.ready.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+        if (cs.cancelled() != asio::cancellation_type::none)
+            throw boost::system::system_error(asio::error::operation_aborted);
+    }
+    co_return r.doc;
+}
 
 http::Response event_stream_head(const http::Request& req) {
     http::Response res{bh::status::ok, req.version()};
@@ -1045,15 +1114,18 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c
     if (auto refused = open_stream(c)) co_return std::move(*refused);
     auto st = std::make_shared<LiveStream>(shared_from_this(), executor, streams_open,
                                            streams_by_principal[c.principal()]);
-    *c.stream = [st, read_doc]() -> asio::awaitable<std::optional<std::string>> {
+    auto shared = live_readings[sr_id].lock();
+    if (!shared) {
+        std::erase_if(live_readings, [](const auto& kv) { return kv.second.expired(); });
+        shared = std::make_shared<SharedReading>(executor);
+        live_readings[sr_id] = shared;
+    }
+    *c.stream = [st, shared, read = ReadDoc(read_doc)]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
-            co_await st->next_tick();
-            http::Response r = co_await read_doc();
-            if (r.result() != bh::status::ok) co_return std::nullopt;  // the task is gone
-            boost::system::error_code ec;
-            auto doc = json::parse(r.body(), ec);
-            if (ec || !doc.is_object()) co_return std::nullopt;
-            std::string chunk = st->frame(st->rollout.update(doc.as_object()));
+            const std::uint64_t slot = co_await st->next_tick();
+            auto doc = co_await read_shared(*shared, slot, read);
+            if (!doc) co_return std::nullopt;  // the task is gone
+            std::string chunk = st->frame(st->rollout.update(*doc));
             if (!chunk.empty()) co_return chunk;
         }
     };

@@ -26,6 +26,18 @@ std::string sse_keepalive() {
     return ": keepalive\n\n";
 }
 
+std::uint64_t live_slot(std::chrono::steady_clock::time_point t) {
+    const auto since = t.time_since_epoch();
+    if (since.count() <= 0) return 0;
+    return static_cast<std::uint64_t>(since / live_flush_interval);
+}
+
+std::chrono::steady_clock::time_point live_slot_start(std::uint64_t slot) {
+    using D = std::chrono::steady_clock::duration;
+    return std::chrono::steady_clock::time_point(
+        std::chrono::duration_cast<D>(live_flush_interval * static_cast<std::int64_t>(slot)));
+}
+
 std::string_view to_string(LiveEvent e) {
     switch (e) {
         case LiveEvent::snapshot:

@@ -30,6 +30,7 @@ LIVE_REJECT = ["node-0008"]
 TIERS = {"node-0001": 1, "node-0002": 1, "node-0003": 2, "node-0004": 2, "node-0005": 2,
          "node-0006": 3, "node-0007": 3, "node-0008": 3}
 FINAL = {"deployed", "failed", "skipped", "rolled_back"}
+ROLLOUT_S = 300
 
 
 class Sse:
@@ -224,6 +225,41 @@ class ConsoleLiveTest(ServeTest):
             self.assertTrue(x.eof.wait(5), "the stream did not end at SIGTERM")
         self.assertLess(time.time() - t0, 5)
         self.assertEqual(self.svc.wait_exit(10), 0, self.svc.log())
+
+    def test_03_viewers_of_one_rollout_share_its_readings(self):
+        """Several viewers of one rollout (they share one reading per tick): one leaves half way
+        (while the others wait for a reading it may be making), one joins late and gets a
+        snapshot; every viewer still there ends with every node final, as GET /api/deploy/{sr}."""
+        tiers = {n: TIERS[n] for n in LIVE_HEALTHY}
+        self.start_service(conf=self.config(rollout={"tiers": [{"tier": 1, "batch_size": 1},
+                                                               {"tier": 2, "batch_size": 1},
+                                                               {"tier": 3, "batch_size": "all"}]}))
+        self.fresh(*tiers)
+        sr = f"SR-SHARE-{self.tag}"
+        self.prepare(sr, tiers, "share")
+        viewers = [self.open_sse(f"/api/deploy/{sr}/events") for _ in range(4)]
+        self.assertEqual([v.status for v in viewers], [200] * 4)
+        for v in viewers:
+            v.wait(lambda ev: ev and ev[0][2] == "snapshot", 10, "a snapshot")
+        self.trigger_ok(sr)
+        viewers[0].wait(lambda ev: any(e[2] == "nodes" for e in ev), 60, "the first node change")
+        viewers.pop(0).close()
+        late = self.open_sse(f"/api/deploy/{sr}/events")
+        self.assertEqual(late.status, 200)
+        viewers.append(late)
+        for v in viewers:
+            v.wait(lambda ev: len(self._states(ev)) == len(tiers) and all(
+                st == "deployed" for st in self._states(ev).values()), ROLLOUT_S, "every node deployed")
+        d = self.wait_task(sr, "PENDING_PM_VALIDATION")
+        want = {n["name"]: n["state"] for n in d["nodes"]}
+        self.assertEqual(want, {n: "deployed" for n in tiers})
+        for i, v in enumerate(viewers):
+            with self.subTest(viewer=i):
+                self.assertEqual(self._states(v.events), want)
+                ids = [e[1] for e in v.events]
+                self.assertEqual(ids, sorted(set(ids)), "ids strictly increase")
+                self.assertFalse(v.eof.is_set(), "the stream is still open")
+        self.assertEqual(late.events[0][2], "snapshot")
 
 
 load_tests = own_tests(ConsoleLiveTest)

@@ -27,6 +27,21 @@ json::object doc_with(const std::string& status_a, const std::string& status_b,
 
 }  // namespace
 
+TEST_CASE("live slots: a common grid of flush-interval ticks on the steady clock") {
+    using std::chrono::milliseconds;
+    const auto t = live_slot_start(1000);
+    CHECK(live_slot(t) == 1000);
+    CHECK(live_slot(t + milliseconds(1)) == 1000);
+    CHECK(live_slot(t + live_flush_interval - std::chrono::nanoseconds(1)) == 1000);
+    CHECK(live_slot(t + live_flush_interval) == 1001);
+    CHECK(live_slot_start(1001) - t == live_flush_interval);
+    CHECK(live_slot(t - milliseconds(1)) == 999);
+    // Two moments in the same tick wake at the same next tick (the streams read together).
+    CHECK(live_slot_start(live_slot(t + milliseconds(10)) + 1) ==
+          live_slot_start(live_slot(t + milliseconds(240)) + 1));
+    CHECK(live_slot(std::chrono::steady_clock::time_point{}) == 0);
+}
+
 TEST_CASE("sse framing: id, event, one data line per payload line, blank line") {
     CHECK(sse_event(7, "nodes", R"({"a":1})") == "id: 7\nevent: nodes\ndata: {\"a\":1}\n\n");
     CHECK(sse_event(1, "x", "l1\nl2\r\nl3") == "id: 1\nevent: x\ndata: l1\ndata: l2\ndata: l3\n\n");

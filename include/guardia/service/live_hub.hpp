@@ -23,6 +23,13 @@ namespace guardia::service {
 // How often a stream looks for changes (the coalescing window), and its keepalive period.
 inline constexpr std::chrono::milliseconds live_flush_interval{250};
 inline constexpr std::chrono::milliseconds live_keepalive_interval{15000};
+// The streams of one rollout read its document together: every stream wakes on the same
+// grid of live_flush_interval ticks of the steady clock, and one reading per tick serves them
+// all (deploy_service.cpp), so V viewers cost about what one does. live_slot(t) is the index
+// of the tick at or before t; live_slot_start(s) the moment tick s begins.
+std::uint64_t live_slot(std::chrono::steady_clock::time_point t);
+std::chrono::steady_clock::time_point live_slot_start(std::uint64_t slot);
+
 // Open streams: in all, and per principal (beyond: 429 too_many_streams). A stream holds a
 // connection slot that is never evicted, so streams may take at most a quarter of the
 // service's connection slots: the API stays reachable for pause, abort and the PM's verdict.

@@ -204,6 +204,18 @@ std::optional<Session> SessionStore::find(std::string_view cookie, std::int64_t 
     return s;
 }
 
+bool SessionStore::alive(std::string_view key, std::int64_t now_ms) {
+    const auto it = by_digest_.find(key);
+    if (it == by_digest_.end()) return false;
+    if (now_ms >= it->second.expires_ms) {
+        by_digest_.erase(it);
+        return false;
+    }
+    return true;
+}
+
+std::string SessionStore::key_of(std::string_view cookie) { return sha256_hex(cookie); }
+
 bool SessionStore::close(std::string_view cookie) {
     if (!well_formed(cookie)) return false;
     return by_digest_.erase(sha256_hex(cookie)) > 0;

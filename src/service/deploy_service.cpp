@@ -189,6 +189,7 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
         const Principal* who;
         const std::vector<std::string>& seg;
         http::StreamProducer* stream = nullptr;  // a stream route's answer, when allowed
+        std::string session_key{};  // authenticated by a session cookie: its key (key_of)
         std::string principal() const { return who ? who->name : std::string(); }
     };
     using Handler = asio::awaitable<http::Response> (Impl::*)(const Call&);
@@ -212,6 +213,7 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     struct Caller {
         Principal who;
         std::optional<std::string> session_csrf;  // set: authenticated by a session cookie
+        std::string session_key{};                // then: SessionStore::key_of(cookie)
     };
     std::optional<Caller> authenticate(const http::Request& req);
     std::optional<http::Response> admit(const http::Request& head);
@@ -240,6 +242,11 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::awaitable<http::Response> deploy_events(const Call& c);
     asio::awaitable<http::Response> task_events(const Call& c);
     std::optional<http::Response> open_stream(const Call& c);  // limits; nullopt: admitted
+    // Whether a stream may deliver its next tick: one opened with a session cookie ends with
+    // the session (sign-out, expiry, idle timeout, eviction). One opened with a Bearer token
+    // goes on: the clients are fixed for the process's life (no reload), so a token that
+    // authenticated the stream is still valid.
+    bool stream_session_lives(const std::string& session_key);
     std::size_t streams_open = 0;
     std::map<std::string, std::size_t> streams_by_principal;
     asio::awaitable<http::Response> control(const Call& c, deploy::ControlRequest request);
@@ -415,7 +422,7 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
             co_return r;
         }
     }
-    const Call call{req, who, seg, stream};
+    const Call call{req, who, seg, stream, caller ? caller->session_key : std::string()};
     co_return co_await (this->*(route->handler))(call);
 }
 
@@ -451,7 +458,7 @@ std::optional<DeployService::Impl::Caller> DeployService::Impl::authenticate(
     if (!cookie) return std::nullopt;
     auto s = sessions.find(*cookie, wall_ms());
     if (!s) return std::nullopt;
-    return Caller{std::move(s->who), std::move(s->csrf)};
+    return Caller{std::move(s->who), std::move(s->csrf), SessionStore::key_of(*cookie)};
 }
 
 std::optional<http::Response> DeployService::Impl::admit(const http::Request& head) {
@@ -1031,6 +1038,10 @@ std::optional<http::Response> DeployService::Impl::open_stream(const Call& c) {
     return std::nullopt;
 }
 
+bool DeployService::Impl::stream_session_lives(const std::string& session_key) {
+    return session_key.empty() || sessions.alive(session_key, wall_ms());
+}
+
 asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c) {
     const std::string sr_id = c.seg[2];
     // The document a viewer would GET, read the same way (404 for an unknown SR).
@@ -1045,9 +1056,11 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c
     if (auto refused = open_stream(c)) co_return std::move(*refused);
     auto st = std::make_shared<LiveStream>(shared_from_this(), executor, streams_open,
                                            streams_by_principal[c.principal()]);
-    *c.stream = [st, read_doc]() -> asio::awaitable<std::optional<std::string>> {
+    *c.stream = [self, st, read_doc,
+                 key = c.session_key]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
             co_await st->next_tick();
+            if (!self->stream_session_lives(key)) co_return std::nullopt;
             http::Response r = co_await read_doc();
             if (r.result() != bh::status::ok) co_return std::nullopt;  // the task is gone
             boost::system::error_code ec;
@@ -1067,9 +1080,11 @@ asio::awaitable<http::Response> DeployService::Impl::task_events(const Call& c) 
     auto self = shared_from_this();
     http::Request req = c.req;
     req.target("/api/tasks?limit=200");
-    *c.stream = [self, st, req]() -> asio::awaitable<std::optional<std::string>> {
+    *c.stream = [self, st, req,
+                 key = c.session_key]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
             co_await st->next_tick();
+            if (!self->stream_session_lives(key)) co_return std::nullopt;
             const std::vector<std::string> seg{"api", "tasks"};
             const Call call{req, nullptr, seg};
             http::Response r = co_await self->list_tasks(call);

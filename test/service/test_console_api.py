@@ -312,6 +312,28 @@ class ConsoleApiTest(ServeTest):
         self.assert_error(self.api("GET", f"/api/deploy/SR-NONE-{self.tag}/nodes/node-0001"), 404, "not_found")
 
 
+    # ================================================================== 6. hardening (review)
+    def test_06_a_stream_ends_with_its_session(self):
+        """Attack: sign in, open a live stream with the cookie, sign out (or have the session
+        evicted); the stream kept delivering for as long as the socket stayed open. Now each
+        tick re-checks the session: the cookie's stream ends (EOF) within 5 s of the sign-out,
+        a stream of the same client opened with its Bearer token goes on."""
+        from test_console_live import Sse
+        self.start_service(conf=self.clients_config({"pm": ["read"]}))
+        cookie, doc = self.sign_in("pm")
+        by_cookie = Sse(self.svc.host, self.svc.port, "/api/events", None, cookie=cookie)
+        self.addCleanup(by_cookie.close)
+        by_token = Sse(self.svc.host, self.svc.port, "/api/events", self.tokens["pm"])
+        self.addCleanup(by_token.close)
+        self.assertEqual((by_cookie.status, by_token.status), (200, 200))
+        self.assertFalse(by_cookie.eof.wait(1.5), "the stream ended while its session lives")
+        r = self.api("DELETE", "/ui/session", token=False, headers=self.as_cookie(cookie, doc["csrf"]))
+        self.assertEqual(r.status, 204, r)
+        self.assertTrue(by_cookie.eof.wait(5), "the cookie's stream outlived its session")
+        self.assertFalse(by_token.eof.is_set(), "the Bearer stream ended too")
+        self.assertEqual(self.api("GET", "/api/tasks", token=f"Bearer {self.tokens['pm']}").status, 200)
+
+
 load_tests = own_tests(ConsoleApiTest)
 
 if __name__ == "__main__":

@@ -178,3 +178,31 @@ TEST_CASE("step_spans: starts open steps, ends close the latest open one, nestin
     CHECK(spans[4].status == "RUNNING");
     CHECK_FALSE(spans[4].duration_ms.has_value());
 }
+
+TEST_CASE("sessions: alive() by key ends with sign-out, expiry, idle and eviction, keeps idle") {
+    // What a live stream re-checks on each tick (review: a stream outlived its session).
+    SessionLimits l;
+    l.max_sessions = 2;
+    l.max_age_ms = 10'000;
+    l.idle_ms = 4'000;
+    SessionStore store(l);
+    auto a = store.open(principal("pm"), 0);
+    const std::string key = SessionStore::key_of(a.cookie);
+    CHECK(key != a.cookie);
+    CHECK(store.alive(key, 1'000));
+    CHECK_FALSE(store.alive(a.cookie, 1'000));  // the cookie itself is no key
+    CHECK(store.alive(key, 3'999));
+    CHECK_FALSE(store.alive(key, 4'000));  // idle: alive() did not reset the idle clock
+    CHECK(store.size() == 0);
+    auto b = store.open(principal("pm"), 5'000);
+    CHECK(store.alive(SessionStore::key_of(b.cookie), 5'001));
+    CHECK(store.close(b.cookie));
+    CHECK_FALSE(store.alive(SessionStore::key_of(b.cookie), 5'002));  // signed out
+    auto c = store.open(principal("pm"), 6'000);
+    for (std::int64_t t = 9'000; t < 16'000; t += 3'000) REQUIRE(store.find(c.cookie, t));
+    CHECK_FALSE(store.alive(SessionStore::key_of(c.cookie), 16'000));  // absolute end
+    auto d = store.open(principal("x"), 20'000);
+    store.open(principal("y"), 20'001);
+    store.open(principal("z"), 20'002);
+    CHECK_FALSE(store.alive(SessionStore::key_of(d.cookie), 20'003));  // evicted
+}

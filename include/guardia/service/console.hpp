@@ -119,6 +119,12 @@ class SessionStore {
     // The live session of a cookie value, its idle clock reset; nullopt (and forgotten) when
     // unknown, malformed, expired or idle too long.
     std::optional<Session> find(std::string_view cookie, std::int64_t now_ms);
+    // Whether the session whose key (key_of(cookie)) is given still lives: neither signed out,
+    // evicted, expired nor idle too long. Does not reset the idle clock (a live stream's ticks
+    // are not the user's activity); an ended session is forgotten. What a live stream opened
+    // with the cookie re-checks on every tick (it keeps the key, never the cookie).
+    bool alive(std::string_view key, std::int64_t now_ms);
+    static std::string key_of(std::string_view cookie);  // SHA-256 hex
     // Forgets the session; false when there was none.
     bool close(std::string_view cookie);
     std::size_t size() const { return by_digest_.size(); }

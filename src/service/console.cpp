@@ -172,13 +172,37 @@ CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, 
 SessionStore::SessionStore(SessionLimits limits) : limits_(limits) {}
 
 SessionStore::Opened SessionStore::open(const Principal& who, std::int64_t now_ms) {
-    // Room first: expired sessions go, then (at the cap) the oldest.
+    // Room first: expired sessions go; then, at the principal's cap, its own oldest; then, at
+    // the store's cap, the oldest of whoever holds the most sessions (never a lone session of
+    // another principal while someone holds several).
     std::erase_if(by_digest_, [&](const auto& kv) { return kv.second.expires_ms <= now_ms; });
+    const auto oldest_of = [&](const std::string& name) {
+        auto found = by_digest_.end();
+        for (auto it = by_digest_.begin(); it != by_digest_.end(); ++it)
+            if (it->second.who.name == name &&
+                (found == by_digest_.end() || it->second.created_ms < found->second.created_ms))
+                found = it;
+        return found;
+    };
+    const auto count_of = [&](const std::string& name) {
+        return static_cast<std::size_t>(
+            std::count_if(by_digest_.begin(), by_digest_.end(),
+                          [&](const auto& kv) { return kv.second.who.name == name; }));
+    };
+    while (count_of(who.name) >= std::max<std::size_t>(1, limits_.max_per_principal))
+        by_digest_.erase(oldest_of(who.name));
     while (!by_digest_.empty() && by_digest_.size() >= limits_.max_sessions) {
-        auto oldest = std::min_element(by_digest_.begin(), by_digest_.end(), [](auto& a, auto& b) {
-            return a.second.created_ms < b.second.created_ms;
-        });
-        by_digest_.erase(oldest);
+        std::map<std::string, std::size_t> held;
+        for (const auto& kv : by_digest_) ++held[kv.second.who.name];
+        std::string most;
+        std::size_t n = 0;
+        for (const auto& [name, k] : held)
+            if (k > n || (k == n && oldest_of(name)->second.created_ms <
+                                        oldest_of(most)->second.created_ms)) {
+                most = name;
+                n = k;
+            }
+        by_digest_.erase(oldest_of(most));
     }
     Opened o;
     o.cookie = random_256();

@@ -333,6 +333,30 @@ class ConsoleApiTest(ServeTest):
         self.assertFalse(by_token.eof.is_set(), "the Bearer stream ended too")
         self.assertEqual(self.api("GET", "/api/tasks", token=f"Bearer {self.tokens['pm']}").status, 200)
 
+    def test_07_one_client_cannot_sign_everyone_out(self):
+        """Attack: the session store held at most 1,000 sessions and evicted the oldest, so one
+        client signing in 1,000 times signed every other user out. Now a client holds at most
+        16 live sessions (its 17th sign-in ends its own oldest); "pm" signs in, "ops" signs in
+        1,100 times, and pm's session still works; ops's first sessions are gone, its last 16
+        live."""
+        self.start_service(conf=self.clients_config({"pm": ["read"], "ops": ["read"]}))
+        cookie, _ = self.sign_in("pm")
+        ops = []
+        for _ in range(1100):
+            r = self.api("POST", "/ui/session", {"token": self.tokens["ops"]}, token=False)
+            self.assertEqual(r.status, 200, r)
+            ops.append(re.match(r"guardia_session=([0-9a-f]{64});", r.header("set-cookie")).group(1))
+        r = self.api("GET", "/ui/session", token=False, headers=self.as_cookie(cookie))
+        self.assertEqual((r.status, r.json and r.json.get("principal")), (200, "pm"), r)
+        self.assertEqual(self.api("GET", "/api/tasks", token=False, headers=self.as_cookie(cookie)).status, 200)
+        for old in ops[:3]:
+            self.assert_error(self.api("GET", "/ui/session", token=False, headers=self.as_cookie(old)),
+                              401, "unauthorized")
+        for new in ops[-16:]:
+            self.assertEqual(self.api("GET", "/ui/session", token=False, headers=self.as_cookie(new)).status, 200)
+        self.assert_error(self.api("GET", "/ui/session", token=False, headers=self.as_cookie(ops[-17])),
+                          401, "unauthorized")
+
 
 load_tests = own_tests(ConsoleApiTest)
 

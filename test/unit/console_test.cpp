@@ -6,6 +6,7 @@
 
 #include <set>
 #include <string>
+#include <vector>
 
 using namespace guardia::service;
 namespace bh = boost::beast::http;
@@ -205,4 +206,33 @@ TEST_CASE("sessions: alive() by key ends with sign-out, expiry, idle and evictio
     store.open(principal("y"), 20'001);
     store.open(principal("z"), 20'002);
     CHECK_FALSE(store.alive(SessionStore::key_of(d.cookie), 20'003));  // evicted
+}
+
+TEST_CASE("sessions: one principal signing in again and again evicts only its own (review)") {
+    SessionStore store;  // the service's limits: 1,000 in all, 16 per principal
+    auto pm = store.open(principal("pm"), 1);
+    std::vector<std::string> ops;
+    for (int i = 0; i < 1500; ++i) ops.push_back(store.open(principal("ops"), 2 + i).cookie);
+    REQUIRE(store.find(pm.cookie, 2'000).has_value());
+    CHECK(store.size() == 17);
+    CHECK_FALSE(store.find(ops[0], 2'000).has_value());
+    CHECK_FALSE(store.find(ops[1500 - 17], 2'000).has_value());
+    for (std::size_t i = 1500 - 16; i < 1500; ++i) CHECK(store.find(ops[i], 2'000).has_value());
+
+    // At the store's cap, the principal holding the most loses its oldest, not a lone session.
+    SessionLimits l;
+    l.max_sessions = 4;
+    l.max_per_principal = 3;
+    SessionStore small(l);
+    auto a = small.open(principal("a"), 10);
+    auto b1 = small.open(principal("b"), 11);
+    auto b2 = small.open(principal("b"), 12);
+    auto c = small.open(principal("c"), 13);
+    auto d = small.open(principal("d"), 14);  // full: b holds the most, b1 goes
+    CHECK(small.size() == 4);
+    CHECK_FALSE(small.find(b1.cookie, 15).has_value());
+    for (const auto* o : {&a, &b2, &c, &d}) CHECK(small.find(o->cookie, 15).has_value());
+    auto e = small.open(principal("e"), 16);  // one each: the oldest, a, goes
+    CHECK_FALSE(small.find(a.cookie, 17).has_value());
+    CHECK(small.find(e.cookie, 17).has_value());
 }

@@ -102,7 +102,11 @@ struct Session {
 
 struct SessionLimits {
     SessionLimits() {}
-    std::size_t max_sessions = 1000;            // beyond: the oldest is evicted
+    // Beyond max_sessions: the oldest session of the principal holding the most is evicted.
+    std::size_t max_sessions = 1000;
+    // A principal's sign-in beyond this ends that principal's own oldest session, never another's
+    // (one client signing in 1,000 times must not sign everyone else out).
+    std::size_t max_per_principal = 16;
     std::int64_t max_age_ms = 8 * 3600 * 1000;  // from sign-in
     std::int64_t idle_ms = 3600 * 1000;         // since the last request
 };

@@ -7,6 +7,7 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <stdexcept>
 
@@ -156,12 +157,48 @@ std::string_view to_string(CsrfVerdict v) {
     return "unknown";
 }
 
-CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls) {
+std::string url_origin(std::string_view url) {
+    std::string out;
+    const auto sep = url.find("://");
+    if (sep == std::string_view::npos) return out;
+    for (const char ch : url.substr(0, sep + 3))
+        out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::string_view authority = url.substr(sep + 3);
+    authority = authority.substr(0, authority.find_first_of("/?#"));
+    std::string_view port;
+    const auto colon = authority.rfind(':');
+    if (colon != std::string_view::npos && authority.find(']', colon) == std::string_view::npos) {
+        port = authority.substr(colon + 1);
+        authority = authority.substr(0, colon);
+    }
+    for (const char ch : authority)
+        out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const bool default_port = port.empty() || (out.starts_with("https://") && port == "443") ||
+                              (out.starts_with("http://") && port == "80");
+    if (!default_port) {
+        out += ':';
+        out += port;
+    }
+    return out;
+}
+
+bool cookie_secure(bool tls, std::string_view public_url) {
+    return tls || url_origin(public_url).starts_with("https://");
+}
+
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls,
+                       std::string_view public_url) {
     if (req.method() == bh::verb::get || req.method() == bh::verb::head) return CsrfVerdict::ok;
     if (auto it = req.find(bh::field::origin); it != req.end()) {
         const std::string_view host = req[bh::field::host];
-        const std::string own = std::string(tls ? "https://" : "http://") + std::string(host);
-        if (host.empty() || trim_blanks(it->value()) != own) return CsrfVerdict::foreign_origin;
+        std::string own;
+        if (!public_url.empty()) {
+            own = url_origin(public_url);
+        } else if (!host.empty()) {
+            own = tls ? "https://" : "http://";
+            own += host;
+        }
+        if (own.empty() || trim_blanks(it->value()) != own) return CsrfVerdict::foreign_origin;
     }
     const auto it = req.find(csrf_header);
     if (it == req.end()) return CsrfVerdict::missing_token;

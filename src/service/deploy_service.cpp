@@ -208,6 +208,10 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::awaitable<http::Response> handle_streaming(http::Request req,
                                                      http::StreamProducer* stream);
     bool tls() const { return !coordinator.deps().service.tls_cert_file.empty(); }
+    // How browsers reach the service (service.public_url, e.g. behind a TLS-terminating proxy):
+    // the console's Origin check and the cookie's Secure follow it when it is set.
+    const std::string& public_url() const { return coordinator.deps().service.public_url; }
+    bool secure_cookie() const { return cookie_secure(tls(), public_url()); }
     // Who sends a request: its Bearer token's client, else its session cookie's (with the
     // session's csrf value); nullopt for neither.
     struct Caller {
@@ -371,7 +375,8 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         who = &caller->who;
         // A cookie comes along by itself: a state-changing request must prove our page sent it.
         if (caller->session_csrf) {
-            if (const auto v = csrf_check(req, *caller->session_csrf, tls()); v != CsrfVerdict::ok) {
+            const auto v = csrf_check(req, *caller->session_csrf, tls(), public_url());
+            if (v != CsrfVerdict::ok) {
                 logger->warn("{} {}: refused for client '{}': csrf {}",
                              std::string(req.method_string()),
                              printable(req.target().substr(0, req.target().find('?'))), who->name,
@@ -479,7 +484,7 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
     if (req.method() == bh::verb::post) {
         // A page of another origin may not sign a browser in (login CSRF): a JSON body already
         // needs a CORS preflight, and an Origin header must be ours.
-        const auto verdict = csrf_check(req, "", tls());
+        const auto verdict = csrf_check(req, "", tls(), public_url());
         auto parsed = http::parse_json_object(req, 2);
         if (verdict == CsrfVerdict::foreign_origin) {
             res = http::error_response(req, bh::status::forbidden, "csrf_failed",
@@ -499,7 +504,7 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
                 auto opened = sessions.open(*p, wall_ms());
                 logger->info("console: session opened for client '{}'", p->name);
                 res = http::json_response(req, bh::status::ok, session_json(opened.session));
-                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, tls()));
+                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, secure_cookie()));
             }
         }
     } else if (req.method() == bh::verb::get || req.method() == bh::verb::head) {
@@ -508,14 +513,14 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
     } else if (req.method() == bh::verb::delete_) {
         if (!current) {
             res = unauthorized_response(req);
-        } else if (csrf_check(req, current->csrf, tls()) != CsrfVerdict::ok) {
+        } else if (csrf_check(req, current->csrf, tls(), public_url()) != CsrfVerdict::ok) {
             res = http::error_response(req, bh::status::forbidden, "csrf_failed",
                                        "signing out needs the session's X-Guardia-CSRF header");
         } else {
             sessions.close(*cookie);
             logger->info("console: session closed for client '{}'", current->who.name);
             res = http::text_response(req, bh::status::no_content, "", "text/plain");
-            res.set(bh::field::set_cookie, session_clear_cookie(tls()));
+            res.set(bh::field::set_cookie, session_clear_cookie(secure_cookie()));
         }
     } else {
         res = http::error_response(req, bh::status::method_not_allowed, "method_not_allowed",

@@ -357,6 +357,42 @@ class ConsoleApiTest(ServeTest):
         self.assert_error(self.api("GET", "/ui/session", token=False, headers=self.as_cookie(ops[-17])),
                           401, "unauthorized")
 
+    def test_08_behind_a_tls_proxy_the_cookie_and_origin_follow_public_url(self):
+        """Attack: behind a TLS-terminating proxy (public_url https://..., the service itself plain
+        HTTP on loopback) the cookie lacked Secure (a browser would send it over plain http to
+        that host, readable on the wire) and the Origin check expected http://<Host>, refusing
+        the real page and accepting a plain-http one. Now the cookie is Secure and the one origin
+        accepted is public_url's."""
+        public = "https://Guardia.Example.test:443/console/"
+        self.start_service(conf=self.clients_config({"sub": ["submit", "read"]},
+                                                    service={"public_url": public}))
+        r = self.api("POST", "/ui/session", {"token": self.tokens["sub"]}, token=False)
+        self.assertEqual(r.status, 200, r)
+        m = re.fullmatch(r"guardia_session=([0-9a-f]{64}); Path=/; HttpOnly; SameSite=Strict; Secure",
+                         r.header("set-cookie") or "")
+        self.assertTrue(m, f"cookie attributes: {r.header('set-cookie')!r}")
+        cookie, csrf = m.group(1), r.json["csrf"]
+        body = {"sr_id": f"SR-PX-{self.tag}", "inst_id": self.inst_id, "system_name": self.system_name,
+                "requester": "alice"}
+        for origin in (f"http://127.0.0.1:{self.svc.port}", "http://guardia.example.test",
+                       "https://evil.example", "https://guardia.example.test:8443"):
+            with self.subTest(origin=origin):
+                r = self.api("POST", "/api/tasks", body, token=False, headers=self.as_cookie(cookie, csrf, origin))
+                self.assert_error(r, 403, "csrf_failed")
+        self.assertEqual(self.q("SELECT * FROM tasks WHERE sr_id = ?", body["sr_id"]), [])
+        r = self.api("POST", "/api/tasks", body, token=False,
+                     headers=self.as_cookie(cookie, csrf, "https://guardia.example.test"))
+        self.assertEqual(r.status, 201, r)
+        r = self.api("DELETE", "/ui/session", token=False,
+                     headers=self.as_cookie(cookie, csrf, "https://guardia.example.test"))
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(r.header("set-cookie"),
+                         "guardia_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure")
+        # Signing in from a plain-http page of the proxy's host name is refused too.
+        r = self.api("POST", "/ui/session", {"token": self.tokens["sub"]}, token=False,
+                     headers={"Origin": "http://guardia.example.test"})
+        self.assert_error(r, 403, "csrf_failed")
+
 
 load_tests = own_tests(ConsoleApiTest)
 

@@ -236,3 +236,31 @@ TEST_CASE("sessions: one principal signing in again and again evicts only its ow
     CHECK_FALSE(small.find(a.cookie, 17).has_value());
     CHECK(small.find(e.cookie, 17).has_value());
 }
+
+TEST_CASE("behind a TLS proxy: Secure cookie and the Origin follow public_url (review)") {
+    CHECK(url_origin("https://Guardia.Example.com:443/console") == "https://guardia.example.com");
+    CHECK(url_origin("http://g.example:80") == "http://g.example");
+    CHECK(url_origin("https://g.example:8443/") == "https://g.example:8443");
+    CHECK(url_origin("http://[::1]:8080/x") == "http://[::1]:8080");
+    CHECK(url_origin("https://[::1]") == "https://[::1]");
+    CHECK(cookie_secure(false, "https://g.example"));
+    CHECK(cookie_secure(true, ""));
+    CHECK_FALSE(cookie_secure(false, ""));
+    CHECK_FALSE(cookie_secure(false, "http://g.example"));
+    const std::string csrf(64, 'a');
+    const std::string pub = "https://Guardia.Example.com/base";
+    auto r = request(bh::verb::post);  // Host: 127.0.0.1:8080, the plain listener behind the proxy
+    r.set(csrf_header, csrf);
+    CHECK(csrf_check(r, csrf, false, pub) == CsrfVerdict::ok);  // no Origin: the header decides
+    r.set(bh::field::origin, "https://guardia.example.com");
+    CHECK(csrf_check(r, csrf, false, pub) == CsrfVerdict::ok);
+    CHECK(csrf_check(r, csrf, false) == CsrfVerdict::foreign_origin);  // before: http://<Host>
+    for (const char* o : {"http://guardia.example.com", "http://127.0.0.1:8080",
+                          "https://guardia.example.com:8443", "https://evil.example", "null"}) {
+        r.set(bh::field::origin, o);
+        CHECK_MESSAGE(csrf_check(r, csrf, false, pub) == CsrfVerdict::foreign_origin, o);
+    }
+    r.set(bh::field::host, "guardia.example.com");  // a proxy passing the Host on
+    r.set(bh::field::origin, "http://guardia.example.com");
+    CHECK(csrf_check(r, csrf, false, pub) == CsrfVerdict::foreign_origin);  // the wrong scheme
+}

@@ -90,7 +90,18 @@ enum class CsrfVerdict : std::uint8_t {
 std::string_view to_string(CsrfVerdict);
 // The decision for a request authenticated by a session cookie whose csrf value is
 // `session_csrf`; `tls`: the service speaks HTTPS (the scheme its own origin has).
-CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls);
+// `public_url` (service.public_url; empty: none): how browsers reach the service, e.g. through a
+// TLS-terminating proxy; when set, the one origin accepted is its origin (url_origin), whatever
+// the listener speaks and whatever the Host header says.
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls,
+                       std::string_view public_url = {});
+// The origin of an http(s) URL as a browser writes it in an Origin header: the scheme and host
+// lower-cased, the port kept unless it is the scheme's default (80, 443), no path:
+// "https://Guardia.Example.com:443/x" -> "https://guardia.example.com".
+std::string url_origin(std::string_view url);
+// Whether the session cookie gets Secure: the service speaks TLS, or public_url is https (a
+// proxy terminates TLS in front of a plain-HTTP listener).
+bool cookie_secure(bool tls, std::string_view public_url);
 
 struct Session {
     Principal who;

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cctype>
 #include <array>
+#include <charconv>
 #include <stdexcept>
 
 namespace guardia::service {
@@ -92,6 +93,68 @@ std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows) {
         }
     }
     return out;
+}
+
+// --- GET /api/tasks paging ---------------------------------------------------------------------
+
+namespace {
+
+std::optional<std::int64_t> non_negative(std::string_view text) {
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || ec != std::errc() || end != text.data() + text.size() || v < 0)
+        return std::nullopt;
+    return v;
+}
+
+int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+}  // namespace
+
+std::string task_cursor(std::int64_t updated_ms, std::string_view sr_id) {
+    std::string out = "c1.";
+    out += std::to_string(updated_ms);
+    out += '.';
+    out += to_hex(reinterpret_cast<const unsigned char*>(sr_id.data()), sr_id.size());
+    return out;
+}
+
+std::optional<TaskCursor> parse_task_cursor(std::string_view text) {
+    TaskCursor c;
+    if (!text.starts_with("c1.")) {
+        const auto ms = non_negative(text);
+        if (!ms) return std::nullopt;
+        c.updated_ms = *ms;
+        return c;
+    }
+    text.remove_prefix(3);
+    const auto dot = text.find('.');
+    if (dot == std::string_view::npos) return std::nullopt;
+    const auto ms = non_negative(text.substr(0, dot));
+    const std::string_view hex = text.substr(dot + 1);
+    if (!ms || hex.empty() || hex.size() % 2 != 0) return std::nullopt;
+    c.updated_ms = *ms;
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        const int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        c.sr_id += static_cast<char>(hi * 16 + lo);
+    }
+    return c;
+}
+
+std::size_t cursor_skip(const TaskCursor& cursor, const std::vector<store::TaskRecord>& rows) {
+    if (cursor.sr_id.empty()) return 0;
+    const auto up_to_cursor = [&](const store::TaskRecord& r) {
+        return r.updated_ms > cursor.updated_ms ||
+               (r.updated_ms == cursor.updated_ms && r.sr_id >= cursor.sr_id);
+    };
+    std::size_t n = 0;
+    while (n < rows.size() && up_to_cursor(rows[n])) ++n;
+    return n;
 }
 
 // --- sessions ---------------------------------------------------------------------------------

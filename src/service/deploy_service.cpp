@@ -20,6 +20,7 @@
 #include <charconv>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 namespace guardia::service {
@@ -1127,30 +1128,61 @@ asio::awaitable<http::Response> DeployService::Impl::list_tasks(const Call& c) {
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), into);
         return !text.empty() && ec == std::errc() && end == text.data() + text.size();
     };
-    std::int64_t limit = 50, before = 0;
+    std::int64_t limit = 50;
     if (!(*q)["limit"].empty() && (!number((*q)["limit"], limit) || limit < 1 || limit > 200))
         co_return error_answer(c.req, bad("limit: an integer from 1 to 200"));
+    std::optional<TaskCursor> cursor;
     if (!(*q)["before"].empty()) {
-        if (!number((*q)["before"], before) || before < 0)
-            co_return error_answer(c.req, bad("before: an updated_ms value (integer)"));
-        f.before_updated_ms = before;
+        cursor = parse_task_cursor((*q)["before"]);
+        if (!cursor)
+            co_return error_answer(c.req, bad("before: a next_cursor value (or an updated_ms "
+                                              "value, an integer)"));
+        // The store's `before` is strict on updated_ms alone: a cursor naming a task reads from
+        // its millisecond on and drops the tasks up to it (cursor_skip).
+        if (cursor->sr_id.empty())
+            f.before_updated_ms = cursor->updated_ms;
+        else if (cursor->updated_ms < std::numeric_limits<std::int64_t>::max())
+            f.before_updated_ms = cursor->updated_ms + 1;
     }
-    f.limit = static_cast<int>(limit);
-    auto rows = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
-    if (!rows)
-        co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
-                                                   "the store could not be read or written: " +
-                                                       rows.error().message));
+    // Read enough rows to fill the page after the skipped ones (more when many tasks share the
+    // cursor's millisecond).
+    std::vector<store::TaskRecord> rows;
+    std::size_t skip = 0;
+    for (std::int64_t want = limit;;) {
+        f.limit = static_cast<int>(want);
+        auto page = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
+        if (!page)
+            co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                       "the store could not be read or written: " +
+                                                           page.error().message));
+        skip = cursor ? cursor_skip(*cursor, *page) : 0;
+        const auto got = static_cast<std::int64_t>(page->size());
+        const auto left = got - static_cast<std::int64_t>(skip);
+        if (got < want || left >= limit || want >= 1'000'000) {
+            rows = std::move(*page);
+            break;
+        }
+        want = left > 0 ? static_cast<std::int64_t>(skip) + limit : want * 2;
+    }
+    rows.erase(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(skip));
+    if (static_cast<std::int64_t>(rows.size()) > limit) rows.resize(static_cast<std::size_t>(limit));
     json::array tasks;
-    for (const auto& t : *rows) {
+    for (const auto& t : rows) {
         auto o = task_json(t, {});
         o.erase("artifacts");
         tasks.push_back(std::move(o));
     }
-    json::value next = nullptr;
-    if (static_cast<std::int64_t>(rows->size()) == limit) next = rows->back().updated_ms;
+    // next_before (the last updated_ms) is kept for old clients; next_cursor also names the
+    // last task, so tasks sharing that millisecond are not skipped.
+    json::value next = nullptr, next_cursor = nullptr;
+    if (static_cast<std::int64_t>(rows.size()) == limit) {
+        next = rows.back().updated_ms;
+        next_cursor = json::string(task_cursor(rows.back().updated_ms, rows.back().sr_id));
+    }
     co_return http::json_response(c.req, bh::status::ok,
-                                  json::object{{"tasks", std::move(tasks)}, {"next_before", next}});
+                                  json::object{{"tasks", std::move(tasks)},
+                                               {"next_before", next},
+                                               {"next_cursor", next_cursor}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::node_detail(const Call& c) {

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import sys
 import time
 
@@ -392,6 +393,49 @@ class ConsoleApiTest(ServeTest):
         r = self.api("POST", "/ui/session", {"token": self.tokens["sub"]}, token=False,
                      headers={"Origin": "http://guardia.example.test"})
         self.assert_error(r, 403, "csrf_failed")
+
+    def test_09_task_paging_returns_tasks_sharing_a_millisecond_once(self):
+        """Attack (a burst of tasks, or one written to hide): the GET /api/tasks cursor was
+        updated_ms alone, so tasks sharing the page's last millisecond were skipped (before=N is
+        strict) and no cursor could step through them. Seven tasks share one updated_ms (set with
+        sqlite3, as a burst in one millisecond would leave them); paging two by two with
+        next_cursor returns each exactly once, in order; the old numeric before still works."""
+        self.start_service(conf=self.clients_config({"sub": ["submit", "read"]}))
+        self.token = self.tokens["sub"]
+        made = [f"SR-TIE{i}-{self.tag}" for i in range(7)]
+        for sr in made:
+            self.create_task(sr, requester="alice", title="tie")
+        same = int(time.time() * 1000) - 60000
+        c = sqlite3.connect(self.db, timeout=10)
+        try:
+            with c:
+                c.executemany("UPDATE tasks SET updated_ms = ? WHERE sr_id = ?", [(same, sr) for sr in made])
+        finally:
+            c.close()
+        self.assertEqual({r["updated_ms"] for r in self.q("SELECT updated_ms FROM tasks WHERE sr_id LIKE ?",
+                                                            f"SR-TIE%-{self.tag}")}, {same})
+        seen, cursor, pages = [], None, 0
+        while True:
+            q = {"limit": 2, "q": f"-{self.tag}", **({"before": cursor} if cursor is not None else {})}
+            page = self.ok(self.api("GET", "/api/tasks", query=q))
+            seen += [t["sr_id"] for t in page["tasks"]]
+            pages += 1
+            self.assertLess(pages, 10, seen)
+            cursor = page.get("next_cursor", page["next_before"])  # the old service: next_before
+            if cursor is None:
+                break
+            self.assertEqual(page["next_before"], page["tasks"][-1]["updated_ms"])  # kept as it was
+        self.assertEqual(seen, sorted(made, reverse=True))
+        self.assertIsInstance(cursor, type(None))
+        self.assertIn("next_cursor", page)
+        # The old numeric cursor: strictly below, as before.
+        sel = lambda before: [t["sr_id"] for t in
+                              self.ok(self.api("GET", "/api/tasks", query={"q": f"-{self.tag}", "before": before}))["tasks"]]
+        self.assertEqual(sel(same), [])
+        self.assertEqual(sel(same + 1), sorted(made, reverse=True))
+        for bad in ("c1.x.00", "c1.5.zz", "c1.5", "c2.5.41", "1.5"):
+            with self.subTest(cursor=bad):
+                self.assert_error(self.api("GET", "/api/tasks", query={"before": bad}), 400, "bad_request", "before")
 
 
 load_tests = own_tests(ConsoleApiTest)

@@ -62,6 +62,24 @@ struct StepSpan {
 };
 std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows);
 
+// --- GET /api/tasks paging ---------------------------------------------------------------------
+//
+// Pages run newest updated_ms first, ties by sr_id descending; the cursor names the last task of
+// a page by both, so tasks sharing its millisecond are neither skipped nor repeated. Opaque to
+// clients ("c1.<updated_ms>.<sr_id in hex>"); a plain integer (the old cursor, an updated_ms)
+// is still accepted and keeps its meaning: updated_ms strictly below it.
+struct TaskCursor {
+    std::int64_t updated_ms = 0;
+    std::string sr_id;  // empty: an old numeric cursor
+};
+std::string task_cursor(std::int64_t updated_ms, std::string_view sr_id);
+// nullopt: not a cursor (a negative number, a malformed or unknown form).
+std::optional<TaskCursor> parse_task_cursor(std::string_view text);
+// How many leading rows of a page read from the cursor's millisecond on (newest first, ties by
+// sr_id descending) are at or before the cursor's task: the tasks the previous page ended with.
+// 0 for an old numeric cursor.
+std::size_t cursor_skip(const TaskCursor& cursor, const std::vector<store::TaskRecord>& rows);
+
 // --- sessions (POST/GET/DELETE /ui/session) ----------------------------------------------------
 //
 // A browser signs in with a client token once and then holds a session cookie; the cookie

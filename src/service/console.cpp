@@ -7,7 +7,9 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <cctype>
 #include <array>
+#include <charconv>
 #include <stdexcept>
 
 namespace guardia::service {
@@ -93,6 +95,68 @@ std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows) {
     return out;
 }
 
+// --- GET /api/tasks paging ---------------------------------------------------------------------
+
+namespace {
+
+std::optional<std::int64_t> non_negative(std::string_view text) {
+    std::int64_t v = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (text.empty() || ec != std::errc() || end != text.data() + text.size() || v < 0)
+        return std::nullopt;
+    return v;
+}
+
+int hex_digit(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+}  // namespace
+
+std::string task_cursor(std::int64_t updated_ms, std::string_view sr_id) {
+    std::string out = "c1.";
+    out += std::to_string(updated_ms);
+    out += '.';
+    out += to_hex(reinterpret_cast<const unsigned char*>(sr_id.data()), sr_id.size());
+    return out;
+}
+
+std::optional<TaskCursor> parse_task_cursor(std::string_view text) {
+    TaskCursor c;
+    if (!text.starts_with("c1.")) {
+        const auto ms = non_negative(text);
+        if (!ms) return std::nullopt;
+        c.updated_ms = *ms;
+        return c;
+    }
+    text.remove_prefix(3);
+    const auto dot = text.find('.');
+    if (dot == std::string_view::npos) return std::nullopt;
+    const auto ms = non_negative(text.substr(0, dot));
+    const std::string_view hex = text.substr(dot + 1);
+    if (!ms || hex.empty() || hex.size() % 2 != 0) return std::nullopt;
+    c.updated_ms = *ms;
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        const int hi = hex_digit(hex[i]), lo = hex_digit(hex[i + 1]);
+        if (hi < 0 || lo < 0) return std::nullopt;
+        c.sr_id += static_cast<char>(hi * 16 + lo);
+    }
+    return c;
+}
+
+std::size_t cursor_skip(const TaskCursor& cursor, const std::vector<store::TaskRecord>& rows) {
+    if (cursor.sr_id.empty()) return 0;
+    const auto up_to_cursor = [&](const store::TaskRecord& r) {
+        return r.updated_ms > cursor.updated_ms ||
+               (r.updated_ms == cursor.updated_ms && r.sr_id >= cursor.sr_id);
+    };
+    std::size_t n = 0;
+    while (n < rows.size() && up_to_cursor(rows[n])) ++n;
+    return n;
+}
+
 // --- sessions ---------------------------------------------------------------------------------
 
 namespace {
@@ -156,12 +220,48 @@ std::string_view to_string(CsrfVerdict v) {
     return "unknown";
 }
 
-CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls) {
+std::string url_origin(std::string_view url) {
+    std::string out;
+    const auto sep = url.find("://");
+    if (sep == std::string_view::npos) return out;
+    for (const char ch : url.substr(0, sep + 3))
+        out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::string_view authority = url.substr(sep + 3);
+    authority = authority.substr(0, authority.find_first_of("/?#"));
+    std::string_view port;
+    const auto colon = authority.rfind(':');
+    if (colon != std::string_view::npos && authority.find(']', colon) == std::string_view::npos) {
+        port = authority.substr(colon + 1);
+        authority = authority.substr(0, colon);
+    }
+    for (const char ch : authority)
+        out += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const bool default_port = port.empty() || (out.starts_with("https://") && port == "443") ||
+                              (out.starts_with("http://") && port == "80");
+    if (!default_port) {
+        out += ':';
+        out += port;
+    }
+    return out;
+}
+
+bool cookie_secure(bool tls, std::string_view public_url) {
+    return tls || url_origin(public_url).starts_with("https://");
+}
+
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls,
+                       std::string_view public_url) {
     if (req.method() == bh::verb::get || req.method() == bh::verb::head) return CsrfVerdict::ok;
     if (auto it = req.find(bh::field::origin); it != req.end()) {
         const std::string_view host = req[bh::field::host];
-        const std::string own = std::string(tls ? "https://" : "http://") + std::string(host);
-        if (host.empty() || trim_blanks(it->value()) != own) return CsrfVerdict::foreign_origin;
+        std::string own;
+        if (!public_url.empty()) {
+            own = url_origin(public_url);
+        } else if (!host.empty()) {
+            own = tls ? "https://" : "http://";
+            own += host;
+        }
+        if (own.empty() || trim_blanks(it->value()) != own) return CsrfVerdict::foreign_origin;
     }
     const auto it = req.find(csrf_header);
     if (it == req.end()) return CsrfVerdict::missing_token;
@@ -172,13 +272,37 @@ CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, 
 SessionStore::SessionStore(SessionLimits limits) : limits_(limits) {}
 
 SessionStore::Opened SessionStore::open(const Principal& who, std::int64_t now_ms) {
-    // Room first: expired sessions go, then (at the cap) the oldest.
+    // Room first: expired sessions go; then, at the principal's cap, its own oldest; then, at
+    // the store's cap, the oldest of whoever holds the most sessions (never a lone session of
+    // another principal while someone holds several).
     std::erase_if(by_digest_, [&](const auto& kv) { return kv.second.expires_ms <= now_ms; });
+    const auto oldest_of = [&](const std::string& name) {
+        auto found = by_digest_.end();
+        for (auto it = by_digest_.begin(); it != by_digest_.end(); ++it)
+            if (it->second.who.name == name &&
+                (found == by_digest_.end() || it->second.created_ms < found->second.created_ms))
+                found = it;
+        return found;
+    };
+    const auto count_of = [&](const std::string& name) {
+        return static_cast<std::size_t>(
+            std::count_if(by_digest_.begin(), by_digest_.end(),
+                          [&](const auto& kv) { return kv.second.who.name == name; }));
+    };
+    while (count_of(who.name) >= std::max<std::size_t>(1, limits_.max_per_principal))
+        by_digest_.erase(oldest_of(who.name));
     while (!by_digest_.empty() && by_digest_.size() >= limits_.max_sessions) {
-        auto oldest = std::min_element(by_digest_.begin(), by_digest_.end(), [](auto& a, auto& b) {
-            return a.second.created_ms < b.second.created_ms;
-        });
-        by_digest_.erase(oldest);
+        std::map<std::string, std::size_t> held;
+        for (const auto& kv : by_digest_) ++held[kv.second.who.name];
+        std::string most;
+        std::size_t n = 0;
+        for (const auto& [name, k] : held)
+            if (k > n || (k == n && oldest_of(name)->second.created_ms <
+                                        oldest_of(most)->second.created_ms)) {
+                most = name;
+                n = k;
+            }
+        by_digest_.erase(oldest_of(most));
     }
     Opened o;
     o.cookie = random_256();
@@ -203,6 +327,18 @@ std::optional<Session> SessionStore::find(std::string_view cookie, std::int64_t 
     s.expires_ms = std::min(s.created_ms + limits_.max_age_ms, now_ms + limits_.idle_ms);
     return s;
 }
+
+bool SessionStore::alive(std::string_view key, std::int64_t now_ms) {
+    const auto it = by_digest_.find(key);
+    if (it == by_digest_.end()) return false;
+    if (now_ms >= it->second.expires_ms) {
+        by_digest_.erase(it);
+        return false;
+    }
+    return true;
+}
+
+std::string SessionStore::key_of(std::string_view cookie) { return sha256_hex(cookie); }
 
 bool SessionStore::close(std::string_view cookie) {
     if (!well_formed(cookie)) return false;

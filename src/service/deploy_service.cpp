@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
 namespace guardia::service {
@@ -192,6 +193,7 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
         const Principal* who;
         const std::vector<std::string>& seg;
         http::StreamProducer* stream = nullptr;  // a stream route's answer, when allowed
+        std::string session_key{};  // authenticated by a session cookie: its key (key_of)
         std::string principal() const { return who ? who->name : std::string(); }
     };
     using Handler = asio::awaitable<http::Response> (Impl::*)(const Call&);
@@ -210,11 +212,16 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::awaitable<http::Response> handle_streaming(http::Request req,
                                                      http::StreamProducer* stream);
     bool tls() const { return !coordinator.deps().service.tls_cert_file.empty(); }
+    // How browsers reach the service (service.public_url, e.g. behind a TLS-terminating proxy):
+    // the console's Origin check and the cookie's Secure follow it when it is set.
+    const std::string& public_url() const { return coordinator.deps().service.public_url; }
+    bool secure_cookie() const { return cookie_secure(tls(), public_url()); }
     // Who sends a request: its Bearer token's client, else its session cookie's (with the
     // session's csrf value); nullopt for neither.
     struct Caller {
         Principal who;
         std::optional<std::string> session_csrf;  // set: authenticated by a session cookie
+        std::string session_key{};                // then: SessionStore::key_of(cookie)
     };
     std::optional<Caller> authenticate(const http::Request& req);
     std::optional<http::Response> admit(const http::Request& head);
@@ -243,6 +250,11 @@ struct DeployService::Impl : std::enable_shared_from_this<DeployService::Impl> {
     asio::awaitable<http::Response> deploy_events(const Call& c);
     asio::awaitable<http::Response> task_events(const Call& c);
     std::optional<http::Response> open_stream(const Call& c);  // limits; nullopt: admitted
+    // Whether a stream may deliver its next tick: one opened with a session cookie ends with
+    // the session (sign-out, expiry, idle timeout, eviction). One opened with a Bearer token
+    // goes on: the clients are fixed for the process's life (no reload), so a token that
+    // authenticated the stream is still valid.
+    bool stream_session_lives(const std::string& session_key);
     std::size_t streams_open = 0;
     std::map<std::string, std::size_t> streams_by_principal;
     // The reading each SR's streams share (SharedReading below), while any of them lives.
@@ -369,7 +381,8 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
         who = &caller->who;
         // A cookie comes along by itself: a state-changing request must prove our page sent it.
         if (caller->session_csrf) {
-            if (const auto v = csrf_check(req, *caller->session_csrf, tls()); v != CsrfVerdict::ok) {
+            const auto v = csrf_check(req, *caller->session_csrf, tls(), public_url());
+            if (v != CsrfVerdict::ok) {
                 logger->warn("{} {}: refused for client '{}': csrf {}",
                              std::string(req.method_string()),
                              printable(req.target().substr(0, req.target().find('?'))), who->name,
@@ -420,7 +433,7 @@ asio::awaitable<http::Response> DeployService::Impl::dispatch(const http::Reques
             co_return r;
         }
     }
-    const Call call{req, who, seg, stream};
+    const Call call{req, who, seg, stream, caller ? caller->session_key : std::string()};
     co_return co_await (this->*(route->handler))(call);
 }
 
@@ -456,7 +469,7 @@ std::optional<DeployService::Impl::Caller> DeployService::Impl::authenticate(
     if (!cookie) return std::nullopt;
     auto s = sessions.find(*cookie, wall_ms());
     if (!s) return std::nullopt;
-    return Caller{std::move(s->who), std::move(s->csrf)};
+    return Caller{std::move(s->who), std::move(s->csrf), SessionStore::key_of(*cookie)};
 }
 
 std::optional<http::Response> DeployService::Impl::admit(const http::Request& head) {
@@ -477,7 +490,7 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
     if (req.method() == bh::verb::post) {
         // A page of another origin may not sign a browser in (login CSRF): a JSON body already
         // needs a CORS preflight, and an Origin header must be ours.
-        const auto verdict = csrf_check(req, "", tls());
+        const auto verdict = csrf_check(req, "", tls(), public_url());
         auto parsed = http::parse_json_object(req, 2);
         if (verdict == CsrfVerdict::foreign_origin) {
             res = http::error_response(req, bh::status::forbidden, "csrf_failed",
@@ -497,7 +510,7 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
                 auto opened = sessions.open(*p, wall_ms());
                 logger->info("console: session opened for client '{}'", p->name);
                 res = http::json_response(req, bh::status::ok, session_json(opened.session));
-                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, tls()));
+                res.set(bh::field::set_cookie, session_set_cookie(opened.cookie, secure_cookie()));
             }
         }
     } else if (req.method() == bh::verb::get || req.method() == bh::verb::head) {
@@ -506,14 +519,14 @@ http::Response DeployService::Impl::ui_session(const http::Request& req) {
     } else if (req.method() == bh::verb::delete_) {
         if (!current) {
             res = unauthorized_response(req);
-        } else if (csrf_check(req, current->csrf, tls()) != CsrfVerdict::ok) {
+        } else if (csrf_check(req, current->csrf, tls(), public_url()) != CsrfVerdict::ok) {
             res = http::error_response(req, bh::status::forbidden, "csrf_failed",
                                        "signing out needs the session's X-Guardia-CSRF header");
         } else {
             sessions.close(*cookie);
             logger->info("console: session closed for client '{}'", current->who.name);
             res = http::text_response(req, bh::status::no_content, "", "text/plain");
-            res.set(bh::field::set_cookie, session_clear_cookie(tls()));
+            res.set(bh::field::set_cookie, session_clear_cookie(secure_cookie()));
         }
     } else {
         res = http::error_response(req, bh::status::method_not_allowed, "method_not_allowed",
@@ -1100,6 +1113,10 @@ std::optional<http::Response> DeployService::Impl::open_stream(const Call& c) {
     return std::nullopt;
 }
 
+bool DeployService::Impl::stream_session_lives(const std::string& session_key) {
+    return session_key.empty() || sessions.alive(session_key, wall_ms());
+}
+
 asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c) {
     const std::string sr_id = c.seg[2];
     // The document a viewer would GET, read the same way (404 for an unknown SR).
@@ -1120,9 +1137,11 @@ asio::awaitable<http::Response> DeployService::Impl::deploy_events(const Call& c
         shared = std::make_shared<SharedReading>(executor);
         live_readings[sr_id] = shared;
     }
-    *c.stream = [st, shared, read = ReadDoc(read_doc)]() -> asio::awaitable<std::optional<std::string>> {
+    *c.stream = [self, st, shared, read = ReadDoc(read_doc),
+                 key = c.session_key]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
             const std::uint64_t slot = co_await st->next_tick();
+            if (!self->stream_session_lives(key)) co_return std::nullopt;
             auto doc = co_await read_shared(*shared, slot, read);
             if (!doc) co_return std::nullopt;  // the task is gone
             std::string chunk = st->frame(st->rollout.update(*doc));
@@ -1139,9 +1158,11 @@ asio::awaitable<http::Response> DeployService::Impl::task_events(const Call& c) 
     auto self = shared_from_this();
     http::Request req = c.req;
     req.target("/api/tasks?limit=200");
-    *c.stream = [self, st, req]() -> asio::awaitable<std::optional<std::string>> {
+    *c.stream = [self, st, req,
+                 key = c.session_key]() -> asio::awaitable<std::optional<std::string>> {
         for (;;) {
             co_await st->next_tick();
+            if (!self->stream_session_lives(key)) co_return std::nullopt;
             const std::vector<std::string> seg{"api", "tasks"};
             const Call call{req, nullptr, seg};
             http::Response r = co_await self->list_tasks(call);
@@ -1179,30 +1200,61 @@ asio::awaitable<http::Response> DeployService::Impl::list_tasks(const Call& c) {
         const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), into);
         return !text.empty() && ec == std::errc() && end == text.data() + text.size();
     };
-    std::int64_t limit = 50, before = 0;
+    std::int64_t limit = 50;
     if (!(*q)["limit"].empty() && (!number((*q)["limit"], limit) || limit < 1 || limit > 200))
         co_return error_answer(c.req, bad("limit: an integer from 1 to 200"));
+    std::optional<TaskCursor> cursor;
     if (!(*q)["before"].empty()) {
-        if (!number((*q)["before"], before) || before < 0)
-            co_return error_answer(c.req, bad("before: an updated_ms value (integer)"));
-        f.before_updated_ms = before;
+        cursor = parse_task_cursor((*q)["before"]);
+        if (!cursor)
+            co_return error_answer(c.req, bad("before: a next_cursor value (or an updated_ms "
+                                              "value, an integer)"));
+        // The store's `before` is strict on updated_ms alone: a cursor naming a task reads from
+        // its millisecond on and drops the tasks up to it (cursor_skip).
+        if (cursor->sr_id.empty())
+            f.before_updated_ms = cursor->updated_ms;
+        else if (cursor->updated_ms < std::numeric_limits<std::int64_t>::max())
+            f.before_updated_ms = cursor->updated_ms + 1;
     }
-    f.limit = static_cast<int>(limit);
-    auto rows = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
-    if (!rows)
-        co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
-                                                   "the store could not be read or written: " +
-                                                       rows.error().message));
+    // Read enough rows to fill the page after the skipped ones (more when many tasks share the
+    // cursor's millisecond).
+    std::vector<store::TaskRecord> rows;
+    std::size_t skip = 0;
+    for (std::int64_t want = limit;;) {
+        f.limit = static_cast<int>(want);
+        auto page = co_await coordinator.read([&](store::Database& db) { return db.tasks_page(f); });
+        if (!page)
+            co_return error_answer(c.req, ServiceError(ServiceErrc::store_unavailable,
+                                                       "the store could not be read or written: " +
+                                                           page.error().message));
+        skip = cursor ? cursor_skip(*cursor, *page) : 0;
+        const auto got = static_cast<std::int64_t>(page->size());
+        const auto left = got - static_cast<std::int64_t>(skip);
+        if (got < want || left >= limit || want >= 1'000'000) {
+            rows = std::move(*page);
+            break;
+        }
+        want = left > 0 ? static_cast<std::int64_t>(skip) + limit : want * 2;
+    }
+    rows.erase(rows.begin(), rows.begin() + static_cast<std::ptrdiff_t>(skip));
+    if (static_cast<std::int64_t>(rows.size()) > limit) rows.resize(static_cast<std::size_t>(limit));
     json::array tasks;
-    for (const auto& t : *rows) {
+    for (const auto& t : rows) {
         auto o = task_json(t, {});
         o.erase("artifacts");
         tasks.push_back(std::move(o));
     }
-    json::value next = nullptr;
-    if (static_cast<std::int64_t>(rows->size()) == limit) next = rows->back().updated_ms;
+    // next_before (the last updated_ms) is kept for old clients; next_cursor also names the
+    // last task, so tasks sharing that millisecond are not skipped.
+    json::value next = nullptr, next_cursor = nullptr;
+    if (static_cast<std::int64_t>(rows.size()) == limit) {
+        next = rows.back().updated_ms;
+        next_cursor = json::string(task_cursor(rows.back().updated_ms, rows.back().sr_id));
+    }
     co_return http::json_response(c.req, bh::status::ok,
-                                  json::object{{"tasks", std::move(tasks)}, {"next_before", next}});
+                                  json::object{{"tasks", std::move(tasks)},
+                                               {"next_before", next},
+                                               {"next_cursor", next_cursor}});
 }
 
 asio::awaitable<http::Response> DeployService::Impl::node_detail(const Call& c) {

@@ -69,7 +69,7 @@ export function mountTasks(root, _route, _ctx) {
       const d = await api('GET', `/api/tasks?${params}`);
       if (!append) tasks.clear();
       for (const t of d.tasks) tasks.set(t.sr_id, t);
-      nextBefore = d.next_before ?? null;
+      nextBefore = d.next_cursor ?? d.next_before ?? null;
       err.hidden = true;
     } catch (e) {
       err.textContent = e.message;

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import sys
 import time
 
@@ -310,6 +311,133 @@ class ConsoleApiTest(ServeTest):
                 self.assertEqual(statuses, {"OK"} if node == "node-0001" else {"OK", "FAIL"}, nd["steps"])
         self.assert_error(self.api("GET", f"/api/deploy/{sr}/nodes/node-0099"), 404, "not_found", "node-0099")
         self.assert_error(self.api("GET", f"/api/deploy/SR-NONE-{self.tag}/nodes/node-0001"), 404, "not_found")
+
+
+    # ================================================================== 6. hardening (review)
+    def test_06_a_stream_ends_with_its_session(self):
+        """Attack: sign in, open a live stream with the cookie, sign out (or have the session
+        evicted); the stream kept delivering for as long as the socket stayed open. Now each
+        tick re-checks the session: the cookie's stream ends (EOF) within 5 s of the sign-out,
+        a stream of the same client opened with its Bearer token goes on."""
+        from test_console_live import Sse
+        self.start_service(conf=self.clients_config({"pm": ["read"]}))
+        cookie, doc = self.sign_in("pm")
+        by_cookie = Sse(self.svc.host, self.svc.port, "/api/events", None, cookie=cookie)
+        self.addCleanup(by_cookie.close)
+        by_token = Sse(self.svc.host, self.svc.port, "/api/events", self.tokens["pm"])
+        self.addCleanup(by_token.close)
+        self.assertEqual((by_cookie.status, by_token.status), (200, 200))
+        self.assertFalse(by_cookie.eof.wait(1.5), "the stream ended while its session lives")
+        r = self.api("DELETE", "/ui/session", token=False, headers=self.as_cookie(cookie, doc["csrf"]))
+        self.assertEqual(r.status, 204, r)
+        self.assertTrue(by_cookie.eof.wait(5), "the cookie's stream outlived its session")
+        self.assertFalse(by_token.eof.is_set(), "the Bearer stream ended too")
+        self.assertEqual(self.api("GET", "/api/tasks", token=f"Bearer {self.tokens['pm']}").status, 200)
+
+    def test_07_one_client_cannot_sign_everyone_out(self):
+        """Attack: the session store held at most 1,000 sessions and evicted the oldest, so one
+        client signing in 1,000 times signed every other user out. Now a client holds at most
+        16 live sessions (its 17th sign-in ends its own oldest); "pm" signs in, "ops" signs in
+        1,100 times, and pm's session still works; ops's first sessions are gone, 16 of its
+        newest live."""
+        self.start_service(conf=self.clients_config({"pm": ["read"], "ops": ["read"]}))
+        cookie, _ = self.sign_in("pm")
+        ops = []
+        for _ in range(1100):
+            r = self.api("POST", "/ui/session", {"token": self.tokens["ops"]}, token=False)
+            self.assertEqual(r.status, 200, r)
+            ops.append(re.match(r"guardia_session=([0-9a-f]{64});", r.header("set-cookie")).group(1))
+        r = self.api("GET", "/ui/session", token=False, headers=self.as_cookie(cookie))
+        self.assertEqual((r.status, r.json and r.json.get("principal")), (200, "pm"), r)
+        self.assertEqual(self.api("GET", "/api/tasks", token=False, headers=self.as_cookie(cookie)).status, 200)
+        for old in ops[:3]:
+            self.assert_error(self.api("GET", "/ui/session", token=False, headers=self.as_cookie(old)),
+                              401, "unauthorized")
+        # ops holds 16 live sessions, its newest ones (sign-ins within one millisecond are of the
+        # same age: which of those goes first is not promised).
+        live = [c for c in ops[-40:]
+                if self.api("GET", "/ui/session", token=False, headers=self.as_cookie(c)).status == 200]
+        self.assertEqual(len(live), 16, live)
+        self.assertIn(ops[-1], live)
+
+    def test_08_behind_a_tls_proxy_the_cookie_and_origin_follow_public_url(self):
+        """Attack: behind a TLS-terminating proxy (public_url https://..., the service itself plain
+        HTTP on loopback) the cookie lacked Secure (a browser would send it over plain http to
+        that host, readable on the wire) and the Origin check expected http://<Host>, refusing
+        the real page and accepting a plain-http one. Now the cookie is Secure and the one origin
+        accepted is public_url's."""
+        public = "https://Guardia.Example.test:443/console/"
+        self.start_service(conf=self.clients_config({"sub": ["submit", "read"]},
+                                                    service={"public_url": public}))
+        r = self.api("POST", "/ui/session", {"token": self.tokens["sub"]}, token=False)
+        self.assertEqual(r.status, 200, r)
+        m = re.fullmatch(r"guardia_session=([0-9a-f]{64}); Path=/; HttpOnly; SameSite=Strict; Secure",
+                         r.header("set-cookie") or "")
+        self.assertTrue(m, f"cookie attributes: {r.header('set-cookie')!r}")
+        cookie, csrf = m.group(1), r.json["csrf"]
+        body = {"sr_id": f"SR-PX-{self.tag}", "inst_id": self.inst_id, "system_name": self.system_name,
+                "requester": "alice"}
+        for origin in (f"http://127.0.0.1:{self.svc.port}", "http://guardia.example.test",
+                       "https://evil.example", "https://guardia.example.test:8443"):
+            with self.subTest(origin=origin):
+                r = self.api("POST", "/api/tasks", body, token=False, headers=self.as_cookie(cookie, csrf, origin))
+                self.assert_error(r, 403, "csrf_failed")
+        self.assertEqual(self.q("SELECT * FROM tasks WHERE sr_id = ?", body["sr_id"]), [])
+        r = self.api("POST", "/api/tasks", body, token=False,
+                     headers=self.as_cookie(cookie, csrf, "https://guardia.example.test"))
+        self.assertEqual(r.status, 201, r)
+        r = self.api("DELETE", "/ui/session", token=False,
+                     headers=self.as_cookie(cookie, csrf, "https://guardia.example.test"))
+        self.assertEqual(r.status, 204, r)
+        self.assertEqual(r.header("set-cookie"),
+                         "guardia_session=; Path=/; Max-Age=0; HttpOnly; SameSite=Strict; Secure")
+        # Signing in from a plain-http page of the proxy's host name is refused too.
+        r = self.api("POST", "/ui/session", {"token": self.tokens["sub"]}, token=False,
+                     headers={"Origin": "http://guardia.example.test"})
+        self.assert_error(r, 403, "csrf_failed")
+
+    def test_09_task_paging_returns_tasks_sharing_a_millisecond_once(self):
+        """Attack (a burst of tasks, or one written to hide): the GET /api/tasks cursor was
+        updated_ms alone, so tasks sharing the page's last millisecond were skipped (before=N is
+        strict) and no cursor could step through them. Seven tasks share one updated_ms (set with
+        sqlite3, as a burst in one millisecond would leave them); paging two by two with
+        next_cursor returns each exactly once, in order; the old numeric before still works."""
+        self.start_service(conf=self.clients_config({"sub": ["submit", "read"]}))
+        self.token = self.tokens["sub"]
+        made = [f"SR-TIE{i}-{self.tag}" for i in range(7)]
+        for sr in made:
+            self.create_task(sr, requester="alice", title="tie")
+        same = int(time.time() * 1000) - 60000
+        c = sqlite3.connect(self.db, timeout=10)
+        try:
+            with c:
+                c.executemany("UPDATE tasks SET updated_ms = ? WHERE sr_id = ?", [(same, sr) for sr in made])
+        finally:
+            c.close()
+        self.assertEqual({r["updated_ms"] for r in self.q("SELECT updated_ms FROM tasks WHERE sr_id LIKE ?",
+                                                            f"SR-TIE%-{self.tag}")}, {same})
+        seen, cursor, pages = [], None, 0
+        while True:
+            q = {"limit": 2, "q": f"-{self.tag}", **({"before": cursor} if cursor is not None else {})}
+            page = self.ok(self.api("GET", "/api/tasks", query=q))
+            seen += [t["sr_id"] for t in page["tasks"]]
+            pages += 1
+            self.assertLess(pages, 10, seen)
+            cursor = page.get("next_cursor", page["next_before"])  # the old service: next_before
+            if cursor is None:
+                break
+            self.assertEqual(page["next_before"], page["tasks"][-1]["updated_ms"])  # kept as it was
+        self.assertEqual(seen, sorted(made, reverse=True))
+        self.assertIsInstance(cursor, type(None))
+        self.assertIn("next_cursor", page)
+        # The old numeric cursor: strictly below, as before.
+        sel = lambda before: [t["sr_id"] for t in
+                              self.ok(self.api("GET", "/api/tasks", query={"q": f"-{self.tag}", "before": before}))["tasks"]]
+        self.assertEqual(sel(same), [])
+        self.assertEqual(sel(same + 1), sorted(made, reverse=True))
+        for bad in ("c1.x.00", "c1.5.zz", "c1.5", "c2.5.41", "1.5"):
+            with self.subTest(cursor=bad):
+                self.assert_error(self.api("GET", "/api/tasks", query={"before": bad}), 400, "bad_request", "before")
 
 
 load_tests = own_tests(ConsoleApiTest)

@@ -37,10 +37,11 @@ class Sse:
     """One SSE stream on a raw socket; a thread parses events into self.events as
     (received_ms, id, event, data) and sets self.eof when the server closes."""
 
-    def __init__(self, host, port, path, token):
+    def __init__(self, host, port, path, token, cookie=None):
         self.sock = socket.create_connection((host, port), timeout=10)
+        auth = f"Cookie: guardia_session={cookie}" if cookie else f"Authorization: Bearer {token}"
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                           f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n").encode())
+                           f"{auth}\r\nAccept: text/event-stream\r\n\r\n").encode())
         self.f = self.sock.makefile("rb")
         status = self.f.readline().decode()
         self.status = int(status.split()[1])

@@ -62,6 +62,24 @@ struct StepSpan {
 };
 std::vector<StepSpan> step_spans(const std::vector<store::AuditRow>& rows);
 
+// --- GET /api/tasks paging ---------------------------------------------------------------------
+//
+// Pages run newest updated_ms first, ties by sr_id descending; the cursor names the last task of
+// a page by both, so tasks sharing its millisecond are neither skipped nor repeated. Opaque to
+// clients ("c1.<updated_ms>.<sr_id in hex>"); a plain integer (the old cursor, an updated_ms)
+// is still accepted and keeps its meaning: updated_ms strictly below it.
+struct TaskCursor {
+    std::int64_t updated_ms = 0;
+    std::string sr_id;  // empty: an old numeric cursor
+};
+std::string task_cursor(std::int64_t updated_ms, std::string_view sr_id);
+// nullopt: not a cursor (a negative number, a malformed or unknown form).
+std::optional<TaskCursor> parse_task_cursor(std::string_view text);
+// How many leading rows of a page read from the cursor's millisecond on (newest first, ties by
+// sr_id descending) are at or before the cursor's task: the tasks the previous page ended with.
+// 0 for an old numeric cursor.
+std::size_t cursor_skip(const TaskCursor& cursor, const std::vector<store::TaskRecord>& rows);
+
 // --- sessions (POST/GET/DELETE /ui/session) ----------------------------------------------------
 //
 // A browser signs in with a client token once and then holds a session cookie; the cookie
@@ -90,7 +108,18 @@ enum class CsrfVerdict : std::uint8_t {
 std::string_view to_string(CsrfVerdict);
 // The decision for a request authenticated by a session cookie whose csrf value is
 // `session_csrf`; `tls`: the service speaks HTTPS (the scheme its own origin has).
-CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls);
+// `public_url` (service.public_url; empty: none): how browsers reach the service, e.g. through a
+// TLS-terminating proxy; when set, the one origin accepted is its origin (url_origin), whatever
+// the listener speaks and whatever the Host header says.
+CsrfVerdict csrf_check(const http::Request& req, std::string_view session_csrf, bool tls,
+                       std::string_view public_url = {});
+// The origin of an http(s) URL as a browser writes it in an Origin header: the scheme and host
+// lower-cased, the port kept unless it is the scheme's default (80, 443), no path:
+// "https://Guardia.Example.com:443/x" -> "https://guardia.example.com".
+std::string url_origin(std::string_view url);
+// Whether the session cookie gets Secure: the service speaks TLS, or public_url is https (a
+// proxy terminates TLS in front of a plain-HTTP listener).
+bool cookie_secure(bool tls, std::string_view public_url);
 
 struct Session {
     Principal who;
@@ -102,7 +131,11 @@ struct Session {
 
 struct SessionLimits {
     SessionLimits() {}
-    std::size_t max_sessions = 1000;            // beyond: the oldest is evicted
+    // Beyond max_sessions: the oldest session of the principal holding the most is evicted.
+    std::size_t max_sessions = 1000;
+    // A principal's sign-in beyond this ends that principal's own oldest session, never another's
+    // (one client signing in 1,000 times must not sign everyone else out).
+    std::size_t max_per_principal = 16;
     std::int64_t max_age_ms = 8 * 3600 * 1000;  // from sign-in
     std::int64_t idle_ms = 3600 * 1000;         // since the last request
 };
@@ -119,6 +152,12 @@ class SessionStore {
     // The live session of a cookie value, its idle clock reset; nullopt (and forgotten) when
     // unknown, malformed, expired or idle too long.
     std::optional<Session> find(std::string_view cookie, std::int64_t now_ms);
+    // Whether the session whose key (key_of(cookie)) is given still lives: neither signed out,
+    // evicted, expired nor idle too long. Does not reset the idle clock (a live stream's ticks
+    // are not the user's activity); an ended session is forgotten. What a live stream opened
+    // with the cookie re-checks on every tick (it keeps the key, never the cookie).
+    bool alive(std::string_view key, std::int64_t now_ms);
+    static std::string key_of(std::string_view cookie);  // SHA-256 hex
     // Forgets the session; false when there was none.
     bool close(std::string_view cookie);
     std::size_t size() const { return by_digest_.size(); }

@@ -24,6 +24,7 @@ Environment (set by test/service/CMakeLists.txt):
   test_serve.py --cleanup         kill `guardia serve` processes a killed run left, remove the work root
 """
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -642,6 +643,19 @@ class ServeTest(unittest.TestCase):
                                      f"leftovers {a['other_entries']}, running {a['service_running']}): an "
                                      f"earlier run left it so; bring the serve_fleet fixture up again")
         return nodes
+
+    @contextlib.contextmanager
+    def locked_by_someone_else(self, node):
+        """The node's deploy lock held by another owner while the block runs (its rollout fails
+        there, untouched); removed afterwards, also when the block fails."""
+        lock = self.inv[node]["deploy_path"] + ".lock"
+        os.mkdir(lock)
+        try:
+            with open(os.path.join(lock, "owner"), "w") as f:
+                f.write(f"owner=someone-else\nrollout=R-other\nsince={int(time.time())}\n")
+            yield
+        finally:
+            shutil.rmtree(lock, ignore_errors=True)
 
     def check(self, *names):
         args = [FLEET_TOOL, "check", "--dir", FLEET_DIR, "--backups"]
@@ -1438,15 +1452,9 @@ class ServeTest(unittest.TestCase):
         self.start_service()
         before = self.fresh(*names)
         arts = self.prepare(sr, tiers, "retry")
-        lock = self.inv["node-0011"]["deploy_path"] + ".lock"
-        os.mkdir(lock)
-        try:
-            with open(os.path.join(lock, "owner"), "w") as f:
-                f.write(f"owner=someone-else\nrollout=R-other\nsince={int(time.time())}\n")
+        with self.locked_by_someone_else("node-0011"):
             first = self.trigger_ok(sr)
             self.wait_task(sr, "FAILED_ROLLBACK")
-        finally:
-            shutil.rmtree(lock, ignore_errors=True)
         mid = self.check(*names)
         self.assert_deployed(before["node-0016"], mid["node-0016"], arts)
         self.assertEqual(mid["node-0011"]["tree_sha256"], before["node-0011"]["tree_sha256"])
@@ -1481,16 +1489,10 @@ class ServeTest(unittest.TestCase):
             else:
                 os.environ["GUARDIA_FAILPOINT_PAUSE"] = saved
         before = self.fresh(*names)
-        arts = self.prepare(sr, tiers, "settle")
-        lock = self.inv["node-0013"]["deploy_path"] + ".lock"
-        os.mkdir(lock)
-        try:
-            with open(os.path.join(lock, "owner"), "w") as f:
-                f.write(f"owner=someone-else\nrollout=R-other\nsince={int(time.time())}\n")
+        self.prepare(sr, tiers, "settle")
+        with self.locked_by_someone_else("node-0013"):
             self.trigger_ok(sr)
             self.wait_task(sr, "FAILED_ROLLBACK")
-        finally:
-            shutil.rmtree(lock, ignore_errors=True)
         self.trigger_ok(sr)       # at once: inside the window
         self.wait_task(sr, "PENDING_PM_VALIDATION", passing=("DEPLOYING", "FAILED_ROLLBACK"))
         r = self.api("POST", f"/api/tasks/{sr}/validation", {"verdict": "rejected", "pm_id": "carol"},

@@ -8,6 +8,8 @@
 #include "guardia/store/database.hpp"
 
 #include <openssl/rand.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -185,14 +187,58 @@ Result<void> read_headers(const json::value& v, const std::string& source, const
     return {};
 }
 
+// Slack's incoming webhooks read Slack markup: escape by default (unless "markup" says).
+void default_markup(WebhookConfig& hook, const http::Url& url) {
+    if (!hook.markup_given && url.host == "hooks.slack.com")
+        hook.markup = WebhookConfig::Markup::slack;
+}
+
+// A webhook's url_file: like a secret file (0600 / 0400), owned by this process's user or root,
+// holding one http(s) URL. Errors name the file, never its content (the URL is the secret).
+Result<http::Url> read_url_file(WebhookConfig& hook, const std::string& source,
+                                const std::string& field) {
+    const std::string& file = hook.url_file;
+    struct stat st {};
+    if (::stat(file.c_str(), &st) != 0)
+        return field_error(source, field, "url file " + file + ": cannot stat");
+    if (!S_ISREG(st.st_mode))
+        return field_error(source, field, "url file " + file + ": not a regular file");
+    if ((st.st_mode & 077) != 0)
+        return field_error(source, field,
+                           "url file " + file + ": readable by group or others; chmod 600 it");
+    if (st.st_uid != ::geteuid() && st.st_uid != 0)
+        return field_error(source, field,
+                           "url file " + file + ": owned by uid " + std::to_string(st.st_uid) +
+                               ", neither this service's user nor root");
+    std::string text;
+    try {
+        text = read_secret_file(file).reveal();
+    } catch (const std::exception& e) {
+        return field_error(source, field, e.what());
+    }
+    const auto first = text.find_first_not_of(" \t\r\n");
+    const auto last = text.find_last_not_of(" \t\r\n");
+    const std::string url =
+        first == std::string::npos ? std::string() : text.substr(first, last - first + 1);
+    if (url.empty()) return field_error(source, field, "url file " + file + " is empty");
+    auto parsed = http::parse_url(url);
+    if (!parsed || url.find_first_of(" \t\r\n") != std::string::npos)
+        return field_error(source, field,
+                           "url file " + file + ": does not hold one http(s) URL (not quoted)");
+    if (!hook.ca_file.empty() && !parsed->https)
+        return field_error(source, field, "url file " + file + ": ca_file is only for https URLs");
+    hook.url = url;
+    return *parsed;
+}
+
 Result<WebhookConfig> read_webhook(const json::value& v, const std::string& source,
                                    std::size_t index) {
     const std::string at = "notifications.webhooks[" + std::to_string(index) + "]";
     if (!v.is_object()) return field_error(source, at, "must be an object");
     const auto& obj = v.get_object();
     if (auto r = only_keys(obj, source, at,
-                           {"name", "event", "events", "url", "headers", "template", "timeout_ms",
-                            "ca_file", "secret_file"});
+                           {"name", "event", "events", "url", "url_file", "headers", "template",
+                            "markup", "timeout_ms", "ca_file", "secret_file"});
         !r)
         return r.error();
     WebhookConfig hook;
@@ -221,12 +267,22 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
     hook.event = hook.events.front();
 
     const auto* url = obj.if_contains("url");
-    if (!url) return field_error(source, at + ".url", "is required");
-    auto u = string_field(*url, source, at + ".url");
-    if (!u) return u.error();
-    auto parsed = http::parse_url(*u);
-    if (!parsed) return field_error(source, at + ".url", parsed.error().message);
-    hook.url = *u;
+    const auto* url_file = obj.if_contains("url_file");
+    if (url && url_file) return field_error(source, at + ".url_file", "give url or url_file, not both");
+    if (!url && !url_file) return field_error(source, at + ".url", "is required");
+    std::optional<http::Url> parsed;  // unknown until start-up for a url_file
+    if (url) {
+        auto u = string_field(*url, source, at + ".url");
+        if (!u) return u.error();
+        auto p = http::parse_url(*u);
+        if (!p) return field_error(source, at + ".url", p.error().message);
+        parsed = *p;
+        hook.url = *u;
+    } else {
+        auto f = absolute_path_field(*url_file, source, at + ".url_file");
+        if (!f) return f.error();
+        hook.url_file = *f;
+    }
 
     hook.name = hook.event + "-" + std::to_string(index);
     if (const auto* name = obj.if_contains("name")) {
@@ -242,6 +298,18 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
         if (auto r = read_headers(*headers, source, at + ".headers", hook); !r) return r.error();
     }
     if (const auto* tmpl = obj.if_contains("template")) hook.body_template = *tmpl;
+    if (parsed) default_markup(hook, *parsed);
+    if (const auto* markup = obj.if_contains("markup")) {
+        hook.markup_given = true;
+        auto m = string_field(*markup, source, at + ".markup");
+        if (!m) return m.error();
+        if (*m == "slack")
+            hook.markup = WebhookConfig::Markup::slack;
+        else if (*m == "none")
+            hook.markup = WebhookConfig::Markup::none;
+        else
+            return field_error(source, at + ".markup", "must be \"slack\" or \"none\"");
+    }
     if (const auto* timeout = obj.if_contains("timeout_ms")) {
         auto t = integer_field(*timeout, source, at + ".timeout_ms", 1, 600000);
         if (!t) return t.error();
@@ -252,7 +320,8 @@ Result<WebhookConfig> read_webhook(const json::value& v, const std::string& sour
         if (!c) return c.error();
         if (c->empty() || c->front() != '/')
             return field_error(source, at + ".ca_file", "must be an absolute path");
-        if (!parsed->https) return field_error(source, at + ".ca_file", "only for https URLs");
+        if (parsed && !parsed->https)
+            return field_error(source, at + ".ca_file", "only for https URLs");
         hook.ca_file = *c;
     }
     if (const auto* sf = obj.if_contains("secret_file")) {
@@ -328,11 +397,14 @@ std::string text_of(const json::value* v) {
     return json::serialize(*v);
 }
 
-json::value render_string(std::string_view s, const json::object& context) {
-    // A string that is exactly one placeholder takes the field's value, type and all.
+// `escape`: the fields' text is Slack-escaped (render_template).
+json::value render_string(std::string_view s, const json::object& context, bool escape) {
+    // A string that is exactly one placeholder takes the field's value, type and all (a string
+    // value escaped like any other text).
     if (s.size() >= 4 && s.substr(0, 2) == "{{") {
         if (auto p = placeholder_at(s, 0); p && p->second == s.size()) {
             const auto* v = lookup(context, p->first);
+            if (v && escape && v->is_string()) return json::string(slack_escape(v->get_string()));
             return v ? *v : json::value(nullptr);
         }
     }
@@ -348,7 +420,8 @@ json::value render_string(std::string_view s, const json::object& context) {
             continue;
         }
         out.append(s.substr(pos, open - pos));
-        out += text_of(lookup(context, p->first));
+        const std::string text = text_of(lookup(context, p->first));
+        out += escape ? slack_escape(text) : text;
         pos = p->second;
     }
     out.append(s.substr(std::min(pos, s.size())));
@@ -426,6 +499,12 @@ Result<void> load_webhook_secrets(NotifierConfig& config, std::string_view sourc
     std::map<std::string, Secret> by_file;  // one read per file
     for (std::size_t i = 0; i < config.webhooks.size(); ++i) {
         auto& hook = config.webhooks[i];
+        if (!hook.url_file.empty()) {
+            auto url = read_url_file(
+                hook, source, "notifications.webhooks[" + std::to_string(i) + "].url_file");
+            if (!url) return url.error();
+            default_markup(hook, *url);
+        }
         const bool own = !hook.secret_file.empty();
         const std::string file = own ? hook.secret_file : config.signing_secret_file;
         if (file.empty()) continue;
@@ -498,24 +577,57 @@ std::string event_summary(std::string_view event, const json::object& fields) {
     return sr + ": " + std::string(event);
 }
 
-json::value render_template(const json::value& tmpl, const json::object& context) {
+std::string slack_escape(std::string_view text) {
+    std::string out;
+    out.reserve(text.size());
+    for (const char ch : text) {
+        if (ch == '&')
+            out += "&amp;";
+        else if (ch == '<')
+            out += "&lt;";
+        else if (ch == '>')
+            out += "&gt;";
+        else
+            out += ch;
+    }
+    return out;
+}
+
+namespace {
+
+// A key whose value is a URL (Slack's "url", Mattermost's "title_link", "image_url", ...).
+bool link_key(std::string_view key) {
+    return key == "url" || key.ends_with("_url") || key.ends_with("_link") ||
+           key.ends_with("Url");
+}
+
+json::value render_value(const json::value& tmpl, const json::object& context, bool escape,
+                         bool link) {
     switch (tmpl.kind()) {
         case json::kind::string:
-            return render_string(tmpl.get_string(), context);
+            return render_string(tmpl.get_string(), context, escape && !link);
         case json::kind::array: {
             json::array out;
-            for (const auto& v : tmpl.get_array()) out.push_back(render_template(v, context));
+            for (const auto& v : tmpl.get_array())
+                out.push_back(render_value(v, context, escape, link));
             return out;
         }
         case json::kind::object: {
             json::object out;
             for (const auto& kv : tmpl.get_object())
-                out[kv.key()] = render_template(kv.value(), context);
+                out[kv.key()] = render_value(kv.value(), context, escape, link_key(kv.key()));
             return out;
         }
         default:
             return tmpl;
     }
+}
+
+}  // namespace
+
+json::value render_template(const json::value& tmpl, const json::object& context,
+                            WebhookConfig::Markup markup) {
+    return render_value(tmpl, context, markup == WebhookConfig::Markup::slack, false);
 }
 
 std::string render_body(const WebhookConfig& webhook, std::string_view event,
@@ -531,7 +643,7 @@ std::string render_body(const WebhookConfig& webhook, std::string_view event,
     for (const auto& kv : fields)
         if (!context.contains(kv.key())) context[kv.key()] = kv.value();
     if (webhook.body_template.is_null()) return json::serialize(context);
-    return json::serialize(render_template(webhook.body_template, context));
+    return json::serialize(render_template(webhook.body_template, context, webhook.markup));
 }
 
 // ============================================================================ Notifier

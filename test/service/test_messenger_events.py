@@ -64,7 +64,9 @@ class MessengerEventsTest(ServeTest):
             slack = json.load(f)["notifications"]
         hook = copy.deepcopy(slack["webhooks"][0])
         hook["url"] = self.receiver.url("/slack")
-        raw = {"name": "raw", "events": hook["events"], "url": self.receiver.url("/raw"),
+        # The raw webhook's URL comes from a url_file (0600): its deliveries prove it is read.
+        raw = {"name": "raw", "events": hook["events"],
+               "url_file": self.secret_file("raw.url", self.receiver.url("/raw").encode()),
                "secret_file": own_secret}
         notif = {"signing_secret_file": slack_secret, "webhooks": [hook, raw],
                  "retry": {"initial_delay_ms": 200, "max_delay_ms": 1000, "max_attempts": 0}}
@@ -191,6 +193,34 @@ class MessengerEventsTest(ServeTest):
         self.assertIn("notifications.webhooks[1].secret_file: secret file " + loose +
                       ": readable by group or others", r.stderr)
         self.assertEqual(r.stdout, "")
+
+    def test_a_url_file_readable_by_others_is_refused_at_start_without_quoting_it(self):
+        """Webhook URLs are credentials: a url_file must be 0600/0400 (and owned by the service's
+        user or root); a looser one stops the start naming the field and the file, never the URL."""
+        hook_url = self.receiver.url("/hooks/T000/B000/" + secrets.token_hex(12))
+        conf = self.messenger_config(self.secret_file("slack.secret", b"whsec-ok-" + secrets.token_hex(8).encode()),
+                                     self.secret_file("raw.secret", b"whsec-raw-" + secrets.token_hex(8).encode()))
+        loose = self.secret_file("loose.url", hook_url.encode(), mode=0o644)
+        conf["notifications"]["webhooks"][1]["url_file"] = loose
+        fd = os.open(self.path("token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token + "\n")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        path = self.write_json("guardia.json", conf)
+        r = subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.assertEqual(r.returncode, 2, r)
+        self.assertIn("notifications.webhooks[1].url_file: url file " + loose +
+                      ": readable by group or others", r.stderr)
+        self.assertNotIn("B000", r.stderr)
+        self.assertEqual(r.stdout, "")
+        # url and url_file together: refused by name.
+        conf["notifications"]["webhooks"][1]["url"] = hook_url
+        path = self.write_json("guardia2.json", conf)
+        r = subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        self.assertEqual(r.returncode, 2, r)
+        self.assertIn("notifications.webhooks[1].url_file: give url or url_file, not both", r.stderr)
 
 
 load_tests = own_tests(MessengerEventsTest)

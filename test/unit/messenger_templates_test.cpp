@@ -187,3 +187,82 @@ TEST_CASE("conf/messengers/mattermost.json: text and Slack-compatible attachment
         }
     });
 }
+
+TEST_CASE("messenger markup: Slack and Mattermost get fields escaped, links intact (review)") {
+    // Attack: an SR title, a reason or a summary holding Slack markup reached the channel as
+    // markup: "<!channel>" notified everyone, "<https://evil|click>" was a disguised link.
+    const std::string hostile = "<!channel> <@U123> <https://evil.example|click> & co";
+    for (const char* file : {"slack.json", "mattermost.json"}) {
+        CAPTURE(file);
+        const auto path = std::filesystem::path(GUARDIA_SOURCE_ROOT) / "conf" / "messengers" / file;
+        auto engine = deploy::parse_engine_config(read_text(path), path.string());
+        REQUIRE(engine.has_value());
+        auto cfg = parse_notifier_config(engine->notifications, path.string());
+        REQUIRE(cfg.has_value());
+        for (const auto& hook : cfg->webhooks) {
+            CHECK(hook.markup == WebhookConfig::Markup::slack);
+            json::object fields = context_for(hook.events.front());
+            fields["summary"] = hostile;
+            fields["system_name"] = hostile;
+            fields["status"] = hostile;
+            const auto body = render_body(hook, hook.events.front(), "d-1", 3, fields);
+            CAPTURE(body);
+            CHECK(json::parse(body).is_object());
+            for (const char* markup : {"<!channel>", "<@U123>", "<https://evil.example|click>"})
+                CHECK(body.find(markup) == std::string::npos);
+            CHECK(body.find("&lt;!channel&gt; &lt;@U123&gt; &lt;https://evil.example|click&gt; "
+                            "&amp; co") != std::string::npos);
+            // Link fields are URLs, not text: kept as they are.
+            CHECK(body.find("\"https://guardia.example.com/ui/#/sr/SR-42") != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("render_template: markup slack escapes field text only, never link fields") {
+    const auto tmpl = json::parse(
+        R"({"text": "*{{t}}* <{{u}}|open>", "whole": "{{t}}", "url": "{{u}}", "title_link": "{{u}}",
+            "n": "{{n}}", "list": ["{{t}}"]})");
+    const json::object ctx{{"t", "<!here> a&b"}, {"u", "https://x.example/a?b=1&c=<2>"}, {"n", 5}};
+    const auto out = render_template(tmpl, ctx, WebhookConfig::Markup::slack).as_object();
+    CHECK(out.at("text") == json::value("*&lt;!here&gt; a&amp;b* <https://x.example/a?b=1&amp;c=&lt;2&gt;|open>"));
+    CHECK(out.at("whole") == json::value("&lt;!here&gt; a&amp;b"));
+    CHECK(out.at("url") == json::value("https://x.example/a?b=1&c=<2>"));
+    CHECK(out.at("title_link") == json::value("https://x.example/a?b=1&c=<2>"));
+    CHECK(out.at("n") == json::value(5));
+    CHECK(out.at("list").as_array()[0] == json::value("&lt;!here&gt; a&amp;b"));
+    const auto plain = render_template(tmpl, ctx).as_object();  // none: as before
+    CHECK(plain.at("whole") == json::value("<!here> a&b"));
+    CHECK(slack_escape("a<b>&c") == "a&lt;b&gt;&amp;c");
+}
+
+TEST_CASE("webhook markup: slack by default for hooks.slack.com, set by \"markup\", bad value named") {
+    const auto parse = [](std::string_view url, std::string_view markup) {
+        std::string text = R"({"webhooks": [{"event": "pm_review_needed", "url": ")";
+        text += url;
+        text += '"';
+        if (!markup.empty()) {
+            text += R"(, "markup": )";
+            text += markup;
+        }
+        text += "}]}";
+        return parse_notifier_config(json::parse(text), "g.json");
+    };
+    using M = WebhookConfig::Markup;
+    auto a = parse("https://hooks.slack.com/services/T/B/X", "");
+    REQUIRE(a.has_value());
+    CHECK(a->webhooks[0].markup == M::slack);
+    auto b = parse("https://mm.example.com/hooks/x", "");
+    REQUIRE(b.has_value());
+    CHECK(b->webhooks[0].markup == M::none);
+    auto c = parse("https://mm.example.com/hooks/x", R"("slack")");
+    REQUIRE(c.has_value());
+    CHECK(c->webhooks[0].markup == M::slack);
+    auto d = parse("https://hooks.slack.com/services/T/B/X", R"("none")");
+    REQUIRE(d.has_value());
+    CHECK(d->webhooks[0].markup == M::none);
+    for (const char* bad : {R"("html")", "1", R"("")"}) {
+        auto e = parse("https://mm.example.com/hooks/x", bad);
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error().message.find("g.json: notifications.webhooks[0].markup") != std::string::npos);
+    }
+}

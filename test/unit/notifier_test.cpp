@@ -38,6 +38,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include <sys/stat.h>
 
 using namespace guardia;
@@ -880,6 +882,56 @@ TEST_CASE("load_webhook_secrets: per webhook, else the section's; loose modes an
     r = load_webhook_secrets(missing, "guardia.json");
     REQUIRE_FALSE(r.has_value());
     CHECK(r.error().message.find(dir.file("nope")) != std::string::npos);
+}
+
+TEST_CASE("url_file: the URL from a 0600 file owned by us or root; loose, foreign, junk refused unquoted") {
+    TempDir dir;
+    const std::string hook = "https://hooks.slack.com/services/T000/B000/sekrit0123";
+    const auto good = write_secret(dir, "good.url", "  " + hook + "\n\n");
+    auto cfg = parse(R"({"webhooks": [{"event": "tier_gate", "url_file": ")" + good + R"("},
+        {"event": "tier_gate", "url_file": ")" + good + R"(", "markup": "none"}]})");
+    CHECK(cfg.webhooks[0].url.empty());  // not read while parsing
+    CHECK(cfg.webhooks[0].url_file == good);
+    REQUIRE(load_webhook_secrets(cfg, "guardia.json").has_value());
+    CHECK(cfg.webhooks[0].url == hook);
+    CHECK(cfg.webhooks[0].markup == WebhookConfig::Markup::slack);  // the default follows the URL
+    CHECK(cfg.webhooks[1].markup == WebhookConfig::Markup::none);   // as the file says
+
+    const auto refused = [&](const std::string& file, const std::string& extra = "") {
+        auto c = parse(R"({"webhooks": [{"event": "tier_gate", "url": "http://h/"},
+            {"event": "tier_gate", "url_file": ")" + file + "\"" + extra + "}]}");
+        auto r = load_webhook_secrets(c, "guardia.json");
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().message.rfind("guardia.json: notifications.webhooks[1].url_file: url file " + file, 0) == 0);
+        CHECK(r.error().message.find("sekrit") == std::string::npos);
+        return r.error().message;
+    };
+    CHECK(refused(write_secret(dir, "loose.url", hook, 0644)).find("readable by group or others") !=
+          std::string::npos);
+    CHECK(refused(write_secret(dir, "empty.url", "\n")).find("is empty") != std::string::npos);
+    CHECK(refused(write_secret(dir, "junk.url", "ftp://x/sekrit")).find("does not hold one") !=
+          std::string::npos);
+    CHECK(refused(write_secret(dir, "two.url", hook + "\n" + hook)).find("does not hold one") !=
+          std::string::npos);
+    CHECK(refused(dir.file("missing.url")).find("cannot stat") != std::string::npos);
+    CHECK(refused(write_secret(dir, "plain.url", "http://h/sekrit"), R"(, "ca_file": "/etc/ca.pem")")
+              .find("ca_file is only for https") != std::string::npos);
+    const auto foreign = write_secret(dir, "foreign.url", hook);
+    REQUIRE(::chown(foreign.c_str(), 4242, 4242) == 0);  // the suite runs as root (like the fleet)
+    CHECK(refused(foreign).find("owned by uid 4242") != std::string::npos);
+
+    // url and url_file: one of them, exactly; url_file an absolute path.
+    const auto parse_error = [](const std::string& text) {
+        auto r = parse_notifier_config(json::parse(text), "guardia.json");
+        REQUIRE_FALSE(r.has_value());
+        return r.error().message;
+    };
+    CHECK(parse_error(R"({"webhooks": [{"event": "tier_gate", "url": "http://h/", "url_file": "/x"}]})") ==
+          "guardia.json: notifications.webhooks[0].url_file: give url or url_file, not both");
+    CHECK(parse_error(R"({"webhooks": [{"event": "tier_gate"}]})").rfind(
+              "guardia.json: notifications.webhooks[0].url: is required", 0) == 0);
+    CHECK(parse_error(R"({"webhooks": [{"event": "tier_gate", "url_file": "rel/x"}]})").rfind(
+              "guardia.json: notifications.webhooks[0].url_file:", 0) == 0);
 }
 
 TEST_CASE("console links and the summary: every event about an SR gets them") {

@@ -88,11 +88,23 @@ struct WebhookConfig {
     std::vector<std::string> events;
     bool subscribes(std::string_view ev) const;
     std::string url;    // validated http(s) URL
+    // "url_file" (instead of "url"): a file holding the URL, for URLs that are credentials
+    // (Slack, Teams and Mattermost hooks are). Read at start-up by load_webhook_secrets(), like
+    // secret_file: mode 0600 or 0400, owned by the service's user or root; then `url` is set.
+    std::string url_file;
     // Sent with every delivery; never stored nor logged (may hold secrets).
     std::vector<std::pair<std::string, std::string>> headers;
     // The body: any JSON value whose strings may hold "{{field}}" placeholders (see
     // render_template). Null: the default body (see render_body).
     boost::json::value body_template;
+    // How the messenger reads text ("markup" in the file): slack (Slack and Mattermost incoming
+    // webhooks: "<!channel>", "<@U123>", "<https://x|label>" are markup) escapes '&', '<', '>'
+    // in every value a placeholder puts into a string of the template, except in link fields
+    // (a key "url" or ending in "_url" / "_link": a URL, not text); none leaves values as they
+    // are. Default: slack for a hooks.slack.com URL, else none.
+    enum class Markup : std::uint8_t { none, slack };
+    Markup markup = Markup::none;
+    bool markup_given = false;  // "markup" was in the file (else the default follows the URL)
     std::chrono::milliseconds timeout{10000};  // per attempt: connect, TLS, send, answer
     std::string ca_file;                       // https only: trusted besides the system CAs
     // Signing (webhook_signature.hpp): "secret_file" here, else the section's
@@ -123,8 +135,8 @@ struct NotifierConfig {
 };
 
 // Reads the engine configuration's "notifications" section (null: no webhooks):
-//   { "webhooks": [ { "name", "event" | "events": [..], "url", "headers": {..},
-//                     "template": <json>, "timeout_ms", "ca_file", "secret_file" } ],
+//   { "webhooks": [ { "name", "event" | "events": [..], "url" | "url_file", "headers": {..},
+//                     "template": <json>, "markup", "timeout_ms", "ca_file", "secret_file" } ],
 //     "retry": { "initial_delay_ms", "max_delay_ms", "max_attempts" },
 //     "signing_secret_file": "/abs/path" }
 // Unknown keys and bad values are errc::invalid_argument naming the field:
@@ -135,7 +147,9 @@ Result<NotifierConfig> parse_notifier_config(const boost::json::value& section,
 // Reads every webhook's signing secret (its secret_file, else signing_secret_file): the file
 // must not be readable by group or others and must hold a non-empty secret (one trailing
 // newline dropped). Start-up work (blocking). Errors name the file and the field, never the
-// secret: "<source>: notifications.webhooks[1].secret_file: ...".
+// secret: "<source>: notifications.webhooks[1].secret_file: ...". Reads each url_file too
+// (0600 or 0400, owned by this process's user or root, one http(s) URL; blank lines and
+// surrounding blanks dropped), never quoting its content in an error.
 Result<void> load_webhook_secrets(NotifierConfig& config, std::string_view source);
 
 // The links every event about an SR carries: console_url "<public_url>/ui/#/sr/<sr_id>" and
@@ -151,8 +165,13 @@ std::string event_summary(std::string_view event, const boost::json::object& fie
 // replaced by the field's text: a string as is, null or a missing field as "", any other
 // value as compact JSON. A string that is exactly one placeholder becomes the field's JSON
 // value itself (numbers and objects kept; a missing field: null).
+// With Markup::slack, the fields' text is escaped as WebhookConfig::markup says (the template's
+// own text is kept as written: it is the operator's markup).
 boost::json::value render_template(const boost::json::value& tmpl,
-                                   const boost::json::object& context);
+                                   const boost::json::object& context,
+                                   WebhookConfig::Markup markup = WebhookConfig::Markup::none);
+// Slack's escaping of message text: '&' -> "&amp;", '<' -> "&lt;", '>' -> "&gt;".
+std::string slack_escape(std::string_view text);
 
 // The body of one delivery. The context (and the default body, without a template) is
 // {"event", "delivery_id", "ts_ms", "summary", ...fields}; a field cannot override the first

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian package built by tools/package, checks what it put on the machine,
 # reinstalls it over an edited configuration, then purges it and checks nothing is left.
-# Run as root on a Debian 12 machine (CI: .ci/run) where guardia is not installed.
+# Run as root on a Debian 12 machine (CI: .ci/run) where guardia is not installed and neither
+# /var/lib/guardia nor /etc/guardia exists (the purge removes them; the test refuses to run).
 #
 # usage: test/package/test_package.sh [DEB]
 #   DEB   the package (default: the one guardia_*.deb in build-package/)
@@ -48,6 +49,13 @@ case $(package_state) in
     '' | not-installed) ;;
     *) die "guardia is $(package_state) on this machine: this test installs and purges it; purge it first (apt-get purge guardia)" ;;
 esac
+# A purge removes /var/lib/guardia (the store) and /etc/guardia: where they exist without the
+# package (a `cmake --install` with a real store, keys, a token), this test would destroy them.
+for path in /var/lib/guardia /etc/guardia; do
+    if [ -e "$path" ] || [ -L "$path" ]; then
+        die "$path exists on this machine: the test's purge would remove it (a store, keys or a token of a guardia installed by other means?); move it away first"
+    fi
+done
 
 installed=""
 cleanup() {

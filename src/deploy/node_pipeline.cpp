@@ -114,6 +114,10 @@ std::string utc_stamp() {
     return buf;
 }
 
+// The client's epoch seconds, as the literal the lock's owner file records ("since"): the node
+// runs no `date` for it.
+std::string epoch_now() { return std::to_string(static_cast<long long>(std::time(nullptr))); }
+
 std::int64_t ms(Clock::duration d) {
     return std::chrono::duration_cast<milliseconds>(d).count();
 }
@@ -582,7 +586,7 @@ std::string Pipeline::precheck_script() const {
            (names.empty() ? std::string(" ''") : names) +
            "; do [ -z \"$a\" ] || [ -h \"$d/$a\" ] || [ ! -d \"$d/$a\" ] || { echo \"$d/$a is a "
            "directory: the artifact $a would not replace it\" >&2; exit 12; }; done"
-           "; u=$(df -P -- \"$d\" | { read -r x; read -r x x x x u x; echo \"${u%\\%}\"; })";
+           "; u=; o=$(df -P -- \"$d\") && { set -f; set -- $o; set +f; [ $# -lt 12 ] || u=${12%\\%}; }";
 }
 
 Error Pipeline::lock_busy_error(const std::string& out) const {
@@ -603,6 +607,7 @@ Error Pipeline::lock_busy_error(const std::string& out) const {
         else if (key == "now")
             now = std::atol(value.c_str());
     }
+    if (now == 0) now = static_cast<long>(std::time(nullptr));  // the lock's age by our clock
     const long age = since > 0 && now >= since ? now - since : -1;
     std::string what = "node is locked by another rollout (" + lock_path_ + ": owner " +
                        (owner.empty() ? "unknown" : owner) + ", rollout " +
@@ -632,24 +637,24 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "; [ \"$u\" -le " + std::to_string(settings_.disk_threshold_percent) + " ] || exit 14" +
         "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
-        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
-        " \"$(date +%s)\" > \"$l/owner\" || { rm -rf -- \"$l\"; exit 16; }"
-        "; else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; exit 15; fi"
+        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) + " " + epoch_now() +
+        " > \"$l/owner\" || { rm -rf -- \"$l\"; exit 16; }"
+        "; else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; exit 15; fi"
         "; echo LOCKED"
         // Staging files a cut connection left behind in an earlier run go, under the lock.
         "; for f in \"$d\"/.guardia-stage.*; do [ -e \"$f\" ] && rm -f -- \"$d\"/.guardia-stage.*; "
         "break; done"
         // The backup is a copy of the real directory: a deploy path that is a symbolic link
         // (Capistrano's current -> releases/...) is resolved first, else `cp -a` would copy the
-        // link and the "backup" would be the live files themselves. mkdir claims the name
-        // atomically (two runs in one second: the second gets a suffix), then cp -a -T fills it
+        // link and the "backup" would be the live files themselves. The first free
+        // name is taken (two runs in one second: the second gets a suffix; the lock makes the
+        // test and the copy one step, with shell built-ins only), then cp -a -T creates it
         // with the directory's contents and gives it the directory's mode, owner and times; -T
         // never nests the copy inside an existing directory. A failed copy is removed.
         "; if [ -h \"$d\" ]; then r=$(cd -P -- \"$d\" && pwd -P) || exit 20; else r=$d; fi"
         "; b=" +
         shell_quote(want) +
-        "; n=2; c=\"$b\"; until mkdir -- \"$c\" 2>/dev/null; do { [ -e \"$c\" ] || [ -h \"$c\" ]; } "
-        "|| { mkdir -- \"$c\"; exit 20; }; c=\"${b}_$n\"; n=$((n+1)); done"
+        "; n=2; c=\"$b\"; while [ -e \"$c\" ] || [ -h \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
         "; cp -a -T -- \"$r\" \"$c\" || { rm -rf -- \"$c\"; exit 20; }"
         // The release marker goes with the backup, beside it as <backup>.guardia-release (a
         // copy, or an empty file: there was none), so that a restore from it puts back the
@@ -846,15 +851,15 @@ asio::awaitable<Result<void>> Pipeline::lock() {
     const std::string cmd =
         "d=" + d_ + "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
-        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
-        " \"$(date +%s)\" > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; " +
+        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) + " " + epoch_now() +
+        " > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; " +
         (settings_.reclaim_own_lock
              ? "elif { o=; while IFS= read -r x; do [ \"$x\" = " +
                    shell_quote("rollout=" + settings_.rollout_id) +
                    " ] && o=1; done < \"$l/owner\"; [ -n \"$o\" ]; } 2>/dev/null; then "
                    "echo LOCKED reclaimed; "
              : std::string()) +
-        "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; fi";
+        "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; fi";
     auto r = co_await run_script("LOCK", cmd, settings_.command_timeout, true);
     if (!r) {
         // Unless it was refused before sending, the mkdir may have happened: unlock() will

@@ -254,6 +254,16 @@ class Pipeline {
     // --- audit ----------------------------------------------------------------------------
     void audit(const std::string& step, const std::string& event, std::optional<int> exit_code,
                std::optional<std::int64_t> duration_ms, std::string detail) {
+        if (deferring_audit_) {
+            DeferredRow row;
+            row.step = step;
+            row.event = event;
+            row.exit_code = exit_code;
+            row.duration_ms = duration_ms;
+            row.detail = std::move(detail);
+            deferred_rows_.push_back(std::move(row));
+            return;
+        }
         if (settings_.logger)
             settings_.logger->debug("{} {} {} {}", node_.name, step, event, detail);
         if (settings_.audit == nullptr) return;
@@ -456,6 +466,24 @@ class Pipeline {
         std::int64_t upload_ms = 0;
     };
     std::vector<PendingTransfer> pending_transfers_;
+    // While the activation command runs, the rows its markers produce are held (with the
+    // durations measured as each marker arrived) and written once its answer is in: like every
+    // remote command's, its steps' rows follow the node's answer (the crash tests' "after"
+    // points sit between the two).
+    struct DeferredRow {
+        DeferredRow() {}
+        std::string step, event, detail;
+        std::optional<int> exit_code;
+        std::optional<std::int64_t> duration_ms;
+    };
+    bool deferring_audit_ = false;
+    std::vector<DeferredRow> deferred_rows_;
+    void write_deferred_rows() {
+        deferring_audit_ = false;
+        auto rows = std::move(deferred_rows_);
+        deferred_rows_.clear();
+        for (auto& r : rows) audit(r.step, r.event, r.exit_code, r.duration_ms, std::move(r.detail));
+    }
 
     // Asio throws at the next co_await once the node was cancelled: the step in progress is
     // where the node stopped.
@@ -1067,7 +1095,16 @@ asio::awaitable<Result<void>> Pipeline::activate_release() {
     if (settings_.on_step) settings_.on_step(node_.name, phases[0].name);
     // From the moment it is sent until its answer says otherwise, the shutdown may have run.
     stage_ = Stage::live_changed;
-    auto r = co_await run_activation(phases[0].name, cmd, eo, restart);
+    // The intent rows (the TRANSFER steps') are committed before run_activation sends anything.
+    deferring_audit_ = true;
+    Result<ssh::ExecResult> r = Error(errc::invalid_argument, "not run");
+    try {
+        r = co_await run_activation(phases[0].name, cmd, eo, restart);
+    } catch (...) {
+        write_deferred_rows();  // cancelled: what the node reported so far is still recorded
+        throw;
+    }
+    write_deferred_rows();
     if (!r && (r.error().code == errc::audit_unavailable || r.error().code == errc::security_violation)) {
         // Refused before sending: nothing reached the node.
         stage_ = Stage::staged;

@@ -1101,7 +1101,11 @@ asio::awaitable<Result<void>> Pipeline::activate_release() {
     try {
         r = co_await run_activation(phases[0].name, cmd, eo, restart);
     } catch (...) {
-        write_deferred_rows();  // cancelled: what the node reported so far is still recorded
+        // Cancelled: what the node reported so far is still recorded, and a step it had begun
+        // ends as interrupted (the clean-up then rolls the node back).
+        for (auto& p : phases)
+            if (p.started && !p.ended) end_phase(p, "STEP_FAILED", std::nullopt, "interrupted");
+        write_deferred_rows();
         throw;
     }
     write_deferred_rows();

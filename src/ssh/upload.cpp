@@ -201,7 +201,7 @@ std::string verify_command(const std::string& staging, const std::string& final_
     // One round trip: hash, compare, and only then rename (the mode was set over SFTP). A
     // mismatch removes the staging file. Hashing reads stdin (sha256sum escapes odd file names
     // in its output).
-    std::string cmd = "s=" + shell_quote(staging) + "; " + remote_sha256_script("$s", "h") +
+    std::string cmd = "s=" + shell_quote(staging) + "; " + remote_sha256_script("\"$s\"", "h") +
                       "if [ \"$h\" != " + sha256 + " ]; then rm -f -- \"$s\"; "
                       "echo \"remote sha256 $h\" >&2; exit 92; fi; ";
     if (md5 != nullptr)

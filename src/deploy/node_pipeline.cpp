@@ -990,9 +990,9 @@ void Pipeline::end_pending_transfers(const std::string& why, std::optional<int> 
 
 // The verification of the staged files, SHUTDOWN, ACTIVATE and STARTUP as ONE remote command
 // (activation.hpp; without a restart: the verification and ACTIVATE). Its markers arrive as the
-// node prints them: each step gets its start and end rows then, with its own duration and exit
-// code, and its own deadline (the command's deadline moves to the next step's budget at each
-// marker). A failure before VERIFIED leaves the live files and the service untouched (the
+// node prints them: each step is timed from them (its own duration and exit code) and gets its
+// own deadline (the command's deadline moves to the next step's budget at each marker); its
+// rows are written once the answer is in. A failure before VERIFIED leaves the live files and the service untouched (the
 // staged files are discarded); from the shutdown on, the node is rolled back.
 asio::awaitable<Result<void>> Pipeline::activate_release() {
     const bool restart = node_.requires_restart;

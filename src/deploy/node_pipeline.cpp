@@ -4,6 +4,7 @@
 #include "guardia/core/failpoint.hpp"
 #include "guardia/core/sanitizer.hpp"
 #include "guardia/core/shell.hpp"
+#include "guardia/deploy/activation.hpp"
 #include "guardia/deploy/credential_store.hpp"
 #include "guardia/deploy/owner.hpp"
 #include "guardia/deploy/release_marker.hpp"
@@ -113,6 +114,10 @@ std::string utc_stamp() {
     std::strftime(buf, sizeof buf, "%Y%m%d_%H%M%S", &tm);
     return buf;
 }
+
+// The client's epoch seconds, as the literal the lock's owner file records ("since"): the node
+// runs no `date` for it.
+std::string epoch_now() { return std::to_string(static_cast<long long>(std::time(nullptr))); }
 
 std::int64_t ms(Clock::duration d) {
     return std::chrono::duration_cast<milliseconds>(d).count();
@@ -249,6 +254,16 @@ class Pipeline {
     // --- audit ----------------------------------------------------------------------------
     void audit(const std::string& step, const std::string& event, std::optional<int> exit_code,
                std::optional<std::int64_t> duration_ms, std::string detail) {
+        if (deferring_audit_) {
+            DeferredRow row;
+            row.step = step;
+            row.event = event;
+            row.exit_code = exit_code;
+            row.duration_ms = duration_ms;
+            row.detail = std::move(detail);
+            deferred_rows_.push_back(std::move(row));
+            return;
+        }
         if (settings_.logger)
             settings_.logger->debug("{} {} {} {}", node_.name, step, event, detail);
         if (settings_.audit == nullptr) return;
@@ -406,7 +421,21 @@ class Pipeline {
     }
     asio::awaitable<Result<void>> lock();
     asio::awaitable<Result<void>> transfer();
-    asio::awaitable<Result<void>> restart();
+    asio::awaitable<Result<void>> activate_release();
+    void end_pending_transfers(const std::string& why, std::optional<int> exit_code);
+    // The activation command: like run_script (intent committed, failpoints of the steps it
+    // carries), with the caller's options (its progress markers followed as they arrive).
+    // Errors are returned as the SSH layer gave them, without the node and step prefix.
+    asio::awaitable<Result<ssh::ExecResult>> run_activation(const std::string& step,
+                                                            const std::string& command,
+                                                            const ssh::ExecOptions& eo, bool restart) {
+        if (auto ok = co_await intent_committed(step); !ok) co_return ok.error();
+        const std::string_view also = restart ? "ACTIVATE" : "", also2 = restart ? "STARTUP" : "";
+        failpoints(failpoint::When::before, step, also, also2);
+        auto r = co_await session_->exec(command, eo);
+        failpoints(failpoint::When::after, step, also, also2);
+        co_return r;
+    }
     asio::awaitable<Result<void>> health(const std::string& step);
     asio::awaitable<http::Attempt> command_attempt(const std::string& step,
                                                    milliseconds limit);
@@ -429,6 +458,32 @@ class Pipeline {
     std::vector<std::string> staged_;  // staging paths, parallel to artifacts_
     std::string current_step_;         // the step started last: where a cancellation struck
     std::string prepare_failed_step_;  // which of PRECHECK / LOCK / BACKUP prepare() failed in
+    std::string activation_failed_step_;  // TRANSFER (verification) or RESTART
+    // Uploaded, to be verified by the activation command, which ends their TRANSFER steps.
+    struct PendingTransfer {
+        PendingTransfer() {}
+        std::string file_name;
+        std::int64_t upload_ms = 0;
+    };
+    std::vector<PendingTransfer> pending_transfers_;
+    // While the activation command runs, the rows its markers produce are held (with the
+    // durations measured as each marker arrived) and written once its answer is in: like every
+    // remote command's, its steps' rows follow the node's answer (the crash tests' "after"
+    // points sit between the two).
+    struct DeferredRow {
+        DeferredRow() {}
+        std::string step, event, detail;
+        std::optional<int> exit_code;
+        std::optional<std::int64_t> duration_ms;
+    };
+    bool deferring_audit_ = false;
+    std::vector<DeferredRow> deferred_rows_;
+    void write_deferred_rows() {
+        deferring_audit_ = false;
+        auto rows = std::move(deferred_rows_);
+        deferred_rows_.clear();
+        for (auto& r : rows) audit(r.step, r.event, r.exit_code, r.duration_ms, std::move(r.detail));
+    }
 
     // Asio throws at the next co_await once the node was cancelled: the step in progress is
     // where the node stopped.
@@ -582,7 +637,7 @@ std::string Pipeline::precheck_script() const {
            (names.empty() ? std::string(" ''") : names) +
            "; do [ -z \"$a\" ] || [ -h \"$d/$a\" ] || [ ! -d \"$d/$a\" ] || { echo \"$d/$a is a "
            "directory: the artifact $a would not replace it\" >&2; exit 12; }; done"
-           "; u=$(df -P -- \"$d\" | { read -r x; read -r x x x x u x; echo \"${u%\\%}\"; })";
+           "; u=; o=$(df -P -- \"$d\") && { set -f; set -- $o; set +f; [ $# -lt 12 ] || u=${12%\\%}; }";
 }
 
 Error Pipeline::lock_busy_error(const std::string& out) const {
@@ -603,6 +658,7 @@ Error Pipeline::lock_busy_error(const std::string& out) const {
         else if (key == "now")
             now = std::atol(value.c_str());
     }
+    if (now == 0) now = static_cast<long>(std::time(nullptr));  // the lock's age by our clock
     const long age = since > 0 && now >= since ? now - since : -1;
     std::string what = "node is locked by another rollout (" + lock_path_ + ": owner " +
                        (owner.empty() ? "unknown" : owner) + ", rollout " +
@@ -632,24 +688,24 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "; [ \"$u\" -le " + std::to_string(settings_.disk_threshold_percent) + " ] || exit 14" +
         "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
-        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
-        " \"$(date +%s)\" > \"$l/owner\" || { rm -rf -- \"$l\"; exit 16; }"
-        "; else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; exit 15; fi"
+        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) + " " + epoch_now() +
+        " > \"$l/owner\" || { rm -rf -- \"$l\"; exit 16; }"
+        "; else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; exit 15; fi"
         "; echo LOCKED"
         // Staging files a cut connection left behind in an earlier run go, under the lock.
         "; for f in \"$d\"/.guardia-stage.*; do [ -e \"$f\" ] && rm -f -- \"$d\"/.guardia-stage.*; "
         "break; done"
         // The backup is a copy of the real directory: a deploy path that is a symbolic link
         // (Capistrano's current -> releases/...) is resolved first, else `cp -a` would copy the
-        // link and the "backup" would be the live files themselves. mkdir claims the name
-        // atomically (two runs in one second: the second gets a suffix), then cp -a -T fills it
+        // link and the "backup" would be the live files themselves. The first free
+        // name is taken (two runs in one second: the second gets a suffix; the lock makes the
+        // test and the copy one step, with shell built-ins only), then cp -a -T creates it
         // with the directory's contents and gives it the directory's mode, owner and times; -T
         // never nests the copy inside an existing directory. A failed copy is removed.
         "; if [ -h \"$d\" ]; then r=$(cd -P -- \"$d\" && pwd -P) || exit 20; else r=$d; fi"
         "; b=" +
         shell_quote(want) +
-        "; n=2; c=\"$b\"; until mkdir -- \"$c\" 2>/dev/null; do { [ -e \"$c\" ] || [ -h \"$c\" ]; } "
-        "|| { mkdir -- \"$c\"; exit 20; }; c=\"${b}_$n\"; n=$((n+1)); done"
+        "; n=2; c=\"$b\"; while [ -e \"$c\" ] || [ -h \"$c\" ]; do c=\"${b}_$n\"; n=$((n+1)); done"
         "; cp -a -T -- \"$r\" \"$c\" || { rm -rf -- \"$c\"; exit 20; }"
         // The release marker goes with the backup, beside it as <backup>.guardia-release (a
         // copy, or an empty file: there was none), so that a restore from it puts back the
@@ -846,15 +902,15 @@ asio::awaitable<Result<void>> Pipeline::lock() {
     const std::string cmd =
         "d=" + d_ + "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
-        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) +
-        " \"$(date +%s)\" > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; " +
+        shell_quote(settings_.owner) + " " + shell_quote(settings_.rollout_id) + " " + epoch_now() +
+        " > \"$l/owner\" && rm -f -- \"$d\"/.guardia-stage.* && echo LOCKED; " +
         (settings_.reclaim_own_lock
              ? "elif { o=; while IFS= read -r x; do [ \"$x\" = " +
                    shell_quote("rollout=" + settings_.rollout_id) +
                    " ] && o=1; done < \"$l/owner\"; [ -n \"$o\" ]; } 2>/dev/null; then "
                    "echo LOCKED reclaimed; "
              : std::string()) +
-        "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; echo \"now=$(date +%s)\"; fi";
+        "else echo BUSY; cat -- \"$l/owner\" 2>/dev/null; fi";
     auto r = co_await run_script("LOCK", cmd, settings_.command_timeout, true);
     if (!r) {
         // Unless it was refused before sending, the mkdir may have happened: unlock() will
@@ -876,23 +932,34 @@ asio::awaitable<Result<void>> Pipeline::lock() {
     co_return e;
 }
 
+// Uploads each artifact to a staging name beside its final one. The upload is not verified
+// here: the activation command (activate_release) hashes the staged files on the node first,
+// before anything live changes, and only then ends each TRANSFER step (STEP_OK with the
+// verified sha256). Each TRANSFER's intent row is thus also that command's intent row.
 asio::awaitable<Result<void>> Pipeline::transfer() {
     for (const auto& a : artifacts_) {
         const std::string target = node_.deploy_path + "/" + a.file_name;
-        Step step(*this, "TRANSFER", a.file_name + " (" + std::to_string(a.size) + " bytes)");
+        current_step_ = "TRANSFER";
+        if (settings_.on_step) settings_.on_step(node_.name, "TRANSFER");
+        audit("TRANSFER", "STEP_START", std::nullopt, std::nullopt,
+              a.file_name + " (" + std::to_string(a.size) + " bytes)");
+        const auto started = Clock::now();
+        auto fail = [&](Error e) {
+            audit("TRANSFER", "STEP_FAILED", std::nullopt, ms(Clock::now() - started), e.message);
+            end_pending_transfers("not verified: " + e.message, std::nullopt);
+            return e;
+        };
         ssh::UploadOptions uo;
         uo.mode = a.mode;
         uo.rename_into_place = false;   // activated after the service is stopped
         uo.expected_sha256 = a.sha256;  // hashed once for the whole rollout
+        uo.verify_remotely = false;     // verified by the activation command
         uo.timeout = settings_.transfer_timeout;
         if constexpr (failpoint::enabled)
             uo.on_progress = [this](std::uint64_t acked, std::uint64_t total) {
                 if (acked * 2 >= total) failpoint::hit(failpoint::When::mid, "TRANSFER", node_.name);
             };
-        if (auto ok = co_await intent_committed("TRANSFER"); !ok) {
-            step.failed(ok.error());
-            co_return ok.error();
-        }
+        if (auto ok = co_await intent_committed("TRANSFER"); !ok) co_return fail(ok.error());
         failpoints(failpoint::When::before, "TRANSFER");
         // Plain if/else: GCC 12 mishandles co_await inside a conditional expression.
         Result<ssh::UploadResult> up = Error(errc::invalid_argument, "not run");
@@ -901,107 +968,216 @@ asio::awaitable<Result<void>> Pipeline::transfer() {
         else
             up = co_await session_->upload(a.local_path, target, uo);
         failpoints(failpoint::When::after, "TRANSFER");
-        if (!up) {
-            Error e(up.error().code, "node '" + node_.name + "': TRANSFER: " + up.error().message);
-            step.failed(e);
-            co_return e;
-        }
-        if (up->sha256 != a.sha256) {
-            // The local file changed since the rollout hashed it: refuse to ship a third version.
-            staged_.push_back(up->staging_path);
-            Error e = node_error(errc::checksum_mismatch, "TRANSFER",
-                                 a.local_path + " changed during the rollout (sha256 " +
-                                     up->sha256 + ", expected " + a.sha256 + ")");
-            step.failed(e);
-            co_return e;
-        }
+        if (!up)
+            co_return fail(
+                Error(up.error().code, "node '" + node_.name + "': TRANSFER: " + up.error().message));
         staged_.push_back(up->staging_path);
         stage_ = Stage::staged;
-        step.ok("sha256 " + up->sha256 + " verified remotely (md5 " + a.md5 + ")");
+        PendingTransfer pending;
+        pending.file_name = a.file_name;
+        pending.upload_ms = ms(Clock::now() - started);
+        pending_transfers_.push_back(std::move(pending));
     }
     co_return Result<void>{};
 }
 
-asio::awaitable<Result<void>> Pipeline::restart() {
-    if (node_.requires_restart) {
-        Step step(*this, "SHUTDOWN", node_.shutdown_cmd);
-        stage_ = Stage::live_changed;  // from here on the service may be down: roll back on failure
-        auto r =
-            co_await run_operator("SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout, true);
-        if (!r) {
-            step.failed(r.error());
-            co_return r.error();
+// TRANSFER steps whose upload is done but whose verification did not happen: each ends failed.
+void Pipeline::end_pending_transfers(const std::string& why, std::optional<int> exit_code) {
+    for (const auto& t : pending_transfers_)
+        audit("TRANSFER", "STEP_FAILED", exit_code, t.upload_ms, t.file_name + ": " + why);
+    pending_transfers_.clear();
+}
+
+// The verification of the staged files, SHUTDOWN, ACTIVATE and STARTUP as ONE remote command
+// (activation.hpp; without a restart: the verification and ACTIVATE). Its markers arrive as the
+// node prints them: each step is timed from them (its own duration and exit code) and gets its
+// own deadline (the command's deadline moves to the next step's budget at each marker); its
+// rows are written once the answer is in. A failure before VERIFIED leaves the live files and the service untouched (the
+// staged files are discarded); from the shutdown on, the node is rolled back.
+asio::awaitable<Result<void>> Pipeline::activate_release() {
+    const bool restart = node_.requires_restart;
+    activation_failed_step_ = "RESTART";
+    // The operator's text inside our script is judged before anything is sent.
+    if (restart) {
+        for (const std::string* text : {&node_.shutdown_cmd, &node_.startup_cmd}) {
+            const std::string step = text == &node_.shutdown_cmd ? "SHUTDOWN" : "STARTUP";
+            if (auto ok = judge(step, *text); !ok) {
+                end_pending_transfers("not verified: " + ok.error().message, std::nullopt);
+                co_return ok.error();
+            }
         }
-        step.ok({}, r->exit_code);
     }
-    // mv -T (no target directory): the staged file replaces the destination name itself. A
-    // plain `mv` onto a name that is (or became, since the pre-check) a directory would move
-    // the file inside it and succeed; -T fails instead, and the rollback restores the node.
-    std::string moves;
+    std::vector<StagedFile> files;
+    std::uint64_t total_bytes = 0;
     for (std::size_t i = 0; i < artifacts_.size(); ++i) {
-        if (!moves.empty()) moves += " && ";
-        moves += "mv -f -T -- " + shell_quote(staged_[i]) + " " +
-                 shell_quote(node_.deploy_path + "/" + artifacts_[i].file_name);
+        StagedFile f;
+        f.staging_path = staged_[i];
+        f.final_path = node_.deploy_path + "/" + artifacts_[i].file_name;
+        f.sha256 = artifacts_[i].sha256;
+        files.push_back(std::move(f));
+        total_bytes += artifacts_[i].size;
     }
-    // Then the release marker, atomically (a temporary file beside it, renamed over it): a
-    // reader sees the old marker or the new one, never half of one.
-    moves += " && " + marker_write_script();
-    stage_ = Stage::live_changed;
-    if (!node_.requires_restart) {
-        Step step(*this, "ACTIVATE");
-        auto r = co_await run_script("ACTIVATE", moves, settings_.command_timeout, true);
-        if (!r) {
-            step.failed(r.error());
-            co_return r.error();
+    const std::string cmd = activation_script(files, restart ? &node_.shutdown_cmd : nullptr,
+                                              restart ? &node_.startup_cmd : nullptr,
+                                              marker_write_script());
+
+    // The steps after the verification, each audited when its marker arrives.
+    struct Phase {
+        Phase(std::string step, std::string what, milliseconds limit)
+            : name(std::move(step)), detail(std::move(what)), budget(limit) {}
+        std::string name, detail;
+        milliseconds budget;
+        bool started = false, ended = false;
+        Clock::time_point at{};
+    };
+    std::vector<Phase> phases;
+    if (restart) phases.emplace_back("SHUTDOWN", node_.shutdown_cmd, settings_.shutdown_timeout);
+    phases.emplace_back("ACTIVATE", restart ? "with STARTUP in one remote command" : "",
+                        settings_.command_timeout);
+    if (restart) phases.emplace_back("STARTUP", node_.startup_cmd, settings_.startup_timeout);
+    const auto sent = Clock::now();
+    auto start_phase = [&](Phase& p, bool announce) {
+        p.started = true;
+        p.at = Clock::now();
+        current_step_ = p.name;
+        if (announce && settings_.on_step) settings_.on_step(node_.name, p.name);
+        audit(p.name, "STEP_START", std::nullopt, std::nullopt, p.detail);
+    };
+    auto end_phase = [&](Phase& p, const char* event, std::optional<int> exit_code, std::string detail) {
+        if (!p.started) start_phase(p, true);
+        p.ended = true;
+        audit(p.name, event, exit_code, ms(Clock::now() - p.at), std::move(detail));
+    };
+    auto verified_rows = [&]() {
+        const auto verify_ms = ms(Clock::now() - sent);
+        for (std::size_t i = 0; i < pending_transfers_.size(); ++i)
+            audit("TRANSFER", "STEP_OK", std::nullopt, pending_transfers_[i].upload_ms + verify_ms,
+                  "sha256 " + artifacts_[i].sha256 + " verified remotely (md5 " + artifacts_[i].md5 + ")");
+        pending_transfers_.clear();
+    };
+    const std::string activated_detail =
+        std::to_string(artifacts_.size()) + " artifact(s) renamed into place";
+
+    ssh::ExecOptions eo;
+    // The verification's budget: the command timeout and a second per 20 MiB to hash.
+    eo.timeout = settings_.command_timeout + milliseconds(total_bytes / (20u << 20) * 1000);
+    eo.display = restart ? "the activation command (sha256 check, SHUTDOWN, ACTIVATE, STARTUP)"
+                         : "the activation command (sha256 check, ACTIVATE)";
+    std::string seen;        // stdout so far: how far a command whose answer is lost got
+    std::size_t parsed = 0;  // bytes of `seen` read as whole lines
+    eo.on_stdout = [&](const std::string& out) -> std::optional<milliseconds> {
+        seen = out;
+        std::optional<milliseconds> next;
+        for (auto nl = out.find('\n', parsed); nl != std::string::npos; nl = out.find('\n', parsed)) {
+            const std::string line = out.substr(parsed, nl - parsed);
+            parsed = nl + 1;
+            std::size_t open = phases.size();  // the phase whose marker this is, if any
+            if (line == "VERIFIED") {
+                verified_rows();
+                open = 0;
+            } else if (restart && line == "SHUTDOWN_EXIT=0") {
+                end_phase(phases[0], "STEP_OK", 0, {});
+                open = 1;
+            } else if (line == "ACTIVATED") {
+                staged_.clear();
+                end_phase(phases[restart ? 1 : 0], "STEP_OK", std::nullopt, activated_detail);
+                open = restart ? 2 : phases.size();
+            }
+            if (open < phases.size()) {
+                // The first phase was announced (on_step) when the command was sent.
+                start_phase(phases[open], open > 0);
+                next = phases[open].budget;
+            }
         }
-        staged_.clear();
-        step.ok(std::to_string(artifacts_.size()) + " artifact(s) renamed into place");
-        co_return Result<void>{};
+        return next;
+    };
+    // Live progress: the command that shuts the service down (or activates) is on its way.
+    if (settings_.on_step) settings_.on_step(node_.name, phases[0].name);
+    // From the moment it is sent until its answer says otherwise, the shutdown may have run.
+    stage_ = Stage::live_changed;
+    // The intent rows (the TRANSFER steps') are committed before run_activation sends anything.
+    deferring_audit_ = true;
+    Result<ssh::ExecResult> r = Error(errc::invalid_argument, "not run");
+    try {
+        r = co_await run_activation(phases[0].name, cmd, eo, restart);
+    } catch (...) {
+        // Cancelled: what the node reported so far is still recorded, and a step it had begun
+        // ends as interrupted (the clean-up then rolls the node back).
+        for (auto& p : phases)
+            if (p.started && !p.ended) end_phase(p, "STEP_FAILED", std::nullopt, "interrupted");
+        write_deferred_rows();
+        throw;
     }
-    // ACTIVATE and STARTUP in one remote command (a channel and a shell less per node). The
-    // ACTIVATED marker separates the two: before it, exit 42 is the rename failing; after it,
-    // any non-zero exit is the startup command's own.
-    const auto started = Clock::now();
-    auto activate = std::make_unique<Step>(*this, "ACTIVATE", "with STARTUP in one remote command");
-    // The startup command is operator text inside our script: it is judged before sending.
-    if (auto ok = judge("STARTUP", node_.startup_cmd); !ok) {
-        activate->failed(ok.error());
-        co_return ok.error();
+    write_deferred_rows();
+    if (!r && (r.error().code == errc::audit_unavailable || r.error().code == errc::security_violation)) {
+        // Refused before sending: nothing reached the node.
+        stage_ = Stage::staged;
+        end_pending_transfers("not verified: " + r.error().message, std::nullopt);
+        co_return node_error(r.error().code, phases[0].name, r.error().message);
     }
-    const std::string cmd = "{ " + moves + "; } || exit 42; echo ACTIVATED; " + node_.startup_cmd;
-    auto r = co_await run_script("ACTIVATE", cmd,
-                                 settings_.command_timeout + settings_.startup_timeout, false,
-                                 "STARTUP");
-    if (!r) {
-        // Lost on the way: whether the rename happened is unknown, so the rollback decides.
-        activate->failed(r.error());
-        co_return r.error();
-    }
-    if (r->out.rfind("ACTIVATED\n", 0) != 0) {
-        Error e =
-            node_error(errc::remote_command_failed, "ACTIVATE",
-                       "renaming the staged artifacts into place failed: " + trim(r->err_tail()));
-        activate->failed(e,
-                         r->exit_signal.empty() ? std::optional<int>(r->exit_code) : std::nullopt);
+    const std::optional<int> code =
+        r && r->exit_signal.empty() ? std::optional<int>(r->exit_code) : std::nullopt;
+    const ActivationOutcome o = r ? parse_activation(r->out, code, restart) : activation_lost(seen, restart);
+    const std::string tail = r ? trim(r->err_tail()) : std::string();
+    const std::string stderr_note = tail.empty() ? std::string() : "; stderr: " + tail;
+    auto how = [&](std::optional<int> exit_code) {
+        return exit_code ? "exited " + std::to_string(*exit_code)
+                         : "killed by signal " + (r ? r->exit_signal : std::string("?"));
+    };
+
+    if (o.verified) {
+        verified_rows();  // no-op when the marker was seen as it came
+    } else if (!r) {
+        activation_failed_step_ = "TRANSFER";
+        const Error e = node_error(r.error().code, "TRANSFER", r.error().message);
+        end_pending_transfers("not confirmed, the command carrying its verification got no answer: " +
+                                  r.error().message, std::nullopt);
+        co_return e;  // stage_ stays live_changed: how far it got is unknown, the rollback decides
+    } else {
+        // Nothing live changed: the staged files are discarded (a mismatch removed them already).
+        stage_ = Stage::staged;
+        activation_failed_step_ = "TRANSFER";
+        Error e;
+        if (o.mismatch_index && *o.mismatch_index < files.size()) {
+            const auto& f = files[*o.mismatch_index];
+            e = node_error(errc::checksum_mismatch, "TRANSFER",
+                           "sha256 mismatch for " + f.staging_path + ": expected " + f.sha256 +
+                               ", remote sha256 " + o.mismatch_sha256 + "; staging files removed, " +
+                               f.final_path + " untouched");
+        } else {
+            e = node_error(errc::remote_command_failed, "TRANSFER",
+                           "verifying the staged files failed (" + how(code) + ")" + stderr_note);
+        }
+        end_pending_transfers(e.message, o.failed_exit);
         co_return e;
     }
-    staged_.clear();
-    activate->ok(std::to_string(artifacts_.size()) + " artifact(s) renamed into place");
-    activate.reset();
-    Step step(*this, "STARTUP", node_.startup_cmd);
-    step.started = started;
-    if (!r->succeeded()) {
-        std::string what = r->exit_signal.empty() ? "exited " + std::to_string(r->exit_code)
-                                                  : "killed by signal " + r->exit_signal;
-        const std::string tail = trim(r->err_tail());
-        Error e = node_error(errc::remote_command_failed, "STARTUP",
-                             node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port) +
-                                 ": remote command " + what + ": " + node_.startup_cmd +
-                                 (tail.empty() ? std::string() : "; stderr: " + tail));
-        step.failed(e, r->exit_signal.empty() ? std::optional<int>(r->exit_code) : std::nullopt);
+    // The steps after the verification: the failed one ends failed, those before it ok.
+    const std::string target =
+        node_.user + "@" + node_.host + ":" + std::to_string(node_.ssh_port) + ": remote command ";
+    for (auto& p : phases) {
+        const bool failed = o.failed && to_string(*o.failed) == p.name;
+        if (!failed) {
+            if (!p.ended)
+                end_phase(p, "STEP_OK", p.name == "SHUTDOWN" ? o.shutdown_exit : (p.name == "STARTUP" ? code : std::nullopt),
+                          p.name == "ACTIVATE" ? activated_detail : std::string());
+            if (p.name == "ACTIVATE") staged_.clear();
+            continue;
+        }
+        Error e;
+        if (!r)
+            e = node_error(r.error().code, p.name, r.error().message);
+        else if (p.name == "SHUTDOWN")
+            e = node_error(errc::remote_command_failed, "SHUTDOWN",
+                           target + how(o.failed_exit) + ": " + node_.shutdown_cmd + stderr_note);
+        else if (p.name == "STARTUP")
+            e = node_error(errc::remote_command_failed, "STARTUP",
+                           target + how(o.failed_exit) + ": " + node_.startup_cmd + stderr_note);
+        else
+            e = node_error(errc::remote_command_failed, "ACTIVATE",
+                           "renaming the staged artifacts into place failed" + stderr_note);
+        end_phase(p, "STEP_FAILED", o.failed_exit, e.message);
         co_return e;
     }
-    step.ok({}, r->exit_code);
     co_return Result<void>{};
 }
 
@@ -1285,11 +1461,15 @@ asio::awaitable<NodeReport> Pipeline::run() {
             chain.note(prepare_failed_step_, std::move(r));
         }
         if (chain.ok()) chain.note("TRANSFER", co_await transfer());
-        if (chain.ok()) chain.note("RESTART", co_await restart());
+        if (chain.ok()) {
+            auto r = co_await activate_release();
+            chain.note(activation_failed_step_, std::move(r));
+        }
         if (chain.ok()) chain.note("HEALTH", co_await health("HEALTH"));
     } catch (const boost::system::system_error&) {
         note_cancelled(chain);
     }
+    end_pending_transfers("interrupted", std::nullopt);
     // From here on everything must run to the end: the clean-up ignores any further
     // cancellation (Asio would otherwise throw at every co_await of a cancelled node, and a
     // late signal would interrupt the rollback). Each clean-up step has its own deadline.

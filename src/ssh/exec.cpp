@@ -63,7 +63,8 @@ asio::awaitable<Result<ExecResult>> Session::Impl::run_command(const std::string
                                                               const ExecOptions& opts) {
     if (broken) co_return unusable_error();
     const auto started = Clock::now();
-    const auto deadline = started + opts.timeout;
+    auto deadline = started + opts.timeout;
+    std::chrono::milliseconds limit = opts.timeout;  // the deadline's budget (on_stdout moves it)
     LIBSSH2_SESSION* s = session.get();
     boost::system::error_code interrupted;
 
@@ -109,6 +110,12 @@ asio::awaitable<Result<ExecResult>> Session::Impl::run_command(const std::string
                         result.out_bytes += static_cast<std::uint64_t>(n);
                         keep(result.out, buffer.data(), static_cast<std::size_t>(n),
                              opts.max_stdout, result.out_truncated);
+                        if (opts.on_stdout) {
+                            if (auto next = opts.on_stdout(result.out)) {
+                                limit = *next;
+                                deadline = Clock::now() + *next;
+                            }
+                        }
                     } else {
                         result.err_bytes += static_cast<std::uint64_t>(n);
                         keep(result.err, buffer.data(), static_cast<std::size_t>(n),
@@ -145,7 +152,7 @@ asio::awaitable<Result<ExecResult>> Session::Impl::run_command(const std::string
             // the remote process: say so.
             const bool closed = co_await abandon_channel(*this, channel, std::chrono::seconds(2));
             std::string msg = peer + ": command exceeded its deadline of " +
-                              format_duration(opts.timeout) + ": " + shown(command, opts) +
+                              format_duration(limit) + ": " + shown(command, opts) +
                               "; channel " + (closed ? "closed" : "abandoned") +
                               ", the remote process was not signalled and may still be running";
             if (!closed) mark_broken(msg);

@@ -196,22 +196,17 @@ asio::awaitable<Result<void>> write_from_memory(Session::Impl& impl, LIBSSH2_SFT
     co_return Result<void>{};
 }
 
-std::string verify_command(const std::string& staging, const std::string& final_path, unsigned mode,
+std::string verify_command(const std::string& staging, const std::string& final_path,
                            const std::string& sha256, const std::string* md5, bool rename) {
-    char mode_text[8];
-    std::snprintf(mode_text, sizeof mode_text, "%o", mode & 07777);
-    // One round trip: fix the mode, hash, compare, and only then rename. A mismatch removes the
-    // staging file. Hashing reads stdin (sha256sum escapes odd file names in its output) and
-    // prefers `openssl dgst` where the node has it: coreutils' sha256sum does not use the
-    // CPU's SHA instructions and is several times slower on large artifacts.
-    std::string cmd = "s=" + shell_quote(staging) +
-                      "; d() { if command -v openssl >/dev/null 2>&1; then openssl dgst -$1 -r; "
-                      "else ${1}sum; fi; }; chmod " + mode_text +
-                      " -- \"$s\" || exit 90; h=$(d sha256 < \"$s\") || exit 91; h=${h%% *}; "
+    // One round trip: hash, compare, and only then rename (the mode was set over SFTP). A
+    // mismatch removes the staging file. Hashing reads stdin (sha256sum escapes odd file names
+    // in its output).
+    std::string cmd = "s=" + shell_quote(staging) + "; " + remote_sha256_script("\"$s\"", "h") +
                       "if [ \"$h\" != " + sha256 + " ]; then rm -f -- \"$s\"; "
                       "echo \"remote sha256 $h\" >&2; exit 92; fi; ";
     if (md5 != nullptr)
-        cmd += "m=$(d md5 < \"$s\") || exit 91; m=${m%% *}; if [ \"$m\" != " + *md5 +
+        cmd += "d() { if command -v openssl >/dev/null 2>&1; then openssl dgst -$1 -r; "
+               "else ${1}sum; fi; }; m=$(d md5 < \"$s\") || exit 91; m=${m%% *}; if [ \"$m\" != " + *md5 +
                " ]; then rm -f -- \"$s\"; echo \"remote md5 $m\" >&2; exit 93; fi; ";
     // -T: the file replaces the final name itself, never lands inside a directory of that name.
     if (rename) cmd += "mv -f -T -- \"$s\" " + shell_quote(final_path) + " || exit 94; ";
@@ -241,6 +236,10 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
         co_return Error(errc::invalid_argument,
                         impl.peer + ": expected sha256 '" + opts.expected_sha256 +
                             "' is not 64 lowercase hex digits");
+    if (!opts.verify_remotely && (opts.rename_into_place || opts.expected_sha256.empty()))
+        co_return Error(errc::invalid_argument,
+                        impl.peer + ": an upload not verified remotely needs an expected sha256 "
+                                    "and must not be renamed into place");
     const std::string source_name = bytes ? "the in-memory artifact" : local_path;
     const auto started = Clock::now();
     const auto deadline = started + opts.timeout;
@@ -388,6 +387,22 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
             md5_known = false;
         }
 
+        // The exact mode (the open's was masked by the server's umask), set by the SFTP
+        // server on the open handle: the node starts no chmod for it.
+        LIBSSH2_SFTP_ATTRIBUTES attrs{};
+        attrs.flags = LIBSSH2_SFTP_ATTR_PERMISSIONS;
+        attrs.permissions = opts.mode & 07777u;
+        rc = co_await impl.drive([&] { return libssh2_sftp_fsetstat(file.get(), &attrs); },
+                                 deadline, interrupted);
+        if (interrupted)
+            co_return impl.interrupted_error(interrupted, "setting the mode of " + staging,
+                                             opts.timeout);
+        if (rc != 0) {
+            auto msg = sftp_failure(impl, impl.sftp.get(), "setting the mode of " + staging, rc);
+            co_await cleanup();
+            co_return Error(errc::sftp_failed, std::move(msg));
+        }
+
         rc = co_await impl.drive([&] { return libssh2_sftp_close_handle(file.get()); }, deadline,
                                  interrupted);
         if (interrupted)
@@ -409,11 +424,17 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
             impl.busy = true;
         }
 
+        if (!opts.verify_remotely) {
+            // The caller verifies result.sha256 remotely before the file is used.
+            result.duration =
+                std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - started);
+            co_return result;
+        }
         ExecOptions verify_opts;
         verify_opts.timeout = std::max<std::chrono::milliseconds>(
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
-        const std::string verify = verify_command(staging, remote_path, opts.mode, result.sha256,
+        const std::string verify = verify_command(staging, remote_path, result.sha256,
                                                   opts.verify_md5 && md5_known ? &result.md5 : nullptr,
                                                   opts.rename_into_place);
         // Not passed to the sanitizer: this is the SSH layer's own script, not operator text.

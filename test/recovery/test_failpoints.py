@@ -80,8 +80,10 @@ STAGE_PREFIX = ".guardia-stage."
 READY_RE = re.compile(r"^guardia: listening on (https?)://([0-9.]+):(\d+)$")
 END_EVENTS = ("STEP_OK", "STEP_FAILED", "STEP_INTERRUPTED")
 # Steps one remote command carries together: their failpoints coincide, the intent row is the
-# first step's (node_pipeline.cpp: prepare(), activate with startup).
-INTENT_OF = {"LOCK": "PRECHECK", "BACKUP": "PRECHECK", "STARTUP": "ACTIVATE"}
+# first step's (node_pipeline.cpp: prepare(); activate_release(): the TRANSFER verification with
+# SHUTDOWN, ACTIVATE and STARTUP, whose intent rows are the TRANSFER steps').
+INTENT_OF = {"LOCK": "PRECHECK", "BACKUP": "PRECHECK",
+             "SHUTDOWN": "TRANSFER", "ACTIVATE": "TRANSFER", "STARTUP": "TRANSFER"}
 
 TIERS = [{"tier": 1, "batch_size": 1, "mode": "lockstep", "strict_health": True},
          {"tier": 2, "batch_size": 10},

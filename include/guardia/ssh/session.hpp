@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 
@@ -55,6 +56,11 @@ struct ExecOptions {
     // Shown instead of the command in error messages (and so in logs): set it when the
     // command carries something that must not be repeated. Empty: the command itself.
     std::string display;
+    // Called on the loop each time stdout grows, with the stdout kept so far: lets a caller
+    // follow a composed command's progress markers as they arrive. A returned duration starts
+    // a new deadline of that length from now (the next phase's own budget) in place of the
+    // current one; nullopt keeps the current deadline.
+    std::function<std::optional<std::chrono::milliseconds>(const std::string& out)> on_stdout;
 };
 
 struct ExecResult {
@@ -88,6 +94,11 @@ struct UploadOptions {
     // false: leave the verified file under its staging name (UploadResult::staging_path)
     //        for the caller to move into place later.
     bool rename_into_place = true;
+    // false: no remote verification at all. The staging file is left unverified under its
+    // staging name (rename_into_place must be false) and UploadResult::sha256 is the digest it
+    // must have: the caller verifies it remotely before using it (the node pipeline does so in
+    // its activation command, saving a remote command per node).
+    bool verify_remotely = true;
     // Called after the staging file is written and closed, before remote verification.
     // Lets tests tamper with the staging file; production code leaves it empty.
     std::function<boost::asio::awaitable<void>(const std::string& staging_path)> before_verify;

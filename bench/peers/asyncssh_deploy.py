@@ -29,6 +29,8 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import peer_common as pc  # noqa: E402
 
+COMPRESSION_ALGS = None   # set by --compression
+
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 try:
     from cryptography.utils import CryptographyDeprecationWarning
@@ -98,7 +100,7 @@ class Node:
             self.conn = await asyncssh.connect(
                 n["host"], port=n["ssh_port"], username=n["user"], client_keys=self.keys,
                 known_hosts=self.known_hosts, agent_path=None, config=None, connect_timeout=10,
-                compression_algs=None)
+                compression_algs=COMPRESSION_ALGS)
             usage = int((await self.run(pc.df_command(p["d"]), "pre-check")).strip())
             if usage > pc.DISK_THRESHOLD:
                 raise DeployError(f"disk usage {usage}% above {pc.DISK_THRESHOLD}%")
@@ -184,15 +186,21 @@ async def rollout(nodes, artifact, known_hosts, results):
 
 
 def main():
-    a = pc.parse_args(__doc__.splitlines()[0],
-                      lambda ap: ap.add_argument("--par", type=int, default=50,
-                                                 help="tier 2 nodes in flight (default 50)"))
+    def extra(ap):
+        ap.add_argument("--par", type=int, default=50, help="tier 2 nodes in flight (default 50)")
+        ap.add_argument("--compression", choices=("none", "default"), default="none",
+                        help="none (default here: no SSH compression, as OpenSSH's client and "
+                             "Guardia) or default (asyncssh's own default: zlib@openssh.com first)")
+    a = pc.parse_args(__doc__.splitlines()[0], extra)
+    global COMPRESSION_ALGS
+    # None: only 'none'; (): asyncssh's defaults (and the SSH config's, none here: config=None).
+    COMPRESSION_ALGS = None if a.compression == "none" else ()
     started = time.monotonic()
     pc.TIER_CONCURRENCY[2] = a.par
     nodes = pc.load_nodes(a.inventory, a.key)
     results = {}
     aborted = asyncio.run(rollout(nodes, os.path.abspath(a.artifact), a.known_hosts, results))
-    return pc.summary("asyncssh", nodes, results, started, {"aborted": aborted})
+    return pc.summary("asyncssh" if a.compression == "none" else "asyncssh-zlib", nodes, results, started, {"aborted": aborted})
 
 
 if __name__ == "__main__":

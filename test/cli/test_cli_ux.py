@@ -309,6 +309,26 @@ class CliUxTest(CliTest):
                              "--", "true", env=exec_env)
         self.assertEqual((r.rc, rows(r.out)), (0, names[:2]), r)
 
+        # guardia rollback: the same rule. Three nodes to restore, at a threshold of 3: the summary
+        # (no node row: every node was restored), and the nodes really are as they were before.
+        rb = ["rollback", "--rollout", rollout_id, "--inventory", inv, "--known-hosts", self.known_hosts,
+              "--db", self.path("report.db"), "--config", conf]
+        r = self.guardia_env(*rb, env={"GUARDIA_PROGRESS_SUMMARY_NODES": "3"})
+        self.assertEqual((r.rc, rows(r.out)), (0, []), r)
+        restored = self.check(*names)
+        for n in names[:3]:
+            self.assert_restored(before[n], restored[n])
+        # Again: every node now refuses (it no longer runs that release). The summary names each
+        # node not restored; full names them too; --report brief is bad input.
+        r = self.guardia_env(*rb, "--report", "summary", env={"GUARDIA_PROGRESS_SUMMARY_NODES": None})
+        self.assertEqual((r.rc, sorted(rows(r.out))), (1, names[:3]), r)
+        r = self.guardia_env(*rb, "--report", "full", env={"GUARDIA_PROGRESS_SUMMARY_NODES": "3"})
+        self.assertEqual((r.rc, sorted(rows(r.out))), (1, names[:3]), r)
+        r = self.guardia_env(*rb, "--report", "brief", env={})
+        self.assertEqual(r.rc, 2, r)
+        self.assertIn("--report: expected full, summary or auto, got 'brief'", r.err)
+        self.assert_untouched(restored, self.check(*names))
+
     def run_on_pty(self, args, cols, env):
         """guardia with stderr on a pty of `cols` columns (stdout a pipe): (rc, stderr text)."""
         master, slave = pty.openpty()

@@ -197,6 +197,20 @@ bool step_runs_without_audit(std::string_view step) noexcept {
     return false;
 }
 
+bool lock_owned_by(std::string_view owner_file, std::string_view rollout_id) {
+    if (rollout_id.empty()) return false;
+    // As the shell's `while IFS= read -r x` reads it: only lines ended by a newline count.
+    for (std::size_t pos = 0;;) {
+        const auto nl = owner_file.find('\n', pos);
+        if (nl == std::string_view::npos) return false;
+        const auto line = owner_file.substr(pos, nl - pos);
+        if (line.size() == rollout_id.size() + 8 && line.substr(0, 8) == "rollout=" &&
+            line.substr(8) == rollout_id)
+            return true;
+        pos = nl + 1;
+    }
+}
+
 std::vector<std::string> live_mismatches(std::string_view out,
                                          const std::vector<ArtifactSpec>& artifacts) {
     std::vector<std::string> wrong;
@@ -422,6 +436,7 @@ class Pipeline {
     asio::awaitable<Result<void>> lock();
     asio::awaitable<Result<void>> transfer();
     asio::awaitable<Result<void>> activate_release();
+    asio::awaitable<Result<bool>> unlock_over_sftp();
     void end_pending_transfers(const std::string& why, std::optional<int> exit_code);
     // The activation command: like run_script (intent committed, failpoints of the steps it
     // carries), with the caller's options (its progress markers followed as they arrive).
@@ -1433,6 +1448,22 @@ asio::awaitable<void> Pipeline::unlock() {
         co_return;
     }
     Step step(*this, "UNLOCK", lock_path_);
+    // After an upload the session's SFTP channel is open: the owner file is read and the lock
+    // removed by the node's sftp server, with no shell and no process on the node. Anything
+    // unexpected there (an error, a lock directory holding more than its owner file) falls
+    // through to the shell command below, which decides again from the owner file.
+    if (session_ && session_->sftp_started()) {
+        auto released = co_await unlock_over_sftp();
+        if (released && *released) {
+            report_.lock_released = true;
+            step.ok("over SFTP");
+            co_return;
+        }
+        if (released) {
+            step.ok("no lock of this rollout to release");
+            co_return;
+        }
+    }
     // Only our own lock goes: the owner file must name this rollout (read with built-ins).
     const std::string cmd =
         "l=" + shell_quote(lock_path_) + "; o=; { while IFS= read -r x; do [ \"$x\" = " +
@@ -1448,6 +1479,36 @@ asio::awaitable<void> Pipeline::unlock() {
     } else {
         step.failed(r.error());
     }
+}
+
+// UNLOCK on the session's SFTP channel: true released, false not ours (no owner file, or it
+// names another rollout: left alone), an error when the shell command must decide instead. The
+// owner file goes first, then the directory; were the directory to hold anything else (rmdir
+// fails), the lock is still ours (we read its owner file and nobody takes a held lock), so the
+// shell's `rm -rf` of exactly that directory finishes it.
+asio::awaitable<Result<bool>> Pipeline::unlock_over_sftp() {
+    const std::string owner = lock_path_ + "/owner";
+    // The same write-ahead intent and crash points as a remote command of the step (run_script).
+    if (auto ok = co_await intent_committed("UNLOCK"); !ok) co_return ok.error();
+    failpoints(failpoint::When::before, "UNLOCK");
+    bool missing = false;
+    auto text = co_await session_->sftp_read(owner, 64 * 1024, settings_.command_timeout, missing);
+    if (!text && !missing) co_return text.error();
+    if (!text || !lock_owned_by(*text, settings_.rollout_id)) {
+        failpoints(failpoint::When::after, "UNLOCK");
+        co_return false;
+    }
+    if (auto r = co_await session_->sftp_unlink(owner, settings_.command_timeout); !r)
+        co_return r.error();
+    if (co_await session_->sftp_rmdir(lock_path_, settings_.command_timeout)) {
+        failpoints(failpoint::When::after, "UNLOCK");
+        co_return true;
+    }
+    if (!session_->usable()) co_return Error(errc::connection_lost, "session lost during UNLOCK");
+    auto r = co_await run_script("UNLOCK", "rm -rf -- " + shell_quote(lock_path_),
+                                 settings_.command_timeout, true);
+    if (r && r->succeeded()) co_return true;
+    co_return Error(errc::remote_command_failed, "removing " + lock_path_ + " failed");
 }
 
 asio::awaitable<NodeReport> Pipeline::run() {

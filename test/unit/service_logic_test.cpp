@@ -263,3 +263,18 @@ TEST_CASE("PM rollback: restore points from the nodes' histories across SRs") {
     CHECK(b.at("n3").first_backup == "/d.bak_a1");
     CHECK(b.count("n2") == 0);  // A redeployed n2 after B
 }
+
+TEST_CASE("lock_owned_by: only a complete rollout=<id> line of the owner file") {
+    using guardia::deploy::lock_owned_by;
+    const std::string id = "R-20261205T120000Z-1";
+    CHECK(lock_owned_by("owner=deploy@host\nrollout=" + id + "\nsince=1764936000\n", id));
+    CHECK(lock_owned_by("rollout=" + id + "\n", id));
+    CHECK_FALSE(lock_owned_by("rollout=" + id, id));                      // no newline: not read
+    CHECK_FALSE(lock_owned_by("rollout=" + id + "-2\n", id));             // a longer id
+    CHECK_FALSE(lock_owned_by("rollout=R\n", id));                        // a prefix of it
+    CHECK_FALSE(lock_owned_by("xrollout=" + id + "\n", id));
+    CHECK_FALSE(lock_owned_by("rollout= " + id + "\n", id));
+    CHECK_FALSE(lock_owned_by("owner=rollout=" + id + "\n", id));
+    CHECK_FALSE(lock_owned_by("", id));
+    CHECK_FALSE(lock_owned_by("rollout=\n", ""));                         // never an empty id
+}

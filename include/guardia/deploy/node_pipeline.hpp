@@ -182,6 +182,11 @@ bool step_runs_without_audit(std::string_view step) noexcept;
 std::vector<std::string> live_mismatches(std::string_view out,
                                          const std::vector<ArtifactSpec>& artifacts);
 
+// Whether a deploy lock's owner file (lines "key=value", each ended by a newline) names
+// `rollout_id`: a complete line "rollout=<rollout_id>", exactly. Pure; decides whether UNLOCK
+// may remove the lock (never another rollout's).
+bool lock_owned_by(std::string_view owner_file, std::string_view rollout_id);
+
 // Crash recovery of one node that a rollout (settings.rollout_id) left RUNNING when its process
 // died. CONNECT, then RECOVER_INSPECT reads the node's lock and the deployed files' sha256:
 //  - the lock names this rollout: the node was left mid-step. With a backup (named in the lock's

@@ -170,6 +170,21 @@ public:
     boost::asio::awaitable<Result<UploadResult>> upload(std::shared_ptr<const ArtifactBytes> bytes,
                                                         std::string remote_path);
 
+    // Small file operations on the SFTP channel an upload opened (they start none of their
+    // own: sftp_started() says whether one is open). Each is a few SFTP requests answered by
+    // the node's sftp server, which already runs: no shell, no process. For work that would
+    // otherwise cost the node a remote command (releasing the deploy lock).
+    bool sftp_started() const noexcept;
+    // The whole file if it holds at most `max_bytes` (else errc::invalid_argument). For a file
+    // that does not exist `missing` is set (and an errc::sftp_failed error returned).
+    boost::asio::awaitable<Result<std::string>> sftp_read(std::string path, std::size_t max_bytes,
+                                                          std::chrono::milliseconds timeout,
+                                                          bool& missing);
+    boost::asio::awaitable<Result<void>> sftp_unlink(std::string path,
+                                                     std::chrono::milliseconds timeout);
+    boost::asio::awaitable<Result<void>> sftp_rmdir(std::string path,
+                                                    std::chrono::milliseconds timeout);
+
     // Orderly goodbye (SSH disconnect), bounded by `grace`. Never fails; the session is
     // unusable afterwards. Destroying a Session without it only frees resources.
     boost::asio::awaitable<void> disconnect(std::chrono::milliseconds grace);

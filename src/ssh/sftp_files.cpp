@@ -36,6 +36,27 @@ std::optional<Error> refuse(Session::Impl& impl, const std::string& path) {
     return std::nullopt;
 }
 
+// One SFTP REMOVE (a file) or RMDIR (a directory): sftp_unlink, sftp_rmdir.
+asio::awaitable<Result<void>> remove_path(Session::Impl& impl, const std::string& path,
+                                          std::chrono::milliseconds timeout, bool directory) {
+    BusyGuard busy(impl);
+    if (!busy.acquired()) co_return busy_error(impl);
+    if (auto no = refuse(impl, path)) co_return *no;
+    std::string what = directory ? "removing directory " : "removing ";
+    what += path;
+    boost::system::error_code interrupted;
+    const long rc = co_await impl.drive(
+        [&] {
+            const auto len = static_cast<unsigned>(path.size());
+            return directory ? libssh2_sftp_rmdir_ex(impl.sftp.get(), path.c_str(), len)
+                             : libssh2_sftp_unlink_ex(impl.sftp.get(), path.c_str(), len);
+        },
+        Clock::now() + timeout, interrupted);
+    if (interrupted) co_return impl.interrupted_error(interrupted, what, timeout);
+    if (rc != 0) co_return sftp_error(impl, what, rc);
+    co_return Result<void>{};
+}
+
 }  // namespace
 
 bool Session::sftp_started() const noexcept { return impl_->sftp != nullptr && !impl_->broken; }
@@ -86,39 +107,12 @@ asio::awaitable<Result<std::string>> Session::sftp_read(std::string path, std::s
 
 asio::awaitable<Result<void>> Session::sftp_unlink(std::string path,
                                                    std::chrono::milliseconds timeout) {
-    Impl& impl = *impl_;
-    BusyGuard busy(impl);
-    if (!busy.acquired()) co_return busy_error(impl);
-    if (auto no = refuse(impl, path)) co_return *no;
-    boost::system::error_code interrupted;
-    const long rc = co_await impl.drive(
-        [&] {
-            return libssh2_sftp_unlink_ex(impl.sftp.get(), path.c_str(),
-                                          static_cast<unsigned>(path.size()));
-        },
-        Clock::now() + timeout, interrupted);
-    if (interrupted) co_return impl.interrupted_error(interrupted, "removing " + path, timeout);
-    if (rc != 0) co_return sftp_error(impl, "removing " + path, rc);
-    co_return Result<void>{};
+    co_return co_await remove_path(*impl_, path, timeout, false);
 }
 
 asio::awaitable<Result<void>> Session::sftp_rmdir(std::string path,
                                                   std::chrono::milliseconds timeout) {
-    Impl& impl = *impl_;
-    BusyGuard busy(impl);
-    if (!busy.acquired()) co_return busy_error(impl);
-    if (auto no = refuse(impl, path)) co_return *no;
-    boost::system::error_code interrupted;
-    const long rc = co_await impl.drive(
-        [&] {
-            return libssh2_sftp_rmdir_ex(impl.sftp.get(), path.c_str(),
-                                         static_cast<unsigned>(path.size()));
-        },
-        Clock::now() + timeout, interrupted);
-    if (interrupted)
-        co_return impl.interrupted_error(interrupted, "removing directory " + path, timeout);
-    if (rc != 0) co_return sftp_error(impl, "removing directory " + path, rc);
-    co_return Result<void>{};
+    co_return co_await remove_path(*impl_, path, timeout, true);
 }
 
 }  // namespace guardia::ssh

@@ -178,17 +178,23 @@ class MessengerEventsTest(ServeTest):
                         self.assertNotIn(key, f.read(), suffix)
             self.assertNotIn(key.decode(), self.svc.log(100000))
 
+    def start_refused(self, name, conf):
+        """`guardia serve` with configuration `conf` (written as `name`), expected to refuse to
+        start: its completed process (the token file and state directory are set up first)."""
+        if not os.path.exists(self.path("token")):
+            fd = os.open(self.path("token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token + "\n")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        path = self.write_json(name, conf)
+        return subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL, cwd=self.tmp)
+
     def test_a_secret_file_readable_by_others_is_refused_at_start(self):
         loose = self.secret_file("loose.secret", b"whsec-" + secrets.token_hex(16).encode(), mode=0o644)
         conf = self.messenger_config(self.secret_file("slack.secret", b"whsec-ok-" + secrets.token_hex(8).encode()),
                                      loose)
-        fd = os.open(self.path("token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.token + "\n")
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        path = self.write_json("guardia.json", conf)
-        r = subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        r = self.start_refused("guardia.json", conf)
         self.assertEqual(r.returncode, 2, r)
         self.assertIn("notifications.webhooks[1].secret_file: secret file " + loose +
                       ": readable by group or others", r.stderr)
@@ -202,13 +208,7 @@ class MessengerEventsTest(ServeTest):
                                      self.secret_file("raw.secret", b"whsec-raw-" + secrets.token_hex(8).encode()))
         loose = self.secret_file("loose.url", hook_url.encode(), mode=0o644)
         conf["notifications"]["webhooks"][1]["url_file"] = loose
-        fd = os.open(self.path("token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.token + "\n")
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        path = self.write_json("guardia.json", conf)
-        r = subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        r = self.start_refused("guardia.json", conf)
         self.assertEqual(r.returncode, 2, r)
         self.assertIn("notifications.webhooks[1].url_file: url file " + loose +
                       ": readable by group or others", r.stderr)
@@ -216,9 +216,7 @@ class MessengerEventsTest(ServeTest):
         self.assertEqual(r.stdout, "")
         # url and url_file together: refused by name.
         conf["notifications"]["webhooks"][1]["url"] = hook_url
-        path = self.write_json("guardia2.json", conf)
-        r = subprocess.run([GUARDIA, "serve", "--config", path], capture_output=True, text=True, timeout=60,
-                           stdin=subprocess.DEVNULL, cwd=self.tmp)
+        r = self.start_refused("guardia2.json", conf)
         self.assertEqual(r.returncode, 2, r)
         self.assertIn("notifications.webhooks[1].url_file: give url or url_file, not both", r.stderr)
 

@@ -146,6 +146,17 @@ class Lifecycle(unittest.TestCase):
         self.assertIn("interrupted", err)
         self.assert_clean(d)
 
+    def test_sigterm_crossing_the_ready_report_takes_it_down(self):
+        # A stop signal that reaches `up` just as the supervisor reported the fleet ready was
+        # forwarded to a supervisor already serving, which it killed: `up` used to exit 0 with
+        # the health server dead. Now it takes the fleet down and says it was interrupted.
+        d = self.new_dir()
+        r = subprocess.run([FLEET, "up", "--dir", d, "--nodes", "3"], capture_output=True, text=True,
+                           env=dict(os.environ, GUARDIA_FLEET_TEST_SIGNAL_AT_READY="1"), timeout=120)
+        self.assertNotEqual(r.returncode, 0, r.stdout)
+        self.assertIn("interrupted", r.stderr)
+        self.assert_clean(d)
+
     # ------------------------------------------------------------------ ports
     def test_port_taken_meanwhile_is_retried(self):
         d = self.new_dir()

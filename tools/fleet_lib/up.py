@@ -26,6 +26,7 @@ from .common import (ENV_MARK, LOCK_FILE, LOOPBACK, SAFE_PATH, SSHD, STATE_FILE,
                      sshd_version, write_file, write_json_atomic, read_proc)
 from .down import recorded_roots, teardown
 
+MAX_NODES = 20000       # 10,000 nodes fit the default port range (10000-32767) with room to spare
 PORTS_PER_SSHD = 16      # OpenSSH: at most 16 listen sockets per sshd process
 BUILD_THREADS = 8
 SSHD_READY_TIMEOUT = 60
@@ -165,8 +166,8 @@ class Up:
         if not SAFE_PATH.match(self.dir):
             raise FleetError(f"--dir {self.dir!r}: use only letters, digits and ._/+@,=- in the path")
         check_fleet_dir(self.dir)
-        if not 1 <= self.count <= 5000:
-            raise FleetError("--nodes must be 1..5000")
+        if not 1 <= self.count <= MAX_NODES:
+            raise FleetError(f"--nodes must be 1..{MAX_NODES}")
         self.faults = faultlib.load(self.args.faults, self.args.fault, self.count)
         self.tiers = parse_tiers(self.args.tiers, self.count)
         self.user_opts = parse_sshd_options(self.args.sshd_option)
@@ -175,9 +176,12 @@ class Up:
             raise FleetError(f"--health-path {hp!r}: must start with / and contain no spaces")
         if not 100 <= self.args.health_ok_status <= 599:
             raise FleetError("--health-ok-status must be 100..599")
+        # Two ports per node (sshd, health) and a few for the proxies; ports already taken by
+        # something else are skipped by the allocator, which says so if the range runs out.
         need = 2 * self.count + 64
-        if self.hi - self.lo < need * 2:
-            raise FleetError(f"port range {self.lo}-{self.hi} is too small for {self.count} nodes")
+        if self.hi - self.lo + 1 < need:
+            raise FleetError(f"port range {self.lo}-{self.hi} has {self.hi - self.lo + 1} ports, "
+                             f"{self.count} nodes need {need}: give a wider --port-range")
 
     def prepare_dir(self):
         """Claim DIR: take its lock (held for the whole `up`, by the supervisor until the
@@ -667,7 +671,10 @@ class Up:
         os.close(wfd)
         self.record_pid("server", pid)     # also recorded by the child: whichever runs first
 
+        forwarded = []
+
         def forward(signum, frame):
+            forwarded.append(signum)
             try:
                 os.kill(pid, signal.SIGTERM)
             except OSError:
@@ -686,12 +693,23 @@ class Up:
                 break
             data += chunk
         os.close(rfd)
+        if os.environ.get("GUARDIA_FLEET_TEST_SIGNAL_AT_READY"):
+            os.kill(os.getpid(), signal.SIGTERM)    # test hook: a caller's stop crossing the report
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)      # the outcome is known: stop forwarding
         try:
             result = json.loads(data)
         except ValueError:
             result = None
+        if result and result.get("ok") and forwarded:
+            # The stop signal crossed the report: the supervisor, already serving (SIGTERM back
+            # at its default), was told to stop and dies, leaving sshds without their health
+            # server. What the caller asked for is a stop: take it all down and say so.
+            os.waitpid(pid, 0)
+            problems = teardown(self.dir, self.state)
+            msg = f"interrupted by signal {forwarded[0]} as the fleet came up; taken down again"
+            self.set_state("down", last_error=msg, leaked=problems)
+            raise FleetError(msg + (f", but left: {'; '.join(problems)}" if problems else ""))
         if result and result.get("ok"):
             try:
                 print(result["summary"], flush=True)

@@ -6,7 +6,6 @@
 #include "guardia/core/shell.hpp"
 #include "guardia/deploy/activation.hpp"
 #include "guardia/deploy/credential_store.hpp"
-#include "guardia/deploy/disk_usage.hpp"
 #include "guardia/deploy/owner.hpp"
 #include "guardia/deploy/release_marker.hpp"
 #include "guardia/http/health_probe.hpp"
@@ -366,13 +365,6 @@ class Pipeline {
         const std::string& step, const std::string& command, milliseconds timeout, bool checked,
         std::string_view also = {}, std::string_view also2 = {}) {
         if (auto ok = co_await intent_committed(step); !ok) co_return ok.error();
-        co_return co_await send_script(step, command, timeout, checked, also, also2);
-    }
-    // run_script without the intent: for a caller that committed it itself (the preparation,
-    // which reads the disk usage over SFTP between the two).
-    asio::awaitable<Result<ssh::ExecResult>> send_script(
-        const std::string& step, const std::string& command, milliseconds timeout, bool checked,
-        std::string_view also = {}, std::string_view also2 = {}) {
         failpoints(failpoint::When::before, step, also, also2);
         ssh::ExecOptions eo;
         eo.timeout = timeout;
@@ -432,9 +424,7 @@ class Pipeline {
     asio::awaitable<Result<void>> connect();
     asio::awaitable<Result<void>> precheck();
     asio::awaitable<Result<void>> prepare();
-    // `usage`: the disk usage already read over SFTP, or nullopt for the script to run df.
-    std::string precheck_script(std::optional<int> usage = std::nullopt) const;
-    asio::awaitable<Result<std::optional<int>>> disk_usage_over_sftp();
+    std::string precheck_script() const;
     Error lock_busy_error(const std::string& out) const;
     void note_busy_lock(const std::string& out) {
         std::istringstream lines(out);
@@ -629,9 +619,8 @@ asio::awaitable<Result<void>> Pipeline::precheck() {
 // the restore's copy beside the real directory), the node's scripts exist, and no artifact
 // would land on a directory (a rename onto one fails, or with a plain `mv` nests inside it).
 // Only shell built-ins besides df (and a subshell for a linked deploy path): every process
-// started costs the node a fork and exec. With the usage already known (read over SFTP) not
-// even df runs.
-std::string Pipeline::precheck_script(std::optional<int> usage) const {
+// started costs the node a fork and exec.
+std::string Pipeline::precheck_script() const {
     std::string scripts, names;
     // `+= ' '` then `+= quoted`, not `+= " " + quoted`: GCC 12 at -O3 raises a false
     // -Werror=restrict on "literal" + std::string&& (GCC bug 105329).
@@ -646,11 +635,6 @@ std::string Pipeline::precheck_script(std::optional<int> usage) const {
             names += ' ';
             names += shell_quote(a.file_name);
         }
-    std::string usage_line = "; u=";
-    if (usage)
-        usage_line += std::to_string(*usage);
-    else
-        usage_line += "; o=$(df -P -- \"$d\") && { set -f; set -- $o; set +f; [ $# -lt 12 ] || u=${12%\\%}; }";
     return "LC_ALL=C; d=" + d_ +
            "; [ -d \"$d\" ] || { echo \"deploy path $d does not exist or is not a directory\" >&2; "
            "exit 10; }"
@@ -667,30 +651,8 @@ std::string Pipeline::precheck_script(std::optional<int> usage) const {
            "; for a in" +
            (names.empty() ? std::string(" ''") : names) +
            "; do [ -z \"$a\" ] || [ -h \"$d/$a\" ] || [ ! -d \"$d/$a\" ] || { echo \"$d/$a is a "
-           "directory: the artifact $a would not replace it\" >&2; exit 12; }; done" +
-           usage_line;
-}
-
-// The disk usage of the filesystem holding the deploy path, read with one SFTP statvfs on the
-// channel the upload will use anyway: no df process on the node. nullopt whenever that does not
-// work (an sftp server without OpenSSH's statvfs extension, a deploy path that does not exist,
-// a filesystem df would print "-" for): the pre-check script then runs df and says what is
-// wrong exactly as before. Only called when an upload follows, else opening SFTP would cost
-// the node a process instead of saving one.
-// An error only where the session did not survive (the node's deadline, a cancellation, the
-// connection cut), with that error's own code, as a remote command would have reported it.
-asio::awaitable<Result<std::optional<int>>> Pipeline::disk_usage_over_sftp() {
-    if (auto started = co_await session_->sftp_start(settings_.command_timeout); !started) {
-        if (!session_->usable()) co_return started.error();
-        co_return std::nullopt;
-    }
-    bool missing = false;
-    auto space = co_await session_->sftp_statvfs(node_.deploy_path, settings_.command_timeout, missing);
-    if (!space) {
-        if (!session_->usable()) co_return space.error();
-        co_return std::nullopt;
-    }
-    co_return df_use_percent(space->blocks, space->blocks_free, space->blocks_available);
+           "directory: the artifact $a would not replace it\" >&2; exit 12; }; done"
+           "; u=; o=$(df -P -- \"$d\") && { set -f; set -- $o; set +f; [ $# -lt 12 ] || u=${12%\\%}; }";
 }
 
 Error Pipeline::lock_busy_error(const std::string& out) const {
@@ -736,26 +698,8 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
     current_step_ = "PRECHECK";
     audit("PRECHECK", "STEP_START", std::nullopt, std::nullopt,
           "with LOCK and BACKUP in one remote command");
-    // The intent first: not even the read-only SFTP request goes out before it is committed.
-    if (auto committed = co_await intent_committed("PRECHECK"); !committed) {
-        prepare_failed_step_ = "PRECHECK";
-        audit("PRECHECK", "STEP_FAILED", std::nullopt, ms(Clock::now() - started),
-              committed.error().message);
-        co_return committed.error();
-    }
-    std::optional<int> usage_read;
-    if (!artifacts_.empty()) {
-        auto read = co_await disk_usage_over_sftp();
-        if (!read) {  // the session went while reading it: no lock was asked for
-            prepare_failed_step_ = "PRECHECK";
-            Error e = node_error(read.error().code, "PRECHECK", read.error().message);
-            audit("PRECHECK", "STEP_FAILED", std::nullopt, ms(Clock::now() - started), e.message);
-            co_return e;
-        }
-        usage_read = *read;
-    }
     const std::string cmd =
-        precheck_script(usage_read) + "; echo \"USAGE=$u\"; case \"$u\" in ''|*[!0-9]*) exit 13;; esac" +
+        precheck_script() + "; echo \"USAGE=$u\"; case \"$u\" in ''|*[!0-9]*) exit 13;; esac" +
         "; [ \"$u\" -le " + std::to_string(settings_.disk_threshold_percent) + " ] || exit 14" +
         "; l=" + shell_quote(lock_path_) +
         "; if mkdir -- \"$l\" 2>/dev/null; then printf 'owner=%s\\nrollout=%s\\nsince=%s\\n' " +
@@ -803,8 +747,8 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         "k=$((k-1)); "
         "done; echo \"BACKUP=$c\"";
     auto r =
-        co_await send_script("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout,
-                             false, "LOCK", "BACKUP");
+        co_await run_script("PRECHECK", cmd, settings_.command_timeout + settings_.backup_timeout,
+                            false, "LOCK", "BACKUP");
     const auto took = ms(Clock::now() - started);
     auto fail = [&](const std::string& step, Error e, std::optional<int> code) {
         prepare_failed_step_ = step;
@@ -847,9 +791,6 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
                           end == std::string::npos ? std::string::npos : end - pos - k.size());
     };
     const auto usage = value_of("USAGE");
-    std::string usage_detail = "disk usage ";
-    usage_detail += usage.value_or("?");
-    usage_detail += usage_read ? " % (statvfs over SFTP)" : " %";
     const bool locked = out.find("LOCKED\n") != std::string::npos;
     const int code = r->exit_signal.empty() ? r->exit_code : -1;
     const std::string tail = trim(r->err_tail());
@@ -858,7 +799,7 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         report_.backup_path = value_of("BACKUP").value_or("");
         if (settings_.on_backup && !report_.backup_path.empty())
             settings_.on_backup(node_.name, report_.backup_path);
-        ok("PRECHECK", usage_detail, false);
+        ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
         ok("LOCK", {}, false);
         ok("BACKUP", report_.backup_path, true);
         co_return Result<void>{};
@@ -875,11 +816,11 @@ asio::awaitable<Result<void>> Pipeline::prepare() {
         co_return fail(
             "PRECHECK",
             node_error(errc::precheck_failed, "PRECHECK",
-                       usage_detail + " of the filesystem holding " +
+                       "disk usage " + usage.value_or("?") + " % of the filesystem holding " +
                            node_.deploy_path + " is above the threshold of " +
                            std::to_string(settings_.disk_threshold_percent) + " %"),
             code);
-    ok("PRECHECK", usage_detail, false);
+    ok("PRECHECK", "disk usage " + usage.value_or("?") + " %", false);
     if (code == 15) {
         note_busy_lock(out);
         started_step("LOCK");

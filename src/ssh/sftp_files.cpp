@@ -1,6 +1,5 @@
-// The session's SFTP channel (Impl::start_sftp, Session::sftp_start) and small operations on it
-// (Session::sftp_read, sftp_unlink, sftp_rmdir, sftp_statvfs): each is a handful of SFTP
-// requests the node's running sftp server answers.
+// Small file operations on a session's open SFTP channel (Session::sftp_read, sftp_unlink,
+// sftp_rmdir): each is a handful of SFTP requests the node's running sftp server answers.
 #include "detail/session_impl.hpp"
 
 #include <libssh2_sftp.h>
@@ -60,58 +59,7 @@ asio::awaitable<Result<void>> remove_path(Session::Impl& impl, const std::string
 
 }  // namespace
 
-asio::awaitable<Result<void>> Session::Impl::start_sftp(Clock::time_point deadline,
-                                                      std::chrono::milliseconds limit) {
-    if (sftp) co_return Result<void>{};
-    LIBSSH2_SFTP* started = nullptr;
-    boost::system::error_code interrupted;
-    const long rc = co_await drive(
-        [&]() -> long {
-            started = libssh2_sftp_init(session.get());
-            return started != nullptr ? 0 : last_errno();
-        },
-        deadline, interrupted);
-    if (interrupted) co_return interrupted_error(interrupted, "starting SFTP", limit);
-    if (rc != 0) co_return fail(errc::sftp_failed, "starting SFTP", rc);
-    sftp.reset(started);
-    co_return Result<void>{};
-}
-
 bool Session::sftp_started() const noexcept { return impl_->sftp != nullptr && !impl_->broken; }
-
-asio::awaitable<Result<void>> Session::sftp_start(std::chrono::milliseconds timeout) {
-    Impl& impl = *impl_;
-    BusyGuard busy(impl);
-    if (!busy.acquired()) co_return busy_error(impl);
-    if (impl.broken) co_return impl.unusable_error();
-    co_return co_await impl.start_sftp(Clock::now() + timeout, timeout);
-}
-
-asio::awaitable<Result<FilesystemSpace>> Session::sftp_statvfs(std::string path,
-                                                               std::chrono::milliseconds timeout,
-                                                               bool& missing) {
-    Impl& impl = *impl_;
-    missing = false;
-    BusyGuard busy(impl);
-    if (!busy.acquired()) co_return busy_error(impl);
-    if (auto no = refuse(impl, path)) co_return *no;
-    LIBSSH2_SFTP_STATVFS st{};
-    boost::system::error_code interrupted;
-    const std::string what = "statvfs of " + path;
-    const long rc = co_await impl.drive(
-        [&] {
-            return libssh2_sftp_statvfs(impl.sftp.get(), path.c_str(), path.size(), &st);
-        },
-        Clock::now() + timeout, interrupted);
-    if (interrupted) co_return impl.interrupted_error(interrupted, what, timeout);
-    if (rc != 0) co_return sftp_error(impl, what, rc, &missing);
-    FilesystemSpace space;
-    space.fragment_size = st.f_frsize != 0 ? st.f_frsize : st.f_bsize;
-    space.blocks = st.f_blocks;
-    space.blocks_free = st.f_bfree;
-    space.blocks_available = st.f_bavail;
-    co_return space;
-}
 
 asio::awaitable<Result<std::string>> Session::sftp_read(std::string path, std::size_t max_bytes,
                                                         std::chrono::milliseconds timeout,

@@ -289,8 +289,18 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
         }
 
         boost::system::error_code interrupted;
-        if (auto sftp_open = co_await impl.start_sftp(deadline, opts.timeout); !sftp_open)
-            co_return sftp_open.error();
+        if (!impl.sftp) {
+            LIBSSH2_SFTP* sftp = nullptr;
+            long rc = co_await impl.drive(
+                [&]() -> long {
+                    sftp = libssh2_sftp_init(impl.session.get());
+                    return sftp != nullptr ? 0 : impl.last_errno();
+                },
+                deadline, interrupted);
+            if (interrupted) co_return impl.interrupted_error(interrupted, "starting SFTP", opts.timeout);
+            if (rc != 0) co_return impl.fail(errc::sftp_failed, "starting SFTP", rc);
+            impl.sftp.reset(sftp);
+        }
 
         long rc = co_await impl.drive(
             [&]() -> long {

@@ -541,55 +541,6 @@ TEST_SUITE("connect") {
     }
 }
 
-TEST_SUITE("sftp files") {
-    TEST_CASE("statvfs over SFTP: the figures statfs gives locally; a missing path is named") {
-        const std::string path = fleet().node(kNode).deploy_path;
-        asio::io_context ioc;
-        bool missing_before = false, missing_after = false;
-        Result<FilesystemSpace> before_start = Error(errc::invalid_argument, "not run");
-        Result<FilesystemSpace> missing = Error(errc::invalid_argument, "not run");
-        auto r = run(ioc, [&]() -> asio::awaitable<Result<FilesystemSpace>> {
-            auto s = co_await must_connect(fleet().connect_options(kNode));
-            // No channel yet: refused, nothing sent.
-            before_start = co_await s->sftp_statvfs(path, seconds(10), missing_before);
-            CHECK_FALSE(s->sftp_started());
-            auto started = co_await s->sftp_start(seconds(10));
-            if (!started) co_return started.error();
-            CHECK(s->sftp_started());
-            auto space = co_await s->sftp_statvfs(path, seconds(10), missing_after);
-            bool gone = false;
-            missing = co_await s->sftp_statvfs(path + "/no-such-dir/x", seconds(10), gone);
-            CHECK(gone);
-            CHECK(s->usable());  // an SFTP status is an answer, not a broken session
-            co_await s->disconnect();
-            co_return space;
-        }());
-        REQUIRE(!before_start);
-        CHECK(before_start.error().code == errc::invalid_argument);
-        CHECK(before_start.error().message.find("no SFTP channel") != std::string::npos);
-        REQUIRE_MESSAGE(r.has_value(), (r ? "" : r.error().describe()));
-        CHECK_FALSE(missing_after);
-        REQUIRE(!missing);
-        CHECK(missing.error().code == errc::sftp_failed);
-        CHECK(missing.error().message.find("no-such-dir") != std::string::npos);
-        // The same filesystem as seen here (the node is a directory of this machine): size and
-        // block size exactly; free space moves with whatever else writes to it, so within 1 %.
-        const auto local = shell("stat -f -c '%S %b %f %a' -- " + shell_quote(path));
-        std::istringstream in(local);
-        std::uint64_t frsize = 0, blocks = 0, free_blocks = 0, avail = 0;
-        in >> frsize >> blocks >> free_blocks >> avail;
-        REQUIRE(blocks > 0);
-        CHECK(r->fragment_size == frsize);
-        CHECK(r->blocks == blocks);
-        const auto near = [&](std::uint64_t a, std::uint64_t b) {
-            return (a > b ? a - b : b - a) <= blocks / 100;
-        };
-        CHECK(near(r->blocks_free, free_blocks));
-        CHECK(near(r->blocks_available, avail));
-        CHECK(r->blocks_available <= r->blocks_free);
-    }
-}
-
 TEST_SUITE("upload") {
     struct Case {
         std::size_t size;

@@ -130,15 +130,6 @@ struct NegotiatedMethods {
     std::string mac_in;
 };
 
-// The filesystem holding a path, as statvfs(3) gives it (SFTP statvfs@openssh.com): sizes in
-// blocks of `fragment_size` bytes.
-struct FilesystemSpace {
-    std::uint64_t fragment_size = 0;
-    std::uint64_t blocks = 0;            // the filesystem's size
-    std::uint64_t blocks_free = 0;       // free, counting the blocks reserved for root
-    std::uint64_t blocks_available = 0;  // free for an unprivileged user
-};
-
 // Overloads rather than defaulted option arguments: see the note on the option structs.
 class Session {
 public:
@@ -179,20 +170,11 @@ public:
     boost::asio::awaitable<Result<UploadResult>> upload(std::shared_ptr<const ArtifactBytes> bytes,
                                                         std::string remote_path);
 
-    // Small file operations on the SFTP channel an upload opened, or sftp_start() (they start
-    // none of their own: sftp_started() says whether one is open). Each is a few SFTP requests
-    // answered by the node's sftp server, which already runs: no shell, no process. For work
-    // that would otherwise cost the node a remote command (releasing the deploy lock, reading
-    // the disk usage).
+    // Small file operations on the SFTP channel an upload opened (they start none of their
+    // own: sftp_started() says whether one is open). Each is a few SFTP requests answered by
+    // the node's sftp server, which already runs: no shell, no process. For work that would
+    // otherwise cost the node a remote command (releasing the deploy lock).
     bool sftp_started() const noexcept;
-    // Opens the SFTP channel now (the node starts its sftp server) if none is open; an upload
-    // later uses the same channel.
-    boost::asio::awaitable<Result<void>> sftp_start(std::chrono::milliseconds timeout);
-    // statvfs of the filesystem holding `path`. An sftp server without the OpenSSH extension
-    // gives errc::sftp_failed; for a path that does not exist `missing` is set as well.
-    boost::asio::awaitable<Result<FilesystemSpace>> sftp_statvfs(std::string path,
-                                                                 std::chrono::milliseconds timeout,
-                                                                 bool& missing);
     // The whole file if it holds at most `max_bytes` (else errc::invalid_argument). For a file
     // that does not exist `missing` is set (and an errc::sftp_failed error returned).
     boost::asio::awaitable<Result<std::string>> sftp_read(std::string path, std::size_t max_bytes,

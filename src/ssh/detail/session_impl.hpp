@@ -76,9 +76,6 @@ struct Session::Impl {
     // Runs a command on a new channel (the body of Session::exec; also used by upload).
     boost::asio::awaitable<Result<ExecResult>> run_command(const std::string& command,
                                                            const ExecOptions& options);
-    // Opens the SFTP channel if none is open (the node starts its sftp server for it).
-    boost::asio::awaitable<Result<void>> start_sftp(Clock::time_point deadline,
-                                                    std::chrono::milliseconds limit);
     // An error for `what` failing with libssh2 code `rc` (marks the session broken when the
     // code means the transport is gone).
     Error fail(errc kind, std::string_view what, long rc);

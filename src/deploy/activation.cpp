@@ -29,7 +29,7 @@ std::string activation_script(const std::vector<StagedFile>& files, const std::s
     // Verify every staged file before anything live changes. A mismatch removes all of them.
     for (std::size_t i = 0; i < files.size(); ++i) {
         cmd += "s=" + shell_quote(files[i].staging_path) + "; ";
-        cmd += remote_sha256_script("\"$s\"", "h");
+        cmd += remote_sha256_script("\"$s\"", "h", files[i].size);
         cmd += "if [ \"$h\" != " + files[i].sha256 + " ]; then rm -f --" + all_staged +
                "; echo \"MISMATCH " + std::to_string(i) + " $h\"; exit 92; fi; ";
     }

@@ -1029,6 +1029,7 @@ asio::awaitable<Result<void>> Pipeline::activate_release() {
         f.staging_path = staged_[i];
         f.final_path = node_.deploy_path + "/" + artifacts_[i].file_name;
         f.sha256 = artifacts_[i].sha256;
+        f.size = artifacts_[i].size;
         files.push_back(std::move(f));
         total_bytes += artifacts_[i].size;
     }

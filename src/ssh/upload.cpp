@@ -197,11 +197,12 @@ asio::awaitable<Result<void>> write_from_memory(Session::Impl& impl, LIBSSH2_SFT
 }
 
 std::string verify_command(const std::string& staging, const std::string& final_path,
-                           const std::string& sha256, const std::string* md5, bool rename) {
+                           const std::string& sha256, std::uint64_t bytes, const std::string* md5,
+                           bool rename) {
     // One round trip: hash, compare, and only then rename (the mode was set over SFTP). A
     // mismatch removes the staging file. Hashing reads stdin (sha256sum escapes odd file names
     // in its output).
-    std::string cmd = "s=" + shell_quote(staging) + "; " + remote_sha256_script("\"$s\"", "h") +
+    std::string cmd = "s=" + shell_quote(staging) + "; " + remote_sha256_script("\"$s\"", "h", bytes) +
                       "if [ \"$h\" != " + sha256 + " ]; then rm -f -- \"$s\"; "
                       "echo \"remote sha256 $h\" >&2; exit 92; fi; ";
     if (md5 != nullptr)
@@ -434,7 +435,7 @@ asio::awaitable<Result<UploadResult>> upload_from(Session::Impl& impl, const std
         verify_opts.timeout = std::max<std::chrono::milliseconds>(
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()),
             std::chrono::seconds(5));
-        const std::string verify = verify_command(staging, remote_path, result.sha256,
+        const std::string verify = verify_command(staging, remote_path, result.sha256, result.bytes,
                                                   opts.verify_md5 && md5_known ? &result.md5 : nullptr,
                                                   opts.rename_into_place);
         // Not passed to the sanitizer: this is the SSH layer's own script, not operator text.

@@ -3,10 +3,13 @@
 #include <doctest/doctest.h>
 
 #include <array>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 using guardia::shell_quote;
 
@@ -77,4 +80,43 @@ TEST_CASE("remote_sha256_script hashes the file into the variable, or exits 91 w
               .empty());
     CHECK(status == 91);
     std::remove(file.c_str());
+}
+
+TEST_CASE("remote_sha256_script: openssl first for large files, sha256sum first below; each falls back") {
+    // Stand-ins that say which one ran; the real tools are compared above.
+    char dir_template[] = "/tmp/guardia-unit-hash-tools-XXXXXX";
+    REQUIRE(::mkdtemp(dir_template) != nullptr);
+    const std::string dir = dir_template;
+    auto fake = [&](const std::string& name, const std::string& says) {
+        const std::string path = dir + "/" + name;
+        FILE* f = std::fopen(path.c_str(), "w");
+        REQUIRE(f != nullptr);
+        std::fputs(("#!/bin/sh\ncat > /dev/null; echo '" + says + " -'\n").c_str(), f);
+        std::fclose(f);
+        ::chmod(path.c_str(), 0755);
+    };
+    fake("openssl", "by-openssl");
+    fake("sha256sum", "by-sha256sum");
+    auto hash_with = [&](std::uint64_t bytes, const std::string& path_var) {
+        int status = -1;
+        std::string out = run_sh("PATH=" + path_var + "; f=/dev/null; " +
+                                     guardia::remote_sha256_script("\"$f\"", "h", bytes) +
+                                     "printf '%s' \"$h\"",
+                                 status);
+        CHECK(status == 0);
+        return out;
+    };
+    const auto big = guardia::kOpensslHashFromBytes;
+    CHECK(hash_with(0, dir) == "by-sha256sum");
+    CHECK(hash_with(big - 1, dir) == "by-sha256sum");
+    CHECK(hash_with(big, dir) == "by-openssl");
+    CHECK(hash_with(std::uint64_t{1} << 40, dir) == "by-openssl");
+    // The preferred tool missing: the other one.
+    std::remove((dir + "/openssl").c_str());
+    CHECK(hash_with(big, dir) == "by-sha256sum");
+    fake("openssl", "by-openssl");
+    std::remove((dir + "/sha256sum").c_str());
+    CHECK(hash_with(0, dir) == "by-openssl");
+    std::remove((dir + "/openssl").c_str());
+    ::rmdir(dir.c_str());
 }

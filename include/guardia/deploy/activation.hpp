@@ -4,6 +4,7 @@
 // pipeline audits each step on its own. Pure: the script's text and the parser of its output.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -18,6 +19,7 @@ struct StagedFile {
     std::string staging_path;
     std::string final_path;
     std::string sha256;
+    std::uint64_t size = 0;  // bytes: which hashing tool is tried first (remote_sha256_script)
 };
 
 // The steps one activation command carries, in order.

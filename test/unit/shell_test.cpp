@@ -82,41 +82,83 @@ TEST_CASE("remote_sha256_script hashes the file into the variable, or exits 91 w
     std::remove(file.c_str());
 }
 
-TEST_CASE("remote_sha256_script: openssl first for large files, sha256sum first below; each falls back") {
-    // Stand-ins that say which one ran; the real tools are compared above.
+TEST_CASE("remote_sha256_script: openssl first from 2 MiB, sha256sum first below; a missing or broken tool is skipped") {
+    // Stand-ins that say which one ran, in each tool's own output format; the real tools are
+    // compared above and below.
     char dir_template[] = "/tmp/guardia-unit-hash-tools-XXXXXX";
     REQUIRE(::mkdtemp(dir_template) != nullptr);
     const std::string dir = dir_template;
-    auto fake = [&](const std::string& name, const std::string& says) {
+    const std::string by_openssl(64, 'a'), by_sha256sum(64, 'b');
+    auto fake = [&](const std::string& name, const std::string& body) {
         const std::string path = dir + "/" + name;
         FILE* f = std::fopen(path.c_str(), "w");
         REQUIRE(f != nullptr);
-        std::fputs(("#!/bin/sh\ncat > /dev/null; echo '" + says + " -'\n").c_str(), f);
+        std::fputs(("#!/bin/sh\n" + body + "\n").c_str(), f);
         std::fclose(f);
         ::chmod(path.c_str(), 0755);
     };
-    fake("openssl", "by-openssl");
-    fake("sha256sum", "by-sha256sum");
-    auto hash_with = [&](std::uint64_t bytes, const std::string& path_var) {
-        int status = -1;
-        std::string out = run_sh("PATH=" + path_var + "; f=/dev/null; " +
-                                     guardia::remote_sha256_script("\"$f\"", "h", bytes) +
-                                     "printf '%s' \"$h\"",
-                                 status);
-        CHECK(status == 0);
-        return out;
+    auto good_tools = [&] {
+        fake("openssl", "echo '" + by_openssl + " *stdin'");
+        fake("sha256sum", "echo '" + by_sha256sum + "  -'");
     };
+    auto hash_with = [&](std::uint64_t bytes, int& status) {
+        return run_sh("PATH=" + dir + "; f=/dev/null; " +
+                          guardia::remote_sha256_script("\"$f\"", "h", bytes) + "printf '%s' \"$h\"",
+                      status);
+    };
+    int status = -1;
     const auto big = guardia::kOpensslHashFromBytes;
-    CHECK(hash_with(0, dir) == "by-sha256sum");
-    CHECK(hash_with(big - 1, dir) == "by-sha256sum");
-    CHECK(hash_with(big, dir) == "by-openssl");
-    CHECK(hash_with(std::uint64_t{1} << 40, dir) == "by-openssl");
+    good_tools();
+    CHECK(hash_with(0, status) == by_sha256sum);
+    CHECK(hash_with(big - 1, status) == by_sha256sum);
+    CHECK(hash_with(big, status) == by_openssl);
+    CHECK(hash_with(std::uint64_t{1} << 40, status) == by_openssl);
+    CHECK(status == 0);
     // The preferred tool missing: the other one.
     std::remove((dir + "/openssl").c_str());
-    CHECK(hash_with(big, dir) == "by-sha256sum");
-    fake("openssl", "by-openssl");
+    CHECK(hash_with(big, status) == by_sha256sum);
+    good_tools();
     std::remove((dir + "/sha256sum").c_str());
-    CHECK(hash_with(0, dir) == "by-openssl");
-    std::remove((dir + "/openssl").c_str());
+    CHECK(hash_with(0, status) == by_openssl);
+    // Installed but failing (an openssl that cannot load its configuration): the other one.
+    good_tools();
+    fake("openssl", "echo 'error: cannot load provider' >&2; exit 1");
+    CHECK(hash_with(big, status) == by_sha256sum);
+    CHECK(status == 0);
+    // Both failing: exit 91, nothing after.
+    fake("sha256sum", "exit 1");
+    CHECK(hash_with(big, status).empty());
+    CHECK(status == 91);
+    // An answer that is not a sha256 (an openssl printing "(stdin)= ..." without -r, a wrapper
+    // printing a banner): never compared, exit 91 instead of a false mismatch.
+    fake("openssl", "echo '(stdin)= " + by_openssl + "'");
+    CHECK(hash_with(big, status).empty());
+    CHECK(status == 91);
+    fake("openssl", "echo 'ABCDEF  -'");
+    CHECK(hash_with(big, status).empty());
+    CHECK(status == 91);
+    fake("openssl", "echo '" + by_openssl + "0 *stdin'");  // 65 digits
+    CHECK(hash_with(big, status).empty());
+    CHECK(status == 91);
+    for (const char* tool : {"openssl", "sha256sum"}) std::remove((dir + "/" + tool).c_str());
     ::rmdir(dir.c_str());
+}
+
+TEST_CASE("remote_sha256_script: the real openssl and sha256sum give the same digest either way round") {
+    const std::string file = "/tmp/guardia-unit-sha256-order.bin";
+    {
+        FILE* f = std::fopen(file.c_str(), "wb");
+        REQUIRE(f != nullptr);
+        std::fputs("abc", f);
+        std::fclose(f);
+    }
+    for (std::uint64_t bytes : {std::uint64_t{0}, guardia::kOpensslHashFromBytes}) {
+        CAPTURE(bytes);
+        int status = -1;
+        CHECK(run_sh("f=" + shell_quote(file) + "; " +
+                         guardia::remote_sha256_script("\"$f\"", "h", bytes) + "printf '%s' \"$h\"",
+                     status) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        CHECK(status == 0);
+    }
+    std::remove(file.c_str());
 }

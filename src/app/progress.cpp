@@ -28,6 +28,12 @@ std::string clock_text(double seconds) {
     return buf;
 }
 
+double plain_status_interval(double elapsed_s) {
+    if (elapsed_s < 120) return 5;
+    if (elapsed_s < 600) return 15;
+    return 60;
+}
+
 namespace {
 
 // A positive integer, or 0.
@@ -175,7 +181,7 @@ void ProgressDisplay::tick() {
     if (stopped_) return;
     if (terminal_)
         redraw();
-    else if (seconds_since(last_plain_summary_) >= 5.0) {
+    else if (seconds_since(last_plain_summary_) >= plain_status_interval(seconds_since(t0_))) {
         last_plain_summary_ = Clock::now();
         if (summarise_)
             print_summary();
@@ -319,6 +325,13 @@ void ProgressDisplay::node_finished(const deploy::NodeProgress& n, const deploy:
     // On a terminal only failures get a line (the block shows the rest); plain output logs all,
     // but for a large rollout (summaries instead).
     if (ok && (terminal_ || summarise_)) return;
+    if (summarise_ && !ok && ++failure_lines_ > kSummaryFailureLines) {
+        if (failure_lines_ == kSummaryFailureLines + 1)
+            print_line("more than " + std::to_string(kSummaryFailureLines) +
+                       " nodes failed: further failures are counted in the summaries, the report "
+                       "names them");
+        return;
+    }
     std::string line =
         n.node.name + " " +
         std::string(rollout_.progress().dry_run && ok ? "READY" : to_string(r.outcome)) + " (" +

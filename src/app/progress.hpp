@@ -66,6 +66,15 @@ ReportMode report_mode_flag(const std::string& value);
 // report_every_node() with the threshold of GUARDIA_PROGRESS_SUMMARY_NODES (else 1000).
 bool report_every_node(ReportMode mode, std::size_t nodes);
 
+// How long plain (non-terminal) progress waits between two status lines, `elapsed_s` into the
+// rollout: every 5 s for the first 2 minutes, every 15 s until 10 minutes, then every minute.
+// A log of a long rollout stays readable: ~110 lines in an hour instead of 720.
+double plain_status_interval(double elapsed_s);
+// A summarising display (plain output of a large rollout) gives a line to at most this many
+// failed nodes as they fail, then one line saying that further failures are only counted (the
+// report names them, up to kSummaryReportRows): a mass failure cannot flood the log.
+inline constexpr std::size_t kSummaryFailureLines = 50;
+
 struct ProgressCounts {
     ProgressCounts() {}
     std::size_t total = 0, finished = 0, failed = 0, in_flight = 0, not_started = 0;
@@ -113,6 +122,7 @@ class ProgressDisplay : public deploy::RolloutObserver {
     int block_lines_ = 0;
     std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
     std::chrono::steady_clock::time_point last_plain_summary_ = t0_;
+    std::size_t failure_lines_ = 0;  // failed nodes given a line by a summarising display
 };
 
 }  // namespace guardia::cli

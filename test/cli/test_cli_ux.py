@@ -20,10 +20,12 @@ Environment: as test_cli.py (GUARDIA_TEST_FLEET_CLI, GUARDIA_CLI_WORK, GUARDIA_B
 """
 
 import fcntl
+import json
 import os
 import pty
 import re
 import select
+import socket
 import sqlite3
 import struct
 import subprocess
@@ -362,6 +364,34 @@ class CliUxTest(CliTest):
         p.stdout.close()
         p.wait(timeout=30)
         return p.returncode, data.decode(errors="replace")
+
+    def test_8_mass_failure_does_not_flood_the_log(self):
+        """A summarising display gives a line to the first 50 failed nodes, then one line saying
+        that further failures are only counted; the report still names every one of them."""
+        with socket.socket() as probe:           # a loopback port nobody listens on
+            probe.bind(("127.0.0.1", 0))
+            closed_port = probe.getsockname()[1]
+        template = json.loads(json.dumps(self.inv["node-0003"]))
+        nodes = []
+        for i in range(60):
+            n = dict(template, name=f"gone-{i:03d}", ssh_port=closed_port, tier=3,
+                     deploy_path=f"/srv/gone-{i:03d}/app")
+            nodes.append(n)
+        inv = self.write_json("gone.json", {"nodes": nodes})
+        conf = self.write_json("gone-conf.json", config(threshold=100))
+        arts = self.artifacts("gone")
+        art_args = [x for p, _ in arts.values() for x in ("--artifact", p)]
+        r = self.guardia_env("deploy", "--inventory", inv, "--known-hosts", self.known_hosts, "--db",
+                             self.path("gone.db"), "--config", conf, *art_args,
+                             env={"GUARDIA_PROGRESS_SUMMARY_NODES": "10", "COLUMNS": None})
+        self.assertEqual(r.rc, 1, r)
+        failed_lines = [ln for ln in r.err.splitlines() if re.search(r" gone-\d{3} FAILED", ln)]
+        self.assertEqual(len(failed_lines), 50, r.err)
+        self.assertEqual(r.err.count("more than 50 nodes failed: further failures are counted in the "
+                                     "summaries, the report names them"), 1, r.err)
+        self.assertRegex(r.err, r"(?m)summary: 60/60 done, 60 failed")
+        reported = sorted(ln.split()[0] for ln in r.out.splitlines() if re.match(r"gone-\d{3} ", ln))
+        self.assertEqual(reported, [f"gone-{i:03d}" for i in range(60)], r.out)
 
     def test_6_terminal_width_and_no_color(self):
         names = ["node-0003", "node-0004"]

@@ -224,3 +224,26 @@ TEST_CASE("report: a summary lists only what did not succeed, at most kSummaryRe
     CHECK(shown == kSummaryReportRows);
     CHECK(summary.more() == 7);
 }
+
+TEST_CASE("progress: plain status lines every 5 s, then 15 s after 2 min, then every minute after 10") {
+    using guardia::cli::plain_status_interval;
+    CHECK(plain_status_interval(0) == 5);
+    CHECK(plain_status_interval(119.9) == 5);
+    CHECK(plain_status_interval(120) == 15);
+    CHECK(plain_status_interval(599.9) == 15);
+    CHECK(plain_status_interval(600) == 60);
+    CHECK(plain_status_interval(36000) == 60);
+    // An hour of a large rollout: ~110 summary lines (24 + 32 + 50), not 720; ten hours stay
+    // under 700.
+    auto lines = [](double seconds) {
+        int n = 0;
+        for (double t = 0, last = 0; t <= seconds; t += 1)
+            if (t - last >= plain_status_interval(t)) {
+                ++n;
+                last = t;
+            }
+        return n;
+    };
+    CHECK(lines(3600) <= 110);
+    CHECK(lines(36000) < 700);
+}

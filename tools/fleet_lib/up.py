@@ -176,9 +176,12 @@ class Up:
             raise FleetError(f"--health-path {hp!r}: must start with / and contain no spaces")
         if not 100 <= self.args.health_ok_status <= 599:
             raise FleetError("--health-ok-status must be 100..599")
-        # Two ports per node (sshd, health) and a few for the proxies; ports already taken by
-        # something else are skipped by the allocator, which says so if the range runs out.
-        need = 2 * self.count + 64
+        # Two ports per node (sshd, health), a third for a node behind a fault proxy, and some
+        # slack; ports already taken by something else are skipped by the allocator, which
+        # says so if the range runs out.
+        proxied = sum(1 for fl in self.faults.values()
+                      if any(f["kind"] in faultlib.PROXY_KINDS for f in fl))
+        need = 2 * self.count + proxied + 64
         if self.hi - self.lo + 1 < need:
             raise FleetError(f"port range {self.lo}-{self.hi} has {self.hi - self.lo + 1} ports, "
                              f"{self.count} nodes need {need}: give a wider --port-range")
@@ -695,21 +698,30 @@ class Up:
         os.close(rfd)
         if os.environ.get("GUARDIA_FLEET_TEST_SIGNAL_AT_READY"):
             os.kill(os.getpid(), signal.SIGTERM)    # test hook: a caller's stop crossing the report
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)      # the outcome is known: stop forwarding
         try:
             result = json.loads(data)
         except ValueError:
             result = None
-        if result and result.get("ok") and forwarded:
-            # The stop signal crossed the report: the supervisor, already serving (SIGTERM back
-            # at its default), was told to stop and dies, leaving sshds without their health
-            # server. What the caller asked for is a stop: take it all down and say so.
-            os.waitpid(pid, 0)
+        if forwarded:
+            # A stop signal was forwarded to the supervisor: whatever it reported, it is
+            # stopping (or stopped) and the caller asked for a stop. Crossing an "ok" report,
+            # the supervisor was already serving and stops serving, leaving sshds without their
+            # health server; in the windows between its set-up and serving it exits without a
+            # report. Either way: take everything down and say it was interrupted. Further
+            # signals are ignored until then, so that the clean-up is not cut short.
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN)
+            if result and not result.get("ok"):
+                os.waitpid(pid, 0)
+                raise FleetError(result["error"])   # the supervisor's own "interrupted" report
+            reap_within(pid, 10)
             problems = teardown(self.dir, self.state)
+            reap_within(pid, 10)
             msg = f"interrupted by signal {forwarded[0]} as the fleet came up; taken down again"
             self.set_state("down", last_error=msg, leaked=problems)
             raise FleetError(msg + (f", but left: {'; '.join(problems)}" if problems else ""))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)      # the outcome is known: stop forwarding
         if result and result.get("ok"):
             try:
                 print(result["summary"], flush=True)
@@ -794,6 +806,21 @@ class Up:
         self.set_state("down", last_error=msg, leaked=problems)
         if problems:
             print("fleet: cleanup after the failed up left: " + "; ".join(problems), file=sys.stderr)
+
+
+def reap_within(pid, seconds):
+    """Waits up to `seconds` for child `pid` to exit; True once it is reaped (or already was)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True
+        if done:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def tail(path, n=1500):

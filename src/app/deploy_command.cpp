@@ -59,7 +59,7 @@ const char* deploy_usage =
     "  --inventory FILE     the nodes to deploy to (required)\n"
     "  --artifact FILE      a file to put in each node's deploy_path (required; repeat for\n"
     "                       several; file names must differ)\n"
-    "  --sr-id ID           the service request the rollout belongs to (default: ADHOC-<time>)\n"
+    "  --sr-id ID           the service request the rollout belongs to (default: ADHOC-<time>-<pid>)\n"
     "  --config FILE        engine configuration (default: $GUARDIA_CONFIG, else\n"
     "                       /etc/guardia/guardia.json if it exists, else built-in defaults)\n"
     "  --db FILE            the audit database (default: the configuration's store.db,\n"
@@ -238,12 +238,17 @@ int deploy_command(int argc, char** argv) {
 
     const std::string stamp = utc_stamp_compact();
     const bool adhoc = sr_id.empty();
-    if (adhoc) sr_id = "ADHOC-" + stamp;
+    // An ad-hoc SR is this one rollout's own: two deploys started in the same second (scripts
+    // deploying to two groups at once) must not share one, because the store keeps an SR's
+    // artifacts by SR and name, and a rollback or a crash recovery of the first would then be
+    // judged against the second's files.
+    const std::string pid = std::to_string(::getpid());
+    if (adhoc) sr_id = "ADHOC-" + stamp + "-" + pid;
     const std::string db = resolve_db_path(common, engine.config);
 
     PipelineSettings settings = engine.config.pipeline;
     settings.sr_id = sr_id;
-    settings.rollout_id = (adhoc ? sr_id : sr_id + "-" + stamp) + "-" + std::to_string(::getpid());
+    settings.rollout_id = adhoc ? sr_id : sr_id + "-" + stamp + "-" + pid;  // ad hoc: as before
     settings.owner = owner_id();
     settings.known_hosts = engine.known_hosts;
     settings.host_key_policy = engine.host_key_policy;

@@ -144,6 +144,9 @@ class ReleaseTest(unittest.TestCase):
         r, rep2 = self.deploy_to(NODES[:4], v2)
         self.assertEqual(r.rc, 0, r)
         id2, sr2 = rep2["rollout_id"], rep2["sr_id"]
+        # Ad-hoc deploys have SRs of their own, also within one second (on a fast machine these
+        # three start in the same second): the artifacts the store keeps for v2's SR are v2's.
+        self.assertEqual(len({sr1, sr2, rep["sr_id"]}), 3, (sr1, sr2, rep["sr_id"]))
         markers_v2 = {}
         for n in NODES[:4]:
             self.assert_runs(n, v2, id2, sr2)
@@ -193,6 +196,7 @@ class ReleaseTest(unittest.TestCase):
         # v3 on node-0004 only: a later rollout owns it now.
         r, rep3 = self.deploy_to(["node-0004"], v3)
         self.assertEqual(r.rc, 0, r)
+        self.assertNotEqual(rep3["sr_id"], sr2)
         self.assert_runs("node-0004", v3, rep3["rollout_id"], rep3["sr_id"])
         marker_v3 = self.marker_bytes("node-0004")
 

@@ -55,16 +55,18 @@ std::string run_sh(const std::string& script, int& status) {
     status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
     return out;
 }
+
+void write_text(const std::string& path, const std::string& text) {
+    FILE* f = std::fopen(path.c_str(), "wb");
+    REQUIRE(f != nullptr);
+    std::fputs(text.c_str(), f);
+    std::fclose(f);
+}
 }  // namespace
 
 TEST_CASE("remote_sha256_script hashes the file into the variable, or exits 91 without a tool") {
     const std::string file = "/tmp/guardia-unit-sha256 it's.bin";
-    {
-        FILE* f = std::fopen(file.c_str(), "wb");
-        REQUIRE(f != nullptr);
-        std::fputs("abc", f);
-        std::fclose(f);
-    }
+    write_text(file, "abc");
     int status = -1;
     const std::string body = "f=" + shell_quote(file) + "; " +
                              guardia::remote_sha256_script("\"$f\"", "h") + "printf '%s' \"$h\"";
@@ -91,10 +93,7 @@ TEST_CASE("remote_sha256_script: openssl first from 2 MiB, sha256sum first below
     const std::string by_openssl(64, 'a'), by_sha256sum(64, 'b');
     auto fake = [&](const std::string& name, const std::string& body) {
         const std::string path = dir + "/" + name;
-        FILE* f = std::fopen(path.c_str(), "w");
-        REQUIRE(f != nullptr);
-        std::fputs(("#!/bin/sh\n" + body + "\n").c_str(), f);
-        std::fclose(f);
+        write_text(path, "#!/bin/sh\n" + body + "\n");
         ::chmod(path.c_str(), 0755);
     };
     auto good_tools = [&] {
@@ -146,12 +145,7 @@ TEST_CASE("remote_sha256_script: openssl first from 2 MiB, sha256sum first below
 
 TEST_CASE("remote_sha256_script: the real openssl and sha256sum give the same digest either way round") {
     const std::string file = "/tmp/guardia-unit-sha256-order.bin";
-    {
-        FILE* f = std::fopen(file.c_str(), "wb");
-        REQUIRE(f != nullptr);
-        std::fputs("abc", f);
-        std::fclose(f);
-    }
+    write_text(file, "abc");
     for (std::uint64_t bytes : {std::uint64_t{0}, guardia::kOpensslHashFromBytes}) {
         CAPTURE(bytes);
         int status = -1;
